@@ -1,0 +1,296 @@
+//! The agent's main loop: ring buffer in, spans out.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use zerospan_common::{counter, origin};
+
+use crate::{
+    clock::Clock,
+    config::{Config, Target},
+    conntrack::{Limits, Tracker},
+    events::{self, Event},
+    export,
+    probes::Probes,
+    process::Registry,
+    procfs::{self, ProcessMeta},
+    protocols::http1::{Segment, Stamp},
+    spans::{self, Span},
+    stats::Stats,
+};
+
+/// Everything the event path touches.
+struct EventPath {
+    probes: Probes,
+    tracker: Tracker,
+    registry: Registry,
+    clock: Clock,
+    stats: Arc<Stats>,
+    spans: mpsc::Sender<Span>,
+    http: spans::http::Options,
+    /// Local addresses of listening sockets, by (tgid, fd).
+    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+}
+
+impl EventPath {
+    fn handle(&mut self, raw: &[u8]) {
+        Stats::inc(&self.stats.events_read);
+        let event = match events::decode(raw) {
+            Ok(e) => e,
+            Err(e) => {
+                Stats::inc(&self.stats.events_malformed);
+                log::debug!("dropping malformed event: {e}");
+                return;
+            }
+        };
+        match event {
+            Event::Data {
+                key,
+                tid,
+                egress,
+                enter_ns,
+                exit_ns,
+                len,
+                bytes,
+            } => {
+                let seg = Segment {
+                    bytes,
+                    len,
+                    stamp: Stamp { enter_ns, exit_ns },
+                };
+                self.tracker.data(key, tid, egress, seg);
+            }
+            Event::ConnOpen {
+                key,
+                origin: how,
+                peer,
+                listen_fd,
+                at_ns,
+                ..
+            } => {
+                let local = if how == origin::ACCEPTED {
+                    *self
+                        .listeners
+                        .entry((key.tgid, listen_fd))
+                        .or_insert_with(|| procfs::local_addr(key.tgid, listen_fd))
+                } else {
+                    None
+                };
+                self.tracker.open(key, how, peer, local, at_ns);
+            }
+            Event::ConnClose { key, .. } => self.tracker.close(key),
+            Event::Fork { parent, child, comm } => self.registry.fork(parent, child, &comm),
+            Event::Exec { pid, comm } => self.registry.exec(pid, &comm),
+            Event::Exit { pid } => self.process_gone(pid),
+        }
+    }
+
+    fn process_gone(&mut self, pid: u32) {
+        self.registry.exited(pid);
+        self.tracker.process_exited(pid);
+        self.probes.forget_process(pid);
+        self.listeners.retain(|(tgid, _), _| *tgid != pid);
+    }
+
+    /// Turns finished exchanges into spans and queues them for export.
+    fn emit(&mut self) {
+        for key in self.tracker.take_evictions() {
+            self.probes.forget_socket(key);
+        }
+        let finished: Vec<_> = self.tracker.drain().collect();
+        for f in finished {
+            let resource = self.registry.resource(f.tgid);
+            let span = spans::http::build_span(&f.exchange, f.role, f.ends, &self.clock, self.http, resource);
+            Stats::inc(&self.stats.spans_created);
+            if self.spans.try_send(span).is_err() {
+                Stats::inc(&self.stats.spans_dropped_queue_full);
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            self.handle(&item);
+        }
+        self.emit();
+    }
+
+    fn tick(&mut self) {
+        self.tracker.sweep(Clock::now_ktime_ns());
+        for pid in self.registry.live_pids() {
+            if !procfs::is_alive(pid) {
+                self.process_gone(pid);
+            }
+        }
+        self.emit();
+        self.registry.prune();
+        let c = self.probes.counters();
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, std::sync::atomic::Ordering::Relaxed);
+        set(&self.stats.kernel_ringbuf_full, c[counter::RINGBUF_FULL as usize]);
+        set(&self.stats.kernel_args_map_full, c[counter::ARGS_MAP_FULL as usize]);
+        set(&self.stats.kernel_sock_map_full, c[counter::SOCK_MAP_FULL as usize]);
+        set(&self.stats.kernel_read_user_failed, c[counter::READ_USER_FAILED as usize]);
+    }
+
+    /// Starts tracing a running process and the sockets it already holds.
+    fn attach_pid(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.probes.trace(pid)?;
+        self.registry.add(pid);
+        let now = Clock::now_ktime_ns();
+        for (key, row) in self.probes.seed_sockets(pid) {
+            self.tracker.open(key, origin::PREEXISTING, Some(row.remote), Some(row.local), now);
+        }
+        Ok(())
+    }
+}
+
+/// Starts `argv` held at a gate until its pid is traced, so not one of its
+/// syscalls goes unseen.
+fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::process::Child> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array; O_CLOEXEC keeps the pipe out of the exec'd program.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the start gate");
+    }
+    // SAFETY: fresh fds we own.
+    let (gate_r, gate_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = (gate_r.as_raw_fd(), gate_w.as_raw_fd());
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    // SAFETY: the closure only makes async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::close(w);
+            let mut b = 0u8;
+            // EOF (the agent died before opening the gate) aborts the exec.
+            if libc::read(r, (&mut b as *mut u8).cast(), 1) != 1 {
+                return Err(std::io::Error::other("zerospan did not open the start gate"));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", argv[0]))?;
+    let pid = child.id().context("child exited at once")?;
+    path.probes.trace(pid)?;
+    let exe = std::path::Path::new(&argv[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| argv[0].clone());
+    path.registry.add_with(
+        pid,
+        ProcessMeta {
+            executable_name: exe,
+            executable_path: None,
+            command_line: argv.join(" "),
+            service_name: std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()),
+        },
+    );
+    // SAFETY: writing one byte to our own pipe.
+    unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    drop(gate_w);
+    drop(gate_r);
+    Ok(child)
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::default());
+    let (span_tx, pipeline) = export::start(&cfg.export, stats.clone())?;
+    let (probes, ring) = Probes::load(&cfg.probes)?;
+    let mut path = EventPath {
+        probes,
+        tracker: Tracker::new(
+            Limits {
+                max_connections: cfg.max_connections,
+                request_timeout_ns: cfg.request_timeout.as_nanos() as u64,
+                idle_timeout_ns: 15 * 60 * 1_000_000_000,
+            },
+            stats.clone(),
+        ),
+        registry: Registry::new(cfg.resource.clone()),
+        clock: Clock::new(),
+        stats: stats.clone(),
+        spans: span_tx,
+        http: spans::http::Options {
+            redact_query: cfg.redact_query,
+        },
+        listeners: HashMap::new(),
+    };
+    let mut child = None;
+    match &cfg.target {
+        Target::Pids(pids) => {
+            for &pid in pids {
+                anyhow::ensure!(procfs::is_alive(pid), "no process with pid {pid}");
+            }
+            let all = procfs::with_descendants(pids);
+            for pid in &all {
+                path.attach_pid(*pid)?;
+            }
+            log::info!("tracing {} process(es): {:?}", all.len(), all);
+        }
+        Target::Command(argv) => {
+            let c = spawn_gated(argv, &mut path)?;
+            log::info!("tracing {:?} (pid {})", argv.join(" "), c.id().unwrap_or(0));
+            child = Some(c);
+        }
+    }
+
+    // SAFETY: the ring buffer owns its map fd until it is dropped with the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("polling the ring buffer")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                path.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                path.tick();
+                if !path.registry.any_live() {
+                    break "every traced process has exited";
+                }
+            }
+            status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
+                if let Ok(s) = status {
+                    log::info!("command exited: {s}");
+                }
+                child = None;
+            }
+            _ = sigint.recv() => break "interrupted",
+            _ = sigterm.recv() => break "terminated",
+            _ = sigusr1.recv() => log::info!("stats: {}", stats.render()),
+        }
+    };
+    log::info!("{reason}: flushing");
+    // Whatever the probes wrote before we stopped still becomes spans.
+    path.drain(ring.get_mut());
+    path.tracker.close_all();
+    path.emit();
+    let EventPath { probes, spans, .. } = path;
+    drop(spans);
+    // Dropping the probes detaches every program.
+    drop(probes);
+    drop(ring);
+    pipeline.shutdown().await;
+    log::info!("stats: {}", stats.render());
+    Ok(())
+}

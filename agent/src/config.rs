@@ -1,0 +1,274 @@
+//! Command line and `OTEL_*` environment, resolved into one [`Config`].
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::export::{self, SinkConfig};
+use crate::probes::ProbeSettings;
+use crate::process::ResourceDefaults;
+
+/// Zero-code distributed tracing: eBPF probes watch a program's HTTP traffic
+/// and the spans go to your OpenTelemetry collector. Run as root.
+#[derive(Debug, Parser)]
+#[command(
+    name = "zerospan",
+    version,
+    override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]",
+    after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, \
+OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME and \
+OTEL_RESOURCE_ATTRIBUTES are honoured.\n\
+With no exporter configured, each trace is printed to stdout as a tree."
+)]
+pub struct Args {
+    /// Trace this running process, its threads, its existing children and
+    /// everything it forks from now on. Repeatable.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// OTLP collector URL [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport [default: $OTEL_EXPORTER_OTLP_PROTOCOL, else grpc].
+    #[arg(long, value_name = "grpc|http/protobuf")]
+    pub otlp_protocol: Option<String>,
+
+    /// Append spans as OTLP/JSON, one ExportTraceServiceRequest per line.
+    #[arg(long, value_name = "PATH")]
+    pub traces_file: Option<PathBuf>,
+
+    /// Also print traces to stdout when an exporter is configured.
+    #[arg(long)]
+    pub console: bool,
+
+    /// Bytes of each socket read or write the probes copy (1..=4096).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub capture_bytes: u32,
+
+    /// Connections tracked at once, in the kernel and in the agent.
+    #[arg(long, default_value_t = 65536, value_name = "N")]
+    pub max_connections: u32,
+
+    /// Processes and threads tracked at once in the kernel.
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    pub max_processes: u32,
+
+    /// Size of the kernel-to-agent ring buffer (a power of two).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub ring_buffer_mib: u32,
+
+    /// A request with no response after this long becomes an error span.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub request_timeout: u64,
+
+    /// Spans queued for export before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    pub export_queue: usize,
+
+    /// Batches each exporter buffers while its collector is unreachable.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub export_buffer_batches: usize,
+
+    /// Keep query-string values in url.query and url.full (redacted by default).
+    #[arg(long)]
+    pub no_redact_query: bool,
+
+    /// More logging (-v: debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Command to start and trace, with all its children.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    Pids(Vec<u32>),
+    Command(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub target: Target,
+    pub probes: ProbeSettings,
+    pub export: export::Settings,
+    pub resource: ResourceDefaults,
+    pub redact_query: bool,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub verbose: u8,
+}
+
+/// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
+/// `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn parse_key_values(s: &str) -> Vec<(String, String)> {
+    crate::process::parse_resource_attributes(s)
+}
+
+impl Config {
+    /// Resolves arguments against the environment (`env` looks a name up).
+    pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let target = match (args.pids.is_empty(), args.command.is_empty()) {
+            (false, true) => Target::Pids(args.pids),
+            (true, false) => Target::Command(args.command),
+            (true, true) => bail!("nothing to trace: give --pid PID or -- COMMAND (see --help)"),
+            (false, false) => bail!("give either --pid or -- COMMAND, not both"),
+        };
+        if !(1..=4096).contains(&args.capture_bytes) {
+            bail!("--capture-bytes must be between 1 and 4096");
+        }
+        if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
+            bail!("--ring-buffer-mib must be a power of two, at most 1024");
+        }
+        let protocol = args
+            .otlp_protocol
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| "grpc".into());
+        let headers = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+            .map(|h| parse_key_values(&h))
+            .unwrap_or_default();
+        // A signal-specific endpoint is used as given; a base endpoint gets
+        // the signal path appended (OTLP exporter spec).
+        let endpoint = match (args.otlp_endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
+            (Some(e), _) => Some((e, false)),
+            (None, Some(e)) => Some((e, true)),
+            (None, None) => env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)),
+        };
+        let mut sinks = Vec::new();
+        if let Some((endpoint, exact)) = endpoint {
+            sinks.push(match protocol.as_str() {
+                "grpc" => SinkConfig::OtlpGrpc { endpoint, headers },
+                "http/protobuf" => SinkConfig::OtlpHttp {
+                    endpoint: if exact {
+                        endpoint
+                    } else {
+                        export::http_traces_url(&endpoint)
+                    },
+                    headers,
+                },
+                "http/json" => bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf"),
+                other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
+            });
+        }
+        if let Some(path) = args.traces_file {
+            sinks.push(SinkConfig::JsonFile(path));
+        }
+        if sinks.is_empty() || args.console {
+            sinks.push(SinkConfig::Console);
+        }
+        let resource = ResourceDefaults {
+            service_name: env("OTEL_SERVICE_NAME"),
+            attributes: env("OTEL_RESOURCE_ATTRIBUTES")
+                .map(|a| parse_key_values(&a))
+                .unwrap_or_default(),
+            host_name: crate::procfs::host_name(),
+        };
+        Ok(Config {
+            target,
+            probes: ProbeSettings {
+                capture_bytes: args.capture_bytes,
+                max_connections: args.max_connections,
+                max_processes: args.max_processes,
+                ring_buffer_bytes: args
+                    .ring_buffer_mib
+                    .checked_mul(1 << 20)
+                    .context("ring buffer too large")?,
+            },
+            export: export::Settings {
+                sinks,
+                queue_spans: args.export_queue,
+                batch_size: 512,
+                batch_delay: Duration::from_millis(500),
+                sink_buffer_batches: args.export_buffer_batches,
+                shutdown_timeout: Duration::from_secs(5),
+            },
+            resource,
+            redact_query: !args.no_redact_query,
+            max_connections: args.max_connections as usize,
+            request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+            verbose: args.verbose,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let env: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args = Args::try_parse_from(std::iter::once("zerospan").chain(argv.iter().copied()))?;
+        Config::resolve(args, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn console_is_the_default_sink() {
+        let c = resolve(&["--pid", "1"], &[]).unwrap();
+        assert_eq!(c.export.sinks, vec![SinkConfig::Console]);
+        assert!(matches!(c.target, Target::Pids(ref p) if p == &[1]));
+    }
+
+    #[test]
+    fn otel_environment_is_honoured() {
+        let c = resolve(
+            &["--traces-file", "/tmp/t.json", "--", "curl", "-s"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret,x-team=web"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.export.sinks,
+            vec![
+                SinkConfig::OtlpHttp {
+                    endpoint: "http://c:4318/v1/traces".into(),
+                    headers: vec![("api-key".into(), "s3cret".into()), ("x-team".into(), "web".into())],
+                },
+                SinkConfig::JsonFile("/tmp/t.json".into()),
+            ]
+        );
+        assert!(matches!(c.target, Target::Command(ref a) if a == &["curl", "-s"]));
+    }
+
+    #[test]
+    fn flags_beat_the_environment_and_traces_endpoint_is_exact() {
+        let c = resolve(
+            &["--pid", "2", "--otlp-endpoint", "http://flag:4317"],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")],
+        )
+        .unwrap();
+        assert!(matches!(&c.export.sinks[0], SinkConfig::OtlpGrpc { endpoint, .. } if endpoint == "http://flag:4317"));
+        let c = resolve(
+            &["--pid", "2"],
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c/custom"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(&c.export.sinks[0], SinkConfig::OtlpHttp { endpoint, .. } if endpoint == "http://c/custom"));
+    }
+
+    #[test]
+    fn clear_errors_for_bad_input() {
+        let e = resolve(&[], &[]).unwrap_err().to_string();
+        assert!(e.contains("nothing to trace"), "{e}");
+        let e = resolve(&["--pid", "1"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown OTLP protocol"), "{e}");
+        assert!(resolve(&["--pid", "1", "--capture-bytes", "0"], &[]).is_err());
+        assert!(resolve(&["--pid", "1", "--", "x"], &[]).is_err());
+    }
+}

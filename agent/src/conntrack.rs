@@ -1,0 +1,529 @@
+//! The connection table: routes each segment to its connection's framers and
+//! pairs requests with responses, in order, into finished exchanges.
+//!
+//! No I/O here: addresses arrive already resolved, finished exchanges leave
+//! through [`Tracker::drain`], and connections that turn out not to carry
+//! HTTP/1 are queued in [`Tracker::take_evictions`] so the caller can stop
+//! the kernel from capturing them.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use zerospan_common::origin;
+
+use crate::events::ConnKey;
+use crate::protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
+use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
+use crate::stats::Stats;
+
+/// Most requests one connection may have outstanding (pipelined).
+const MAX_PENDING: usize = 64;
+/// Segments a connection of unknown role may show before we give up on it.
+const MAX_DETECT_SEGMENTS: u32 = 64;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub request_timeout_ns: u64,
+    pub idle_timeout_ns: u64,
+}
+
+/// A finished exchange, ready to become a span.
+#[derive(Debug)]
+pub struct Finished {
+    pub tgid: u32,
+    pub role: Role,
+    pub ends: Endpoints,
+    pub exchange: Exchange,
+}
+
+struct HttpConn {
+    role: Role,
+    requests: Framer,
+    responses: Framer,
+    book: Book,
+}
+
+/// Requests awaiting their responses, plus the finished ones.
+#[derive(Default)]
+struct Book {
+    pending: VecDeque<Exchange>,
+    /// Whether the response being framed belongs to `pending.front()`.
+    response_matched: bool,
+    finished: Vec<Exchange>,
+    tid: u32,
+    last_at: Stamp,
+}
+
+enum State {
+    /// Pre-existing socket: role not known until a request shows up.
+    Detecting { segments: u32 },
+    Http(Box<HttpConn>),
+    /// Not HTTP/1: ignored.
+    Ignored,
+}
+
+struct Conn {
+    ends: Endpoints,
+    state: State,
+    last_ns: u64,
+}
+
+pub struct Tracker {
+    conns: HashMap<ConnKey, Conn>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    out: Vec<Finished>,
+    evict: Vec<ConnKey>,
+}
+
+struct RequestSink<'a> {
+    book: &'a mut Book,
+    stats: &'a Stats,
+}
+
+impl Sink for RequestSink<'_> {
+    fn on_head(&mut self, head: Head, at: Stamp) {
+        if self.book.pending.len() >= MAX_PENDING {
+            self.book.pending.pop_back();
+            Stats::inc(&self.stats.http_pipeline_overflow);
+        }
+        self.book.pending.push_back(Exchange {
+            request: head,
+            response: None,
+            request_at: at,
+            request_body: 0,
+            end_at: at,
+            response_body: 0,
+            outcome: Outcome::Complete,
+            tid: self.book.tid,
+        });
+    }
+
+    fn on_end(&mut self, body_bytes: u64, _at: Stamp) {
+        if let Some(x) = self.book.pending.back_mut() {
+            x.request_body = body_bytes;
+        }
+    }
+
+    fn on_desync(&mut self, why: Desync) {
+        if why != Desync::NotHttp {
+            Stats::inc(&self.stats.http_desyncs);
+        }
+    }
+}
+
+struct ResponseSink<'a> {
+    book: &'a mut Book,
+    stats: &'a Stats,
+}
+
+impl Sink for ResponseSink<'_> {
+    fn on_head(&mut self, head: Head, _at: Stamp) {
+        match self.book.pending.front_mut() {
+            Some(x) if x.response.is_none() => {
+                x.response = Some(head);
+                self.book.response_matched = true;
+            }
+            _ => {
+                self.book.response_matched = false;
+                Stats::inc(&self.stats.http_orphan_responses);
+            }
+        }
+    }
+
+    fn on_end(&mut self, body_bytes: u64, at: Stamp) {
+        if !std::mem::take(&mut self.book.response_matched) {
+            return;
+        }
+        if let Some(mut x) = self.book.pending.pop_front() {
+            x.response_body = body_bytes;
+            x.end_at = at;
+            self.book.finished.push(x);
+        }
+    }
+
+    fn answers_head_request(&mut self) -> bool {
+        self.book
+            .pending
+            .front()
+            .is_some_and(|x| x.request.method == "HEAD")
+    }
+
+    fn on_desync(&mut self, why: Desync) {
+        if why != Desync::NotHttp {
+            Stats::inc(&self.stats.http_desyncs);
+        }
+    }
+}
+
+impl HttpConn {
+    fn new(role: Role) -> Self {
+        HttpConn {
+            role,
+            requests: Framer::new(Kind::Request),
+            responses: Framer::new(Kind::Response),
+            book: Book::default(),
+        }
+    }
+
+    /// Feeds one segment; returns false once the stream is known not to be HTTP/1.
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, stats: &Stats) -> bool {
+        self.book.tid = tid;
+        self.book.last_at = seg.stamp;
+        let carries_requests = match self.role {
+            Role::Server => !egress,
+            Role::Client => egress,
+        };
+        if carries_requests {
+            // A new request means any response we could not frame is over.
+            let mut sink = ResponseSink {
+                book: &mut self.book,
+                stats,
+            };
+            self.responses.finish_open(&mut sink);
+            let mut sink = RequestSink {
+                book: &mut self.book,
+                stats,
+            };
+            self.requests.feed(seg, &mut sink);
+        } else {
+            let mut sink = ResponseSink {
+                book: &mut self.book,
+                stats,
+            };
+            self.responses.feed(seg, &mut sink);
+        }
+        let never_http = |f: &Framer| !f.seen_message() && !f.is_open() && !f.is_done();
+        let lost_at_start = |f: &Framer| never_http(f) && f.is_lost();
+        !(lost_at_start(&self.requests) || lost_at_start(&self.responses))
+    }
+
+    /// Ends everything still open: the connection is gone.
+    fn close(&mut self, outcome: Outcome, stats: &Stats) {
+        let mut sink = ResponseSink {
+            book: &mut self.book,
+            stats,
+        };
+        self.responses.finish_open(&mut sink);
+        let last = self.book.last_at;
+        while let Some(mut x) = self.book.pending.pop_front() {
+            x.outcome = outcome;
+            x.end_at = last;
+            Stats::inc(match outcome {
+                Outcome::TimedOut => &stats.http_requests_timed_out,
+                _ => &stats.http_requests_unanswered,
+            });
+            self.book.finished.push(x);
+        }
+    }
+}
+
+impl Tracker {
+    pub fn new(limits: Limits, stats: Arc<Stats>) -> Self {
+        Tracker {
+            conns: HashMap::new(),
+            limits,
+            stats,
+            out: Vec::new(),
+            evict: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn admit(&mut self, key: ConnKey) -> bool {
+        if self.conns.contains_key(&key) || self.conns.len() < self.limits.max_connections {
+            return true;
+        }
+        Stats::inc(&self.stats.connections_table_full);
+        false
+    }
+
+    /// A socket became tracked. `local` is resolved by the caller.
+    pub fn open(
+        &mut self,
+        key: ConnKey,
+        how: u8,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        at_ns: u64,
+    ) {
+        if !self.admit(key) {
+            return;
+        }
+        let state = match how {
+            origin::ACCEPTED => State::Http(Box::new(HttpConn::new(Role::Server))),
+            origin::CONNECTED => State::Http(Box::new(HttpConn::new(Role::Client))),
+            _ => State::Detecting { segments: 0 },
+        };
+        self.conns.insert(
+            key,
+            Conn {
+                ends: Endpoints { peer, local },
+                state,
+                last_ns: at_ns,
+            },
+        );
+    }
+
+    pub fn data(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+        if !self.admit(key) {
+            return;
+        }
+        let conn = self.conns.entry(key).or_insert_with(|| Conn {
+            ends: Endpoints::default(),
+            state: State::Detecting { segments: 0 },
+            last_ns: seg.stamp.exit_ns,
+        });
+        conn.last_ns = seg.stamp.exit_ns;
+        if let State::Detecting { segments } = &mut conn.state {
+            if http1::starts_request(seg.bytes) {
+                let role = if egress { Role::Client } else { Role::Server };
+                conn.state = State::Http(Box::new(HttpConn::new(role)));
+            } else {
+                *segments += 1;
+                if *segments > MAX_DETECT_SEGMENTS {
+                    conn.state = State::Ignored;
+                    Stats::inc(&self.stats.connections_unknown_protocol);
+                    self.evict.push(key);
+                }
+                return;
+            }
+        }
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        let still_http = h.feed(egress, tid, seg, &self.stats);
+        let role = h.role;
+        let ends = conn.ends;
+        self.out.extend(h.book.finished.drain(..).map(|exchange| Finished {
+            tgid: key.tgid,
+            role,
+            ends,
+            exchange,
+        }));
+        if !still_http {
+            conn.state = State::Ignored;
+            Stats::inc(&self.stats.connections_unknown_protocol);
+            self.evict.push(key);
+        }
+    }
+
+    pub fn close(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.finish(key, conn, Outcome::Closed);
+        }
+    }
+
+    fn finish(&mut self, key: ConnKey, conn: Conn, outcome: Outcome) {
+        if let State::Http(mut h) = conn.state {
+            h.close(outcome, &self.stats);
+            let role = h.role;
+            self.out
+                .extend(h.book.finished.drain(..).map(|exchange| Finished {
+                    tgid: key.tgid,
+                    role,
+                    ends: conn.ends,
+                    exchange,
+                }));
+        }
+    }
+
+    /// Closes every connection of a process that exited.
+    pub fn process_exited(&mut self, tgid: u32) {
+        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    /// Closes every connection: the agent is stopping.
+    pub fn close_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    /// Times out requests waiting too long and forgets idle connections.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let limits = self.limits;
+        let mut timed_out = Vec::new();
+        let mut idle = Vec::new();
+        for (key, conn) in &self.conns {
+            let quiet = now_ns.saturating_sub(conn.last_ns);
+            let waiting = match &conn.state {
+                State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
+                _ => None,
+            };
+            match waiting {
+                Some(t) if now_ns.saturating_sub(t) > limits.request_timeout_ns => {
+                    timed_out.push(*key)
+                }
+                None if quiet > limits.idle_timeout_ns => idle.push(*key),
+                _ => {}
+            }
+        }
+        for key in timed_out {
+            if let Some(conn) = self.conns.remove(&key) {
+                self.finish(key, conn, Outcome::TimedOut);
+            }
+        }
+        for key in idle {
+            self.conns.remove(&key);
+        }
+    }
+
+    /// Exchanges finished since the last call.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Finished> {
+        self.out.drain(..)
+    }
+
+    /// Connections the kernel should stop capturing.
+    pub fn take_evictions(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.evict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 8,
+            request_timeout_ns: 1_000,
+            idle_timeout_ns: 10_000,
+        }
+    }
+
+    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
+        Segment {
+            bytes,
+            len: bytes.len() as u64,
+            stamp: Stamp {
+                enter_ns: t,
+                exit_ns: t + 1,
+            },
+        }
+    }
+
+    const KEY: ConnKey = ConnKey {
+        tgid: 10,
+        fd: 4,
+        conn_id: 1,
+    };
+
+    #[test]
+    fn keep_alive_server_pairs_in_order() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        for i in 0..3u64 {
+            t.data(KEY, 1, false, seg(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", i * 10));
+            t.data(
+                KEY,
+                1,
+                true,
+                seg(b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno", i * 10 + 5),
+            );
+        }
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done.len(), 3);
+        assert!(done.iter().all(|f| f.role == Role::Server));
+        assert_eq!(done[2].exchange.request_at.exit_ns, 21);
+        assert_eq!(done[2].exchange.end_at.exit_ns, 26);
+        assert_eq!(done[2].exchange.response.as_ref().unwrap().status, 404);
+    }
+
+    #[test]
+    fn pipelined_requests_answered_in_one_write() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        t.data(KEY, 1, false, seg(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n", 0));
+        t.data(
+            KEY,
+            1,
+            true,
+            seg(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
+                5,
+            ),
+        );
+        let done: Vec<_> = t.drain().collect();
+        let targets: Vec<_> = done.iter().map(|f| f.exchange.request.target.as_str()).collect();
+        assert_eq!(targets, ["/a", "/b"]);
+        assert_eq!(done[1].exchange.response_body, 0);
+    }
+
+    #[test]
+    fn non_http_connections_are_evicted_and_counted() {
+        let stats = Arc::new(Stats::default());
+        let mut t = Tracker::new(limits(), stats.clone());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        t.data(KEY, 1, true, seg(b"*1\r\n$4\r\nPING\r\n", 0));
+        assert_eq!(t.take_evictions(), vec![KEY]);
+        assert_eq!(stats.connections_unknown_protocol.load(std::sync::atomic::Ordering::Relaxed), 1);
+        t.data(KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
+        assert_eq!(t.drain().count(), 0);
+    }
+
+    #[test]
+    fn preexisting_socket_detects_role_from_the_next_request() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::PREEXISTING, None, None, 0);
+        t.data(KEY, 1, true, seg(b"partial body of an old response", 0));
+        t.data(KEY, 1, false, seg(b"GET /next HTTP/1.1\r\n\r\n", 10));
+        t.data(KEY, 1, true, seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20));
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].role, Role::Server);
+    }
+
+    #[test]
+    fn close_and_timeout_end_unanswered_requests_as_errors() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        t.data(KEY, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        t.close(KEY);
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done[0].exchange.outcome, Outcome::Closed);
+
+        let key2 = ConnKey { fd: 5, ..KEY };
+        t.open(key2, origin::ACCEPTED, None, None, 0);
+        t.data(key2, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        t.sweep(500);
+        assert_eq!(t.drain().count(), 0);
+        t.sweep(5_000);
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done[0].exchange.outcome, Outcome::TimedOut);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn response_delimited_by_close_ends_at_close() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        t.data(KEY, 1, true, seg(b"GET / HTTP/1.0\r\n\r\n", 0));
+        t.data(KEY, 1, false, seg(b"HTTP/1.0 200 OK\r\n\r\nbody", 10));
+        t.close(KEY);
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done[0].exchange.outcome, Outcome::Complete);
+        assert_eq!(done[0].exchange.response_body, 4);
+        assert_eq!(done[0].exchange.end_at.exit_ns, 11);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let stats = Arc::new(Stats::default());
+        let mut t = Tracker::new(limits(), stats.clone());
+        for fd in 0..20 {
+            t.open(ConnKey { fd, ..KEY }, origin::ACCEPTED, None, None, 0);
+        }
+        assert_eq!(t.len(), 8);
+        assert_eq!(stats.connections_table_full.load(std::sync::atomic::Ordering::Relaxed), 12);
+    }
+}

@@ -1,0 +1,237 @@
+//! Decoding ring-buffer records into typed events.
+//!
+//! Records come from our own probes, but a version skew or a kernel quirk
+//! must never crash the agent, so every read is bounds-checked and a record
+//! that does not fit is reported as an error, not trusted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use zerospan_common::{
+    kind, ConnEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE,
+};
+
+/// Identifies one connection: fd numbers are reused, `conn_id` is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+    pub conn_id: u64,
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data {
+        key: ConnKey,
+        tid: u32,
+        egress: bool,
+        enter_ns: u64,
+        exit_ns: u64,
+        len: u64,
+        bytes: &'a [u8],
+    },
+    ConnOpen {
+        key: ConnKey,
+        tid: u32,
+        origin: u8,
+        peer: Option<SocketAddr>,
+        listen_fd: i32,
+        at_ns: u64,
+    },
+    ConnClose {
+        key: ConnKey,
+        at_ns: u64,
+    },
+    Fork {
+        parent: u32,
+        child: u32,
+        comm: String,
+    },
+    Exec {
+        pid: u32,
+        comm: String,
+    },
+    Exit {
+        pid: u32,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("data record claims {claimed} captured bytes but carries {carried}")]
+    BadCapture { claimed: usize, carried: usize },
+}
+
+fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::Short(buf.len()));
+    }
+    // SAFETY: length checked above; T is a plain `#[repr(C)]` record and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn socket_addr(family: u16, port: u16, addr: &[u8; 16]) -> Option<SocketAddr> {
+    let ip = match family {
+        2 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        10 => {
+            let v6 = Ipv6Addr::from(*addr);
+            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let h: EventHeader = read(buf)?;
+    let key = ConnKey {
+        tgid: h.tgid,
+        fd: h.fd,
+        conn_id: h.conn_id,
+    };
+    Ok(match h.kind {
+        kind::DATA => {
+            if buf.len() < DataEvent::HEADER_SIZE {
+                return Err(DecodeError::Short(buf.len()));
+            }
+            let len = u64::from_ne_bytes(buf[40..48].try_into().expect("8 bytes"));
+            let captured = u32::from_ne_bytes(buf[48..52].try_into().expect("4 bytes")) as usize;
+            let carried = buf.len() - DataEvent::HEADER_SIZE;
+            if captured > carried || captured > MAX_CAPTURE || captured as u64 > len {
+                return Err(DecodeError::BadCapture { claimed: captured, carried });
+            }
+            Event::Data {
+                key,
+                tid: h.tid,
+                egress: h.direction == zerospan_common::direction::EGRESS,
+                enter_ns: h.ts_enter_ns,
+                exit_ns: h.ts_exit_ns,
+                len,
+                bytes: &buf[DataEvent::HEADER_SIZE..DataEvent::HEADER_SIZE + captured],
+            }
+        }
+        kind::CONN_OPEN => {
+            let c: ConnEvent = read(buf)?;
+            Event::ConnOpen {
+                key,
+                tid: h.tid,
+                origin: c.origin,
+                peer: socket_addr(c.family, c.peer_port, &c.peer_addr),
+                listen_fd: c.listen_fd,
+                at_ns: h.ts_exit_ns,
+            }
+        }
+        kind::CONN_CLOSE => Event::ConnClose {
+            key,
+            at_ns: h.ts_exit_ns,
+        },
+        kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
+            let p: ProcEvent = read(buf)?;
+            match h.kind {
+                kind::PROC_FORK => Event::Fork {
+                    parent: h.tgid,
+                    child: p.pid,
+                    comm: comm(&p.comm),
+                },
+                kind::PROC_EXEC => Event::Exec {
+                    pid: h.tgid,
+                    comm: comm(&p.comm),
+                },
+                _ => Event::Exit { pid: h.tgid },
+            }
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerospan_common::direction;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain record.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn header_layout_matches_the_probes() {
+        assert_eq!(size_of::<EventHeader>(), 40);
+        assert_eq!(DataEvent::HEADER_SIZE, 56);
+        assert_eq!(std::mem::offset_of!(DataEvent, data), DataEvent::HEADER_SIZE);
+    }
+
+    #[test]
+    fn decodes_a_data_record_with_its_captured_prefix() {
+        let mut ev = DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                direction: direction::EGRESS,
+                tgid: 7,
+                tid: 8,
+                fd: 3,
+                conn_id: 99,
+                ts_enter_ns: 10,
+                ts_exit_ns: 20,
+                ..Default::default()
+            },
+            len: 1000,
+            captured: 5,
+            _pad: 0,
+            data: [0; MAX_CAPTURE],
+        };
+        ev.data[..5].copy_from_slice(b"hello");
+        let raw = bytes_of(&ev);
+        let raw = &raw[..DataEvent::HEADER_SIZE + 5];
+        match decode(raw).unwrap() {
+            Event::Data { key, egress, len, bytes, .. } => {
+                assert_eq!(key, ConnKey { tgid: 7, fd: 3, conn_id: 99 });
+                assert!(egress);
+                assert_eq!(len, 1000);
+                assert_eq!(bytes, b"hello");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Claiming more captured bytes than the record carries is refused.
+        assert!(matches!(
+            decode(&raw[..raw.len() - 1]),
+            Err(DecodeError::BadCapture { .. })
+        ));
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(decode(&[1, 2, 3]).unwrap_err(), DecodeError::Short(3));
+        let h = EventHeader { kind: 77, ..Default::default() };
+        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(77));
+    }
+
+    #[test]
+    fn v4_mapped_peers_read_as_ipv4() {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            socket_addr(10, 80, &addr),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert_eq!(socket_addr(10, 80, &one), Some("[::1]:80".parse().unwrap()));
+    }
+}

@@ -1,0 +1,96 @@
+//! OTLP over HTTP with protobuf bodies (`http/protobuf`).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use prost::Message as _;
+
+use super::{otlp, ExportError};
+use crate::spans::Span;
+
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: hyper::Uri,
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL; traces go to `/v1/traces`.
+pub fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+impl Http {
+    /// `endpoint` is the full traces URL (see [`traces_url`]).
+    pub fn new(endpoint: &str, headers: &[(String, String)]) -> anyhow::Result<Self> {
+        let uri: hyper::Uri = endpoint
+            .parse()
+            .with_context(|| format!("invalid OTLP HTTP endpoint {endpoint:?}"))?;
+        anyhow::ensure!(
+            uri.scheme_str() == Some("http"),
+            "OTLP HTTP endpoint {endpoint:?}: only http:// is supported so far; \
+             put a local collector in front for TLS"
+        );
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.parse()
+                        .with_context(|| format!("invalid OTLP header name {k:?}"))?,
+                    v.parse()
+                        .with_context(|| format!("invalid value for OTLP header {k:?}"))?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Http {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            uri,
+            headers,
+        })
+    }
+
+    pub async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
+        let body = otlp::request(batch).encode_to_vec();
+        let mut req = hyper::Request::post(self.uri.clone())
+            .header("content-type", "application/x-protobuf")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ExportError::Fatal(e.to_string()))?;
+        for (k, v) in &self.headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| ExportError::Retryable("timed out".into()))?
+            .map_err(|e| ExportError::Retryable(e.to_string()))?;
+        let status = resp.status();
+        // Drain the body so the connection can be reused.
+        let _ = resp.into_body().collect().await;
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            429 | 502 | 503 | 504 => Err(ExportError::Retryable(format!("HTTP {status}"))),
+            _ => Err(ExportError::Fatal(format!("HTTP {status}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn traces_url_appends_the_signal_path_once() {
+        assert_eq!(super::traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(super::traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(super::traces_url("http://c/v1/traces"), "http://c/v1/traces");
+    }
+}

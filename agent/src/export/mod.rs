@@ -1,0 +1,293 @@
+//! The export pipeline.
+//!
+//! ```text
+//! event path ──try_send──▶ span queue ──▶ batcher ──▶ per-sink queue ──▶ sink task ──▶ collector
+//!   (never blocks)        (bounded)                   (bounded, drops    (retries with
+//!                                                       oldest batch)      back-off)
+//! ```
+//!
+//! A slow or absent collector fills only its own sink's queue; the oldest
+//! batches go first and every dropped span is counted.
+
+mod console;
+mod file;
+mod grpc;
+mod http;
+pub use http::traces_url as http_traces_url;
+pub mod otlp;
+
+use std::{
+    collections::VecDeque,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, Notify},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{spans::Span, stats::Stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{0} (will retry)")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkConfig {
+    OtlpGrpc {
+        endpoint: String,
+        headers: Vec<(String, String)>,
+    },
+    OtlpHttp {
+        endpoint: String,
+        headers: Vec<(String, String)>,
+    },
+    JsonFile(PathBuf),
+    Console,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub sinks: Vec<SinkConfig>,
+    /// Spans the event path may queue before new ones are dropped.
+    pub queue_spans: usize,
+    pub batch_size: usize,
+    pub batch_delay: Duration,
+    /// Batches each sink buffers while its collector is unreachable.
+    pub sink_buffer_batches: usize,
+    /// How long shutdown waits for sinks to deliver what they hold.
+    pub shutdown_timeout: Duration,
+}
+
+enum Sink {
+    Grpc(grpc::Grpc),
+    Http(http::Http),
+    File(file::JsonFile),
+    Console(console::Console),
+}
+
+impl Sink {
+    fn open(cfg: &SinkConfig) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            SinkConfig::OtlpGrpc { endpoint, headers } => Sink::Grpc(grpc::Grpc::new(endpoint, headers)?),
+            SinkConfig::OtlpHttp { endpoint, headers } => Sink::Http(http::Http::new(endpoint, headers)?),
+            SinkConfig::JsonFile(path) => Sink::File(file::JsonFile::new(path)?),
+            SinkConfig::Console => Sink::Console(console::Console),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Sink::Grpc(_) => "otlp-grpc",
+            Sink::Http(_) => "otlp-http",
+            Sink::File(_) => "traces-file",
+            Sink::Console(_) => "console",
+        }
+    }
+
+    async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
+        match self {
+            Sink::Grpc(s) => s.export(batch).await,
+            Sink::Http(s) => s.export(batch).await,
+            Sink::File(s) => s.export(batch),
+            Sink::Console(s) => s.export(batch),
+        }
+    }
+}
+
+type Batch = Arc<Vec<Span>>;
+
+/// A sink's bounded backlog.
+struct Backlog {
+    queue: Mutex<VecDeque<Batch>>,
+    ready: Notify,
+    closed: AtomicBool,
+    cap: usize,
+}
+
+impl Backlog {
+    fn push(&self, batch: Batch, stats: &Stats) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.cap {
+            if let Some(old) = q.pop_front() {
+                Stats::add(&stats.spans_dropped_export, old.len() as u64);
+            }
+        }
+        q.push_back(batch);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<Batch> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    fn drop_all(&self, stats: &Stats) {
+        while let Some(b) = self.pop() {
+            Stats::add(&stats.spans_dropped_export, b.len() as u64);
+        }
+    }
+}
+
+pub struct Pipeline {
+    batcher: JoinHandle<()>,
+    sinks: Vec<(Arc<Backlog>, JoinHandle<()>)>,
+    timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+/// Starts the pipeline. Must run inside the agent's tokio runtime: the
+/// network sinks keep their connections on it.
+pub fn start(settings: &Settings, stats: Arc<Stats>) -> anyhow::Result<(mpsc::Sender<Span>, Pipeline)> {
+    let (tx, rx) = mpsc::channel(settings.queue_spans.max(1));
+    let mut sinks = Vec::new();
+    for cfg in &settings.sinks {
+        let sink = Sink::open(cfg)?;
+        let backlog = Arc::new(Backlog {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            cap: settings.sink_buffer_batches.max(1),
+        });
+        let task = tokio::spawn(run_sink(sink, backlog.clone(), stats.clone()));
+        sinks.push((backlog, task));
+    }
+    let backlogs: Vec<Arc<Backlog>> = sinks.iter().map(|(b, _)| b.clone()).collect();
+    let batcher = tokio::spawn(run_batcher(
+        rx,
+        backlogs,
+        settings.batch_size.max(1),
+        settings.batch_delay,
+        stats.clone(),
+    ));
+    Ok((
+        tx,
+        Pipeline {
+            batcher,
+            sinks,
+            timeout: settings.shutdown_timeout,
+            stats,
+        },
+    ))
+}
+
+async fn run_batcher(
+    mut rx: mpsc::Receiver<Span>,
+    sinks: Vec<Arc<Backlog>>,
+    batch_size: usize,
+    delay: Duration,
+    stats: Arc<Stats>,
+) {
+    let mut batch: Vec<Span> = Vec::with_capacity(batch_size);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx.recv()).await,
+            None => Ok(rx.recv().await),
+        };
+        let done = match next {
+            Ok(Some(span)) => {
+                if batch.is_empty() {
+                    deadline = Some(Instant::now() + delay);
+                }
+                batch.push(span);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false, // the batch's time is up
+        };
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        if !batch.is_empty() && (done || batch.len() >= batch_size || due) {
+            let full = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)));
+            for s in &sinks {
+                s.push(full.clone(), &stats);
+            }
+            deadline = None;
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = FIRST_BACKOFF;
+    let mut failing = false;
+    loop {
+        let Some(batch) = backlog.pop() else {
+            if backlog.closed.load(Ordering::Acquire) {
+                return;
+            }
+            backlog.ready.notified().await;
+            continue;
+        };
+        loop {
+            match sink.export(&batch).await {
+                Ok(()) => {
+                    Stats::add(&stats.spans_exported, batch.len() as u64);
+                    if failing {
+                        log::info!("{}: export recovered", sink.name());
+                    }
+                    failing = false;
+                    backoff = FIRST_BACKOFF;
+                    break;
+                }
+                Err(ExportError::Retryable(e)) => {
+                    Stats::inc(&stats.export_failures);
+                    if !failing {
+                        log::warn!("{}: export failed: {e}; buffering and retrying", sink.name());
+                    }
+                    failing = true;
+                    if backlog.closed.load(Ordering::Acquire) && backoff >= MAX_BACKOFF {
+                        Stats::add(&stats.spans_dropped_export, batch.len() as u64);
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(ExportError::Fatal(e)) => {
+                    Stats::inc(&stats.export_failures);
+                    Stats::add(&stats.spans_dropped_export, batch.len() as u64);
+                    log::warn!("{}: export rejected, {} spans dropped: {e}", sink.name(), batch.len());
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Flushes what is queued (the caller has dropped its sender) and stops,
+    /// waiting at most the shutdown timeout for slow collectors.
+    pub async fn shutdown(self) {
+        let _ = self.batcher.await;
+        for (b, _) in &self.sinks {
+            b.closed.store(true, Ordering::Release);
+            b.ready.notify_one();
+        }
+        let deadline = Instant::now() + self.timeout;
+        for (backlog, task) in self.sinks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                abort.abort();
+                backlog.drop_all(&self.stats);
+                log::warn!("export did not finish within the shutdown timeout; the rest was dropped");
+            }
+        }
+    }
+}

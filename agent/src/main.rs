@@ -1,0 +1,48 @@
+//! `zerospan`: zero-code distributed tracing for Linux.
+
+mod agent;
+mod clock;
+mod config;
+mod conntrack;
+mod events;
+mod export;
+mod logger;
+mod probes;
+mod process;
+mod procfs;
+mod protocols;
+mod spans;
+mod stats;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let args = config::Args::parse();
+    logger::init(args.verbose);
+    let cfg = match config::Config::resolve(args, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zerospan: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // One runtime, one thread: the event path is sequential by design, and
+    // the exporters only wait on I/O.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("zerospan: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zerospan: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Loading, configuring and attaching the eBPF probes, and the agent's
+//! handles on their maps.
+
+use std::{
+    io,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use zerospan_common::{counter, SockInfo, MAX_CAPTURE};
+
+use crate::{events::ConnKey, procfs};
+
+/// Every program in the object, with its tracepoint category.
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("syscalls", "sys_enter_read"),
+    ("syscalls", "sys_exit_read"),
+    ("syscalls", "sys_enter_recvfrom"),
+    ("syscalls", "sys_exit_recvfrom"),
+    ("syscalls", "sys_enter_readv"),
+    ("syscalls", "sys_exit_readv"),
+    ("syscalls", "sys_enter_recvmsg"),
+    ("syscalls", "sys_exit_recvmsg"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_exit_write"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_exit_sendto"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_exit_writev"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_exit_sendmsg"),
+    ("syscalls", "sys_enter_sendfile64"),
+    ("syscalls", "sys_exit_sendfile64"),
+    ("syscalls", "sys_enter_accept"),
+    ("syscalls", "sys_exit_accept"),
+    ("syscalls", "sys_enter_accept4"),
+    ("syscalls", "sys_exit_accept4"),
+    ("syscalls", "sys_enter_connect"),
+    ("syscalls", "sys_exit_connect"),
+    ("syscalls", "sys_enter_close"),
+    ("sched", "sched_process_fork"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    pub capture_bytes: u32,
+    pub max_connections: u32,
+    pub max_processes: u32,
+    pub ring_buffer_bytes: u32,
+}
+
+pub struct Probes {
+    _ebpf: Ebpf,
+    traced: HashMap<MapData, u32, u8>,
+    socks: HashMap<MapData, u64, SockInfo>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+static NEXT_SEEDED_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Ids for sockets seeded from `/proc`; the probes use boot-time ns, which
+/// never reach the top bit.
+fn seeded_conn_id() -> u64 {
+    (1 << 63) | NEXT_SEEDED_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn mount_if_missing(path: &str, fstype: &str) -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(path)) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, ty) = (c(fstype), c(path), c(fstype));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        bail!("{path} is not mounted and mounting it failed ({err}); run: mount -t {fstype} {fstype} {path}");
+    }
+    log::info!("mounted {fstype} at {path}");
+    Ok(())
+}
+
+fn preflight() -> anyhow::Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        log::warn!("/sys/kernel/btf/vmlinux is missing: this kernel has no BTF; probes may not load");
+    }
+    mount_if_missing("/sys/kernel/tracing", "tracefs")?;
+    mount_if_missing("/sys/fs/bpf", "bpf")?;
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    Ok(())
+}
+
+fn explain(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    // SAFETY: no preconditions.
+    if text.contains("Operation not permitted") || unsafe { libc::geteuid() } != 0 {
+        e.context(
+            "zerospan needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, \
+             to load its probes",
+        )
+    } else {
+        e
+    }
+}
+
+impl Probes {
+    /// Loads and attaches every probe. Nothing is traced until [`Probes::trace`].
+    pub fn load(s: &ProbeSettings) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        Self::load_inner(s).map_err(explain)
+    }
+
+    fn load_inner(s: &ProbeSettings) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        preflight()?;
+        let capture = s.capture_bytes.clamp(1, MAX_CAPTURE as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CAPTURE_BYTES", &capture, true)
+            .map_max_entries("SOCKS", s.max_connections)
+            .map_max_entries("TRACED", s.max_processes)
+            .map_max_entries("ARGS", s.max_processes)
+            .map_max_entries("EVENTS", s.ring_buffer_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/zerospan"
+            )))
+            .context("loading the eBPF object")?;
+        for (category, name) in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected {name}"))?;
+            prog.attach(category, name).with_context(|| {
+                format!("attaching to tracepoint {category}/{name} (does this kernel have CONFIG_FTRACE_SYSCALLS?)")
+            })?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?)?;
+        let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?)?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+        log::info!("attached {} tracepoints", TRACEPOINTS.len());
+        Ok((
+            Probes {
+                _ebpf: ebpf,
+                traced,
+                socks,
+                counters,
+            },
+            ring,
+        ))
+    }
+
+    /// Starts tracing a process.
+    pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.traced
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the traced set (is --max-processes too small?)"))
+    }
+
+    /// Tracks the TCP sockets `pid` already holds. Call after [`Probes::trace`],
+    /// so a socket accepted in between is tracked by the probes instead.
+    pub fn seed_sockets(&mut self, pid: u32) -> Vec<(ConnKey, procfs::TcpRow)> {
+        let table = procfs::tcp_sockets(pid);
+        let mut seeded = Vec::new();
+        for (fd, inode) in procfs::socket_fds(pid) {
+            let Some(row) = table.get(&inode) else {
+                continue; // not TCP
+            };
+            if row.state == procfs::TCP_LISTEN {
+                continue;
+            }
+            let conn_id = seeded_conn_id();
+            let key = ((pid as u64) << 32) | fd as u32 as u64;
+            // BPF_NOEXIST: never clobber an entry the probes just made.
+            if self.socks.insert(key, SockInfo { conn_id }, 1).is_ok() {
+                seeded.push((ConnKey { tgid: pid, fd, conn_id }, *row));
+            }
+        }
+        seeded
+    }
+
+    /// Stops capturing a connection (not HTTP/1, or gone).
+    pub fn forget_socket(&mut self, key: ConnKey) {
+        let k = ((key.tgid as u64) << 32) | key.fd as u32 as u64;
+        if let Ok(info) = self.socks.get(&k, 0) {
+            if info.conn_id == key.conn_id {
+                let _ = self.socks.remove(&k);
+            }
+        }
+    }
+
+    /// Drops a dead process's sockets: exit closes fds without close(2).
+    pub fn forget_process(&mut self, tgid: u32) {
+        let keys: Vec<u64> = self
+            .socks
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| (k >> 32) as u32 == tgid)
+            .collect();
+        for k in keys {
+            let _ = self.socks.remove(&k);
+        }
+        let _ = self.traced.remove(&tgid);
+    }
+
+    /// Totals of the probes' loss counters, indexed by [`counter`].
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,267 @@
+//! The traced processes: which are alive, and the resource each reports as.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use crate::procfs::{self, ProcessMeta};
+use crate::spans::{Resource, Value};
+
+/// Resource settings that apply to every traced process.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceDefaults {
+    /// `OTEL_SERVICE_NAME` given to the agent: names every traced process.
+    pub service_name: Option<String>,
+    /// Parsed `OTEL_RESOURCE_ATTRIBUTES`.
+    pub attributes: Vec<(String, String)>,
+    pub host_name: String,
+}
+
+pub struct Registry {
+    defaults: ResourceDefaults,
+    /// Metadata and resource by pid, for live and recently exited processes.
+    known: HashMap<u32, (ProcessMeta, Arc<Resource>)>,
+    /// Processes still running that the agent traces.
+    live: HashSet<u32>,
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES`: `k=v,k2=v2`, values percent-decoded.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Builds a process's resource. Precedence for `service.name`: the agent's
+/// `OTEL_SERVICE_NAME`, then the process's own, then `service.name` from
+/// `OTEL_RESOURCE_ATTRIBUTES`, then the executable name.
+pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Resource {
+    let from_attrs = d
+        .attributes
+        .iter()
+        .find_map(|(k, v)| (k == "service.name").then(|| v.clone()));
+    let service = d
+        .service_name
+        .clone()
+        .or_else(|| meta.service_name.clone())
+        .or(from_attrs)
+        .unwrap_or_else(|| meta.executable_name.clone());
+    let mut attrs: Vec<(String, Value)> = vec![
+        ("service.name".into(), service.into()),
+        ("process.pid".into(), i64::from(pid).into()),
+        (
+            "process.executable.name".into(),
+            meta.executable_name.as_str().into(),
+        ),
+        (
+            "process.command_line".into(),
+            meta.command_line.as_str().into(),
+        ),
+        ("host.name".into(), d.host_name.as_str().into()),
+        ("telemetry.sdk.name".into(), "zerospan".into()),
+        ("telemetry.sdk.language".into(), "rust".into()),
+        (
+            "telemetry.sdk.version".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
+    ];
+    if let Some(path) = &meta.executable_path {
+        attrs.push(("process.executable.path".into(), path.as_str().into()));
+    }
+    for (k, v) in &d.attributes {
+        if !attrs.iter().any(|(have, _)| have == k) {
+            attrs.push((k.clone(), v.as_str().into()));
+        }
+    }
+    Resource {
+        pid,
+        attributes: attrs,
+    }
+}
+
+impl Registry {
+    pub fn new(defaults: ResourceDefaults) -> Self {
+        Registry {
+            defaults,
+            known: HashMap::new(),
+            live: HashSet::new(),
+        }
+    }
+
+    fn set(&mut self, pid: u32, meta: ProcessMeta) {
+        let r = Arc::new(build_resource(pid, &meta, &self.defaults));
+        self.known.insert(pid, (meta, r));
+    }
+
+    /// Starts tracing a running process, reading its metadata from `/proc`.
+    pub fn add(&mut self, pid: u32) {
+        self.live.insert(pid);
+        if let Some(meta) = procfs::process_meta(pid) {
+            self.set(pid, meta);
+        }
+    }
+
+    /// Starts tracing a process whose metadata the caller knows (a command
+    /// the agent is about to exec).
+    pub fn add_with(&mut self, pid: u32, meta: ProcessMeta) {
+        self.live.insert(pid);
+        self.set(pid, meta);
+    }
+
+    /// A traced process forked: the child runs the parent's image until it execs.
+    pub fn fork(&mut self, parent: u32, child: u32, comm: &str) {
+        self.live.insert(child);
+        let meta = match self.known.get(&parent) {
+            Some((m, _)) => m.clone(),
+            None => comm_meta(comm),
+        };
+        self.set(child, meta);
+    }
+
+    /// A traced process exec'd. If it is already gone, its `comm` names it.
+    pub fn exec(&mut self, pid: u32, comm: &str) {
+        if let Some(meta) = procfs::process_meta(pid) {
+            return self.set(pid, meta);
+        }
+        // comm is the executable name cut to 15 bytes.
+        let same = self
+            .known
+            .get(&pid)
+            .is_some_and(|(m, _)| m.executable_name.starts_with(comm) && !comm.is_empty());
+        if !same {
+            self.set(pid, comm_meta(comm));
+        }
+    }
+
+    pub fn exited(&mut self, pid: u32) {
+        self.live.remove(&pid);
+    }
+
+    /// Forgets exited processes once their spans are out.
+    pub fn prune(&mut self) {
+        let live = &self.live;
+        self.known.retain(|pid, _| live.contains(pid));
+    }
+
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.live.iter().copied().collect()
+    }
+
+    pub fn any_live(&self) -> bool {
+        !self.live.is_empty()
+    }
+
+    /// The resource for `pid`, reading `/proc` on first use.
+    pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
+        if !self.known.contains_key(&pid) {
+            let meta = procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")));
+            self.set(pid, meta);
+        }
+        self.known[&pid].1.clone()
+    }
+}
+
+fn comm_meta(comm: &str) -> ProcessMeta {
+    ProcessMeta {
+        executable_name: comm.to_owned(),
+        executable_path: None,
+        command_line: comm.to_owned(),
+        service_name: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ProcessMeta {
+        ProcessMeta {
+            executable_name: "python3".into(),
+            executable_path: Some("/usr/bin/python3".into()),
+            command_line: "python3 -m http.server".into(),
+            service_name: None,
+        }
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let mut d = ResourceDefaults {
+            host_name: "h".into(),
+            attributes: parse_resource_attributes("service.name=attr,deployment.environment.name=prod%2Ceu"),
+            ..Default::default()
+        };
+        let r = build_resource(7, &meta(), &d);
+        assert_eq!(r.get("service.name"), Some(&"attr".into()));
+        assert_eq!(r.get("deployment.environment.name"), Some(&"prod,eu".into()));
+        let mut m = meta();
+        m.service_name = Some("own".into());
+        assert_eq!(build_resource(7, &m, &d).get("service.name"), Some(&"own".into()));
+        d.service_name = Some("agent".into());
+        assert_eq!(build_resource(7, &m, &d).get("service.name"), Some(&"agent".into()));
+        d = ResourceDefaults::default();
+        let r = build_resource(7, &meta(), &d);
+        assert_eq!(r.get("service.name"), Some(&"python3".into()));
+        assert_eq!(r.get("process.pid"), Some(&7.into()));
+        assert_eq!(r.get("telemetry.sdk.name"), Some(&"zerospan".into()));
+    }
+
+    #[test]
+    fn forked_children_inherit_until_exec() {
+        let mut reg = Registry::new(ResourceDefaults::default());
+        reg.add_with(1_000_000_001, meta());
+        reg.fork(1_000_000_001, 1_000_000_002, "python3");
+        let r = reg.resource(1_000_000_002);
+        assert_eq!(r.get("process.pid"), Some(&1_000_000_002i64.into()));
+        assert_eq!(r.get("process.command_line"), Some(&"python3 -m http.server".into()));
+        // Exec of a process already gone: keep what we know if comm agrees...
+        reg.exec(1_000_000_002, "python3");
+        let r = reg.resource(1_000_000_002);
+        assert_eq!(r.get("process.command_line"), Some(&"python3 -m http.server".into()));
+        // ...otherwise name it by comm.
+        reg.exec(1_000_000_002, "curl");
+        let r = reg.resource(1_000_000_002);
+        assert_eq!(r.get("service.name"), Some(&"curl".into()));
+        reg.exited(1_000_000_001);
+        reg.exited(1_000_000_002);
+        assert!(!reg.any_live());
+    }
+
+    #[test]
+    fn resource_attribute_parsing_tolerates_junk() {
+        assert_eq!(parse_resource_attributes("k=é%"), vec![("k".into(), "é%".into())]);
+        assert_eq!(
+            parse_resource_attributes("a=1, b = 2 ,junk,=x,c=%zz"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("c".into(), "%zz".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! HTTP/1 exchanges to spans, following OpenTelemetry's HTTP conventions.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::{ids, redact, Resource, Span, SpanKind, Status, Value};
+use crate::{
+    clock::Clock,
+    protocols::http1::{Head, Stamp},
+};
+
+/// Which side of the exchange the traced process is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// How an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    /// No response within the request timeout.
+    TimedOut,
+    /// The connection closed before a response.
+    Closed,
+}
+
+/// One request with its response, as framed on one connection.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub request: Head,
+    pub response: Option<Head>,
+    /// Segment holding the request's first byte.
+    pub request_at: Stamp,
+    pub request_body: u64,
+    /// Segment holding the response's last byte (or the last activity seen).
+    pub end_at: Stamp,
+    pub response_body: u64,
+    pub outcome: Outcome,
+    /// Thread that moved the request's first byte.
+    pub tid: u32,
+}
+
+/// The addresses of the connection the exchange travelled on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Replace query-string values with `REDACTED`.
+    pub redact_query: bool,
+}
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Splits a `Host` header into host and port, handling `[v6]:port`.
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, tail)) = rest.split_once(']') {
+            return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (host, None),
+    }
+}
+
+fn host_for_url(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// Splits an origin-form target into path and query.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let no_fragment = target.split('#').next().unwrap_or(target);
+    match no_fragment.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (no_fragment, None),
+    }
+}
+
+pub fn build_span(
+    x: &Exchange,
+    role: Role,
+    ends: Endpoints,
+    clock: &Clock,
+    opts: Options,
+    resource: Arc<Resource>,
+) -> Span {
+    let req = &x.request;
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
+    let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+    let name = if method_known {
+        req.method.clone()
+    } else {
+        "HTTP".to_owned()
+    };
+    if method_known {
+        attrs.push(("http.request.method", req.method.as_str().into()));
+    } else {
+        attrs.push(("http.request.method", "_OTHER".into()));
+        attrs.push(("http.request.method_original", req.method.as_str().into()));
+    }
+    let query = |q: &str| {
+        if opts.redact_query {
+            redact::query(q)
+        } else {
+            q.to_owned()
+        }
+    };
+    let host_header = req.host.as_deref().map(split_host);
+    let status = x.response.as_ref().map(|r| r.status);
+    let (kind, start_ns) = match role {
+        Role::Server => {
+            let (path, q) = split_target(&req.target);
+            attrs.push(("url.path", path.into()));
+            if let Some(q) = q {
+                attrs.push(("url.query", query(q).into()));
+            }
+            attrs.push(("url.scheme", "http".into()));
+            let local = ends.local;
+            let server = host_header
+                .map(|(h, p)| (h.to_owned(), p.unwrap_or(80)))
+                .or_else(|| {
+                    local
+                        .filter(|a| !a.ip().is_unspecified())
+                        .map(|a| (a.ip().to_string(), a.port()))
+                });
+            if let Some((h, p)) = server {
+                attrs.push(("server.address", h.into()));
+                attrs.push(("server.port", i64::from(p).into()));
+            }
+            if let Some(peer) = ends.peer {
+                attrs.push(("client.address", peer.ip().to_string().into()));
+                attrs.push(("client.port", i64::from(peer.port()).into()));
+                attrs.push(("network.peer.address", peer.ip().to_string().into()));
+                attrs.push(("network.peer.port", i64::from(peer.port()).into()));
+            }
+            if let Some(local) = local {
+                if !local.ip().is_unspecified() {
+                    attrs.push(("network.local.address", local.ip().to_string().into()));
+                }
+                attrs.push(("network.local.port", i64::from(local.port()).into()));
+            }
+            // The request has arrived once its first read returns.
+            (SpanKind::Server, x.request_at.exit_ns)
+        }
+        Role::Client => {
+            let url = if req.target.starts_with('/') {
+                let authority = match (req.host.as_deref(), ends.peer) {
+                    (Some(h), _) => h.to_owned(),
+                    (None, Some(p)) => format!("{}:{}", host_for_url(p.ip()), p.port()),
+                    (None, None) => String::new(),
+                };
+                let (path, q) = split_target(&req.target);
+                match q {
+                    Some(q) => format!("http://{authority}{path}?{}", query(q)),
+                    None => format!("http://{authority}{path}"),
+                }
+            } else {
+                // absolute-form (proxies): redact its query the same way.
+                match req.target.split_once('?') {
+                    Some((base, q)) => format!("{base}?{}", query(q)),
+                    None => req.target.clone(),
+                }
+            };
+            attrs.push(("url.full", url.into()));
+            let server = host_header
+                .map(|(h, p)| (h.to_owned(), p.or(ends.peer.map(|a| a.port())).unwrap_or(80)))
+                .or_else(|| ends.peer.map(|a| (a.ip().to_string(), a.port())));
+            if let Some((h, p)) = server {
+                attrs.push(("server.address", h.into()));
+                attrs.push(("server.port", i64::from(p).into()));
+            }
+            if let Some(peer) = ends.peer {
+                attrs.push(("network.peer.address", peer.ip().to_string().into()));
+                attrs.push(("network.peer.port", i64::from(peer.port()).into()));
+            }
+            // A client call starts when the request write is issued.
+            (SpanKind::Client, x.request_at.enter_ns)
+        }
+    };
+    attrs.push(("network.protocol.name", "http".into()));
+    attrs.push(("network.protocol.version", req.protocol_version().into()));
+    if let Some(ua) = &req.user_agent {
+        if role == Role::Server {
+            attrs.push(("user_agent.original", ua.as_str().into()));
+        }
+    }
+    attrs.push(("http.request.body.size", (x.request_body as i64).into()));
+    if let Some(code) = status {
+        attrs.push(("http.response.status_code", i64::from(code).into()));
+        attrs.push(("http.response.body.size", (x.response_body as i64).into()));
+    }
+    let error_floor = if role == Role::Server { 500 } else { 400 };
+    let status = match (x.outcome, status) {
+        (Outcome::Complete, Some(code)) if code >= error_floor => {
+            attrs.push(("error.type", code.to_string().into()));
+            Status::Error(String::new())
+        }
+        (Outcome::TimedOut, _) => {
+            attrs.push(("error.type", "timeout".into()));
+            Status::Error("no response before the request timeout".to_owned())
+        }
+        (Outcome::Closed, _) => {
+            attrs.push(("error.type", "connection_closed".into()));
+            Status::Error("connection closed before the response completed".to_owned())
+        }
+        _ => Status::Unset,
+    };
+    let end_ns = x.end_at.exit_ns.max(start_ns);
+    Span {
+        trace_id: ids::trace_id(),
+        span_id: ids::span_id(),
+        parent_span_id: [0; 8],
+        trace_state: String::new(),
+        name,
+        kind,
+        start_unix_ns: clock.to_unix_ns(start_ns),
+        end_unix_ns: clock.to_unix_ns(end_ns),
+        attributes: attrs,
+        status,
+        resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource() -> Arc<Resource> {
+        Arc::new(Resource {
+            pid: 1,
+            attributes: vec![],
+        })
+    }
+
+    fn exchange(method: &str, target: &str, host: Option<&str>, status: u16) -> Exchange {
+        Exchange {
+            request: Head {
+                method: method.into(),
+                target: target.into(),
+                minor_version: 1,
+                host: host.map(Into::into),
+                user_agent: Some("curl/8".into()),
+                ..Default::default()
+            },
+            response: Some(Head {
+                status,
+                minor_version: 1,
+                ..Default::default()
+            }),
+            request_at: Stamp {
+                enter_ns: 100,
+                exit_ns: 150,
+            },
+            request_body: 0,
+            end_at: Stamp {
+                enter_ns: 900,
+                exit_ns: 1000,
+            },
+            response_body: 42,
+            outcome: Outcome::Complete,
+            tid: 1,
+        }
+    }
+
+    fn ends() -> Endpoints {
+        Endpoints {
+            peer: Some("127.0.0.1:40000".parse().unwrap()),
+            local: Some("0.0.0.0:8000".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn server_span_attributes() {
+        let x = exchange("GET", "/a/b?token=s3cret&x", Some("localhost:8000"), 503);
+        let opts = Options { redact_query: true };
+        let s = build_span(&x, Role::Server, ends(), &Clock::identity(), opts, resource());
+        assert_eq!(s.name, "GET");
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(s.attr("url.path"), Some(&"/a/b".into()));
+        assert_eq!(s.attr("url.query"), Some(&"token=REDACTED&x".into()));
+        assert_eq!(s.attr("server.address"), Some(&"localhost".into()));
+        assert_eq!(s.attr("server.port"), Some(&8000.into()));
+        assert_eq!(s.attr("client.port"), Some(&40000.into()));
+        assert_eq!(s.attr("network.local.address"), None);
+        assert_eq!(s.attr("http.response.status_code"), Some(&503.into()));
+        assert_eq!(s.attr("error.type"), Some(&"503".into()));
+        assert_eq!(s.attr("user_agent.original"), Some(&"curl/8".into()));
+        assert!(matches!(s.status, Status::Error(_)));
+        assert_eq!((s.start_unix_ns, s.end_unix_ns), (150, 1000));
+    }
+
+    #[test]
+    fn client_span_builds_a_redacted_url() {
+        let x = exchange("POST", "/api?key=abc", None, 404);
+        let opts = Options { redact_query: true };
+        let e = Endpoints {
+            peer: Some("[::1]:8080".parse().unwrap()),
+            local: None,
+        };
+        let s = build_span(&x, Role::Client, e, &Clock::identity(), opts, resource());
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.attr("url.full"), Some(&"http://[::1]:8080/api?key=REDACTED".into()));
+        assert_eq!(s.attr("server.address"), Some(&"::1".into()));
+        assert_eq!(s.attr("server.port"), Some(&8080.into()));
+        assert_eq!(s.attr("error.type"), Some(&"404".into()));
+        assert_eq!(s.attr("user_agent.original"), None);
+        assert_eq!((s.start_unix_ns, s.end_unix_ns), (100, 1000));
+    }
+
+    #[test]
+    fn unknown_methods_and_timeouts() {
+        let mut x = exchange("PURGE", "/", Some("h"), 200);
+        x.response = None;
+        x.outcome = Outcome::TimedOut;
+        let opts = Options { redact_query: false };
+        let s = build_span(&x, Role::Server, ends(), &Clock::identity(), opts, resource());
+        assert_eq!(s.name, "HTTP");
+        assert_eq!(s.attr("http.request.method"), Some(&"_OTHER".into()));
+        assert_eq!(s.attr("http.request.method_original"), Some(&"PURGE".into()));
+        assert_eq!(s.attr("error.type"), Some(&"timeout".into()));
+        assert_eq!(s.attr("server.port"), Some(&80.into()));
+    }
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("a:1"), ("a", Some(1)));
+        assert_eq!(split_host("a"), ("a", None));
+        assert_eq!(split_host("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host("[::1]"), ("::1", None));
+        assert_eq!(split_host("a:b"), ("a:b", None));
+    }
+}

@@ -1,0 +1,98 @@
+//! Spans as the agent builds them, before any export format.
+//!
+//! Spans carry their real ids and timestamps, and an `Arc` to the resource
+//! of the process they came from, so exporters can group them per process.
+
+pub mod http;
+pub mod ids;
+pub mod redact;
+
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Int(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error(String),
+}
+
+/// The resource of one traced process.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    pub pid: u32,
+    pub attributes: Vec<(String, Value)>,
+}
+
+impl Resource {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero for a root span.
+    pub parent_span_id: [u8; 8],
+    pub trace_state: String,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub status: Status,
+    pub resource: Arc<Resource>,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find_map(|(k, v)| (*k == key).then_some(v))
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id == [0; 8]
+    }
+}

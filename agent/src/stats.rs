@@ -1,0 +1,78 @@
+//! Counters for everything the agent saw, skipped or lost.
+//!
+//! Every drop has a counter here. They are printed on exit and on SIGUSR1.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Records read from the ring buffer.
+    events_read,
+    /// Records that failed to decode.
+    events_malformed,
+    /// Lost in the kernel: ring buffer full.
+    kernel_ringbuf_full,
+    /// Lost in the kernel: syscall-argument map full.
+    kernel_args_map_full,
+    /// Lost in the kernel: tracked-socket map full.
+    kernel_sock_map_full,
+    /// Segments sent uncaptured because user memory could not be read.
+    kernel_read_user_failed,
+    /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
+    connections_unknown_protocol,
+    /// Connections not tracked because the userspace table was full.
+    connections_table_full,
+    /// Times an HTTP/1 stream lost its framing and had to resynchronise.
+    http_desyncs,
+    /// Responses seen without their request (e.g. attached mid-exchange).
+    http_orphan_responses,
+    /// Requests that got no response before the request timeout.
+    http_requests_timed_out,
+    /// Requests whose connection closed before the response completed.
+    http_requests_unanswered,
+    /// Pipelined requests dropped past the per-connection bound.
+    http_pipeline_overflow,
+    /// Spans built.
+    spans_created,
+    /// Spans dropped because the export queue was full.
+    spans_dropped_queue_full,
+    /// Spans an exporter delivered.
+    spans_exported,
+    /// Spans an exporter gave up on (collector down past its buffer).
+    spans_dropped_export,
+    /// Failed export attempts (each retried with back-off).
+    export_failures,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        self.snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}

@@ -1,0 +1,154 @@
+//! The `#[repr(C)]` records that cross the kernel/userspace boundary.
+//!
+//! The probes write these into one ring buffer; the agent reads them back
+//! byte for byte. Every field is fixed-size and explicitly padded so the two
+//! sides agree without a serialisation step.
+#![no_std]
+
+/// Largest prefix of one syscall buffer (or one iovec segment) the probes
+/// copy. The capture buffer is this size; the runtime limit is at most this.
+pub const MAX_CAPTURE: usize = 4096;
+
+/// How many iovec entries of one `readv`/`writev`/`recvmsg`/`sendmsg` get
+/// their own captured segment. Bytes past them are reported as uncaptured.
+pub const MAX_IOV_SEGMENTS: u32 = 8;
+
+/// Event kinds (first byte of every record).
+pub mod kind {
+    /// Bytes moved on a tracked socket ([`super::DataEvent`]).
+    pub const DATA: u8 = 1;
+    /// A socket became tracked after `accept`/`connect` ([`super::ConnEvent`]).
+    pub const CONN_OPEN: u8 = 2;
+    /// A tracked socket was closed ([`super::EventHeader`] only).
+    pub const CONN_CLOSE: u8 = 3;
+    /// A traced process forked ([`super::ProcEvent`]).
+    pub const PROC_FORK: u8 = 4;
+    /// A traced process exec'd a new image ([`super::ProcEvent`]).
+    pub const PROC_EXEC: u8 = 5;
+    /// A traced process (its thread-group leader) exited ([`super::ProcEvent`]).
+    pub const PROC_EXIT: u8 = 6;
+}
+
+/// Data direction, from the traced process's point of view.
+pub mod direction {
+    /// The process read these bytes from the socket.
+    pub const INGRESS: u8 = 0;
+    /// The process wrote these bytes to the socket.
+    pub const EGRESS: u8 = 1;
+}
+
+/// How a socket became tracked.
+pub mod origin {
+    /// Returned by `accept`/`accept4`: this process is the server.
+    pub const ACCEPTED: u8 = 1;
+    /// Passed to `connect`: this process is the client.
+    pub const CONNECTED: u8 = 2;
+    /// Existed before the agent attached; seeded from `/proc`.
+    pub const PREEXISTING: u8 = 3;
+}
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Distinguishes successive sockets that reuse one fd number.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` at syscall entry.
+    pub ts_enter_ns: u64,
+    /// `bpf_ktime_get_ns` at syscall exit.
+    pub ts_exit_ns: u64,
+}
+
+/// Bytes one syscall (or one iovec segment of it) moved on a tracked socket.
+///
+/// Only `header.size() + captured` bytes are sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Bytes this segment really moved.
+    pub len: u64,
+    /// How many of them follow in `data` (a prefix, `<= len`).
+    pub captured: u32,
+    pub _pad: u32,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+impl DataEvent {
+    /// Size of the fixed part that precedes `data`.
+    pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>() + 16;
+}
+
+/// A socket that just became tracked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// One of [`origin`].
+    pub origin: u8,
+    pub _pad: u8,
+    /// `AF_INET` or `AF_INET6`; 0 when the peer address was not given.
+    pub family: u16,
+    /// Peer port, host byte order.
+    pub peer_port: u16,
+    pub _pad2: u16,
+    /// For accepted sockets: the listening fd they came from, else -1.
+    pub listen_fd: i32,
+    /// Peer address: 4 bytes for IPv4, 16 for IPv6.
+    pub peer_addr: [u8; 16],
+}
+
+/// A process lifecycle change of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub header: EventHeader,
+    /// For forks: the new child's pid. Otherwise equal to `header.tgid`.
+    pub pid: u32,
+    pub _pad: u32,
+    /// The task's `comm` when the event fired: a name for processes that are
+    /// gone before the agent can read `/proc`.
+    pub comm: [u8; 16],
+}
+
+/// Value of the kernel's tracked-socket map, keyed by `(tgid << 32) | fd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub conn_id: u64,
+}
+
+/// Runtime settings the agent writes into the probes' config map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    /// Bytes of each buffer to copy, `1..=MAX_CAPTURE`.
+    pub capture_bytes: u32,
+    pub _pad: u32,
+}
+
+/// Indexes into the per-CPU counter array the probes increment.
+pub mod counter {
+    /// Ring buffer was full: the event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Syscall-argument stash was full: the syscall went unseen.
+    pub const ARGS_MAP_FULL: u32 = 1;
+    /// Tracked-socket map was full: the connection went unseen.
+    pub const SOCK_MAP_FULL: u32 = 2;
+    /// User memory could not be read; the segment is sent uncaptured.
+    pub const READ_USER_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding fields.
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

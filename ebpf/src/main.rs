@@ -1,0 +1,580 @@
+//! zerospan's kernel side: syscall and sched tracepoints.
+//!
+//! The probes stay small on purpose. They filter by traced tgid, keep track of
+//! which fds are sockets, copy a bounded prefix of every buffer moved on a
+//! tracked socket, and hand everything to userspace through one ring buffer.
+//! All protocol parsing happens in the agent, in safe Rust.
+//!
+//! Tracepoint records: 8 bytes of common fields, then (for `syscalls/`) the
+//! syscall number padded to 8 bytes, then one 8-byte slot per argument. The
+//! `sched/` offsets below were read from this kernel's `format` files.
+#![no_std]
+#![no_main]
+
+use core::{mem::size_of, ptr};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use zerospan_common::{
+    counter, direction, kind, origin, ConnEvent, DataEvent, EventHeader, ProcEvent, SockInfo,
+    MAX_CAPTURE, MAX_IOV_SEGMENTS,
+};
+
+/// Bytes of each buffer to copy; the agent overrides it at load time.
+#[no_mangle]
+static CAPTURE_BYTES: u32 = 1024;
+
+/// Traced thread-group ids. Fork tracking adds children.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Tracked sockets, keyed by `(tgid << 32) | fd`.
+#[map]
+static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Syscall arguments stashed at entry for the matching exit, keyed by pid_tgid.
+#[map]
+static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Scratch space for one data event: far too big for the 512-byte stack.
+#[map]
+static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Loss counters, indexed by [`zerospan_common::counter`].
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = -115;
+
+/// What kind of buffer the stashed syscall moves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Buf {
+    /// One contiguous buffer: read/write/recvfrom/sendto.
+    Plain = 1,
+    /// An iovec array: readv/writev, and recvmsg/sendmsg after unpacking.
+    Iov = 2,
+    /// Bytes we count but cannot see: sendfile.
+    Opaque = 3,
+    /// recvmsg/sendmsg: `ptr` is a msghdr, unpacked into `Iov` at entry.
+    Msg = 6,
+    /// accept/accept4: `ptr` is the peer sockaddr.
+    Accept = 4,
+    /// connect: the peer was read at entry and tracked on success.
+    Connect = 5,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SyscallArgs {
+    buf: Buf,
+    direction: u8,
+    family: u16,
+    peer_port: u16,
+    _pad: u16,
+    fd: i32,
+    ptr: u64,
+    count: u64,
+    conn_id: u64,
+    ts_enter: u64,
+    peer_addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall tracepoint records always hold six argument slots.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: `ret` sits at offset 16 of every sys_exit record.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+#[inline(always)]
+fn traced_tgid() -> Option<(u64, u32, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TRACED.get(&tgid) }?;
+    Some((pid_tgid, tgid, pid_tgid as u32))
+}
+
+#[inline(always)]
+fn sock_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+#[inline(always)]
+fn header(kind: u8, dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        direction: dir,
+        _pad: [0; 2],
+        tgid,
+        tid,
+        fd,
+        conn_id,
+        ts_enter_ns: 0,
+        ts_exit_ns: 0,
+    }
+}
+
+#[inline(always)]
+fn stash(pid_tgid: u64, args: &SyscallArgs) {
+    if ARGS.insert(&pid_tgid, args, 0).is_err() {
+        bump(counter::ARGS_MAP_FULL);
+    }
+}
+
+/// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
+    let Some((pid_tgid, tgid, _)) = traced_tgid() else {
+        return;
+    };
+    let fd = arg(ctx, 0) as i32;
+    // SAFETY: read-only lookup of a plain value.
+    let Some(sock) = (unsafe { SOCKS.get(&sock_key(tgid, fd)) }) else {
+        return;
+    };
+    let mut buf = buf;
+    let mut ptr = arg(ctx, 1);
+    let mut count = arg(ctx, 2);
+    if buf == Buf::Msg {
+        // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24.
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
+        let len = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
+        buf = Buf::Iov;
+        ptr = iov;
+        count = len;
+    }
+    let args = SyscallArgs {
+        buf,
+        direction: dir,
+        family: 0,
+        peer_port: 0,
+        _pad: 0,
+        fd,
+        ptr,
+        count,
+        conn_id: sock.conn_id,
+        // SAFETY: helper has no preconditions.
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        peer_addr: [0; 16],
+    };
+    stash(pid_tgid, &args);
+}
+
+/// Exit of a data syscall: emit what it moved.
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of a plain value.
+    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = ARGS.remove(&pid_tgid);
+    let moved = ret(ctx);
+    if moved <= 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let mut hdr = header(
+        kind::DATA,
+        args.direction,
+        tgid,
+        pid_tgid as u32,
+        args.fd,
+        args.conn_id,
+    );
+    hdr.ts_enter_ns = args.ts_enter;
+    // SAFETY: helper has no preconditions.
+    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    let moved = moved as u64;
+    match args.buf {
+        Buf::Plain => emit_segment(&hdr, args.ptr, moved),
+        Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved),
+        _ => emit_segment(&hdr, 0, moved),
+    }
+}
+
+#[inline(always)]
+fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64) {
+    let mut remaining = moved;
+    let mut i: u32 = 0;
+    while i < MAX_IOV_SEGMENTS {
+        if remaining == 0 || i as u64 >= iovcnt {
+            break;
+        }
+        let at = iov + (i as u64) * size_of::<Iovec>() as u64;
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let Ok(v) = (unsafe { bpf_probe_read_user(at as *const Iovec) }) else {
+            break;
+        };
+        let seg = if v.len < remaining { v.len } else { remaining };
+        if seg > 0 {
+            emit_segment(hdr, v.base, seg);
+        }
+        remaining -= seg;
+        i += 1;
+    }
+    if remaining > 0 {
+        // Segments past MAX_IOV_SEGMENTS: counted, not captured.
+        emit_segment(hdr, 0, remaining);
+    }
+}
+
+/// Sends one segment: its true length and a prefix of its bytes.
+#[inline(always)]
+fn emit_segment(hdr: &EventHeader, src: u64, len: u64) {
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: CAPTURE_BYTES is a load-time constant.
+    let limit = unsafe { ptr::read_volatile(&CAPTURE_BYTES) } as u64;
+    let mut want = if len < limit { len } else { limit };
+    if src == 0 {
+        want = 0;
+    }
+    // Keep the bound visible to the verifier.
+    let mut n = (want as usize) & (2 * MAX_CAPTURE - 1);
+    if n > MAX_CAPTURE {
+        n = MAX_CAPTURE;
+    }
+    // SAFETY: `ev` is this CPU's scratch slot; `n <= MAX_CAPTURE` keeps the
+    // copy and the output inside it.
+    unsafe {
+        (*ev).header = *hdr;
+        (*ev).len = len;
+        if n > 0 {
+            let r = generated::bpf_probe_read_user(
+                (*ev).data.as_mut_ptr().cast(),
+                n as u32,
+                src as *const core::ffi::c_void,
+            );
+            if r != 0 {
+                bump(counter::READ_USER_FAILED);
+                n = 0;
+            }
+        }
+        (*ev).captured = n as u32;
+        let total = DataEvent::HEADER_SIZE + n;
+        let bytes = core::slice::from_raw_parts(ev as *const u8, total);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            bump(counter::RINGBUF_FULL);
+        }
+    }
+}
+
+#[inline(always)]
+fn output<T>(value: &T) {
+    if EVENTS.output::<T>(value, 0).is_err() {
+        bump(counter::RINGBUF_FULL);
+    }
+}
+
+// ---- data syscalls ----------------------------------------------------------
+
+macro_rules! data_probe {
+    ($enter:ident, $exit:ident, $buf:expr, $dir:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $buf, $dir);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx);
+            0
+        }
+    };
+}
+
+data_probe!(sys_enter_read, sys_exit_read, Buf::Plain, direction::INGRESS);
+data_probe!(sys_enter_recvfrom, sys_exit_recvfrom, Buf::Plain, direction::INGRESS);
+data_probe!(sys_enter_readv, sys_exit_readv, Buf::Iov, direction::INGRESS);
+data_probe!(sys_enter_recvmsg, sys_exit_recvmsg, Buf::Msg, direction::INGRESS);
+data_probe!(sys_enter_write, sys_exit_write, Buf::Plain, direction::EGRESS);
+data_probe!(sys_enter_sendto, sys_exit_sendto, Buf::Plain, direction::EGRESS);
+data_probe!(sys_enter_writev, sys_exit_writev, Buf::Iov, direction::EGRESS);
+data_probe!(sys_enter_sendmsg, sys_exit_sendmsg, Buf::Msg, direction::EGRESS);
+data_probe!(sys_enter_sendfile64, sys_exit_sendfile64, Buf::Opaque, direction::EGRESS);
+
+// ---- connection lifecycle ---------------------------------------------------
+
+/// Reads an inet sockaddr: (family, port in host order, address bytes).
+#[inline(always)]
+fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
+    let port = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
+    let mut out = [0u8; 16];
+    match family {
+        AF_INET => out[..4]
+            .copy_from_slice(&unsafe { bpf_probe_read_user((addr + 4) as *const [u8; 4]) }.ok()?),
+        AF_INET6 => {
+            out = unsafe { bpf_probe_read_user((addr + 8) as *const [u8; 16]) }.ok()?;
+        }
+        _ => return Some((family, 0, out)),
+    }
+    Some((family, u16::from_be(port), out))
+}
+
+#[inline(always)]
+fn enter_accept(ctx: &TracePointContext) {
+    let Some((pid_tgid, _, _)) = traced_tgid() else {
+        return;
+    };
+    let args = SyscallArgs {
+        buf: Buf::Accept,
+        direction: 0,
+        family: 0,
+        peer_port: 0,
+        _pad: 0,
+        fd: arg(ctx, 0) as i32,
+        ptr: arg(ctx, 1),
+        count: 0,
+        conn_id: 0,
+        ts_enter: 0,
+        peer_addr: [0; 16],
+    };
+    stash(pid_tgid, &args);
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    enter_accept(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter_accept(&ctx);
+    0
+}
+
+#[inline(always)]
+fn exit_accept(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of a plain value.
+    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = ARGS.remove(&pid_tgid);
+    let fd = ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let (family, port, addr) = read_sockaddr(args.ptr).unwrap_or((0, 0, [0; 16]));
+    if family != 0 && family != AF_INET && family != AF_INET6 {
+        return; // a unix or other non-IP socket
+    }
+    track(pid_tgid, fd as i32, origin::ACCEPTED, args.fd, family, port, addr);
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    exit_accept(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    exit_accept(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, _, _)) = traced_tgid() else {
+        return 0;
+    };
+    let Some((family, port, addr)) = read_sockaddr(arg(&ctx, 1)) else {
+        return 0;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let args = SyscallArgs {
+        buf: Buf::Connect,
+        direction: 0,
+        family,
+        peer_port: port,
+        _pad: 0,
+        fd: arg(&ctx, 0) as i32,
+        ptr: 0,
+        count: 0,
+        conn_id: 0,
+        ts_enter: 0,
+        peer_addr: addr,
+    };
+    stash(pid_tgid, &args);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of a plain value.
+    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = ARGS.remove(&pid_tgid);
+    let r = ret(&ctx);
+    if r != 0 && r != EINPROGRESS {
+        return 0;
+    }
+    track(
+        pid_tgid,
+        args.fd,
+        origin::CONNECTED,
+        -1,
+        args.family,
+        args.peer_port,
+        args.peer_addr,
+    );
+    0
+}
+
+#[inline(always)]
+fn track(pid_tgid: u64, fd: i32, how: u8, listen_fd: i32, family: u16, port: u16, addr: [u8; 16]) {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let info = SockInfo { conn_id: now };
+    if SOCKS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
+        bump(counter::SOCK_MAP_FULL);
+        return;
+    }
+    let mut hdr = header(kind::CONN_OPEN, 0, tgid, pid_tgid as u32, fd, now);
+    hdr.ts_enter_ns = now;
+    hdr.ts_exit_ns = now;
+    output(&ConnEvent {
+        header: hdr,
+        origin: how,
+        _pad: 0,
+        family,
+        peer_port: port,
+        _pad2: 0,
+        listen_fd,
+        peer_addr: addr,
+    });
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid)) = traced_tgid() else {
+        return 0;
+    };
+    let fd = arg(&ctx, 0) as i32;
+    let key = sock_key(tgid, fd);
+    // SAFETY: read-only copy of a plain value.
+    let Some(info) = (unsafe { SOCKS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKS.remove(&key);
+    let mut hdr = header(kind::CONN_CLOSE, 0, tgid, tid, fd, info.conn_id);
+    // SAFETY: helper has no preconditions.
+    hdr.ts_enter_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.ts_exit_ns = hdr.ts_enter_ns;
+    output(&hdr);
+    0
+}
+
+// ---- process lifecycle ------------------------------------------------------
+
+fn proc_event(kind: u8, tgid: u32, tid: u32, pid: u32) {
+    let mut hdr = header(kind, 0, tgid, tid, -1, 0);
+    // SAFETY: helper has no preconditions.
+    hdr.ts_enter_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.ts_exit_ns = hdr.ts_enter_ns;
+    output(&ProcEvent {
+        header: hdr,
+        pid,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+}
+
+/// Children of traced processes are traced. Thread creation fires this too;
+/// the extra entry is keyed by the new tid and removed when that thread exits.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid)) = traced_tgid() else {
+        return 0;
+    };
+    // SAFETY: child_pid is at offset 20 of this kernel's sched_process_fork record.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    let child = child as u32;
+    let _ = TRACED.insert(&child, &1, 0);
+    proc_event(kind::PROC_FORK, tgid, tid, child);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid)) = traced_tgid() else {
+        return 0;
+    };
+    proc_event(kind::PROC_EXEC, tgid, tid, tgid);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid)) = traced_tgid() else {
+        return 0;
+    };
+    if tid != tgid {
+        let _ = TRACED.remove(&tid);
+    }
+    // SAFETY: group_dead is at offset 32 of this kernel's sched_process_exit record.
+    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0) != 0;
+    if group_dead {
+        let _ = TRACED.remove(&tgid);
+        proc_event(kind::PROC_EXIT, tgid, tid, tgid);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
