@@ -91,7 +91,11 @@ impl EventPath {
                 self.tracker.open(key, how, peer, local, at_ns);
             }
             Event::ConnClose { key, .. } => self.tracker.close(key),
-            Event::Fork { parent, child, comm } => self.registry.fork(parent, child, &comm),
+            Event::Fork {
+                parent,
+                child,
+                comm,
+            } => self.registry.fork(parent, child, &comm),
             Event::Exec { pid, comm } => self.registry.exec(pid, &comm),
             Event::Exit { pid } => self.process_gone(pid),
         }
@@ -112,7 +116,14 @@ impl EventPath {
         let finished: Vec<_> = self.tracker.drain().collect();
         for f in finished {
             let resource = self.registry.resource(f.tgid);
-            let span = spans::http::build_span(&f.exchange, f.role, f.ends, &self.clock, self.http, resource);
+            let span = spans::http::build_span(
+                &f.exchange,
+                f.role,
+                f.ends,
+                &self.clock,
+                self.http,
+                resource,
+            );
             Stats::inc(&self.stats.spans_created);
             if self.spans.try_send(span).is_err() {
                 Stats::inc(&self.stats.spans_dropped_queue_full);
@@ -137,11 +148,25 @@ impl EventPath {
         self.emit();
         self.registry.prune();
         let c = self.probes.counters();
-        let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, std::sync::atomic::Ordering::Relaxed);
-        set(&self.stats.kernel_ringbuf_full, c[counter::RINGBUF_FULL as usize]);
-        set(&self.stats.kernel_args_map_full, c[counter::ARGS_MAP_FULL as usize]);
-        set(&self.stats.kernel_sock_map_full, c[counter::SOCK_MAP_FULL as usize]);
-        set(&self.stats.kernel_read_user_failed, c[counter::READ_USER_FAILED as usize]);
+        let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
+            a.store(v, std::sync::atomic::Ordering::Relaxed)
+        };
+        set(
+            &self.stats.kernel_ringbuf_full,
+            c[counter::RINGBUF_FULL as usize],
+        );
+        set(
+            &self.stats.kernel_args_map_full,
+            c[counter::ARGS_MAP_FULL as usize],
+        );
+        set(
+            &self.stats.kernel_sock_map_full,
+            c[counter::SOCK_MAP_FULL as usize],
+        );
+        set(
+            &self.stats.kernel_read_user_failed,
+            c[counter::READ_USER_FAILED as usize],
+        );
     }
 
     /// Starts tracing a running process and the sockets it already holds.
@@ -150,60 +175,104 @@ impl EventPath {
         self.registry.add(pid);
         let now = Clock::now_ktime_ns();
         for (key, row) in self.probes.seed_sockets(pid) {
-            self.tracker.open(key, origin::PREEXISTING, Some(row.remote), Some(row.local), now);
+            self.tracker.open(
+                key,
+                origin::PREEXISTING,
+                Some(row.remote),
+                Some(row.local),
+                now,
+            );
         }
         Ok(())
     }
 }
 
-/// Starts `argv` held at a gate until its pid is traced, so not one of its
-/// syscalls goes unseen.
-fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::process::Child> {
+/// A pipe whose ends close on exec.
+fn cloexec_pipe(what: &str) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: valid out-array; O_CLOEXEC keeps the pipe out of the exec'd program.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating the start gate");
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating the {what}"));
     }
     // SAFETY: fresh fds we own.
-    let (gate_r, gate_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let (r, w) = (gate_r.as_raw_fd(), gate_w.as_raw_fd());
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `argv` held at a gate until its pid is traced, so not one of its
+/// syscalls goes unseen.
+///
+/// `spawn` only returns once the child has exec'd, so the child reports its
+/// own pid through a second pipe before it waits at the gate, and the spawn
+/// runs on a helper thread while this one traces the pid and opens the gate.
+fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::process::Child> {
+    let (gate_r, gate_w) = cloexec_pipe("start gate")?;
+    let (pid_r, pid_w) = cloexec_pipe("pid pipe")?;
+    let (gr, gw, pw) = (gate_r.as_raw_fd(), gate_w.as_raw_fd(), pid_w.as_raw_fd());
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     // SAFETY: the closure only makes async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(move || {
-            libc::close(w);
+            libc::close(gw);
+            let pid = libc::getpid();
+            libc::write(pw, (&pid as *const i32).cast(), 4);
+            libc::close(pw);
             let mut b = 0u8;
             // EOF (the agent died before opening the gate) aborts the exec.
-            if libc::read(r, (&mut b as *mut u8).cast(), 1) != 1 {
-                return Err(std::io::Error::other("zerospan did not open the start gate"));
+            if libc::read(gr, (&mut b as *mut u8).cast(), 1) != 1 {
+                return Err(std::io::Error::other(
+                    "zerospan did not open the start gate",
+                ));
             }
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {:?}", argv[0]))?;
-    let pid = child.id().context("child exited at once")?;
-    path.probes.trace(pid)?;
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::scope(|scope| {
+        let spawner = scope.spawn(move || {
+            let _in_runtime = runtime.enter();
+            let spawned = cmd.spawn();
+            // Only now: if fork itself failed, this EOF ends the pid read.
+            drop(pid_w);
+            spawned
+        });
+        let mut pid = [0u8; 4];
+        let mut file = std::fs::File::from(pid_r);
+        let got = std::io::Read::read_exact(&mut file, &mut pid);
+        let opened = got.map_err(anyhow::Error::from).and_then(|()| {
+            let pid = i32::from_ne_bytes(pid) as u32;
+            path.probes.trace(pid)?;
+            path.registry.add_with(pid, command_meta(argv));
+            // SAFETY: writing one byte to our own pipe.
+            unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            Ok(())
+        });
+        // Closing the gate unopened makes the child abort before exec.
+        drop(gate_w);
+        let child = spawner
+            .join()
+            .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?
+            .with_context(|| format!("cannot start {:?}", argv[0]))?;
+        opened.context("tracing the command before it starts")?;
+        Ok(child)
+    })
+}
+
+/// What we know of a command we start before it execs.
+fn command_meta(argv: &[String]) -> ProcessMeta {
     let exe = std::path::Path::new(&argv[0])
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| argv[0].clone());
-    path.registry.add_with(
-        pid,
-        ProcessMeta {
-            executable_name: exe,
-            executable_path: None,
-            command_line: argv.join(" "),
-            service_name: std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()),
-        },
-    );
-    // SAFETY: writing one byte to our own pipe.
-    unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-    drop(gate_w);
-    drop(gate_r);
-    Ok(child)
+    ProcessMeta {
+        executable_name: exe,
+        executable_path: None,
+        command_line: argv.join(" "),
+        service_name: std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    }
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {

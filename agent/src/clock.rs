@@ -32,7 +32,7 @@ impl Clock {
         Clock { offset_ns: 0 }
     }
 
-    pub fn to_unix_ns(&self, ktime_ns: u64) -> u64 {
+    pub fn to_unix_ns(self, ktime_ns: u64) -> u64 {
         (ktime_ns as i128 + self.offset_ns).max(0) as u64
     }
 

@@ -99,7 +99,6 @@ pub struct Config {
     pub redact_query: bool,
     pub max_connections: usize,
     pub request_timeout: Duration,
-    pub verbose: u8,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -135,7 +134,10 @@ impl Config {
             .unwrap_or_default();
         // A signal-specific endpoint is used as given; a base endpoint gets
         // the signal path appended (OTLP exporter spec).
-        let endpoint = match (args.otlp_endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
+        let endpoint = match (
+            args.otlp_endpoint,
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ) {
             (Some(e), _) => Some((e, false)),
             (None, Some(e)) => Some((e, true)),
             (None, None) => env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)),
@@ -152,7 +154,9 @@ impl Config {
                     },
                     headers,
                 },
-                "http/json" => bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf"),
+                "http/json" => {
+                    bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf")
+                }
                 other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
             });
         }
@@ -192,7 +196,6 @@ impl Config {
             redact_query: !args.no_redact_query,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
-            verbose: args.verbose,
         })
     }
 }
@@ -204,8 +207,10 @@ mod tests {
     use super::*;
 
     fn resolve(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let args = Args::try_parse_from(std::iter::once("zerospan").chain(argv.iter().copied()))?;
         Config::resolve(args, |k| env.get(k).cloned())
     }
@@ -233,7 +238,10 @@ mod tests {
             vec![
                 SinkConfig::OtlpHttp {
                     endpoint: "http://c:4318/v1/traces".into(),
-                    headers: vec![("api-key".into(), "s3cret".into()), ("x-team".into(), "web".into())],
+                    headers: vec![
+                        ("api-key".into(), "s3cret".into()),
+                        ("x-team".into(), "web".into())
+                    ],
                 },
                 SinkConfig::JsonFile("/tmp/t.json".into()),
             ]
@@ -248,7 +256,9 @@ mod tests {
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")],
         )
         .unwrap();
-        assert!(matches!(&c.export.sinks[0], SinkConfig::OtlpGrpc { endpoint, .. } if endpoint == "http://flag:4317"));
+        assert!(
+            matches!(&c.export.sinks[0], SinkConfig::OtlpGrpc { endpoint, .. } if endpoint == "http://flag:4317")
+        );
         let c = resolve(
             &["--pid", "2"],
             &[
@@ -257,16 +267,24 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(matches!(&c.export.sinks[0], SinkConfig::OtlpHttp { endpoint, .. } if endpoint == "http://c/custom"));
+        assert!(
+            matches!(&c.export.sinks[0], SinkConfig::OtlpHttp { endpoint, .. } if endpoint == "http://c/custom")
+        );
     }
 
     #[test]
     fn clear_errors_for_bad_input() {
         let e = resolve(&[], &[]).unwrap_err().to_string();
         assert!(e.contains("nothing to trace"), "{e}");
-        let e = resolve(&["--pid", "1"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")])
-            .unwrap_err()
-            .to_string();
+        let e = resolve(
+            &["--pid", "1"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown OTLP protocol"), "{e}");
         assert!(resolve(&["--pid", "1", "--capture-bytes", "0"], &[]).is_err());
         assert!(resolve(&["--pid", "1", "--", "x"], &[]).is_err());

@@ -54,11 +54,16 @@ struct Book {
     finished: Vec<Exchange>,
     tid: u32,
     last_at: Stamp,
+    /// The segment in which the response stream last lost sync, until the
+    /// next response head is framed.
+    response_lost_at: Option<Stamp>,
 }
 
 enum State {
     /// Pre-existing socket: role not known until a request shows up.
-    Detecting { segments: u32 },
+    Detecting {
+        segments: u32,
+    },
     Http(Box<HttpConn>),
     /// Not HTTP/1: ignored.
     Ignored,
@@ -93,15 +98,15 @@ impl Sink for RequestSink<'_> {
             request: head,
             response: None,
             request_at: at,
-            request_body: 0,
+            request_body: None,
             end_at: at,
-            response_body: 0,
+            response_body: None,
             outcome: Outcome::Complete,
             tid: self.book.tid,
         });
     }
 
-    fn on_end(&mut self, body_bytes: u64, _at: Stamp) {
+    fn on_end(&mut self, body_bytes: Option<u64>, _at: Stamp) {
         if let Some(x) = self.book.pending.back_mut() {
             x.request_body = body_bytes;
         }
@@ -109,6 +114,7 @@ impl Sink for RequestSink<'_> {
 
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
+            log::debug!("request stream lost sync: {why}");
             Stats::inc(&self.stats.http_desyncs);
         }
     }
@@ -121,6 +127,9 @@ struct ResponseSink<'a> {
 
 impl Sink for ResponseSink<'_> {
     fn on_head(&mut self, head: Head, _at: Stamp) {
+        if let Some(lost) = self.book.response_lost_at.take() {
+            self.give_up_before(lost);
+        }
         match self.book.pending.front_mut() {
             Some(x) if x.response.is_none() => {
                 x.response = Some(head);
@@ -133,7 +142,7 @@ impl Sink for ResponseSink<'_> {
         }
     }
 
-    fn on_end(&mut self, body_bytes: u64, at: Stamp) {
+    fn on_end(&mut self, body_bytes: Option<u64>, at: Stamp) {
         if !std::mem::take(&mut self.book.response_matched) {
             return;
         }
@@ -153,7 +162,31 @@ impl Sink for ResponseSink<'_> {
 
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
+            log::debug!("response stream lost sync: {why}");
             Stats::inc(&self.stats.http_desyncs);
+            self.book.response_lost_at = Some(self.book.last_at);
+        }
+    }
+}
+
+impl ResponseSink<'_> {
+    /// After the response stream lost sync in the segment read at `lost`,
+    /// the next response head that can be framed answers *some* pending
+    /// request, but not necessarily the first: the responses to any request
+    /// written before that read may have been inside the bytes we could not
+    /// frame. Pairing by position would then attach every later response to
+    /// the wrong request, so those requests end unanswered instead, and the
+    /// head goes to the first request written after the loss.
+    fn give_up_before(&mut self, lost: Stamp) {
+        while let Some(x) = self.book.pending.front() {
+            if x.response.is_some() || x.request_at.enter_ns >= lost.exit_ns {
+                break;
+            }
+            let mut x = self.book.pending.pop_front().expect("front exists");
+            x.outcome = Outcome::ResponseLost;
+            x.end_at = lost;
+            Stats::inc(&self.stats.http_responses_lost);
+            self.book.finished.push(x);
         }
     }
 }
@@ -231,6 +264,7 @@ impl Tracker {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -300,12 +334,13 @@ impl Tracker {
         let still_http = h.feed(egress, tid, seg, &self.stats);
         let role = h.role;
         let ends = conn.ends;
-        self.out.extend(h.book.finished.drain(..).map(|exchange| Finished {
-            tgid: key.tgid,
-            role,
-            ends,
-            exchange,
-        }));
+        self.out
+            .extend(h.book.finished.drain(..).map(|exchange| Finished {
+                tgid: key.tgid,
+                role,
+                ends,
+                exchange,
+            }));
         if !still_http {
             conn.state = State::Ignored;
             Stats::inc(&self.stats.connections_unknown_protocol);
@@ -335,7 +370,12 @@ impl Tracker {
 
     /// Closes every connection of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
-        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
         for key in keys {
             self.close(key);
         }
@@ -423,12 +463,20 @@ mod tests {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         for i in 0..3u64 {
-            t.data(KEY, 1, false, seg(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", i * 10));
+            t.data(
+                KEY,
+                1,
+                false,
+                seg(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", i * 10),
+            );
             t.data(
                 KEY,
                 1,
                 true,
-                seg(b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno", i * 10 + 5),
+                seg(
+                    b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno",
+                    i * 10 + 5,
+                ),
             );
         }
         let done: Vec<_> = t.drain().collect();
@@ -443,7 +491,12 @@ mod tests {
     fn pipelined_requests_answered_in_one_write() {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
-        t.data(KEY, 1, false, seg(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n", 0));
+        t.data(
+            KEY,
+            1,
+            false,
+            seg(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n", 0),
+        );
         t.data(
             KEY,
             1,
@@ -454,9 +507,12 @@ mod tests {
             ),
         );
         let done: Vec<_> = t.drain().collect();
-        let targets: Vec<_> = done.iter().map(|f| f.exchange.request.target.as_str()).collect();
+        let targets: Vec<_> = done
+            .iter()
+            .map(|f| f.exchange.request.target.as_str())
+            .collect();
         assert_eq!(targets, ["/a", "/b"]);
-        assert_eq!(done[1].exchange.response_body, 0);
+        assert_eq!(done[1].exchange.response_body, Some(0));
     }
 
     #[test]
@@ -466,7 +522,12 @@ mod tests {
         t.open(KEY, origin::CONNECTED, None, None, 0);
         t.data(KEY, 1, true, seg(b"*1\r\n$4\r\nPING\r\n", 0));
         assert_eq!(t.take_evictions(), vec![KEY]);
-        assert_eq!(stats.connections_unknown_protocol.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            stats
+                .connections_unknown_protocol
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         t.data(KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
         assert_eq!(t.drain().count(), 0);
     }
@@ -477,7 +538,12 @@ mod tests {
         t.open(KEY, origin::PREEXISTING, None, None, 0);
         t.data(KEY, 1, true, seg(b"partial body of an old response", 0));
         t.data(KEY, 1, false, seg(b"GET /next HTTP/1.1\r\n\r\n", 10));
-        t.data(KEY, 1, true, seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20));
+        t.data(
+            KEY,
+            1,
+            true,
+            seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20),
+        );
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].role, Role::Server);
@@ -512,7 +578,7 @@ mod tests {
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done[0].exchange.outcome, Outcome::Complete);
-        assert_eq!(done[0].exchange.response_body, 4);
+        assert_eq!(done[0].exchange.response_body, Some(4));
         assert_eq!(done[0].exchange.end_at.exit_ns, 11);
     }
 
@@ -524,6 +590,82 @@ mod tests {
             t.open(ConnKey { fd, ..KEY }, origin::ACCEPTED, None, None, 0);
         }
         assert_eq!(t.len(), 8);
-        assert_eq!(stats.connections_table_full.load(std::sync::atomic::Ordering::Relaxed), 12);
+        assert_eq!(
+            stats
+                .connections_table_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+            12
+        );
+    }
+
+    /// A client reads a chunked response and the next pipelined response in
+    /// one large read, most of it uncaptured. The 503 request's response may
+    /// be in the lost bytes, so it must not take the next response framed
+    /// (the POST's 201): it ends unanswered and the POST pairs correctly.
+    #[test]
+    fn lost_response_framing_never_shifts_later_pairs() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let pipelined = get("/a") + &get("/chunked") + &get("/503");
+        t.data(KEY, 1, true, seg(pipelined.as_bytes(), 10));
+        t.data(
+            KEY,
+            1,
+            false,
+            seg(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 20),
+        );
+        // Chunked head and the start of a 4000-byte chunk are captured; the
+        // rest of the chunk, the last chunk and the 503 response are not.
+        let captured = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfa0\r\nzzzz";
+        let stamp = Stamp {
+            enter_ns: 30,
+            exit_ns: 31,
+        };
+        t.data(
+            KEY,
+            1,
+            false,
+            Segment {
+                bytes: captured,
+                len: 4200,
+                stamp,
+            },
+        );
+        t.data(
+            KEY,
+            1,
+            true,
+            seg(b"POST /p HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 40),
+        );
+        t.data(
+            KEY,
+            1,
+            false,
+            seg(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 50),
+        );
+        let done: Vec<_> = t.drain().map(|f| f.exchange).collect();
+        let summary: Vec<_> = done
+            .iter()
+            .map(|x| {
+                let status = x.response.as_ref().map(|r| r.status);
+                (
+                    x.request.target.as_str(),
+                    status,
+                    x.response_body,
+                    x.outcome,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("/a", Some(200), Some(2), Outcome::Complete),
+                ("/chunked", Some(200), None, Outcome::Complete),
+                ("/503", None, None, Outcome::ResponseLost),
+                ("/p", Some(201), Some(0), Outcome::Complete),
+            ]
+        );
+        assert_eq!(done[2].end_at, stamp);
     }
 }

@@ -6,9 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use zerospan_common::{
-    kind, ConnEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE,
-};
+use zerospan_common::{kind, ConnEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE};
 
 /// Identifies one connection: fd numbers are reused, `conn_id` is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,7 +29,6 @@ pub enum Event<'a> {
     },
     ConnOpen {
         key: ConnKey,
-        tid: u32,
         origin: u8,
         peer: Option<SocketAddr>,
         listen_fd: i32,
@@ -39,7 +36,6 @@ pub enum Event<'a> {
     },
     ConnClose {
         key: ConnKey,
-        at_ns: u64,
     },
     Fork {
         parent: u32,
@@ -111,7 +107,10 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let captured = u32::from_ne_bytes(buf[48..52].try_into().expect("4 bytes")) as usize;
             let carried = buf.len() - DataEvent::HEADER_SIZE;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > len {
-                return Err(DecodeError::BadCapture { claimed: captured, carried });
+                return Err(DecodeError::BadCapture {
+                    claimed: captured,
+                    carried,
+                });
             }
             Event::Data {
                 key,
@@ -127,17 +126,13 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let c: ConnEvent = read(buf)?;
             Event::ConnOpen {
                 key,
-                tid: h.tid,
                 origin: c.origin,
                 peer: socket_addr(c.family, c.peer_port, &c.peer_addr),
                 listen_fd: c.listen_fd,
                 at_ns: h.ts_exit_ns,
             }
         }
-        kind::CONN_CLOSE => Event::ConnClose {
-            key,
-            at_ns: h.ts_exit_ns,
-        },
+        kind::CONN_CLOSE => Event::ConnClose { key },
         kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
             let p: ProcEvent = read(buf)?;
             match h.kind {
@@ -164,15 +159,17 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain record.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     #[test]
     fn header_layout_matches_the_probes() {
         assert_eq!(size_of::<EventHeader>(), 40);
         assert_eq!(DataEvent::HEADER_SIZE, 56);
-        assert_eq!(std::mem::offset_of!(DataEvent, data), DataEvent::HEADER_SIZE);
+        assert_eq!(
+            std::mem::offset_of!(DataEvent, data),
+            DataEvent::HEADER_SIZE
+        );
     }
 
     #[test]
@@ -198,8 +195,21 @@ mod tests {
         let raw = bytes_of(&ev);
         let raw = &raw[..DataEvent::HEADER_SIZE + 5];
         match decode(raw).unwrap() {
-            Event::Data { key, egress, len, bytes, .. } => {
-                assert_eq!(key, ConnKey { tgid: 7, fd: 3, conn_id: 99 });
+            Event::Data {
+                key,
+                egress,
+                len,
+                bytes,
+                ..
+            } => {
+                assert_eq!(
+                    key,
+                    ConnKey {
+                        tgid: 7,
+                        fd: 3,
+                        conn_id: 99
+                    }
+                );
                 assert!(egress);
                 assert_eq!(len, 1000);
                 assert_eq!(bytes, b"hello");
@@ -216,8 +226,14 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         assert_eq!(decode(&[1, 2, 3]).unwrap_err(), DecodeError::Short(3));
-        let h = EventHeader { kind: 77, ..Default::default() };
-        assert_eq!(decode(&bytes_of(&h)).unwrap_err(), DecodeError::UnknownKind(77));
+        let h = EventHeader {
+            kind: 77,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&bytes_of(&h)).unwrap_err(),
+            DecodeError::UnknownKind(77)
+        );
     }
 
     #[test]

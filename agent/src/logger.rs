@@ -21,8 +21,16 @@ impl log::Log for Stderr {
 }
 
 pub fn init(verbose: u8) {
-    let level = if verbose > 0 { Level::Debug } else { Level::Info };
-    let filter = if verbose > 0 { LevelFilter::Debug } else { LevelFilter::Info };
+    let level = if verbose > 0 {
+        Level::Debug
+    } else {
+        Level::Info
+    };
+    let filter = if verbose > 0 {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
     if log::set_boxed_logger(Box::new(Stderr { level })).is_ok() {
         log::set_max_level(filter);
     }

@@ -74,14 +74,23 @@ fn seeded_conn_id() -> u64 {
 
 fn mount_if_missing(path: &str, fstype: &str) -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(path)) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(path))
+    {
         return Ok(());
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
     let (src, target, ty) = (c(fstype), c(path), c(fstype));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ty.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = io::Error::last_os_error();
@@ -93,7 +102,9 @@ fn mount_if_missing(path: &str, fstype: &str) -> anyhow::Result<()> {
 
 fn preflight() -> anyhow::Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        log::warn!("/sys/kernel/btf/vmlinux is missing: this kernel has no BTF; probes may not load");
+        log::warn!(
+            "/sys/kernel/btf/vmlinux is missing: this kernel has no BTF; probes may not load"
+        );
     }
     mount_if_missing("/sys/kernel/tracing", "tracefs")?;
     mount_if_missing("/sys/fs/bpf", "bpf")?;
@@ -173,9 +184,9 @@ impl Probes {
 
     /// Starts tracing a process.
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.traced
-            .insert(pid, 1, 0)
-            .with_context(|| format!("adding pid {pid} to the traced set (is --max-processes too small?)"))
+        self.traced.insert(pid, 1, 0).with_context(|| {
+            format!("adding pid {pid} to the traced set (is --max-processes too small?)")
+        })
     }
 
     /// Tracks the TCP sockets `pid` already holds. Call after [`Probes::trace`],
@@ -194,7 +205,14 @@ impl Probes {
             let key = ((pid as u64) << 32) | fd as u32 as u64;
             // BPF_NOEXIST: never clobber an entry the probes just made.
             if self.socks.insert(key, SockInfo { conn_id }, 1).is_ok() {
-                seeded.push((ConnKey { tgid: pid, fd, conn_id }, *row));
+                seeded.push((
+                    ConnKey {
+                        tgid: pid,
+                        fd,
+                        conn_id,
+                    },
+                    *row,
+                ));
             }
         }
         seeded

@@ -180,7 +180,8 @@ impl Registry {
     /// The resource for `pid`, reading `/proc` on first use.
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
         if !self.known.contains_key(&pid) {
-            let meta = procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")));
+            let meta =
+                procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")));
             self.set(pid, meta);
         }
         self.known[&pid].1.clone()
@@ -213,17 +214,28 @@ mod tests {
     fn service_name_precedence() {
         let mut d = ResourceDefaults {
             host_name: "h".into(),
-            attributes: parse_resource_attributes("service.name=attr,deployment.environment.name=prod%2Ceu"),
+            attributes: parse_resource_attributes(
+                "service.name=attr,deployment.environment.name=prod%2Ceu",
+            ),
             ..Default::default()
         };
         let r = build_resource(7, &meta(), &d);
         assert_eq!(r.get("service.name"), Some(&"attr".into()));
-        assert_eq!(r.get("deployment.environment.name"), Some(&"prod,eu".into()));
+        assert_eq!(
+            r.get("deployment.environment.name"),
+            Some(&"prod,eu".into())
+        );
         let mut m = meta();
         m.service_name = Some("own".into());
-        assert_eq!(build_resource(7, &m, &d).get("service.name"), Some(&"own".into()));
+        assert_eq!(
+            build_resource(7, &m, &d).get("service.name"),
+            Some(&"own".into())
+        );
         d.service_name = Some("agent".into());
-        assert_eq!(build_resource(7, &m, &d).get("service.name"), Some(&"agent".into()));
+        assert_eq!(
+            build_resource(7, &m, &d).get("service.name"),
+            Some(&"agent".into())
+        );
         d = ResourceDefaults::default();
         let r = build_resource(7, &meta(), &d);
         assert_eq!(r.get("service.name"), Some(&"python3".into()));
@@ -238,11 +250,17 @@ mod tests {
         reg.fork(1_000_000_001, 1_000_000_002, "python3");
         let r = reg.resource(1_000_000_002);
         assert_eq!(r.get("process.pid"), Some(&1_000_000_002i64.into()));
-        assert_eq!(r.get("process.command_line"), Some(&"python3 -m http.server".into()));
+        assert_eq!(
+            r.get("process.command_line"),
+            Some(&"python3 -m http.server".into())
+        );
         // Exec of a process already gone: keep what we know if comm agrees...
         reg.exec(1_000_000_002, "python3");
         let r = reg.resource(1_000_000_002);
-        assert_eq!(r.get("process.command_line"), Some(&"python3 -m http.server".into()));
+        assert_eq!(
+            r.get("process.command_line"),
+            Some(&"python3 -m http.server".into())
+        );
         // ...otherwise name it by comm.
         reg.exec(1_000_000_002, "curl");
         let r = reg.resource(1_000_000_002);
@@ -254,7 +272,10 @@ mod tests {
 
     #[test]
     fn resource_attribute_parsing_tolerates_junk() {
-        assert_eq!(parse_resource_attributes("k=é%"), vec![("k".into(), "é%".into())]);
+        assert_eq!(
+            parse_resource_attributes("k=é%"),
+            vec![("k".into(), "é%".into())]
+        );
         assert_eq!(
             parse_resource_attributes("a=1, b = 2 ,junk,=x,c=%zz"),
             vec![

@@ -83,7 +83,10 @@ pub fn socket_inode(pid: u32, fd: i32) -> Option<u64> {
 }
 
 fn parse_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Every socket fd `pid` holds, with its inode.
@@ -248,10 +251,19 @@ mod tests {
 
     #[test]
     fn cmdline_and_environ() {
-        assert_eq!(parse_cmdline(b"python3\0-m\0http.server\0"), "python3 -m http.server");
+        assert_eq!(
+            parse_cmdline(b"python3\0-m\0http.server\0"),
+            "python3 -m http.server"
+        );
         let env = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0OTEL_SERVICE_NAME_X=no\0";
-        assert_eq!(env_value(env, "OTEL_SERVICE_NAME").as_deref(), Some("checkout"));
-        assert_eq!(env_value(b"OTEL_SERVICE_NAME=\0", "OTEL_SERVICE_NAME"), None);
+        assert_eq!(
+            env_value(env, "OTEL_SERVICE_NAME").as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(
+            env_value(b"OTEL_SERVICE_NAME=\0", "OTEL_SERVICE_NAME"),
+            None
+        );
         assert_eq!(env_value(b"", "OTEL_SERVICE_NAME"), None);
     }
 }

@@ -45,6 +45,9 @@ counters! {
     http_requests_timed_out,
     /// Requests whose connection closed before the response completed.
     http_requests_unanswered,
+    /// Requests ended without a response because it may have been in bytes
+    /// that could not be framed (see `conntrack`).
+    http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,
     /// Spans built.

@@ -14,7 +14,10 @@
 use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -152,20 +155,23 @@ fn stash(pid_tgid: u64, args: &SyscallArgs) {
     }
 }
 
-/// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
+/// The arguments of a data syscall on a tracked socket, or `None` when `fd`
+/// is not one.
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
-    let Some((pid_tgid, tgid, _)) = traced_tgid() else {
-        return;
-    };
-    let fd = arg(ctx, 0) as i32;
+fn data_args(
+    tgid: u32,
+    fd: i32,
+    buf: Buf,
+    dir: u8,
+    ptr: u64,
+    count: u64,
+    ts: u64,
+) -> Option<SyscallArgs> {
     // SAFETY: read-only lookup of a plain value.
-    let Some(sock) = (unsafe { SOCKS.get(&sock_key(tgid, fd)) }) else {
-        return;
-    };
+    let sock = unsafe { SOCKS.get(&sock_key(tgid, fd)) }?;
     let mut buf = buf;
-    let mut ptr = arg(ctx, 1);
-    let mut count = arg(ctx, 2);
+    let mut ptr = ptr;
+    let mut count = count;
     if buf == Buf::Msg {
         // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24.
         // SAFETY: bpf_probe_read_user validates the user pointer.
@@ -175,7 +181,7 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
         ptr = iov;
         count = len;
     }
-    let args = SyscallArgs {
+    Some(SyscallArgs {
         buf,
         direction: dir,
         family: 0,
@@ -185,27 +191,90 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
         ptr,
         count,
         conn_id: sock.conn_id,
-        // SAFETY: helper has no preconditions.
-        ts_enter: unsafe { bpf_ktime_get_ns() },
+        ts_enter: ts,
         peer_addr: [0; 16],
+    })
+}
+
+/// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
+    let Some((pid_tgid, tgid, _)) = traced_tgid() else {
+        return;
     };
-    stash(pid_tgid, &args);
+    // SAFETY: helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(args) = data_args(
+        tgid,
+        arg(ctx, 0) as i32,
+        buf,
+        dir,
+        arg(ctx, 1),
+        arg(ctx, 2),
+        now,
+    ) {
+        stash(pid_tgid, &args);
+    }
+}
+
+/// Offsets in x86_64's `struct pt_regs` of the first three syscall arguments.
+const PT_REGS_DI: u64 = 112;
+const PT_REGS_SI: u64 = 104;
+const PT_REGS_DX: u64 = 96;
+
+/// The arguments of a syscall that entered before the probes were attached
+/// (a server thread already blocked in `read` on an idle keep-alive
+/// connection), recovered from the registers the task saved on entry, which
+/// still hold them at exit. Without this, the first request on every
+/// pre-existing connection would be lost.
+#[inline(always)]
+fn late_args(tgid: u32, buf: Buf, dir: u8, ts: u64) -> Option<SyscallArgs> {
+    if buf == Buf::Opaque {
+        return None;
+    }
+    // SAFETY: helpers with no preconditions; the register block is read
+    // with bpf_probe_read_kernel, which validates the address.
+    unsafe {
+        let task = generated::bpf_get_current_task_btf();
+        let regs = generated::bpf_task_pt_regs(task) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let fd = bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64).ok()?;
+        let ptr = bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64).ok()?;
+        let count = bpf_probe_read_kernel((regs + PT_REGS_DX) as *const u64).ok()?;
+        data_args(tgid, fd as i32, buf, dir, ptr, count, ts)
+    }
 }
 
 /// Exit of a data syscall: emit what it moved.
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext) {
+fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: read-only copy of a plain value.
-    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
-        return;
+    let args = match unsafe { ARGS.get(&pid_tgid) }.copied() {
+        Some(args) => {
+            let _ = ARGS.remove(&pid_tgid);
+            args
+        }
+        None => {
+            // SAFETY: read-only lookup of a plain value.
+            if unsafe { TRACED.get(&tgid) }.is_none() || ret(ctx) <= 0 {
+                return;
+            }
+            match late_args(tgid, buf, dir, now) {
+                Some(args) => args,
+                None => return,
+            }
+        }
     };
-    let _ = ARGS.remove(&pid_tgid);
     let moved = ret(ctx);
     if moved <= 0 {
         return;
     }
-    let tgid = (pid_tgid >> 32) as u32;
     let mut hdr = header(
         kind::DATA,
         args.direction,
@@ -215,8 +284,7 @@ fn exit_data(ctx: &TracePointContext) {
         args.conn_id,
     );
     hdr.ts_enter_ns = args.ts_enter;
-    // SAFETY: helper has no preconditions.
-    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.ts_exit_ns = now;
     let moved = moved as u64;
     match args.buf {
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
@@ -311,21 +379,66 @@ macro_rules! data_probe {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx);
+            exit_data(&ctx, $buf, $dir);
             0
         }
     };
 }
 
-data_probe!(sys_enter_read, sys_exit_read, Buf::Plain, direction::INGRESS);
-data_probe!(sys_enter_recvfrom, sys_exit_recvfrom, Buf::Plain, direction::INGRESS);
-data_probe!(sys_enter_readv, sys_exit_readv, Buf::Iov, direction::INGRESS);
-data_probe!(sys_enter_recvmsg, sys_exit_recvmsg, Buf::Msg, direction::INGRESS);
-data_probe!(sys_enter_write, sys_exit_write, Buf::Plain, direction::EGRESS);
-data_probe!(sys_enter_sendto, sys_exit_sendto, Buf::Plain, direction::EGRESS);
-data_probe!(sys_enter_writev, sys_exit_writev, Buf::Iov, direction::EGRESS);
-data_probe!(sys_enter_sendmsg, sys_exit_sendmsg, Buf::Msg, direction::EGRESS);
-data_probe!(sys_enter_sendfile64, sys_exit_sendfile64, Buf::Opaque, direction::EGRESS);
+data_probe!(
+    sys_enter_read,
+    sys_exit_read,
+    Buf::Plain,
+    direction::INGRESS
+);
+data_probe!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    Buf::Plain,
+    direction::INGRESS
+);
+data_probe!(
+    sys_enter_readv,
+    sys_exit_readv,
+    Buf::Iov,
+    direction::INGRESS
+);
+data_probe!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    Buf::Msg,
+    direction::INGRESS
+);
+data_probe!(
+    sys_enter_write,
+    sys_exit_write,
+    Buf::Plain,
+    direction::EGRESS
+);
+data_probe!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    Buf::Plain,
+    direction::EGRESS
+);
+data_probe!(
+    sys_enter_writev,
+    sys_exit_writev,
+    Buf::Iov,
+    direction::EGRESS
+);
+data_probe!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    Buf::Msg,
+    direction::EGRESS
+);
+data_probe!(
+    sys_enter_sendfile64,
+    sys_exit_sendfile64,
+    Buf::Opaque,
+    direction::EGRESS
+);
 
 // ---- connection lifecycle ---------------------------------------------------
 
@@ -399,7 +512,15 @@ fn exit_accept(ctx: &TracePointContext) {
     if family != 0 && family != AF_INET && family != AF_INET6 {
         return; // a unix or other non-IP socket
     }
-    track(pid_tgid, fd as i32, origin::ACCEPTED, args.fd, family, port, addr);
+    track(
+        pid_tgid,
+        fd as i32,
+        origin::ACCEPTED,
+        args.fd,
+        family,
+        port,
+        addr,
+    );
 }
 
 #[tracepoint]

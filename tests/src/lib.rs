@@ -1,1 +1,11 @@
+//! Harness for zerospan's integration tests.
+//!
+//! The tests run the real agent binary, as root, against real servers and
+//! clients, and read what it exports from a real OTLP receiver built on
+//! `opentelemetry-proto`'s generated tonic service.
 
+pub mod collector;
+pub mod procs;
+
+pub use collector::{Collector, FlatSpan};
+pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, TempDir};

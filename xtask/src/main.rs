@@ -1,1 +1,203 @@
-fn main() {}
+//! `cargo xtask <task>`: set-up, build, test, demo and benchmark.
+//!
+//! Every task that needs tools runs `setup` first; `setup` is idempotent and
+//! only installs what is missing, so a fresh machine and a warm one take the
+//! same commands.
+
+mod bench;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker against Debian's LLVM 22 (matches nightly's LLVM).
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // Real servers and clients the integration tests and benchmark drive.
+    "nginx-light",
+    "curl",
+    "wrk",
+    "python3",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <task>\n\n\
+         setup   install what a fresh machine lacks (idempotent)\n\
+         build   build the probes and the agent: target/release/zerospan\n\
+         test    set up, build, and run unit and integration tests (as root)\n\
+         demo    set up, build, and trace a small HTTP server and client\n\
+         bench   set up, build, and measure overhead with wrk against nginx"
+    );
+    std::process::exit(2)
+}
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "setup" => setup(),
+        "build" => build(),
+        "test" => {
+            setup()?;
+            build()?;
+            test()
+        }
+        "demo" => {
+            setup()?;
+            build()?;
+            demo()
+        }
+        "bench" => {
+            setup()?;
+            build()?;
+            bench::run(&root())
+        }
+        _ => usage(),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]));
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version"));
+    if !linker.contains(BPF_LINKER_VERSION) {
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    // Debian starts nginx on install; the tests and the benchmark run their own.
+    if succeeds(Command::new("pgrep").args(["-x", "nginx"])) {
+        let _ = Command::new("nginx").args(["-s", "stop"]).status();
+    }
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "zerospan",
+    ]))?;
+    eprintln!(
+        "xtask: built {}",
+        root().join("target/release/zerospan").display()
+    );
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the integration tests load eBPF programs and must run as root");
+    }
+    // Unit tests, then the integration tests one at a time: they share the
+    // machine's kernel and ports, and timing assertions need a quiet machine.
+    run(Command::new("cargo").current_dir(root()).args([
+        "test",
+        "--release",
+        "--package",
+        "zerospan",
+        "--package",
+        "zerospan-common",
+    ]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "test",
+        "--release",
+        "--package",
+        "zerospan-tests",
+        "--",
+        "--test-threads=1",
+    ]))
+}
+
+fn demo() -> Result<()> {
+    let bin = root().join("target/release/zerospan");
+    let script = "cd \"$(mktemp -d)\" && echo 'hello from zerospan' > index.html && \
+        python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & \
+        sleep 1; \
+        curl -s -o /dev/null http://127.0.0.1:8765/index.html; \
+        curl -s -o /dev/null 'http://127.0.0.1:8765/search?q=secret&page=2'; \
+        curl -s -o /dev/null http://127.0.0.1:8765/missing; \
+        sleep 0.5; kill %1";
+    run(Command::new(bin).args(["--", "sh", "-c", script]))
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

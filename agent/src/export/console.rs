@@ -1,10 +1,6 @@
 //! With no exporter configured: each trace as a readable tree on stdout.
 
-use std::{
-    collections::HashMap,
-    fmt::Write as _,
-    io::Write as _,
-};
+use std::{collections::HashMap, fmt::Write as _, io::Write as _};
 
 use super::ExportError;
 use crate::spans::{ids::hex, Span, SpanKind, Status, Value};
@@ -29,7 +25,11 @@ fn line(out: &mut String, s: &Span, prefix: &str, last: bool) {
         Some(Value::Int(c)) => c.to_string(),
         _ => "-".into(),
     };
-    let err = if matches!(s.status, Status::Error(_)) { " ERROR" } else { "" };
+    let err = if matches!(s.status, Status::Error(_)) {
+        " ERROR"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
         "{prefix}{branch} {} {} {status} {ms:.3}ms{err}  [{service} pid={}]",

@@ -89,8 +89,17 @@ impl Http {
 mod tests {
     #[test]
     fn traces_url_appends_the_signal_path_once() {
-        assert_eq!(super::traces_url("http://c:4318"), "http://c:4318/v1/traces");
-        assert_eq!(super::traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(super::traces_url("http://c/v1/traces"), "http://c/v1/traces");
+        assert_eq!(
+            super::traces_url("http://c:4318"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            super::traces_url("http://c:4318/"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            super::traces_url("http://c/v1/traces"),
+            "http://c/v1/traces"
+        );
     }
 }

@@ -79,8 +79,12 @@ enum Sink {
 impl Sink {
     fn open(cfg: &SinkConfig) -> anyhow::Result<Self> {
         Ok(match cfg {
-            SinkConfig::OtlpGrpc { endpoint, headers } => Sink::Grpc(grpc::Grpc::new(endpoint, headers)?),
-            SinkConfig::OtlpHttp { endpoint, headers } => Sink::Http(http::Http::new(endpoint, headers)?),
+            SinkConfig::OtlpGrpc { endpoint, headers } => {
+                Sink::Grpc(grpc::Grpc::new(endpoint, headers)?)
+            }
+            SinkConfig::OtlpHttp { endpoint, headers } => {
+                Sink::Http(http::Http::new(endpoint, headers)?)
+            }
             SinkConfig::JsonFile(path) => Sink::File(file::JsonFile::new(path)?),
             SinkConfig::Console => Sink::Console(console::Console),
         })
@@ -151,7 +155,10 @@ pub struct Pipeline {
 
 /// Starts the pipeline. Must run inside the agent's tokio runtime: the
 /// network sinks keep their connections on it.
-pub fn start(settings: &Settings, stats: Arc<Stats>) -> anyhow::Result<(mpsc::Sender<Span>, Pipeline)> {
+pub fn start(
+    settings: &Settings,
+    stats: Arc<Stats>,
+) -> anyhow::Result<(mpsc::Sender<Span>, Pipeline)> {
     let (tx, rx) = mpsc::channel(settings.queue_spans.max(1));
     let mut sinks = Vec::new();
     for cfg in &settings.sinks {
@@ -211,7 +218,10 @@ async fn run_batcher(
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !batch.is_empty() && (done || batch.len() >= batch_size || due) {
-            let full = Arc::new(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)));
+            let full = Arc::new(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(batch_size),
+            ));
             for s in &sinks {
                 s.push(full.clone(), &stats);
             }
@@ -250,7 +260,10 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                 Err(ExportError::Retryable(e)) => {
                     Stats::inc(&stats.export_failures);
                     if !failing {
-                        log::warn!("{}: export failed: {e}; buffering and retrying", sink.name());
+                        log::warn!(
+                            "{}: export failed: {e}; buffering and retrying",
+                            sink.name()
+                        );
                     }
                     failing = true;
                     if backlog.closed.load(Ordering::Acquire) && backoff >= MAX_BACKOFF {
@@ -263,7 +276,11 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                 Err(ExportError::Fatal(e)) => {
                     Stats::inc(&stats.export_failures);
                     Stats::add(&stats.spans_dropped_export, batch.len() as u64);
-                    log::warn!("{}: export rejected, {} spans dropped: {e}", sink.name(), batch.len());
+                    log::warn!(
+                        "{}: export rejected, {} spans dropped: {e}",
+                        sink.name(),
+                        batch.len()
+                    );
                     break;
                 }
             }
@@ -286,7 +303,9 @@ impl Pipeline {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
                 backlog.drop_all(&self.stats);
-                log::warn!("export did not finish within the shutdown timeout; the rest was dropped");
+                log::warn!(
+                    "export did not finish within the shutdown timeout; the rest was dropped"
+                );
             }
         }
     }

@@ -10,7 +10,10 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     resource::v1::Resource as ProtoResource,
-    trace::v1::{span::SpanKind as ProtoKind, status::StatusCode, ResourceSpans, ScopeSpans, Span as ProtoSpan, Status as ProtoStatus},
+    trace::v1::{
+        span::SpanKind as ProtoKind, status::StatusCode, ResourceSpans, ScopeSpans,
+        Span as ProtoSpan, Status as ProtoStatus,
+    },
 };
 
 use crate::spans::{Resource, Span, SpanKind, Status, Value};

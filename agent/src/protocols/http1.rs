@@ -106,8 +106,9 @@ pub trait Sink {
     /// A complete head. `at` is the segment holding its first byte.
     fn on_head(&mut self, head: Head, at: Stamp);
     /// The message whose head was last reported is complete. `at` is the
-    /// segment holding its last byte; `body_bytes` is its payload size.
-    fn on_end(&mut self, body_bytes: u64, at: Stamp);
+    /// segment holding its last byte; `body_bytes` is its payload size, or
+    /// `None` when sync was lost inside the body and its size is unknown.
+    fn on_end(&mut self, body_bytes: Option<u64>, at: Stamp);
     /// Responses only: does the response about to be framed answer a HEAD
     /// request (and so carry no body, whatever its headers say)?
     fn answers_head_request(&mut self) -> bool {
@@ -121,12 +122,21 @@ pub trait Sink {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Reading hex digits of a chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// Skipping a chunk extension up to LF.
-    Ext { value: u64 },
+    Ext {
+        value: u64,
+    },
     /// Expecting LF after CR of the size line.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// After the last chunk: at the start of a trailer line.
@@ -144,12 +154,16 @@ enum State {
     /// Buffering a head.
     Head,
     /// Content-Length body.
-    Body { remaining: u64 },
+    Body {
+        remaining: u64,
+    },
     Chunked(Chunk),
     /// Body delimited by connection close.
     UntilClose,
     /// Out of sync; `open` says a message is still unfinished.
-    Lost { open: bool },
+    Lost {
+        open: bool,
+    },
     /// The connection stopped carrying HTTP/1 (101 upgrade, CONNECT tunnel).
     Done,
 }
@@ -184,10 +198,6 @@ impl Framer {
         }
     }
 
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// True once a head has been framed on this direction.
     pub fn seen_message(&self) -> bool {
         self.seen_message
@@ -218,7 +228,8 @@ impl Framer {
     pub fn finish_open(&mut self, sink: &mut impl Sink) -> bool {
         match self.state {
             State::UntilClose | State::Lost { open: true } => {
-                sink.on_end(self.body_bytes, self.last_at);
+                let size = (self.state == State::UntilClose).then_some(self.body_bytes);
+                sink.on_end(size, self.last_at);
                 self.state = match self.state {
                     State::UntilClose => State::Idle,
                     _ => State::Lost { open: false },
@@ -237,14 +248,11 @@ impl Framer {
         if let State::Lost { open } = self.state {
             if looks_like_start(self.kind, bytes) {
                 if open {
-                    sink.on_end(self.body_bytes, self.last_at);
+                    sink.on_end(None, self.last_at);
                 }
                 self.state = State::Idle;
             } else {
                 self.last_at = seg.stamp;
-                if open {
-                    self.body_bytes += seg.len;
-                }
                 return;
             }
         }
@@ -272,16 +280,46 @@ impl Framer {
                         }
                     }
                 }
-                State::Chunked(Chunk::Data { remaining }) if unseen <= *remaining => {
-                    *remaining -= unseen;
-                    self.body_bytes += unseen;
-                    if *remaining == 0 {
-                        self.state = State::Chunked(Chunk::DataCr);
-                    }
-                }
+                State::Chunked(_) => self.skip_unseen_chunk_bytes(unseen, sink),
                 State::UntilClose => self.body_bytes += unseen,
                 State::Done => {}
                 _ => self.lose(Desync::Uncaptured, sink),
+            }
+        }
+    }
+
+    /// Skips uncaptured bytes of a chunked body. Chunk data is skipped by
+    /// count, and the CRLF that must follow it is taken on trust: a server
+    /// writing one chunk per write (size line, data, CRLF) then stays in
+    /// sync with only the size line captured. A size line that falls in
+    /// unseen bytes cannot be read, and sync is lost.
+    fn skip_unseen_chunk_bytes(&mut self, mut unseen: u64, sink: &mut impl Sink) {
+        while unseen > 0 {
+            let State::Chunked(chunk) = &mut self.state else {
+                return;
+            };
+            match chunk {
+                Chunk::Data { remaining } => {
+                    let take = unseen.min(*remaining);
+                    *remaining -= take;
+                    self.body_bytes += take;
+                    unseen -= take;
+                    if *remaining == 0 {
+                        *chunk = Chunk::DataCr;
+                    }
+                }
+                Chunk::DataCr => {
+                    *chunk = Chunk::DataLf;
+                    unseen -= 1;
+                }
+                Chunk::DataLf => {
+                    *chunk = Chunk::Size {
+                        value: 0,
+                        digits: 0,
+                    };
+                    unseen -= 1;
+                }
+                _ => return self.lose(Desync::Uncaptured, sink),
             }
         }
     }
@@ -490,7 +528,7 @@ impl Framer {
     }
 
     fn end(&mut self, sink: &mut impl Sink) {
-        sink.on_end(self.body_bytes, self.last_at);
+        sink.on_end(Some(self.body_bytes), self.last_at);
         self.state = State::Idle;
     }
 
@@ -502,7 +540,6 @@ impl Framer {
         self.state = State::Lost { open };
         sink.on_desync(why);
     }
-
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -621,11 +658,14 @@ pub fn parse_head(kind: Kind, buf: &[u8]) -> Option<Head> {
         } else if name.eq_ignore_ascii_case("host") {
             head.host.get_or_insert_with(|| clip(value, MAX_VALUE));
         } else if name.eq_ignore_ascii_case("user-agent") {
-            head.user_agent.get_or_insert_with(|| clip(value, MAX_VALUE));
+            head.user_agent
+                .get_or_insert_with(|| clip(value, MAX_VALUE));
         } else if name.eq_ignore_ascii_case("traceparent") {
-            head.traceparent.get_or_insert_with(|| clip(value, MAX_VALUE));
+            head.traceparent
+                .get_or_insert_with(|| clip(value, MAX_VALUE));
         } else if name.eq_ignore_ascii_case("tracestate") {
-            head.tracestate.get_or_insert_with(|| clip(value, MAX_VALUE));
+            head.tracestate
+                .get_or_insert_with(|| clip(value, MAX_VALUE));
         }
     }
     // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
@@ -642,7 +682,7 @@ mod tests {
     #[derive(Debug, PartialEq, Eq)]
     enum Ev {
         Head(Head, u64),
-        End(u64, u64),
+        End(Option<u64>, u64),
         Desync(Desync),
     }
 
@@ -656,7 +696,7 @@ mod tests {
         fn on_head(&mut self, head: Head, at: Stamp) {
             self.events.push(Ev::Head(head, at.exit_ns));
         }
-        fn on_end(&mut self, body_bytes: u64, at: Stamp) {
+        fn on_end(&mut self, body_bytes: Option<u64>, at: Stamp) {
             self.events.push(Ev::End(body_bytes, at.exit_ns));
         }
         fn answers_head_request(&mut self) -> bool {
@@ -681,7 +721,7 @@ mod tests {
                 })
                 .collect()
         }
-        fn ends(&self) -> Vec<(u64, u64)> {
+        fn ends(&self) -> Vec<(Option<u64>, u64)> {
             self.events
                 .iter()
                 .filter_map(|e| match e {
@@ -736,7 +776,7 @@ mod tests {
         assert_eq!(h.host.as_deref(), Some("shop.local:8080"));
         assert_eq!(h.user_agent.as_deref(), Some("curl/8.5"));
         assert_eq!(h.protocol_version(), "1.1");
-        assert_eq!(rec.ends(), vec![(0, 0)]);
+        assert_eq!(rec.ends(), vec![(Some(0), 0)]);
     }
 
     #[test]
@@ -751,7 +791,7 @@ mod tests {
             assert_eq!(heads[0].method, "POST");
             assert_eq!(heads[1].method, "GET");
             assert_eq!(rec.ends().len(), 2, "cut at {cut}");
-            assert_eq!(rec.ends()[0].0, 5);
+            assert_eq!(rec.ends()[0].0, Some(5));
             assert_eq!(rec.desyncs(), 0, "cut at {cut}");
         }
     }
@@ -761,7 +801,7 @@ mod tests {
         for a in 0..CHUNKED.len() {
             for b in a..CHUNKED.len() {
                 let rec = feed_split(Kind::Response, CHUNKED, &[a, b]);
-                assert_eq!(rec.ends(), vec![(12, 2)], "cuts at {a},{b}");
+                assert_eq!(rec.ends(), vec![(Some(12), 2)], "cuts at {a},{b}");
                 assert_eq!(rec.desyncs(), 0);
             }
         }
@@ -789,7 +829,7 @@ mod tests {
             ..Default::default()
         };
         f.feed(seg(stream, 1), &mut rec);
-        assert_eq!(rec.ends(), vec![(0, 1), (2, 1), (0, 1)]);
+        assert_eq!(rec.ends(), vec![(Some(0), 1), (Some(2), 1), (Some(0), 1)]);
         assert!(!f.is_open());
     }
 
@@ -825,8 +865,56 @@ mod tests {
                 &mut rec,
             );
         }
-        assert_eq!(rec.ends(), vec![(5_000_000, 5)]);
+        assert_eq!(rec.ends(), vec![(Some(5_000_000), 5)]);
         assert_eq!(rec.desyncs(), 0);
+    }
+
+    /// Python's http.server style: each write is a whole chunk (size line,
+    /// data, CRLF) longer than the capture, so the CRLF is never seen.
+    #[test]
+    fn chunk_per_write_with_the_crlf_uncaptured() {
+        let mut f = Framer::new(Kind::Response);
+        let mut rec = Rec::default();
+        f.feed(
+            seg(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1),
+            &mut rec,
+        );
+        for t in 2..5 {
+            // "4b0\r\n" + 1200 bytes + "\r\n", 16 bytes captured.
+            let chunk = Segment {
+                bytes: b"4b0\r\nbetabetabet",
+                len: 5 + 1200 + 2,
+                stamp: Stamp {
+                    enter_ns: t,
+                    exit_ns: t,
+                },
+            };
+            f.feed(chunk, &mut rec);
+        }
+        f.feed(seg(b"0\r\n\r\n", 5), &mut rec);
+        assert_eq!(rec.ends(), vec![(Some(3600), 5)]);
+        assert_eq!(rec.desyncs(), 0);
+    }
+
+    /// A size line in uncaptured bytes loses sync; the message then ends at
+    /// the next start line with its size unknown, never a wrong one.
+    #[test]
+    fn lost_chunk_framing_ends_with_unknown_size() {
+        let mut f = Framer::new(Kind::Response);
+        let mut rec = Rec::default();
+        let captured = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab";
+        let big = Segment {
+            bytes: captured,
+            len: 5000,
+            stamp: Stamp {
+                enter_ns: 1,
+                exit_ns: 1,
+            },
+        };
+        f.feed(big, &mut rec);
+        assert_eq!(rec.desyncs(), 1);
+        f.feed(seg(b"HTTP/1.1 204 No Content\r\n\r\n", 2), &mut rec);
+        assert_eq!(rec.ends(), vec![(None, 1), (Some(0), 2)]);
     }
 
     #[test]
@@ -835,10 +923,7 @@ mod tests {
         let mut f = Framer::new(Kind::Response);
         let mut rec = Rec::default();
         f.feed(
-            seg(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                1,
-            ),
+            seg(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1),
             &mut rec,
         );
         f.feed(seg(b"2710\r\n", 2), &mut rec);
@@ -855,7 +940,7 @@ mod tests {
         );
         f.feed(seg(b"\r\n", 4), &mut rec);
         f.feed(seg(b"0\r\n\r\n", 5), &mut rec);
-        assert_eq!(rec.ends(), vec![(10_000, 5)]);
+        assert_eq!(rec.ends(), vec![(Some(10_000), 5)]);
     }
 
     #[test]
@@ -866,12 +951,13 @@ mod tests {
         f.feed(seg(b"more", 2), &mut rec);
         assert!(rec.ends().is_empty());
         assert!(f.finish_open(&mut rec));
-        assert_eq!(rec.ends(), vec![(13, 2)]);
+        assert_eq!(rec.ends(), vec![(Some(13), 2)]);
     }
 
     #[test]
     fn interim_100_continue_is_not_the_response() {
-        let stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let stream =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
         let rec = feed_split(Kind::Response, stream, &[]);
         let heads = rec.heads();
         assert_eq!(heads.len(), 1);
@@ -926,7 +1012,7 @@ mod tests {
         f.feed(seg(b"tail of a previous body", 0), &mut rec);
         f.feed(seg(GET, 1), &mut rec);
         assert_eq!(rec.heads().len(), 1);
-        assert_eq!(rec.ends(), vec![(0, 1)]);
+        assert_eq!(rec.ends(), vec![(Some(0), 1)]);
     }
 
     #[test]
@@ -944,7 +1030,7 @@ mod tests {
         assert_eq!(rec.events, vec![Ev::Desync(Desync::Uncaptured)]);
         f.feed(seg(POST, 2), &mut rec);
         assert_eq!(rec.heads().len(), 1);
-        assert_eq!(rec.ends(), vec![(5, 2)]);
+        assert_eq!(rec.ends(), vec![(Some(5), 2)]);
     }
 
     #[test]

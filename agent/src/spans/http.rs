@@ -23,6 +23,9 @@ pub enum Outcome {
     TimedOut,
     /// The connection closed before a response.
     Closed,
+    /// The response may have been in bytes the agent could not frame
+    /// (see `conntrack`); rather than guess, the exchange ends unanswered.
+    ResponseLost,
 }
 
 /// One request with its response, as framed on one connection.
@@ -32,10 +35,11 @@ pub struct Exchange {
     pub response: Option<Head>,
     /// Segment holding the request's first byte.
     pub request_at: Stamp,
-    pub request_body: u64,
+    /// Body size; `None` when sync was lost inside it.
+    pub request_body: Option<u64>,
     /// Segment holding the response's last byte (or the last activity seen).
     pub end_at: Stamp,
-    pub response_body: u64,
+    pub response_body: Option<u64>,
     pub outcome: Outcome,
     /// Thread that moved the request's first byte.
     pub tid: u32,
@@ -177,7 +181,12 @@ pub fn build_span(
             };
             attrs.push(("url.full", url.into()));
             let server = host_header
-                .map(|(h, p)| (h.to_owned(), p.or(ends.peer.map(|a| a.port())).unwrap_or(80)))
+                .map(|(h, p)| {
+                    (
+                        h.to_owned(),
+                        p.or(ends.peer.map(|a| a.port())).unwrap_or(80),
+                    )
+                })
                 .or_else(|| ends.peer.map(|a| (a.ip().to_string(), a.port())));
             if let Some((h, p)) = server {
                 attrs.push(("server.address", h.into()));
@@ -192,16 +201,22 @@ pub fn build_span(
         }
     };
     attrs.push(("network.protocol.name", "http".into()));
+    // The thread that read the request (server) or wrote it (client).
+    attrs.push(("thread.id", i64::from(x.tid).into()));
     attrs.push(("network.protocol.version", req.protocol_version().into()));
     if let Some(ua) = &req.user_agent {
         if role == Role::Server {
             attrs.push(("user_agent.original", ua.as_str().into()));
         }
     }
-    attrs.push(("http.request.body.size", (x.request_body as i64).into()));
+    if let Some(size) = x.request_body {
+        attrs.push(("http.request.body.size", (size as i64).into()));
+    }
     if let Some(code) = status {
         attrs.push(("http.response.status_code", i64::from(code).into()));
-        attrs.push(("http.response.body.size", (x.response_body as i64).into()));
+        if let Some(size) = x.response_body {
+            attrs.push(("http.response.body.size", (size as i64).into()));
+        }
     }
     let error_floor = if role == Role::Server { 500 } else { 400 };
     let status = match (x.outcome, status) {
@@ -212,6 +227,11 @@ pub fn build_span(
         (Outcome::TimedOut, _) => {
             attrs.push(("error.type", "timeout".into()));
             Status::Error("no response before the request timeout".to_owned())
+        }
+        // Not known to be an error: only that the agent could not see it.
+        (Outcome::ResponseLost, _) => {
+            attrs.push(("zerospan.incomplete", "response_unparsed".into()));
+            Status::Unset
         }
         (Outcome::Closed, _) => {
             attrs.push(("error.type", "connection_closed".into()));
@@ -265,12 +285,12 @@ mod tests {
                 enter_ns: 100,
                 exit_ns: 150,
             },
-            request_body: 0,
+            request_body: Some(0),
             end_at: Stamp {
                 enter_ns: 900,
                 exit_ns: 1000,
             },
-            response_body: 42,
+            response_body: Some(42),
             outcome: Outcome::Complete,
             tid: 1,
         }
@@ -287,7 +307,14 @@ mod tests {
     fn server_span_attributes() {
         let x = exchange("GET", "/a/b?token=s3cret&x", Some("localhost:8000"), 503);
         let opts = Options { redact_query: true };
-        let s = build_span(&x, Role::Server, ends(), &Clock::identity(), opts, resource());
+        let s = build_span(
+            &x,
+            Role::Server,
+            ends(),
+            &Clock::identity(),
+            opts,
+            resource(),
+        );
         assert_eq!(s.name, "GET");
         assert_eq!(s.kind, SpanKind::Server);
         assert_eq!(s.attr("url.path"), Some(&"/a/b".into()));
@@ -313,7 +340,10 @@ mod tests {
         };
         let s = build_span(&x, Role::Client, e, &Clock::identity(), opts, resource());
         assert_eq!(s.kind, SpanKind::Client);
-        assert_eq!(s.attr("url.full"), Some(&"http://[::1]:8080/api?key=REDACTED".into()));
+        assert_eq!(
+            s.attr("url.full"),
+            Some(&"http://[::1]:8080/api?key=REDACTED".into())
+        );
         assert_eq!(s.attr("server.address"), Some(&"::1".into()));
         assert_eq!(s.attr("server.port"), Some(&8080.into()));
         assert_eq!(s.attr("error.type"), Some(&"404".into()));
@@ -326,11 +356,23 @@ mod tests {
         let mut x = exchange("PURGE", "/", Some("h"), 200);
         x.response = None;
         x.outcome = Outcome::TimedOut;
-        let opts = Options { redact_query: false };
-        let s = build_span(&x, Role::Server, ends(), &Clock::identity(), opts, resource());
+        let opts = Options {
+            redact_query: false,
+        };
+        let s = build_span(
+            &x,
+            Role::Server,
+            ends(),
+            &Clock::identity(),
+            opts,
+            resource(),
+        );
         assert_eq!(s.name, "HTTP");
         assert_eq!(s.attr("http.request.method"), Some(&"_OTHER".into()));
-        assert_eq!(s.attr("http.request.method_original"), Some(&"PURGE".into()));
+        assert_eq!(
+            s.attr("http.request.method_original"),
+            Some(&"PURGE".into())
+        );
         assert_eq!(s.attr("error.type"), Some(&"timeout".into()));
         assert_eq!(s.attr("server.port"), Some(&80.into()));
     }

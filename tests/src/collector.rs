@@ -1,0 +1,247 @@
+//! An in-test OTLP receiver: gRPC (tonic) and HTTP/protobuf (hyper).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+    common::v1::{any_value, KeyValue},
+    trace::v1::Span,
+};
+use prost::Message as _;
+
+type Store = Arc<Mutex<Vec<(&'static str, ExportTraceServiceRequest)>>>;
+
+struct Service {
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl TraceService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.store
+            .lock()
+            .unwrap()
+            .push(("grpc", request.into_inner()));
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A span with the resource it was reported under.
+#[derive(Clone, Debug)]
+pub struct FlatSpan {
+    pub transport: &'static str,
+    pub resource: Vec<KeyValue>,
+    pub span: Span,
+}
+
+fn value_of<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn as_string(v: Option<&any_value::Value>) -> Option<String> {
+    match v? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn as_int(v: Option<&any_value::Value>) -> Option<i64> {
+    match v? {
+        any_value::Value::IntValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+impl FlatSpan {
+    pub fn str(&self, key: &str) -> Option<String> {
+        as_string(value_of(&self.span.attributes, key))
+    }
+    pub fn int(&self, key: &str) -> Option<i64> {
+        as_int(value_of(&self.span.attributes, key))
+    }
+    pub fn has(&self, key: &str) -> bool {
+        value_of(&self.span.attributes, key).is_some()
+    }
+    pub fn res_str(&self, key: &str) -> Option<String> {
+        as_string(value_of(&self.resource, key))
+    }
+    pub fn res_int(&self, key: &str) -> Option<i64> {
+        as_int(value_of(&self.resource, key))
+    }
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(
+            self.span
+                .end_time_unix_nano
+                .saturating_sub(self.span.start_time_unix_nano),
+        )
+    }
+    pub fn is_server(&self) -> bool {
+        self.span.kind == 2
+    }
+    pub fn is_client(&self) -> bool {
+        self.span.kind == 3
+    }
+}
+
+/// Flattens export requests into spans.
+pub fn flatten(transport: &'static str, req: &ExportTraceServiceRequest) -> Vec<FlatSpan> {
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.clone())
+            .unwrap_or_default();
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                out.push(FlatSpan {
+                    transport,
+                    resource: resource.clone(),
+                    span: s.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+pub struct Collector {
+    pub grpc_endpoint: String,
+    pub http_endpoint: String,
+    store: Store,
+    _runtime: std::thread::JoinHandle<()>,
+}
+
+async fn http_export(
+    store: Store,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let ok_path = req.uri().path() == "/v1/traces";
+    let ok_type = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-protobuf");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let status = match (ok_path, ok_type, body) {
+        (true, true, Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
+            Ok(r) => {
+                store.lock().unwrap().push(("http", r));
+                200
+            }
+            Err(_) => 400,
+        },
+        (false, _, _) => 404,
+        _ => 415,
+    };
+    Ok(hyper::Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .unwrap())
+}
+
+impl Collector {
+    /// Starts both receivers on ephemeral loopback ports.
+    pub fn start() -> Self {
+        let store: Store = Arc::default();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc_addr: SocketAddr = grpc.local_addr().unwrap();
+        let http_addr: SocketAddr = http.local_addr().unwrap();
+        grpc.set_nonblocking(true).unwrap();
+        http.set_nonblocking(true).unwrap();
+        let s = store.clone();
+        let runtime = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let grpc = tokio::net::TcpListener::from_std(grpc).unwrap();
+                let http = tokio::net::TcpListener::from_std(http).unwrap();
+                let hs = s.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = http.accept().await else {
+                            continue;
+                        };
+                        let hs = hs.clone();
+                        tokio::spawn(async move {
+                            let svc =
+                                hyper::service::service_fn(move |r| http_export(hs.clone(), r));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                });
+                // tonic's Router needs axum; the generated service is a
+                // plain tower service, so hyper's HTTP/2 server runs it.
+                let svc = TraceServiceServer::new(Service { store: s });
+                loop {
+                    let Ok((stream, _)) = grpc.accept().await else {
+                        continue;
+                    };
+                    let svc = svc.clone();
+                    tokio::spawn(async move {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(svc),
+                        )
+                        .await;
+                    });
+                }
+            });
+        });
+        Collector {
+            grpc_endpoint: format!("http://{grpc_addr}"),
+            http_endpoint: format!("http://{http_addr}"),
+            store,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn spans(&self) -> Vec<FlatSpan> {
+        self.store
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(t, r)| flatten(t, r))
+            .collect()
+    }
+
+    /// Waits until at least `n` spans matching `pred` arrived, or `timeout`.
+    pub fn wait_for(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&FlatSpan) -> bool,
+    ) -> Vec<FlatSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: Vec<FlatSpan> = self.spans().into_iter().filter(&pred).collect();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Processes the tests drive: the agent itself and fixture servers.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+/// Fails loudly when not root: these tests load real eBPF programs.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "\n\nzerospan's integration tests load and attach real eBPF probes and must run as root.\n\
+         Run them with `sudo cargo xtask test` (CI runs as root).\n\n"
+    );
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn agent_binary() -> PathBuf {
+    let bin = std::env::var_os("ZEROSPAN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/zerospan"));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo xtask build` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The agent under test.
+pub struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    pub stdout: Arc<Mutex<String>>,
+}
+
+fn pump(mut r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(&mut r);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            b.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    buf
+}
+
+impl Agent {
+    /// Starts the agent and waits until its probes are attached and tracing.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start zerospan");
+        let stderr = pump(child.stderr.take().unwrap());
+        let stdout = pump(child.stdout.take().unwrap());
+        let agent = Agent {
+            child,
+            stderr,
+            stdout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent.stderr().contains("zerospan INFO  tracing ") {
+                return agent;
+            }
+            if let Ok(Some(status)) = agent.child_exited() {
+                panic!(
+                    "zerospan exited ({status}) before tracing:\n{}",
+                    agent.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zerospan did not attach in 30s:\n{}",
+                agent.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_exited(&self) -> std::io::Result<Option<ExitStatus>> {
+        // try_wait needs &mut; peek through /proc instead.
+        let pid = self.child.id();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        Ok(zombie.then(ExitStatus::default))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The agent's final counters, parsed from its `stats:` line.
+    pub fn stat(&self, key: &str) -> Option<u64> {
+        let text = self.stderr();
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once("stats: ").map(|(_, s)| s.to_owned()))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    }
+
+    /// Waits for the agent to exit on its own (every traced process gone).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                // Give the pump threads a moment to read the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "zerospan did not exit within {timeout:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, then wait: the agent flushes and exits.
+    pub fn stop(&mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fixture process that prints `READY <port>` once it listens.
+pub struct Fixture {
+    pub child: Child,
+    pub port: u16,
+    pub stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Fixture {
+    pub fn start(cmd: &mut Command) -> Fixture {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
+        let mut child = cmd.spawn().expect("start fixture");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("fixture output");
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fixture did not get ready: {line:?}"));
+        Fixture {
+            child,
+            port,
+            stdout,
+        }
+    }
+
+    /// The Python `http.server` fixture; `env` may set OTEL_SERVICE_NAME.
+    pub fn http_server(bind: &str, dir: &Path, env: &[(&str, &str)]) -> Fixture {
+        Fixture::start(
+            Command::new("python3")
+                .arg(fixture("http_server.py"))
+                .args([bind, &dir.display().to_string()])
+                .env_remove("OTEL_SERVICE_NAME")
+                .envs(env.iter().copied()),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn rest_of_output(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.stdout.read_to_string(&mut s);
+        s
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "zerospan-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// curl's version string as it sends it in User-Agent.
+pub fn curl_user_agent() -> String {
+    let out = Command::new("curl").arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1).unwrap().to_owned();
+    format!("curl/{version}")
+}
+
+/// Runs curl and returns stdout; panics on failure.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(args).output().expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

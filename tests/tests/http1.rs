@@ -1,0 +1,571 @@
+//! HTTP/1.x end to end: the real agent, real eBPF, real servers and clients,
+//! spans read back from a real OTLP receiver. Run as root.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::TcpListener,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use zerospan_tests::{
+    collector::flatten, curl, curl_user_agent, require_root, Agent, Collector, Fixture, FlatSpan,
+    TempDir,
+};
+
+const INDEX: &str = "hello zerospan\n";
+
+fn site() -> TempDir {
+    let dir = TempDir::new("site");
+    fs::write(dir.0.join("index.html"), INDEX).unwrap();
+    fs::write(dir.0.join("big.bin"), vec![b'z'; 5 << 20]).unwrap();
+    dir
+}
+
+fn exe_name(pid: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn servers(spans: &[FlatSpan]) -> Vec<FlatSpan> {
+    let mut v: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
+    v.sort_by_key(|s| s.span.start_time_unix_nano);
+    v
+}
+
+fn clients(spans: &[FlatSpan]) -> Vec<FlatSpan> {
+    let mut v: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
+    v.sort_by_key(|s| s.span.start_time_unix_nano);
+    v
+}
+
+#[test]
+fn python_http_server_keep_alive_gives_one_exact_span_per_request() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[("OTEL_SERVICE_NAME", "fixture-web")]);
+    let port = server.port;
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+
+    // One curl: 50 hits on one keep-alive connection, then 5 misses (which
+    // http.server answers with `Connection: close`, so each gets its own
+    // connection) and 2 server errors.
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "-w".into(),
+        "%{http_code} %{local_port} %{time_total}\\n".into(),
+    ];
+    let mut expected = Vec::new();
+    for i in 0..50 {
+        args.push("-o".into());
+        args.push("/dev/null".into());
+        args.push(format!(
+            "http://127.0.0.1:{port}/index.html?user=alice&id={i}"
+        ));
+        expected.push(("/index.html", 200));
+    }
+    for i in 0..5 {
+        args.extend([
+            "-o".into(),
+            "/dev/null".into(),
+            format!("http://127.0.0.1:{port}/missing-{i}"),
+        ]);
+        expected.push(("/missing", 404));
+    }
+    for _ in 0..2 {
+        args.extend([
+            "-o".into(),
+            "/dev/null".into(),
+            format!("http://127.0.0.1:{port}/status/503"),
+        ]);
+        expected.push(("/status/503", 503));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&args);
+    let transfers: Vec<(u16, u16, f64)> = out
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(transfers.len(), 57);
+    let client_port = transfers[0].1;
+    assert!(
+        transfers[..50].iter().all(|t| t.1 == client_port),
+        "curl did not keep one connection alive: {out}"
+    );
+
+    collector.wait_for(57, Duration::from_secs(10), |s| s.is_server());
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    let spans = servers(&collector.spans());
+    assert_eq!(
+        spans.len(),
+        57,
+        "exactly one SERVER span per request:\n{}",
+        agent.stderr()
+    );
+
+    let ua = curl_user_agent();
+    let exe = exe_name(server.pid());
+    for (i, (s, (path, code))) in spans.iter().zip(&expected).enumerate() {
+        assert_eq!(s.span.name, "GET");
+        assert_eq!(s.str("http.request.method").as_deref(), Some("GET"));
+        assert!(
+            s.str("url.path").unwrap().starts_with(path),
+            "span {i}: {:?}",
+            s.str("url.path")
+        );
+        assert_eq!(s.int("http.response.status_code"), Some(i64::from(*code)));
+        assert_eq!(s.str("url.scheme").as_deref(), Some("http"));
+        assert_eq!(s.str("server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.int("server.port"), Some(i64::from(port)));
+        assert_eq!(s.str("client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.int("client.port"), Some(i64::from(transfers[i].1)));
+        assert_eq!(s.str("network.protocol.version").as_deref(), Some("1.1"));
+        assert_eq!(s.str("user_agent.original"), Some(ua.clone()));
+        assert_eq!(s.int("http.request.body.size"), Some(0));
+        assert_eq!(s.res_str("service.name").as_deref(), Some("fixture-web"));
+        assert_eq!(s.res_int("process.pid"), Some(i64::from(server.pid())));
+        assert_eq!(s.res_str("process.executable.name"), Some(exe.clone()));
+        assert_eq!(s.res_str("host.name"), Some(host_name()));
+        assert_eq!(s.res_str("telemetry.sdk.name").as_deref(), Some("zerospan"));
+        assert!(s.span.parent_span_id.is_empty());
+        assert_eq!(s.span.trace_id.len(), 16);
+        assert_eq!(s.span.span_id.len(), 8);
+        match code {
+            200 => {
+                assert_eq!(s.str("url.path").as_deref(), Some("/index.html"));
+                assert_eq!(
+                    s.str("url.query").as_deref(),
+                    Some("user=REDACTED&id=REDACTED")
+                );
+                assert_eq!(s.int("http.response.body.size"), Some(INDEX.len() as i64));
+                assert!(!s.has("error.type"));
+                assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(0));
+            }
+            404 => {
+                assert_eq!(s.str("url.path"), Some(format!("/missing-{}", i - 50)));
+                assert!(!s.has("url.query"));
+                assert!(!s.has("error.type"), "4xx is not a server error");
+            }
+            _ => {
+                assert_eq!(s.int("http.response.body.size"), Some(2));
+                assert_eq!(s.str("error.type").as_deref(), Some("503"));
+                assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(2));
+            }
+        }
+        // The server's view fits inside what the client measured.
+        let client_total = Duration::from_secs_f64(transfers[i].2);
+        assert!(
+            s.duration() <= client_total + Duration::from_millis(2),
+            "span {i} lasted {:?}, curl measured {client_total:?}",
+            s.duration()
+        );
+        assert!(s.duration() > Duration::ZERO);
+    }
+    // Keep-alive requests are sequential: each span ends before the next starts.
+    for w in spans.windows(2) {
+        assert!(w[0].span.end_time_unix_nano <= w[1].span.start_time_unix_nano);
+    }
+    assert_eq!(agent.stat("spans_created"), Some(57));
+    assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
+}
+
+#[test]
+fn curl_as_a_command_gives_client_spans_to_grpc_and_the_traces_file() {
+    require_root();
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    fs::write(dir.0.join("index.html"), INDEX).unwrap();
+    let conf = format!(
+        "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{}}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
+        d = dir.0.display()
+    );
+    fs::write(dir.0.join("nginx.conf"), conf).unwrap();
+    let mut nginx = Command::new("nginx")
+        .args(["-c", &dir.0.join("nginx.conf").display().to_string()])
+        .spawn()
+        .expect("nginx is installed by cargo xtask setup");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let collector = Collector::start();
+    let traces = dir.0.join("traces.jsonl");
+    let base = format!("http://127.0.0.1:{port}");
+    let urls = [
+        format!("{base}/index.html"),
+        format!("{base}/index.html?x=1&y=2"),
+        format!("{base}/nope"),
+    ];
+    let mut args: Vec<String> = vec![
+        "--otlp-endpoint".into(),
+        collector.grpc_endpoint.clone(),
+        "--traces-file".into(),
+        traces.display().to_string(),
+        "--".into(),
+        "curl".into(),
+        "-s".into(),
+    ];
+    for u in &urls {
+        args.extend(["-o".into(), "/dev/null".into(), u.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&args, &[]);
+    let status = agent.wait(Duration::from_secs(30));
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    assert!(
+        status.success(),
+        "agent must exit 0 once curl is done:\n{}",
+        agent.stderr()
+    );
+
+    let spans = clients(&collector.spans());
+    assert_eq!(spans.len(), 3, "{}", agent.stderr());
+    let want = [
+        (format!("{base}/index.html"), 200),
+        (format!("{base}/index.html?x=REDACTED&y=REDACTED"), 200),
+        (format!("{base}/nope"), 404),
+    ];
+    for (s, (url, code)) in spans.iter().zip(&want) {
+        assert_eq!(s.span.name, "GET");
+        assert_eq!(s.str("url.full").as_ref(), Some(url));
+        assert_eq!(s.str("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s.int("http.response.status_code"), Some(*code));
+        assert_eq!(s.str("server.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.int("server.port"), Some(i64::from(port)));
+        assert_eq!(s.str("network.peer.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.res_str("service.name").as_deref(), Some("curl"));
+        assert_eq!(
+            s.res_str("process.executable.name").as_deref(),
+            Some("curl")
+        );
+        let cmdline = s.res_str("process.command_line").unwrap();
+        assert!(cmdline.starts_with("curl -s -o /dev/null"), "{cmdline}");
+    }
+    assert_eq!(
+        spans[0].int("http.response.body.size"),
+        Some(INDEX.len() as i64)
+    );
+    assert_eq!(spans[2].str("error.type").as_deref(), Some("404"));
+    assert!(!spans[0].has("error.type"));
+
+    // The traces file holds the same spans, as OTLP/JSON, one request per line.
+    let text = fs::read_to_string(&traces).unwrap();
+    let mut from_file = Vec::new();
+    for line in text.lines() {
+        let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
+            serde_json::from_str(line)
+                .expect("each line is an OTLP/JSON ExportTraceServiceRequest");
+        from_file.extend(flatten("file", &req));
+        let raw: serde_json::Value = serde_json::from_str(line).unwrap();
+        let span = &raw["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(
+            span["traceId"].as_str().unwrap().len(),
+            32,
+            "ids are hex: {line}"
+        );
+        assert!(
+            span["startTimeUnixNano"].is_string(),
+            "64-bit ints are strings: {line}"
+        );
+    }
+    let ids = |v: &[FlatSpan]| {
+        v.iter()
+            .map(|s| s.span.span_id.clone())
+            .collect::<HashSet<_>>()
+    };
+    assert_eq!(ids(&from_file), ids(&spans));
+}
+
+#[test]
+fn large_download_client_span_covers_the_transfer_over_otlp_http() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let collector = Collector::start();
+    let url = format!("http://127.0.0.1:{}/slow/{}", server.port, 5 << 20);
+    let out_file = dir.0.join("curl.out");
+    let mut agent = Agent::start(
+        &[
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-endpoint",
+            &collector.http_endpoint,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "curl -s -o /dev/null -w '%{{time_total}} %{{size_download}}' {url} > {}",
+                out_file.display()
+            ),
+        ],
+        &[],
+    );
+    assert!(
+        agent.wait(Duration::from_secs(60)).success(),
+        "{}",
+        agent.stderr()
+    );
+    let measured = fs::read_to_string(&out_file).unwrap();
+    let (total, size) = measured.split_once(' ').unwrap();
+    let total = Duration::from_secs_f64(total.parse().unwrap());
+    assert_eq!(size, (5u64 << 20).to_string());
+    assert!(
+        total > Duration::from_millis(1500),
+        "the server trickles for 1.6 s: {total:?}"
+    );
+
+    let spans = clients(&collector.spans());
+    assert_eq!(
+        spans.len(),
+        1,
+        "one span for one download:\n{}",
+        agent.stderr()
+    );
+    let s = &spans[0];
+    assert!(s.transport == "http", "received over OTLP/HTTP");
+    assert_eq!(s.int("http.response.body.size"), Some(5 << 20));
+    assert_eq!(s.res_str("service.name").as_deref(), Some("curl"));
+    // The span covers the transfer: within 10% of what curl measured.
+    let d = s.duration();
+    assert!(
+        d <= total + Duration::from_millis(5),
+        "span {d:?} longer than curl's {total:?}"
+    );
+    assert!(
+        d >= total.mul_f64(0.9),
+        "span {d:?} does not cover curl's {total:?}"
+    );
+}
+
+/// Everything curl does not exercise: a connection that predates the agent,
+/// sendmsg/recvmsg, pipelining, chunked bodies both ways, a 100 kB upload in
+/// many writes, and a multi-megabyte response, from both ends of one
+/// connection (server and client traced by the same agent).
+#[test]
+fn preexisting_connection_pipelining_chunked_and_vectored_io() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let mut client = Fixture::start(
+        Command::new("python3")
+            .arg(zerospan_tests::procs::fixture("raw_client.py"))
+            .args(["127.0.0.1", &server.port.to_string()]),
+    );
+    let client_port = client.port;
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--pid",
+            &client.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+    client.send_line("go");
+    let done = client.read_line();
+    assert_eq!(done.trim(), "DONE 200 200 200 503 201 201 200");
+    client.send_line("bye");
+    collector.wait_for(14, Duration::from_secs(10), |_| true);
+    assert!(agent.stop().success());
+    let all = collector.spans();
+
+    let srv = servers(&all);
+    let expect = [
+        ("GET", "/index.html", None, 200, 0, Some(INDEX.len() as i64)),
+        (
+            "GET",
+            "/index.html",
+            Some("a=REDACTED"),
+            200,
+            0,
+            Some(INDEX.len() as i64),
+        ),
+        ("GET", "/chunked", None, 200, 0, Some(1210)),
+        ("GET", "/status/503", None, 503, 0, Some(2)),
+        ("POST", "/echo", None, 201, 5, Some(1)),
+        ("POST", "/echo", None, 201, 100_000, Some(6)),
+        ("GET", "/big.bin", None, 200, 0, Some(5 << 20)),
+    ];
+    assert_eq!(
+        srv.len(),
+        expect.len(),
+        "{:#?}\n{}",
+        srv.iter().map(|s| s.str("url.path")).collect::<Vec<_>>(),
+        agent.stderr()
+    );
+    for (s, (method, path, query, code, req_size, resp_size)) in srv.iter().zip(&expect) {
+        assert_eq!(s.span.name, *method);
+        assert_eq!(s.str("url.path").as_deref(), Some(*path));
+        assert_eq!(s.str("url.query").as_deref(), *query);
+        assert_eq!(s.int("http.response.status_code"), Some(*code));
+        assert_eq!(s.int("http.request.body.size"), Some(*req_size));
+        assert_eq!(s.int("http.response.body.size"), *resp_size);
+        // The Host header names the server; no port in it means port 80.
+        assert_eq!(s.str("server.address").as_deref(), Some("zerospan.test"));
+        assert_eq!(s.int("server.port"), Some(80));
+        // The pre-existing socket's peer came from /proc.
+        assert_eq!(s.str("client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.int("client.port"), Some(i64::from(client_port)));
+        assert_eq!(
+            s.str("user_agent.original").as_deref(),
+            Some("raw-client/1")
+        );
+        assert_eq!(s.res_int("process.pid"), Some(i64::from(server.pid())));
+    }
+
+    let cli = clients(&all);
+    assert_eq!(cli.len(), expect.len());
+    for (s, (method, path, query, code, _, _)) in cli.iter().zip(&expect) {
+        let url = match query {
+            Some(q) => format!("http://zerospan.test{path}?{q}"),
+            None => format!("http://zerospan.test{path}"),
+        };
+        assert_eq!(s.span.name, *method);
+        assert_eq!(s.str("url.full"), Some(url));
+        assert_eq!(s.int("http.response.status_code"), Some(*code));
+        assert_eq!(s.int("network.peer.port"), Some(i64::from(server.port)));
+        assert_eq!(s.res_int("process.pid"), Some(i64::from(client.pid())));
+    }
+    // Each client span encloses the server span at the other end.
+    for (c, s) in cli.iter().zip(&srv) {
+        assert!(c.span.start_time_unix_nano <= s.span.start_time_unix_nano);
+        assert!(c.span.end_time_unix_nano >= s.span.end_time_unix_nano);
+    }
+}
+
+#[test]
+fn ipv6_server_spans() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("::1", &dir.0, &[]);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+    let out = curl(&[
+        "-s",
+        "-g",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{local_port}",
+        &format!("http://[::1]:{}/index.html", server.port),
+    ]);
+    collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    assert_eq!(spans.len(), 1);
+    let s = &spans[0];
+    assert_eq!(s.str("server.address").as_deref(), Some("::1"));
+    assert_eq!(s.int("server.port"), Some(i64::from(server.port)));
+    assert_eq!(s.str("client.address").as_deref(), Some("::1"));
+    assert_eq!(
+        s.int("client.port"),
+        Some(out.trim().parse::<i64>().unwrap())
+    );
+    assert_eq!(s.str("network.local.address").as_deref(), Some("::1"));
+    assert_eq!(s.int("http.response.status_code"), Some(200));
+}
+
+#[test]
+fn garbage_and_non_http_traffic_yield_no_spans() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+    // Bytes that are not HTTP/1 at all: a TLS ClientHello prefix and noise.
+    for payload in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\xff garbage \r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        std::io::Write::write_all(&mut s, payload).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    }
+    // A real request afterwards still works and is the only span.
+    curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{}/index.html", server.port),
+    ]);
+    collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    assert_eq!(
+        spans.len(),
+        1,
+        "{:#?}",
+        spans.iter().map(|s| s.str("url.path")).collect::<Vec<_>>()
+    );
+    assert_eq!(spans[0].str("url.path").as_deref(), Some("/index.html"));
+    assert_eq!(
+        agent.stat("connections_unknown_protocol"),
+        Some(2),
+        "{}",
+        agent.stderr()
+    );
+}

@@ -1,0 +1,260 @@
+//! `cargo xtask bench`: wrk against nginx (one worker), without and then with
+//! the agent tracing it, in one run on this machine.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const PORT: u16 = 18080;
+const DURATION_S: u32 = 15;
+const CONNECTIONS: u32 = 16;
+
+struct Wrk {
+    rps: f64,
+    requests: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_latency_ms(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|x| x * scale)
+}
+
+fn parse_wrk(out: &str) -> Result<Wrk> {
+    let mut w = Wrk {
+        rps: f64::NAN,
+        requests: 0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+    };
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["50%", v] => w.p50_ms = parse_latency_ms(v).unwrap_or(f64::NAN),
+            ["99%", v] => w.p99_ms = parse_latency_ms(v).unwrap_or(f64::NAN),
+            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(f64::NAN),
+            [n, "requests", "in", ..] => w.requests = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    if w.rps.is_nan() || w.requests == 0 {
+        bail!("could not read wrk's output:\n{out}");
+    }
+    Ok(w)
+}
+
+fn wrk(seconds: u32) -> Result<Wrk> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .arg(format!("http://127.0.0.1:{PORT}/index.html"))
+        .output()
+        .context("running wrk")?;
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn start_nginx(dir: &Path) -> Result<Child> {
+    fs::write(
+        dir.join("index.html"),
+        "<html><body>zerospan bench</body></html>\n",
+    )?;
+    let conf = format!(
+        "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           server {{ listen 127.0.0.1:{PORT}; root {d}; }} }}\n",
+        d = dir.display()
+    );
+    fs::write(dir.join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .args(["-c", &dir.join("nginx.conf").display().to_string()])
+        .spawn()
+        .context("starting nginx")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not start listening on {PORT}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after comm.
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn stat_value(stats: &str, key: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("zerospan-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let mut nginx = start_nginx(&dir)?;
+    let result = measure(root, &dir, &nginx);
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(root: &Path, dir: &Path, nginx: &Child) -> Result<()> {
+    eprintln!("bench: warming up");
+    wrk(2)?;
+    eprintln!("bench: baseline, {DURATION_S}s");
+    let base = wrk(DURATION_S)?;
+
+    let bin = root.join("target/release/zerospan");
+    let mut agent = Command::new(&bin)
+        .args(["--pid", &nginx.id().to_string()])
+        .args(["--traces-file", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let agent_pid = agent.id();
+    let mut stderr = BufReader::new(agent.stderr.take().context("agent stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stderr.read_line(&mut line)? == 0 {
+            bail!("the agent exited before it attached");
+        }
+        if line.contains("tracing ") {
+            break;
+        }
+    }
+    let cpu_before = cpu_seconds(agent_pid);
+    eprintln!("bench: traced by zerospan, {DURATION_S}s");
+    let traced = wrk(DURATION_S)?;
+    // Let the agent drain what the last requests produced.
+    thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_seconds(agent_pid) - cpu_before;
+    let rss = peak_rss_mib(agent_pid);
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(agent_pid as i32, 2) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest)?;
+    let _ = agent.wait();
+    let stats = rest
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("stats: ").map(|(_, s)| s.to_owned()))
+        .unwrap_or_default();
+    let events = stat_value(&stats, "events_read");
+    let dropped = stat_value(&stats, "kernel_ringbuf_full")
+        + stat_value(&stats, "kernel_args_map_full")
+        + stat_value(&stats, "spans_dropped_queue_full");
+    let spans = stat_value(&stats, "spans_created");
+    let _ = dir;
+
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("zerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker), {cores} cores");
+    println!(
+        "{:<28}{:>14}{:>14}{:>10}",
+        "", "baseline", "traced", "ratio"
+    );
+    println!(
+        "{:<28}{:>14.0}{:>14.0}{:>10.3}",
+        "requests/s",
+        base.rps,
+        traced.rps,
+        traced.rps / base.rps
+    );
+    println!(
+        "{:<28}{:>14.3}{:>14.3}{:>10.3}",
+        "latency p50 (ms)",
+        base.p50_ms,
+        traced.p50_ms,
+        traced.p50_ms / base.p50_ms
+    );
+    println!(
+        "{:<28}{:>14.3}{:>14.3}{:>10.3}",
+        "latency p99 (ms)",
+        base.p99_ms,
+        traced.p99_ms,
+        traced.p99_ms / base.p99_ms
+    );
+    println!(
+        "{:<28}{:>14}{:>14}",
+        "requests", base.requests, traced.requests
+    );
+    println!(
+        "agent CPU seconds per 100k requests: {:.3}",
+        cpu / (traced.requests as f64 / 100_000.0)
+    );
+    println!("agent peak RSS: {rss:.1} MiB");
+    println!(
+        "events handled: {events} ({:.0}/s)",
+        events as f64 / DURATION_S as f64
+    );
+    println!(
+        "spans created: {spans} (requests served: {})",
+        traced.requests
+    );
+    println!("events dropped: {dropped}");
+    println!("agent stats: {stats}");
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 1s test\n  Latency Distribution\n     50%  120.00us\n     75%  1.00ms\n     99%    2.50ms\n  1234 requests in 1.00s, 1.00MB read\nRequests/sec:   1234.50\n";
+        let w = super::parse_wrk(out).unwrap();
+        assert_eq!(w.requests, 1234);
+        assert!((w.rps - 1234.5).abs() < 1e-9);
+        assert!((w.p50_ms - 0.12).abs() < 1e-9);
+        assert!((w.p99_ms - 2.5).abs() < 1e-9);
+    }
+}
