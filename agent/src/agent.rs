@@ -27,9 +27,15 @@ use crate::{
     process::Registry,
     procfs::{self, ProcessMeta},
     protocols::http1::{Segment, Stamp},
-    spans::{self, Span},
+    spans::{self, sampler::Sampler, Span},
     stats::Stats,
 };
+
+/// How often the agent drains the ring buffer unprompted. The probes write
+/// without waking the agent until the ring is a quarter full, so under load
+/// the agent reads events in batches instead of once per event.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_EVENTS_PER_DRAIN: usize = 65_536;
 
 /// Everything the event path touches.
 struct EventPath {
@@ -40,6 +46,7 @@ struct EventPath {
     stats: Arc<Stats>,
     spans: mpsc::Sender<Span>,
     http: spans::http::Options,
+    sampler: Sampler,
     /// Local addresses of listening sockets, by (tgid, fd).
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
 }
@@ -125,17 +132,28 @@ impl EventPath {
                 resource,
             );
             Stats::inc(&self.stats.spans_created);
+            if !self.sampler.keeps(&span.trace_id) {
+                Stats::inc(&self.stats.spans_sampled_out);
+                continue;
+            }
             if self.spans.try_send(span).is_err() {
                 Stats::inc(&self.stats.spans_dropped_queue_full);
             }
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// Handles what the ring buffer holds, up to a bound so that a flood of
+    /// events cannot starve the tick, the signals or the exporters; the next
+    /// drain picks up the rest.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
+        let mut n = 0;
+        while n < MAX_EVENTS_PER_DRAIN {
+            let Some(item) = ring.next() else { break };
             self.handle(&item);
+            n += 1;
         }
         self.emit();
+        n
     }
 
     fn tick(&mut self) {
@@ -297,6 +315,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             redact_query: cfg.redact_query,
         },
         listeners: HashMap::new(),
+        sampler: cfg.sampler,
     };
     let mut child = None;
     match &cfg.target {
@@ -322,6 +341,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
@@ -331,6 +352,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 path.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            _ = drain.tick() => {
+                path.drain(ring.get_mut());
             }
             _ = tick.tick() => {
                 path.tick();
@@ -351,7 +375,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     log::info!("{reason}: flushing");
     // Whatever the probes wrote before we stopped still becomes spans.
-    path.drain(ring.get_mut());
+    while path.drain(ring.get_mut()) == MAX_EVENTS_PER_DRAIN {}
     path.tracker.close_all();
     path.emit();
     let EventPath { probes, spans, .. } = path;

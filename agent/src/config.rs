@@ -8,6 +8,7 @@ use clap::Parser;
 use crate::export::{self, SinkConfig};
 use crate::probes::ProbeSettings;
 use crate::process::ResourceDefaults;
+use crate::spans::sampler::Sampler;
 
 /// Zero-code distributed tracing: eBPF probes watch a program's HTTP traffic
 /// and the spans go to your OpenTelemetry collector. Run as root.
@@ -17,8 +18,8 @@ use crate::process::ResourceDefaults;
     version,
     override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]",
     after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, \
-OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME and \
-OTEL_RESOURCE_ATTRIBUTES are honoured.\n\
+OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, \
+OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG are honoured.\n\
 With no exporter configured, each trace is printed to stdout as a tree."
 )]
 pub struct Args {
@@ -99,6 +100,7 @@ pub struct Config {
     pub redact_query: bool,
     pub max_connections: usize,
     pub request_timeout: Duration,
+    pub sampler: Sampler,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -196,6 +198,10 @@ impl Config {
             redact_query: !args.no_redact_query,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+            sampler: Sampler::from_env(
+                env("OTEL_TRACES_SAMPLER").as_deref(),
+                env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+            )?,
         })
     }
 }

@@ -140,8 +140,12 @@ impl Probes {
     fn load_inner(s: &ProbeSettings) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         preflight()?;
         let capture = s.capture_bytes.clamp(1, MAX_CAPTURE as u32);
+        // Wake the agent early once a quarter of the ring is used; below
+        // that it drains on its own timer (see `agent::DRAIN_INTERVAL`).
+        let wakeup = u64::from(s.ring_buffer_bytes / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &capture, true)
+            .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("SOCKS", s.max_connections)
             .map_max_entries("TRACED", s.max_processes)
             .map_max_entries("ARGS", s.max_processes)

@@ -52,6 +52,8 @@ counters! {
     http_pipeline_overflow,
     /// Spans built.
     spans_created,
+    /// Spans left out by the sampler (OTEL_TRACES_SAMPLER).
+    spans_sampled_out,
     /// Spans dropped because the export queue was full.
     spans_dropped_queue_full,
     /// Spans an exporter delivered.

@@ -27,6 +27,13 @@ use zerospan_common::{
     MAX_CAPTURE, MAX_IOV_SEGMENTS,
 };
 
+/// Unread bytes in the ring buffer past which a write wakes the agent up.
+/// Below it, writes do not wake anyone and the agent drains on its own
+/// timer: one wake-up per event would cost more than the event itself.
+/// The agent sets it at load time, from the ring buffer's size.
+#[no_mangle]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
 /// Bytes of each buffer to copy; the agent overrides it at load time.
 #[no_mangle]
 static CAPTURE_BYTES: u32 = 1024;
@@ -355,15 +362,30 @@ fn emit_segment(hdr: &EventHeader, src: u64, len: u64) {
         (*ev).captured = n as u32;
         let total = DataEvent::HEADER_SIZE + n;
         let bytes = core::slice::from_raw_parts(ev as *const u8, total);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
             bump(counter::RINGBUF_FULL);
         }
     }
 }
 
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    // SAFETY: WAKEUP_BYTES is a load-time constant.
+    let threshold = unsafe { ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn output<T>(value: &T) {
-    if EVENTS.output::<T>(value, 0).is_err() {
+    if EVENTS.output::<T>(value, wakeup_flag()).is_err() {
         bump(counter::RINGBUF_FULL);
     }
 }

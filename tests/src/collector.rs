@@ -19,7 +19,30 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
-type Store = Arc<Mutex<Vec<(&'static str, ExportTraceServiceRequest)>>>;
+/// What the receiver keeps: every request, or (for the benchmark, where
+/// millions of spans arrive) only their count.
+#[derive(Default)]
+struct Received {
+    keep: bool,
+    requests: Vec<(&'static str, ExportTraceServiceRequest)>,
+    span_count: u64,
+}
+
+impl Received {
+    fn add(&mut self, transport: &'static str, req: ExportTraceServiceRequest) {
+        self.span_count += req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len() as u64)
+            .sum::<u64>();
+        if self.keep {
+            self.requests.push((transport, req));
+        }
+    }
+}
+
+type Store = Arc<Mutex<Received>>;
 
 struct Service {
     store: Store,
@@ -31,10 +54,7 @@ impl TraceService for Service {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.store
-            .lock()
-            .unwrap()
-            .push(("grpc", request.into_inner()));
+        self.store.lock().unwrap().add("grpc", request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -141,7 +161,7 @@ async fn http_export(
     let status = match (ok_path, ok_type, body) {
         (true, true, Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
             Ok(r) => {
-                store.lock().unwrap().push(("http", r));
+                store.lock().unwrap().add("http", r);
                 200
             }
             Err(_) => 400,
@@ -156,9 +176,22 @@ async fn http_export(
 }
 
 impl Collector {
-    /// Starts both receivers on ephemeral loopback ports.
+    /// Starts both receivers on ephemeral loopback ports, keeping every span.
     pub fn start() -> Self {
-        let store: Store = Arc::default();
+        Self::start_with(true)
+    }
+
+    /// Like [`Collector::start`], but only counts spans: memory stays flat
+    /// however many arrive.
+    pub fn counting() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(keep: bool) -> Self {
+        let store: Store = Arc::new(Mutex::new(Received {
+            keep,
+            ..Received::default()
+        }));
         let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc_addr: SocketAddr = grpc.local_addr().unwrap();
@@ -219,10 +252,16 @@ impl Collector {
         }
     }
 
+    /// Spans received so far, in any mode.
+    pub fn span_count(&self) -> u64 {
+        self.store.lock().unwrap().span_count
+    }
+
     pub fn spans(&self) -> Vec<FlatSpan> {
         self.store
             .lock()
             .unwrap()
+            .requests
             .iter()
             .flat_map(|(t, r)| flatten(t, r))
             .collect()

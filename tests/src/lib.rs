@@ -8,4 +8,4 @@ pub mod collector;
 pub mod procs;
 
 pub use collector::{Collector, FlatSpan};
-pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, TempDir};
+pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, TempDir};

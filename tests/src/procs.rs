@@ -279,3 +279,42 @@ pub fn curl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// nginx with one worker, serving `root` on 127.0.0.1:`port`.
+pub struct Nginx(Child);
+
+impl Nginx {
+    pub fn start(root: &Path, port: u16) -> Nginx {
+        let conf = format!(
+            "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{}}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
+            d = root.display()
+        );
+        std::fs::write(root.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", &root.join("nginx.conf").display().to_string()])
+            .spawn()
+            .expect("nginx is installed by cargo xtask setup");
+        let nginx = Nginx(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master must take its worker down with it.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}

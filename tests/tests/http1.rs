@@ -1,17 +1,11 @@
 //! HTTP/1.x end to end: the real agent, real eBPF, real servers and clients,
 //! spans read back from a real OTLP receiver. Run as root.
 
-use std::{
-    collections::HashSet,
-    fs,
-    net::TcpListener,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, fs, net::TcpListener, process::Command, time::Duration};
 
 use zerospan_tests::{
     collector::flatten, curl, curl_user_agent, require_root, Agent, Collector, Fixture, FlatSpan,
-    TempDir,
+    Nginx, TempDir,
 };
 
 const INDEX: &str = "hello zerospan\n";
@@ -211,23 +205,7 @@ fn curl_as_a_command_gives_client_spans_to_grpc_and_the_traces_file() {
     let dir = TempDir::new("nginx");
     let port = free_port();
     fs::write(dir.0.join("index.html"), INDEX).unwrap();
-    let conf = format!(
-        "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{}}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
-         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
-        d = dir.0.display()
-    );
-    fs::write(dir.0.join("nginx.conf"), conf).unwrap();
-    let mut nginx = Command::new("nginx")
-        .args(["-c", &dir.0.join("nginx.conf").display().to_string()])
-        .spawn()
-        .expect("nginx is installed by cargo xtask setup");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let nginx = Nginx::start(&dir.0, port);
 
     let collector = Collector::start();
     let traces = dir.0.join("traces.jsonl");
@@ -252,8 +230,7 @@ fn curl_as_a_command_gives_client_spans_to_grpc_and_the_traces_file() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start(&args, &[]);
     let status = agent.wait(Duration::from_secs(30));
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
     assert!(
         status.success(),
         "agent must exit 0 once curl is done:\n{}",
@@ -568,4 +545,47 @@ fn garbage_and_non_http_traffic_yield_no_spans() {
         "{}",
         agent.stderr()
     );
+}
+
+#[test]
+fn otel_traces_sampler_ratio_keeps_exactly_the_traces_below_the_bound() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    let mut args = vec!["-s"];
+    for _ in 0..40 {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    curl(&args);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    let created = agent.stat("spans_created").unwrap();
+    let sampled_out = agent.stat("spans_sampled_out").unwrap();
+    assert_eq!(created, 40, "{}", agent.stderr());
+    assert_eq!(spans.len() as u64, created - sampled_out);
+    // With 40 random trace ids, all or none kept has odds of 2 in 2^40.
+    assert!(
+        !spans.is_empty() && sampled_out > 0,
+        "kept {} of 40",
+        spans.len()
+    );
+    for s in &spans {
+        let low = u64::from_be_bytes(s.span.trace_id[8..].try_into().unwrap());
+        assert!(low < 1 << 63, "a kept trace id is below the 0.5 bound");
+    }
 }

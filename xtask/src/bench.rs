@@ -133,23 +133,41 @@ pub fn run(root: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("zerospan-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let mut nginx = start_nginx(&dir)?;
-    let result = measure(root, &dir, &nginx);
-    let _ = nginx.kill();
+    let result = measure(root, &nginx);
+    // SIGTERM, not SIGKILL: the master must take its worker down with it.
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(nginx.id() as i32, 15) };
     let _ = nginx.wait();
     let _ = fs::remove_dir_all(&dir);
     result
 }
 
-fn measure(root: &Path, dir: &Path, nginx: &Child) -> Result<()> {
+fn measure(root: &Path, nginx: &Child) -> Result<()> {
     eprintln!("bench: warming up");
     wrk(2)?;
     eprintln!("bench: baseline, {DURATION_S}s");
     let base = wrk(DURATION_S)?;
 
+    // The agent exports over OTLP/gRPC, as in production, to a receiver
+    // that decodes every request and counts the spans.
+    let mut sink = Command::new(root.join("target/release/otlp-sink"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the OTLP receiver")?;
+    let mut sink_out = BufReader::new(sink.stdout.take().context("receiver stdout")?);
+    let mut ready = String::new();
+    sink_out.read_line(&mut ready)?;
+    let endpoint = ready
+        .trim()
+        .strip_prefix("READY ")
+        .with_context(|| format!("the OTLP receiver did not start: {ready:?}"))?
+        .to_owned();
+
     let bin = root.join("target/release/zerospan");
     let mut agent = Command::new(&bin)
         .args(["--pid", &nginx.id().to_string()])
-        .args(["--traces-file", "/dev/null"])
+        .args(["--otlp-endpoint", &endpoint])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -188,7 +206,15 @@ fn measure(root: &Path, dir: &Path, nginx: &Child) -> Result<()> {
         + stat_value(&stats, "kernel_args_map_full")
         + stat_value(&stats, "spans_dropped_queue_full");
     let spans = stat_value(&stats, "spans_created");
-    let _ = dir;
+    drop(sink.stdin.take());
+    let mut received = String::new();
+    sink_out.read_line(&mut received)?;
+    let _ = sink.wait();
+    let received: u64 = received
+        .trim()
+        .strip_prefix("SPANS ")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("the OTLP receiver did not report: {received:?}"))?;
 
     let cores = thread::available_parallelism()
         .map(|n| n.get())
@@ -233,7 +259,7 @@ fn measure(root: &Path, dir: &Path, nginx: &Child) -> Result<()> {
         events as f64 / DURATION_S as f64
     );
     println!(
-        "spans created: {spans} (requests served: {})",
+        "spans created: {spans}, received by the collector: {received} (requests wrk completed: {})",
         traced.requests
     );
     println!("events dropped: {dropped}");

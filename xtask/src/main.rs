@@ -59,6 +59,14 @@ fn main() -> Result<()> {
         "bench" => {
             setup()?;
             build()?;
+            run(Command::new("cargo").current_dir(root()).args([
+                "build",
+                "--release",
+                "--package",
+                "zerospan-tests",
+                "--bin",
+                "otlp-sink",
+            ]))?;
             bench::run(&root())
         }
         _ => usage(),
@@ -187,13 +195,15 @@ fn test() -> Result<()> {
 
 fn demo() -> Result<()> {
     let bin = root().join("target/release/zerospan");
-    let script = "cd \"$(mktemp -d)\" && echo 'hello from zerospan' > index.html && \
-        python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & \
-        sleep 1; \
+    // A server and three client requests, all started by the agent, so it
+    // exits by itself once the server is stopped.
+    let script = "dir=$(mktemp -d); echo 'hello from zerospan' > \"$dir/index.html\"; \
+        python3 -m http.server 8765 --bind 127.0.0.1 --directory \"$dir\" >/dev/null 2>&1 & \
+        server=$!; sleep 1; \
         curl -s -o /dev/null http://127.0.0.1:8765/index.html; \
         curl -s -o /dev/null 'http://127.0.0.1:8765/search?q=secret&page=2'; \
         curl -s -o /dev/null http://127.0.0.1:8765/missing; \
-        sleep 0.5; kill %1";
+        sleep 0.5; kill $server; wait; rm -rf \"$dir\"";
     run(Command::new(bin).args(["--", "sh", "-c", script]))
 }
 

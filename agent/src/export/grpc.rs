@@ -9,6 +9,7 @@ use tonic::{metadata::MetadataMap, transport::Channel, Code};
 use super::{otlp, ExportError};
 use crate::spans::Span;
 
+#[derive(Clone)]
 pub struct Grpc {
     client: TraceServiceClient<Channel>,
     metadata: MetadataMap,

@@ -14,6 +14,7 @@ use prost::Message as _;
 use super::{otlp, ExportError};
 use crate::spans::Span;
 
+#[derive(Clone)]
 pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: hyper::Uri,

@@ -90,6 +90,24 @@ impl Sink {
         })
     }
 
+    /// Exports one sink runs at once. Network sinks keep several requests
+    /// in flight, so a collector's round-trip time does not cap throughput;
+    /// the file and the console stay in order.
+    fn workers(&self) -> usize {
+        match self {
+            Sink::Grpc(_) | Sink::Http(_) => NETWORK_WORKERS,
+            Sink::File(_) | Sink::Console(_) => 1,
+        }
+    }
+
+    fn try_clone(&self) -> Option<Self> {
+        match self {
+            Sink::Grpc(s) => Some(Sink::Grpc(s.clone())),
+            Sink::Http(s) => Some(Sink::Http(s.clone())),
+            Sink::File(_) | Sink::Console(_) => None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Sink::Grpc(_) => "otlp-grpc",
@@ -110,6 +128,8 @@ impl Sink {
 }
 
 type Batch = Arc<Vec<Span>>;
+
+const NETWORK_WORKERS: usize = 4;
 
 /// A sink's bounded backlog.
 struct Backlog {
@@ -148,7 +168,7 @@ impl Backlog {
 
 pub struct Pipeline {
     batcher: JoinHandle<()>,
-    sinks: Vec<(Arc<Backlog>, JoinHandle<()>)>,
+    sinks: Vec<(Arc<Backlog>, Vec<JoinHandle<()>>)>,
     timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -169,8 +189,18 @@ pub fn start(
             closed: AtomicBool::new(false),
             cap: settings.sink_buffer_batches.max(1),
         });
-        let task = tokio::spawn(run_sink(sink, backlog.clone(), stats.clone()));
-        sinks.push((backlog, task));
+        let mut workers = Vec::new();
+        for _ in 1..sink.workers() {
+            if let Some(clone) = sink.try_clone() {
+                workers.push(tokio::spawn(run_sink(
+                    clone,
+                    backlog.clone(),
+                    stats.clone(),
+                )));
+            }
+        }
+        workers.push(tokio::spawn(run_sink(sink, backlog.clone(), stats.clone())));
+        sinks.push((backlog, workers));
     }
     let backlogs: Vec<Arc<Backlog>> = sinks.iter().map(|(b, _)| b.clone()).collect();
     let batcher = tokio::spawn(run_batcher(
@@ -239,11 +269,16 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
     let mut backoff = FIRST_BACKOFF;
     let mut failing = false;
     loop {
+        // Registered before the checks, so a push or the shutdown signal
+        // between them and the await still wakes this worker.
+        let notified = backlog.ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let Some(batch) = backlog.pop() else {
             if backlog.closed.load(Ordering::Acquire) {
                 return;
             }
-            backlog.ready.notified().await;
+            notified.await;
             continue;
         };
         loop {
@@ -288,6 +323,13 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
     }
 }
 
+/// Awaits every task (no `futures` dependency for one loop).
+async fn join_all(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 impl Pipeline {
     /// Flushes what is queued (the caller has dropped its sender) and stops,
     /// waiting at most the shutdown timeout for slow collectors.
@@ -295,13 +337,14 @@ impl Pipeline {
         let _ = self.batcher.await;
         for (b, _) in &self.sinks {
             b.closed.store(true, Ordering::Release);
-            b.ready.notify_one();
+            b.ready.notify_waiters();
         }
         let deadline = Instant::now() + self.timeout;
-        for (backlog, task) in self.sinks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                abort.abort();
+        for (backlog, tasks) in self.sinks {
+            let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+            let all = join_all(tasks);
+            if tokio::time::timeout_at(deadline, all).await.is_err() {
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
                 backlog.drop_all(&self.stats);
                 log::warn!(
                     "export did not finish within the shutdown timeout; the rest was dropped"

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod ids;
 pub mod redact;
+pub mod sampler;
 
 use std::sync::Arc;
 

@@ -1,0 +1,125 @@
+//! Head sampling, as configured by `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG` (OpenTelemetry SDK environment specification).
+//!
+//! The agent starts every trace it reports, so the root decision is all
+//! there is today. The `parentbased_*` samplers are accepted and behave as
+//! their root sampler until spans can have a remote parent, whose sampled
+//! flag will then decide.
+
+use anyhow::bail;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// Keeps a trace when the last 8 bytes of its id, read as a big-endian
+    /// integer, fall below this bound: the same trace is kept or dropped
+    /// by every component that uses the same rule.
+    TraceIdRatio {
+        ratio: f64,
+        bound: u64,
+    },
+}
+
+impl Sampler {
+    /// `name` and `arg` are the two variables' values, if set.
+    pub fn from_env(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<Self> {
+        let name = name.map(str::trim).unwrap_or("parentbased_always_on");
+        Ok(match name {
+            "always_on" | "parentbased_always_on" => Sampler::AlwaysOn,
+            "always_off" | "parentbased_always_off" => Sampler::AlwaysOff,
+            "traceidratio" | "parentbased_traceidratio" => {
+                let ratio = match arg.map(str::trim) {
+                    None => 1.0,
+                    Some(a) => match a.parse::<f64>() {
+                        Ok(r) if (0.0..=1.0).contains(&r) => r,
+                        _ => bail!("OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio between 0 and 1"),
+                    },
+                };
+                Sampler::ratio(ratio)
+            }
+            other => bail!(
+                "OTEL_TRACES_SAMPLER={other:?} is not supported; use always_on, always_off, \
+                 traceidratio or their parentbased_ forms"
+            ),
+        })
+    }
+
+    fn ratio(ratio: f64) -> Self {
+        // 2^64 * ratio, saturating: ratio 1.0 keeps everything.
+        let bound = if ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (ratio * 18_446_744_073_709_551_616.0) as u64
+        };
+        Sampler::TraceIdRatio { ratio, bound }
+    }
+
+    pub fn keeps(&self, trace_id: &[u8; 16]) -> bool {
+        match *self {
+            Sampler::AlwaysOn => true,
+            Sampler::AlwaysOff => false,
+            Sampler::TraceIdRatio { ratio, bound } => {
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&trace_id[8..]);
+                ratio >= 1.0 || u64::from_be_bytes(low) < bound
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_defaults() {
+        assert_eq!(Sampler::from_env(None, None).unwrap(), Sampler::AlwaysOn);
+        assert_eq!(
+            Sampler::from_env(Some("always_off"), None).unwrap(),
+            Sampler::AlwaysOff
+        );
+        assert_eq!(
+            Sampler::from_env(Some("parentbased_always_off"), None).unwrap(),
+            Sampler::AlwaysOff
+        );
+        let e = Sampler::from_env(Some("jaeger_remote"), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("OTEL_TRACES_SAMPLER=\"jaeger_remote\""),
+            "{e}"
+        );
+        let e = Sampler::from_env(Some("traceidratio"), Some("1.5")).unwrap_err();
+        assert!(
+            e.to_string().contains("OTEL_TRACES_SAMPLER_ARG=\"1.5\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ratio_keeps_about_that_share_and_is_deterministic() {
+        let s = Sampler::from_env(Some("traceidratio"), Some("0.25")).unwrap();
+        let mut kept = 0;
+        for _ in 0..20_000 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&crate::spans::ids::span_id());
+            id[8..].copy_from_slice(&crate::spans::ids::span_id());
+            if s.keeps(&id) {
+                kept += 1;
+                assert!(s.keeps(&id), "same id, same decision");
+            }
+        }
+        assert!(
+            (4_500..5_500).contains(&kept),
+            "kept {kept} of 20000 at 0.25"
+        );
+        let mut low = [0u8; 16];
+        low[15] = 1;
+        assert!(s.keeps(&low));
+        assert!(!s.keeps(&[0xff; 16]));
+        let all = Sampler::from_env(Some("traceidratio"), Some("1")).unwrap();
+        assert!(all.keeps(&[0xff; 16]));
+        let none = Sampler::from_env(Some("traceidratio"), Some("0")).unwrap();
+        assert!(!none.keeps(&low));
+    }
+}
