@@ -16,6 +16,7 @@ use tokio::{
     sync::mpsc,
 };
 use zerospan_common::{counter, origin};
+use zerospan_protocols::http1::{Segment, Stamp};
 
 use crate::{
     clock::Clock,
@@ -26,7 +27,6 @@ use crate::{
     probes::Probes,
     process::Registry,
     procfs::{self, ProcessMeta},
-    protocols::http1::{Segment, Stamp},
     spans::{self, sampler::Sampler, Span},
     stats::Stats,
 };
@@ -294,6 +294,11 @@ fn command_meta(argv: &[String]) -> ProcessMeta {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Target::Pids(pids) = &cfg.target {
+        for &pid in pids {
+            anyhow::ensure!(procfs::is_alive(pid), "no process with pid {pid}");
+        }
+    }
     let stats = Arc::new(Stats::default());
     let (span_tx, pipeline) = export::start(&cfg.export, stats.clone())?;
     let (probes, ring) = Probes::load(&cfg.probes)?;
@@ -320,9 +325,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut child = None;
     match &cfg.target {
         Target::Pids(pids) => {
-            for &pid in pids {
-                anyhow::ensure!(procfs::is_alive(pid), "no process with pid {pid}");
-            }
             let all = procfs::with_descendants(pids);
             for pid in &all {
                 path.attach_pid(*pid)?;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use zerospan_common::origin;
 
 use crate::events::ConnKey;
-use crate::protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
+use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
 
 /// Most requests one connection may have outstanding (pipelined).
 const MAX_PENDING: usize = 64;

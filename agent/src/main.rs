@@ -10,7 +10,6 @@ mod logger;
 mod probes;
 mod process;
 mod procfs;
-mod protocols;
 mod spans;
 mod stats;
 

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
 use zerospan_common::{counter, SockInfo, MAX_CAPTURE};
@@ -59,6 +59,9 @@ pub struct ProbeSettings {
 
 pub struct Probes {
     _ebpf: Ebpf,
+    /// Owned here rather than by their programs so [`Drop`] can detach them
+    /// all at once.
+    links: Vec<TracePointLink>,
     traced: HashMap<MapData, u32, u8>,
     socks: HashMap<MapData, u64, SockInfo>,
     counters: PerCpuArray<MapData, u64>,
@@ -131,6 +134,19 @@ fn explain(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+impl Drop for Probes {
+    /// Each detach waits for an RCU grace period (about 40 ms here), so one
+    /// after the other they took over a second; side by side the waits
+    /// overlap.
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for link in self.links.drain(..) {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
+}
+
 impl Probes {
     /// Loads and attaches every probe. Nothing is traced until [`Probes::trace`].
     pub fn load(s: &ProbeSettings) -> anyhow::Result<(Self, RingBuf<MapData>)> {
@@ -155,6 +171,7 @@ impl Probes {
                 "/zerospan"
             )))
             .context("loading the eBPF object")?;
+        let mut links = Vec::with_capacity(TRACEPOINTS.len());
         for (category, name) in TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -162,9 +179,10 @@ impl Probes {
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected {name}"))?;
-            prog.attach(category, name).with_context(|| {
+            let link = prog.attach(category, name).with_context(|| {
                 format!("attaching to tracepoint {category}/{name} (does this kernel have CONFIG_FTRACE_SYSCALLS?)")
             })?;
+            links.push(prog.take_link(link)?);
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -178,6 +196,7 @@ impl Probes {
         Ok((
             Probes {
                 _ebpf: ebpf,
+                links,
                 traced,
                 socks,
                 counters,

@@ -280,14 +280,16 @@ pub fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// nginx with one worker, serving `root` on 127.0.0.1:`port`.
+/// nginx with one worker, serving `root` on 127.0.0.1:`port`. With
+/// `sendfile on`, it writes response heads with `writev` and file bodies
+/// with `sendfile`.
 pub struct Nginx(Child);
 
 impl Nginx {
     pub fn start(root: &Path, port: u16) -> Nginx {
         let conf = format!(
             "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{}}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+             events {{}}\nhttp {{ access_log off; sendfile on; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
              fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
              server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
             d = root.display()
@@ -307,6 +309,13 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(50));
         }
         nginx
+    }
+}
+
+impl Nginx {
+    /// The master's pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 }
 

@@ -589,3 +589,71 @@ fn otel_traces_sampler_ratio_keeps_exactly_the_traces_below_the_bound() {
         assert!(low < 1 << 63, "a kept trace id is below the 0.5 bound");
     }
 }
+
+/// nginx writes heads with writev and bodies with sendfile, and its worker
+/// is a child of the master: `--pid master` must cover it.
+#[test]
+fn nginx_server_spans_through_writev_and_sendfile() {
+    require_root();
+    let dir = site();
+    let port = free_port();
+    let nginx = Nginx::start(&dir.0, port);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &nginx.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let out = curl(&[
+        "-s",
+        "-w",
+        "%{local_port}\\n",
+        "-o",
+        "/dev/null",
+        &format!("{base}/index.html"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/big.bin"),
+        "--next",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--data-binary",
+        "payload",
+        &format!("{base}/index.html"),
+    ]);
+    let client_port: i64 = out.lines().next().unwrap().parse().unwrap();
+    collector.wait_for(3, Duration::from_secs(10), |s| s.is_server());
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    let want = [
+        ("GET", 200, 0, INDEX.len() as i64),
+        ("GET", 200, 0, 5 << 20),
+        ("POST", 405, 7, -1),
+    ];
+    assert_eq!(spans.len(), want.len(), "{}", agent.stderr());
+    for (s, (method, code, req, resp)) in spans.iter().zip(want) {
+        assert_eq!(s.span.name, method);
+        assert_eq!(s.int("http.response.status_code"), Some(code));
+        assert_eq!(s.int("http.request.body.size"), Some(req));
+        if resp >= 0 {
+            assert_eq!(s.int("http.response.body.size"), Some(resp));
+        }
+        assert_eq!(s.int("server.port"), Some(i64::from(port)));
+        assert_eq!(s.int("client.port"), Some(client_port));
+        assert_eq!(
+            s.res_str("process.executable.name").as_deref(),
+            Some("nginx")
+        );
+        // The worker serves; the master only supervises.
+        assert_ne!(s.res_int("process.pid"), Some(i64::from(nginx.pid())));
+    }
+    assert_eq!(spans[1].str("url.path").as_deref(), Some("/big.bin"));
+    // Whole transfers are counted without being copied.
+    assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
+}

@@ -36,7 +36,8 @@ fn usage() -> ! {
          build   build the probes and the agent: target/release/zerospan\n\
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
-         bench   set up, build, and measure overhead with wrk against nginx"
+         bench   set up, build, and measure overhead with wrk against nginx\n\
+         fuzz    fuzz the HTTP/1 framer for SECS seconds (default 60)"
     );
     std::process::exit(2)
 }
@@ -68,6 +69,11 @@ fn main() -> Result<()> {
                 "otlp-sink",
             ]))?;
             bench::run(&root())
+        }
+        "fuzz" => {
+            setup()?;
+            let secs = std::env::args().nth(2).unwrap_or_else(|| "60".into());
+            fuzz(&secs)
         }
         _ => usage(),
     }
@@ -182,6 +188,10 @@ fn test() -> Result<()> {
         "zerospan",
         "--package",
         "zerospan-common",
+        "--package",
+        "zerospan-protocols",
+        "--package",
+        "xtask",
     ]))?;
     run(Command::new("cargo").current_dir(root()).args([
         "test",
@@ -191,6 +201,16 @@ fn test() -> Result<()> {
         "--",
         "--test-threads=1",
     ]))
+}
+
+fn fuzz(secs: &str) -> Result<()> {
+    if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    run(Command::new("cargo")
+        .current_dir(root().join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "http1_framer", "--"])
+        .arg(format!("-max_total_time={secs}")))
 }
 
 fn demo() -> Result<()> {

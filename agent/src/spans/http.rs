@@ -3,10 +3,9 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use super::{ids, redact, Resource, Span, SpanKind, Status, Value};
-use crate::{
-    clock::Clock,
-    protocols::http1::{Head, Stamp},
-};
+use zerospan_protocols::http1::{Head, Stamp};
+
+use crate::clock::Clock;
 
 /// Which side of the exchange the traced process is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

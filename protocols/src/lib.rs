@@ -1,0 +1,7 @@
+//! zerospan's protocol parsers.
+//!
+//! Pure: bytes in, messages out, through callbacks. No I/O, no clocks, no
+//! allocation without a bound, and no panics on any input, which the unit
+//! tests (every split point, garbage) and the fuzz targets in `fuzz/` check.
+
+pub mod http1;
