@@ -178,21 +178,27 @@ async fn http_export(
 impl Collector {
     /// Starts both receivers on ephemeral loopback ports, keeping every span.
     pub fn start() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, 0)
+    }
+
+    /// Like [`Collector::start`], with the gRPC receiver on a given port
+    /// (to bring a collector up where an agent is already sending).
+    pub fn start_grpc_on(port: u16) -> Self {
+        Self::start_with(true, port)
     }
 
     /// Like [`Collector::start`], but only counts spans: memory stays flat
     /// however many arrive.
     pub fn counting() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, 0)
     }
 
-    fn start_with(keep: bool) -> Self {
+    fn start_with(keep: bool, grpc_port: u16) -> Self {
         let store: Store = Arc::new(Mutex::new(Received {
             keep,
             ..Received::default()
         }));
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind(("127.0.0.1", grpc_port)).unwrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc_addr: SocketAddr = grpc.local_addr().unwrap();
         let http_addr: SocketAddr = http.local_addr().unwrap();

@@ -657,3 +657,47 @@ fn nginx_server_spans_through_writev_and_sendfile() {
     // Whole transfers are counted without being copied.
     assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
 }
+
+/// A collector that is down at first: the agent keeps tracing, buffers with
+/// back-off, and delivers everything once the collector comes up.
+#[test]
+fn spans_wait_for_a_collector_that_comes_up_late() {
+    require_root();
+    let dir = site();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let port = free_port();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+        &[],
+    );
+    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    let mut args = vec!["-s"];
+    for _ in 0..20 {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    curl(&args);
+    // Long enough for the first export (after the 500 ms batch delay) and a
+    // retry or two to fail against the closed port.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        agent.stderr().contains("export failed"),
+        "the agent should say the collector is unreachable:\n{}",
+        agent.stderr()
+    );
+    let collector = Collector::start_grpc_on(port);
+    let spans = collector.wait_for(20, Duration::from_secs(15), |s| s.is_server());
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), 20, "{}", agent.stderr());
+    assert!(agent.stat("export_failures").unwrap() >= 1);
+    assert_eq!(agent.stat("spans_dropped_export"), Some(0));
+    assert!(
+        agent.stderr().contains("export recovered"),
+        "{}",
+        agent.stderr()
+    );
+}

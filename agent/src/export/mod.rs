@@ -20,7 +20,7 @@ use std::{
     collections::VecDeque,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -137,6 +137,9 @@ struct Backlog {
     ready: Notify,
     closed: AtomicBool,
     cap: usize,
+    /// Spans taken by a worker and not yet delivered or dropped: counted as
+    /// dropped if shutdown has to abort the workers.
+    in_flight: AtomicU64,
 }
 
 impl Backlog {
@@ -163,6 +166,8 @@ impl Backlog {
         while let Some(b) = self.pop() {
             Stats::add(&stats.spans_dropped_export, b.len() as u64);
         }
+        let taken = self.in_flight.swap(0, Ordering::AcqRel);
+        Stats::add(&stats.spans_dropped_export, taken);
     }
 }
 
@@ -188,6 +193,7 @@ pub fn start(
             ready: Notify::new(),
             closed: AtomicBool::new(false),
             cap: settings.sink_buffer_batches.max(1),
+            in_flight: AtomicU64::new(0),
         });
         let mut workers = Vec::new();
         for _ in 1..sink.workers() {
@@ -281,10 +287,12 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
             notified.await;
             continue;
         };
+        let n = batch.len() as u64;
+        backlog.in_flight.fetch_add(n, Ordering::AcqRel);
         loop {
             match sink.export(&batch).await {
                 Ok(()) => {
-                    Stats::add(&stats.spans_exported, batch.len() as u64);
+                    Stats::add(&stats.spans_exported, n);
                     if failing {
                         log::info!("{}: export recovered", sink.name());
                     }
@@ -302,7 +310,7 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                     }
                     failing = true;
                     if backlog.closed.load(Ordering::Acquire) && backoff >= MAX_BACKOFF {
-                        Stats::add(&stats.spans_dropped_export, batch.len() as u64);
+                        Stats::add(&stats.spans_dropped_export, n);
                         break;
                     }
                     tokio::time::sleep(backoff).await;
@@ -310,7 +318,7 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                 }
                 Err(ExportError::Fatal(e)) => {
                     Stats::inc(&stats.export_failures);
-                    Stats::add(&stats.spans_dropped_export, batch.len() as u64);
+                    Stats::add(&stats.spans_dropped_export, n);
                     log::warn!(
                         "{}: export rejected, {} spans dropped: {e}",
                         sink.name(),
@@ -320,6 +328,7 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                 }
             }
         }
+        backlog.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -351,5 +360,79 @@ impl Pipeline {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spans::test_span;
+
+    fn batch(first_id: u8, n: u8) -> Batch {
+        Arc::new(
+            (first_id..first_id + n)
+                .map(|i| test_span(i, 0, "x"))
+                .collect(),
+        )
+    }
+
+    /// A collector that never answers must cost a bounded amount of memory:
+    /// the backlog keeps the newest batches and counts what it lets go.
+    #[test]
+    fn backlog_drops_the_oldest_batches_and_counts_their_spans() {
+        let stats = Stats::default();
+        let backlog = Backlog {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            cap: 2,
+            in_flight: AtomicU64::new(0),
+        };
+        backlog.push(batch(1, 3), &stats);
+        backlog.push(batch(10, 2), &stats);
+        backlog.push(batch(20, 4), &stats);
+        assert_eq!(stats.spans_dropped_export.load(Ordering::Relaxed), 3);
+        assert_eq!(backlog.pop().unwrap()[0].span_id[7], 10);
+        assert_eq!(backlog.pop().unwrap()[0].span_id[7], 20);
+        assert!(backlog.pop().is_none());
+    }
+
+    /// With a collector that refuses connections, export keeps failing,
+    /// retries back off, and shutdown still returns within its timeout,
+    /// counting what it could not deliver.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dead_collector_never_blocks_shutdown_past_its_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let stats = Arc::new(Stats::default());
+        let settings = Settings {
+            sinks: vec![SinkConfig::OtlpGrpc {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                headers: vec![],
+            }],
+            queue_spans: 100,
+            batch_size: 10,
+            batch_delay: Duration::from_millis(10),
+            sink_buffer_batches: 3,
+            shutdown_timeout: Duration::from_millis(800),
+        };
+        let (tx, pipeline) = start(&settings, stats.clone()).unwrap();
+        for i in 0..100 {
+            tx.try_send(test_span(i, 0, "x")).unwrap();
+        }
+        drop(tx);
+        let started = std::time::Instant::now();
+        pipeline.shutdown().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(stats.spans_exported.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.spans_dropped_export.load(Ordering::Relaxed), 100);
+        assert!(stats.export_failures.load(Ordering::Relaxed) >= 1);
     }
 }

@@ -97,3 +97,29 @@ impl Span {
         self.parent_span_id == [0; 8]
     }
 }
+
+/// A small server span for unit tests: trace id all ones, ids from `id`
+/// and `parent` (0 for none), 1.5 ms long, service "web", pid 42.
+#[cfg(test)]
+pub fn test_span(id: u8, parent: u8, name: &str) -> Span {
+    let mut parent_span_id = [0; 8];
+    parent_span_id[7] = parent;
+    let mut span_id = [0; 8];
+    span_id[7] = id;
+    Span {
+        trace_id: [1; 16],
+        span_id,
+        parent_span_id,
+        trace_state: String::new(),
+        name: name.into(),
+        kind: SpanKind::Server,
+        start_unix_ns: 0,
+        end_unix_ns: 1_500_000,
+        attributes: vec![("http.response.status_code", 200.into())],
+        status: Status::Unset,
+        resource: Arc::new(Resource {
+            pid: 42,
+            attributes: vec![("service.name".into(), "web".into())],
+        }),
+    }
+}
