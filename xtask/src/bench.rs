@@ -14,7 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 const PORT: u16 = 18080;
-const DURATION_S: u32 = 15;
+const DURATION_S: u32 = 10;
+const ROUNDS: u32 = 3;
 const CONNECTIONS: u32 = 16;
 
 struct Wrk {
@@ -142,14 +143,17 @@ pub fn run(root: &Path) -> Result<()> {
     result
 }
 
-fn measure(root: &Path, nginx: &Child) -> Result<()> {
-    eprintln!("bench: warming up");
-    wrk(2)?;
-    eprintln!("bench: baseline, {DURATION_S}s");
-    let base = wrk(DURATION_S)?;
+/// What one traced round cost the agent.
+struct AgentRun {
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    stats: String,
+    received: u64,
+}
 
-    // The agent exports over OTLP/gRPC, as in production, to a receiver
-    // that decodes every request and counts the spans.
+/// Runs wrk for one round with the agent attached to nginx, exporting over
+/// OTLP/gRPC to a receiver that decodes every request and counts the spans.
+fn traced_round(root: &Path, nginx: &Child) -> Result<(Wrk, AgentRun)> {
     let mut sink = Command::new(root.join("target/release/otlp-sink"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -185,12 +189,11 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
         }
     }
     let cpu_before = cpu_seconds(agent_pid);
-    eprintln!("bench: traced by zerospan, {DURATION_S}s");
     let traced = wrk(DURATION_S)?;
-    // Let the agent drain what the last requests produced.
+    // Let the agent drain and export what the last requests produced.
     thread::sleep(Duration::from_secs(2));
-    let cpu = cpu_seconds(agent_pid) - cpu_before;
-    let rss = peak_rss_mib(agent_pid);
+    let cpu_s = cpu_seconds(agent_pid) - cpu_before;
+    let peak_rss_mib = peak_rss_mib(agent_pid);
     // SAFETY: signalling our own child.
     unsafe { libc_kill(agent_pid as i32, 2) };
     let mut rest = String::new();
@@ -201,69 +204,94 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
         .rev()
         .find_map(|l| l.split_once("stats: ").map(|(_, s)| s.to_owned()))
         .unwrap_or_default();
-    let events = stat_value(&stats, "events_read");
-    let dropped = stat_value(&stats, "kernel_ringbuf_full")
-        + stat_value(&stats, "kernel_args_map_full")
-        + stat_value(&stats, "spans_dropped_queue_full");
-    let spans = stat_value(&stats, "spans_created");
+
     drop(sink.stdin.take());
     let mut received = String::new();
     sink_out.read_line(&mut received)?;
     let _ = sink.wait();
-    let received: u64 = received
+    let received = received
         .trim()
         .strip_prefix("SPANS ")
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("the OTLP receiver did not report: {received:?}"))?;
+    Ok((
+        traced,
+        AgentRun {
+            cpu_s,
+            peak_rss_mib,
+            stats,
+            received,
+        },
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn measure(root: &Path, nginx: &Child) -> Result<()> {
+    eprintln!("bench: warming up");
+    wrk(2)?;
+    // Baseline and traced rounds alternate, so drift on a shared machine
+    // hits both sides alike; medians are reported.
+    let mut base = Vec::new();
+    let mut traced = Vec::new();
+    let mut runs = Vec::new();
+    for round in 1..=ROUNDS {
+        eprintln!("bench: round {round}/{ROUNDS}: baseline, {DURATION_S}s");
+        base.push(wrk(DURATION_S)?);
+        eprintln!("bench: round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
+        let (w, run) = traced_round(root, nginx)?;
+        traced.push(w);
+        runs.push(run);
+    }
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
+    let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
+    let traced_requests: u64 = traced.iter().map(|w| w.requests).sum();
+    let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
+    let rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
+    let events = sum("events_read");
+    let dropped =
+        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
+    let spans = sum("spans_created");
+    let received: u64 = runs.iter().map(|r| r.received).sum();
 
     let cores = thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    println!("zerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker), {cores} cores");
+    println!(
+        "zerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker), \
+         {ROUNDS} alternating rounds, medians; {cores} cores"
+    );
     println!(
         "{:<28}{:>14}{:>14}{:>10}",
         "", "baseline", "traced", "ratio"
     );
-    println!(
-        "{:<28}{:>14.0}{:>14.0}{:>10.3}",
-        "requests/s",
-        base.rps,
-        traced.rps,
-        traced.rps / base.rps
-    );
-    println!(
-        "{:<28}{:>14.3}{:>14.3}{:>10.3}",
-        "latency p50 (ms)",
-        base.p50_ms,
-        traced.p50_ms,
-        traced.p50_ms / base.p50_ms
-    );
-    println!(
-        "{:<28}{:>14.3}{:>14.3}{:>10.3}",
-        "latency p99 (ms)",
-        base.p99_ms,
-        traced.p99_ms,
-        traced.p99_ms / base.p99_ms
-    );
-    println!(
-        "{:<28}{:>14}{:>14}",
-        "requests", base.requests, traced.requests
-    );
+    for (name, f) in [
+        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
+        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
+        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
+    ] {
+        let (b, t) = (med(&base, f), med(&traced, f));
+        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+    }
     println!(
         "agent CPU seconds per 100k requests: {:.3}",
-        cpu / (traced.requests as f64 / 100_000.0)
+        cpu / (traced_requests as f64 / 100_000.0)
     );
     println!("agent peak RSS: {rss:.1} MiB");
     println!(
         "events handled: {events} ({:.0}/s)",
-        events as f64 / DURATION_S as f64
+        events as f64 / f64::from(DURATION_S * ROUNDS)
     );
     println!(
-        "spans created: {spans}, received by the collector: {received} (requests wrk completed: {})",
-        traced.requests
+        "spans created: {spans}, received by the collector: {received} (requests wrk completed: {traced_requests})"
     );
     println!("events dropped: {dropped}");
-    println!("agent stats: {stats}");
+    for (i, r) in runs.iter().enumerate() {
+        println!("agent stats, round {}: {}", i + 1, r.stats);
+    }
     Ok(())
 }
 
