@@ -77,7 +77,9 @@ impl EventPath {
                     len,
                     stamp: Stamp { enter_ns, exit_ns },
                 };
-                self.tracker.data(key, tid, egress, seg);
+                // Read from /proc only when a same-host link is attempted.
+                let mut resolve = |k: events::ConnKey| procfs::local_addr(k.tgid, k.fd);
+                self.tracker.data(key, tid, egress, seg, &mut resolve);
             }
             Event::ConnOpen {
                 key,
@@ -132,7 +134,7 @@ impl EventPath {
                 resource,
             );
             Stats::inc(&self.stats.spans_created);
-            if !self.sampler.keeps(&span.trace_id) {
+            if !self.sampler.keeps(&span.trace_id, span.remote_sampled) {
                 Stats::inc(&self.stats.spans_sampled_out);
                 continue;
             }
@@ -190,6 +192,7 @@ impl EventPath {
     /// Starts tracing a running process and the sockets it already holds.
     fn attach_pid(&mut self, pid: u32) -> anyhow::Result<()> {
         self.probes.trace(pid)?;
+        self.probes.mark_existing_threads(pid);
         self.registry.add(pid);
         let now = Clock::now_ktime_ns();
         for (key, row) in self.probes.seed_sockets(pid) {
@@ -239,9 +242,8 @@ fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::p
             let mut b = 0u8;
             // EOF (the agent died before opening the gate) aborts the exec.
             if libc::read(gr, (&mut b as *mut u8).cast(), 1) != 1 {
-                return Err(std::io::Error::other(
-                    "zerospan did not open the start gate",
-                ));
+                // No allocation after fork: a bare errno, reported by spawn.
+                return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
             }
             Ok(())
         });
@@ -268,12 +270,13 @@ fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::p
         });
         // Closing the gate unopened makes the child abort before exec.
         drop(gate_w);
-        let child = spawner
+        let spawned = spawner
             .join()
-            .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?
-            .with_context(|| format!("cannot start {:?}", argv[0]))?;
+            .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))?;
+        // If tracing failed, the child gave up at the gate: that is the
+        // error worth reporting, not the spawn's.
         opened.context("tracing the command before it starts")?;
-        Ok(child)
+        spawned.with_context(|| format!("cannot start {:?}", argv[0]))
     })
 }
 

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use zerospan_common::origin;
 
 use crate::events::ConnKey;
+use crate::linker::Linker;
+use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
@@ -81,20 +83,67 @@ pub struct Tracker {
     stats: Arc<Stats>,
     out: Vec<Finished>,
     evict: Vec<ConnKey>,
+    linker: Linker,
 }
 
-struct RequestSink<'a> {
+/// Finds the local address of a client connection, for same-host linking
+/// (the caller reads it from /proc; tests make it up).
+pub type ResolveLocal<'a> = &'a mut dyn FnMut(ConnKey) -> Option<SocketAddr>;
+
+/// What a request head needs to be given its trace context.
+struct Linking<'a, 'r> {
+    key: ConnKey,
+    role: Role,
+    ends: Endpoints,
+    linker: &'a mut Linker,
+    resolve: ResolveLocal<'r>,
+}
+
+impl Linking<'_, '_> {
+    fn start(&mut self, tid: u32, head: &Head, stats: &Stats) -> SpanContext {
+        match self.role {
+            Role::Server => self.linker.server_started(
+                self.key,
+                tid,
+                head,
+                self.ends.peer,
+                self.ends.local,
+                self.resolve,
+                stats,
+            ),
+            Role::Client => self
+                .linker
+                .client_started(self.key, tid, head, self.ends.peer, stats),
+        }
+    }
+}
+
+/// Tells the linker an exchange ended, so it is no one's parent any more.
+fn unlink(linker: &mut Linker, key: ConnKey, role: Role, ends: Endpoints, x: &Exchange) {
+    match role {
+        Role::Server => linker.server_finished(key, x.tid, &x.ctx),
+        Role::Client => linker.client_finished(ends.peer, &x.ctx),
+    }
+}
+
+struct RequestSink<'a, 'l, 'r> {
     book: &'a mut Book,
     stats: &'a Stats,
+    linking: &'a mut Linking<'l, 'r>,
 }
 
-impl Sink for RequestSink<'_> {
+impl Sink for RequestSink<'_, '_, '_> {
     fn on_head(&mut self, head: Head, at: Stamp) {
         if self.book.pending.len() >= MAX_PENDING {
-            self.book.pending.pop_back();
+            if let Some(dropped) = self.book.pending.pop_back() {
+                let l = &mut *self.linking;
+                unlink(l.linker, l.key, l.role, l.ends, &dropped);
+            }
             Stats::inc(&self.stats.http_pipeline_overflow);
         }
+        let ctx = self.linking.start(self.book.tid, &head, self.stats);
         self.book.pending.push_back(Exchange {
+            ctx,
             request: head,
             response: None,
             request_at: at,
@@ -123,6 +172,7 @@ impl Sink for RequestSink<'_> {
 struct ResponseSink<'a> {
     book: &'a mut Book,
     stats: &'a Stats,
+    role: Role,
 }
 
 impl Sink for ResponseSink<'_> {
@@ -169,6 +219,18 @@ impl Sink for ResponseSink<'_> {
     }
 }
 
+/// Could the response to `x` be inside the response bytes moved at `lost`?
+/// Only if the request was there first: for a client, its write began
+/// before that read ended; for a server, its read ended before that write
+/// began (a read blocked across the write started earlier, yet its request
+/// cannot be answered in it).
+fn could_be_answered_in(role: Role, x: &Exchange, lost: Stamp) -> bool {
+    match role {
+        Role::Client => x.request_at.enter_ns < lost.exit_ns,
+        Role::Server => x.request_at.exit_ns <= lost.enter_ns,
+    }
+}
+
 impl ResponseSink<'_> {
     /// After the response stream lost sync in the segment read at `lost`,
     /// the next response head that can be framed answers *some* pending
@@ -179,7 +241,7 @@ impl ResponseSink<'_> {
     /// head goes to the first request written after the loss.
     fn give_up_before(&mut self, lost: Stamp) {
         while let Some(x) = self.book.pending.front() {
-            if x.response.is_some() || x.request_at.enter_ns >= lost.exit_ns {
+            if x.response.is_some() || !could_be_answered_in(self.role, x, lost) {
                 break;
             }
             let mut x = self.book.pending.pop_front().expect("front exists");
@@ -202,7 +264,14 @@ impl HttpConn {
     }
 
     /// Feeds one segment; returns false once the stream is known not to be HTTP/1.
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, stats: &Stats) -> bool {
+    fn feed(
+        &mut self,
+        egress: bool,
+        tid: u32,
+        seg: Segment<'_>,
+        stats: &Stats,
+        linking: &mut Linking<'_, '_>,
+    ) -> bool {
         self.book.tid = tid;
         self.book.last_at = seg.stamp;
         let carries_requests = match self.role {
@@ -214,23 +283,30 @@ impl HttpConn {
             let mut sink = ResponseSink {
                 book: &mut self.book,
                 stats,
+                role: self.role,
             };
             self.responses.finish_open(&mut sink);
             let mut sink = RequestSink {
                 book: &mut self.book,
                 stats,
+                linking,
             };
             self.requests.feed(seg, &mut sink);
         } else {
             let mut sink = ResponseSink {
                 book: &mut self.book,
                 stats,
+                role: self.role,
             };
             self.responses.feed(seg, &mut sink);
         }
-        let never_http = |f: &Framer| !f.seen_message() && !f.is_open() && !f.is_done();
-        let lost_at_start = |f: &Framer| never_http(f) && f.is_lost();
-        !(lost_at_start(&self.requests) || lost_at_start(&self.responses))
+        // Only bytes that are not HTTP/1 at all end tracking: a first head
+        // too big for the capture (a long cookie) is HTTP that lost sync,
+        // and the next message resynchronises.
+        let never_http = |f: &Framer| {
+            !f.seen_message() && f.is_lost() && f.last_desync() == Some(Desync::NotHttp)
+        };
+        !(never_http(&self.requests) || never_http(&self.responses))
     }
 
     /// Ends everything still open: the connection is gone.
@@ -238,14 +314,21 @@ impl HttpConn {
         let mut sink = ResponseSink {
             book: &mut self.book,
             stats,
+            role: self.role,
         };
         self.responses.finish_open(&mut sink);
+        // Requests whose response may have been in bytes we could not frame
+        // are not known to have failed.
+        if let Some(lost) = sink.book.response_lost_at.take() {
+            sink.give_up_before(lost);
+        }
         let last = self.book.last_at;
         while let Some(mut x) = self.book.pending.pop_front() {
             x.outcome = outcome;
             x.end_at = last;
             Stats::inc(match outcome {
                 Outcome::TimedOut => &stats.http_requests_timed_out,
+                Outcome::AgentStopped => &stats.http_requests_in_flight_at_stop,
                 _ => &stats.http_requests_unanswered,
             });
             self.book.finished.push(x);
@@ -261,6 +344,7 @@ impl Tracker {
             stats,
             out: Vec::new(),
             evict: Vec::new(),
+            linker: Linker::default(),
         }
     }
 
@@ -304,7 +388,14 @@ impl Tracker {
         );
     }
 
-    pub fn data(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+    pub fn data(
+        &mut self,
+        key: ConnKey,
+        tid: u32,
+        egress: bool,
+        seg: Segment<'_>,
+        resolve: ResolveLocal<'_>,
+    ) {
         if !self.admit(key) {
             return;
         }
@@ -331,16 +422,25 @@ impl Tracker {
         let State::Http(h) = &mut conn.state else {
             return;
         };
-        let still_http = h.feed(egress, tid, seg, &self.stats);
         let role = h.role;
         let ends = conn.ends;
-        self.out
-            .extend(h.book.finished.drain(..).map(|exchange| Finished {
+        let mut linking = Linking {
+            key,
+            role,
+            ends,
+            linker: &mut self.linker,
+            resolve,
+        };
+        let still_http = h.feed(egress, tid, seg, &self.stats, &mut linking);
+        for exchange in h.book.finished.drain(..) {
+            unlink(&mut self.linker, key, role, ends, &exchange);
+            self.out.push(Finished {
                 tgid: key.tgid,
                 role,
                 ends,
                 exchange,
-            }));
+            });
+        }
         if !still_http {
             conn.state = State::Ignored;
             Stats::inc(&self.stats.connections_unknown_protocol);
@@ -358,13 +458,15 @@ impl Tracker {
         if let State::Http(mut h) = conn.state {
             h.close(outcome, &self.stats);
             let role = h.role;
-            self.out
-                .extend(h.book.finished.drain(..).map(|exchange| Finished {
+            for exchange in h.book.finished.drain(..) {
+                unlink(&mut self.linker, key, role, conn.ends, &exchange);
+                self.out.push(Finished {
                     tgid: key.tgid,
                     role,
                     ends: conn.ends,
                     exchange,
-                }));
+                });
+            }
         }
     }
 
@@ -379,13 +481,16 @@ impl Tracker {
         for key in keys {
             self.close(key);
         }
+        self.linker.process_exited(tgid);
     }
 
     /// Closes every connection: the agent is stopping.
     pub fn close_all(&mut self) {
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
-            self.close(key);
+            if let Some(conn) = self.conns.remove(&key) {
+                self.finish(key, conn, Outcome::AgentStopped);
+            }
         }
     }
 
@@ -452,6 +557,11 @@ mod tests {
         }
     }
 
+    /// `Tracker::data` with no same-host linking (nothing resolves).
+    fn feed(t: &mut Tracker, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+        t.data(key, tid, egress, seg, &mut |_| None);
+    }
+
     const KEY: ConnKey = ConnKey {
         tgid: 10,
         fd: 4,
@@ -463,13 +573,15 @@ mod tests {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         for i in 0..3u64 {
-            t.data(
+            feed(
+                &mut t,
                 KEY,
                 1,
                 false,
                 seg(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", i * 10),
             );
-            t.data(
+            feed(
+                &mut t,
                 KEY,
                 1,
                 true,
@@ -491,13 +603,14 @@ mod tests {
     fn pipelined_requests_answered_in_one_write() {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
-        t.data(
+        feed(
+            &mut t,
             KEY,
             1,
             false,
             seg(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n", 0),
         );
-        t.data(
+        feed(&mut t,
             KEY,
             1,
             true,
@@ -520,7 +633,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let mut t = Tracker::new(limits(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        t.data(KEY, 1, true, seg(b"*1\r\n$4\r\nPING\r\n", 0));
+        feed(&mut t, KEY, 1, true, seg(b"*1\r\n$4\r\nPING\r\n", 0));
         assert_eq!(t.take_evictions(), vec![KEY]);
         assert_eq!(
             stats
@@ -528,7 +641,7 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
-        t.data(KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
+        feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
         assert_eq!(t.drain().count(), 0);
     }
 
@@ -536,9 +649,22 @@ mod tests {
     fn preexisting_socket_detects_role_from_the_next_request() {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::PREEXISTING, None, None, 0);
-        t.data(KEY, 1, true, seg(b"partial body of an old response", 0));
-        t.data(KEY, 1, false, seg(b"GET /next HTTP/1.1\r\n\r\n", 10));
-        t.data(
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"partial body of an old response", 0),
+        );
+        feed(
+            &mut t,
+            KEY,
+            1,
+            false,
+            seg(b"GET /next HTTP/1.1\r\n\r\n", 10),
+        );
+        feed(
+            &mut t,
             KEY,
             1,
             true,
@@ -553,14 +679,14 @@ mod tests {
     fn close_and_timeout_end_unanswered_requests_as_errors() {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
-        t.data(KEY, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        feed(&mut t, KEY, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done[0].exchange.outcome, Outcome::Closed);
 
         let key2 = ConnKey { fd: 5, ..KEY };
         t.open(key2, origin::ACCEPTED, None, None, 0);
-        t.data(key2, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        feed(&mut t, key2, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
         t.sweep(500);
         assert_eq!(t.drain().count(), 0);
         t.sweep(5_000);
@@ -573,8 +699,14 @@ mod tests {
     fn response_delimited_by_close_ends_at_close() {
         let mut t = Tracker::new(limits(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        t.data(KEY, 1, true, seg(b"GET / HTTP/1.0\r\n\r\n", 0));
-        t.data(KEY, 1, false, seg(b"HTTP/1.0 200 OK\r\n\r\nbody", 10));
+        feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.0\r\n\r\n", 0));
+        feed(
+            &mut t,
+            KEY,
+            1,
+            false,
+            seg(b"HTTP/1.0 200 OK\r\n\r\nbody", 10),
+        );
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done[0].exchange.outcome, Outcome::Complete);
@@ -608,8 +740,9 @@ mod tests {
         t.open(KEY, origin::CONNECTED, None, None, 0);
         let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: h\r\n\r\n");
         let pipelined = get("/a") + &get("/chunked") + &get("/503");
-        t.data(KEY, 1, true, seg(pipelined.as_bytes(), 10));
-        t.data(
+        feed(&mut t, KEY, 1, true, seg(pipelined.as_bytes(), 10));
+        feed(
+            &mut t,
             KEY,
             1,
             false,
@@ -622,7 +755,8 @@ mod tests {
             enter_ns: 30,
             exit_ns: 31,
         };
-        t.data(
+        feed(
+            &mut t,
             KEY,
             1,
             false,
@@ -632,13 +766,15 @@ mod tests {
                 stamp,
             },
         );
-        t.data(
+        feed(
+            &mut t,
             KEY,
             1,
             true,
             seg(b"POST /p HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 40),
         );
-        t.data(
+        feed(
+            &mut t,
             KEY,
             1,
             false,
@@ -667,5 +803,97 @@ mod tests {
             ]
         );
         assert_eq!(done[2].end_at, stamp);
+    }
+
+    /// A first request whose head is longer than the capture (a big cookie)
+    /// is HTTP that lost sync, not "not HTTP": the connection stays tracked
+    /// and the next request on it becomes a span.
+    #[test]
+    fn an_oversized_first_head_does_not_end_tracking() {
+        let stats = Arc::new(Stats::default());
+        let mut t = Tracker::new(limits(), stats.clone());
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let captured = b"GET /big HTTP/1.1\r\nCookie: aaaaaaaaaaaaaaaa";
+        let stamp = Stamp {
+            enter_ns: 1,
+            exit_ns: 2,
+        };
+        feed(
+            &mut t,
+            KEY,
+            1,
+            false,
+            Segment {
+                bytes: captured,
+                len: 6000,
+                stamp,
+            },
+        );
+        assert!(t.take_evictions().is_empty());
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 10),
+        );
+        feed(
+            &mut t,
+            KEY,
+            1,
+            false,
+            seg(b"GET /next HTTP/1.1\r\n\r\n", 20),
+        );
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"HTTP/1.1 204 No Content\r\n\r\n", 30),
+        );
+        let done: Vec<_> = t.drain().collect();
+        let last = done.last().expect("the next request is traced");
+        assert_eq!(last.exchange.request.target, "/next");
+        assert_eq!(last.exchange.response.as_ref().map(|r| r.status), Some(204));
+        assert_eq!(
+            stats
+                .connections_unknown_protocol
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+
+    /// A response head lost in uncaptured bytes, then the connection closes
+    /// (one exchange per connection): the request is incomplete, not failed.
+    #[test]
+    fn a_lost_response_then_close_is_not_an_error() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", 10),
+        );
+        let stamp = Stamp {
+            enter_ns: 20,
+            exit_ns: 21,
+        };
+        feed(
+            &mut t,
+            KEY,
+            1,
+            false,
+            Segment {
+                bytes: b"",
+                len: 3000,
+                stamp,
+            },
+        );
+        t.close(KEY);
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].exchange.outcome, Outcome::ResponseLost);
     }
 }

@@ -1,11 +1,18 @@
 //! `zerospan`: zero-code distributed tracing for Linux.
 
+// The probes recover syscall arguments from x86_64's saved registers
+// (see ebpf/src/main.rs, `late_args`); other architectures need their own
+// offsets first.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("zerospan supports x86_64 only for now");
+
 mod agent;
 mod clock;
 mod config;
 mod conntrack;
 mod events;
 mod export;
+mod linker;
 mod logger;
 mod probes;
 mod process;

@@ -63,6 +63,7 @@ pub struct Probes {
     /// all at once.
     links: Vec<TracePointLink>,
     traced: HashMap<MapData, u32, u8>,
+    late: HashMap<MapData, u32, u8>,
     socks: HashMap<MapData, u64, SockInfo>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -141,7 +142,9 @@ impl Drop for Probes {
     fn drop(&mut self) {
         std::thread::scope(|scope| {
             for link in self.links.drain(..) {
-                scope.spawn(move || drop(link));
+                // If no thread can be made, the failed spawn drops its
+                // closure, and with it the link: detached here instead.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
             }
         });
     }
@@ -164,6 +167,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("SOCKS", s.max_connections)
             .map_max_entries("TRACED", s.max_processes)
+            .map_max_entries("LATE", s.max_processes)
             .map_max_entries("ARGS", s.max_processes)
             .map_max_entries("EVENTS", s.ring_buffer_bytes)
             .load(aya::include_bytes_aligned!(concat!(
@@ -190,6 +194,7 @@ impl Probes {
         };
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let traced = HashMap::try_from(take(&mut ebpf, "TRACED")?)?;
+        let late = HashMap::try_from(take(&mut ebpf, "LATE")?)?;
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         log::info!("attached {} tracepoints", TRACEPOINTS.len());
@@ -198,6 +203,7 @@ impl Probes {
                 _ebpf: ebpf,
                 links,
                 traced,
+                late,
                 socks,
                 counters,
             },
@@ -210,6 +216,16 @@ impl Probes {
         self.traced.insert(pid, 1, 0).with_context(|| {
             format!("adding pid {pid} to the traced set (is --max-processes too small?)")
         })
+    }
+
+    /// Marks the threads `pid` has now as older than the probes: each may
+    /// be blocked in a read that entered before they existed, whose bytes
+    /// the exit probe then recovers (see `late_args` in the probes).
+    pub fn mark_existing_threads(&mut self, pid: u32) {
+        for tid in procfs::threads(pid) {
+            // Best effort: a full map only costs that thread's first read.
+            let _ = self.late.insert(tid, 1, 0);
+        }
     }
 
     /// Tracks the TCP sockets `pid` already holds. Call after [`Probes::trace`],

@@ -89,6 +89,15 @@ fn parse_socket_link(link: &str) -> Option<u64> {
         .ok()
 }
 
+/// The thread ids of `pid`.
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Every socket fd `pid` holds, with its inode.
 pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {

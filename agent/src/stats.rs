@@ -45,11 +45,22 @@ counters! {
     http_requests_timed_out,
     /// Requests whose connection closed before the response completed.
     http_requests_unanswered,
+    /// Requests still waiting for their response when the agent stopped
+    /// (exported as incomplete, not as errors).
+    http_requests_in_flight_at_stop,
     /// Requests ended without a response because it may have been in bytes
     /// that could not be framed (see `conntrack`).
     http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,
+    /// `traceparent` headers ignored because they were malformed.
+    context_traceparent_malformed,
+    /// Client spans left as roots: several requests were in flight on the
+    /// thread that made the call, so its parent could not be known.
+    context_parent_ambiguous,
+    /// Server spans linked to the traced client span at the other end of
+    /// their connection, on this host.
+    context_linked_same_host,
     /// Spans built.
     spans_created,
     /// Spans left out by the sampler (OTEL_TRACES_SAMPLER).

@@ -46,6 +46,12 @@ static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
 
+/// Threads that existed when the agent attached, until their first data
+/// syscall exit: only they can be inside a syscall that entered before the
+/// probes did (see `late_args`). Keyed by tid, filled by the agent.
+#[map]
+static LATE: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
 /// Syscall arguments stashed at entry for the matching exit, keyed by pid_tgid.
 #[map]
 static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
@@ -268,8 +274,17 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
             args
         }
         None => {
+            // Not stashed: a syscall on something other than a tracked
+            // socket, or one that entered before the probes existed. Only a
+            // thread that predates the agent, at its first such exit, can be
+            // the latter; everyone else pays this one lookup and no more.
+            let tid = pid_tgid as u32;
             // SAFETY: read-only lookup of a plain value.
-            if unsafe { TRACED.get(&tgid) }.is_none() || ret(ctx) <= 0 {
+            if unsafe { LATE.get(&tid) }.is_none() {
+                return;
+            }
+            let _ = LATE.remove(&tid);
+            if ret(ctx) <= 0 {
                 return;
             }
             match late_args(tgid, buf, dir, now) {
@@ -703,6 +718,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tid != tgid {
         let _ = TRACED.remove(&tid);
     }
+    let _ = LATE.remove(&tid);
     // SAFETY: group_dead is at offset 32 of this kernel's sched_process_exit record.
     let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0) != 0;
     if group_dead {

@@ -109,8 +109,8 @@ pub trait Sink {
     /// segment holding its last byte; `body_bytes` is its payload size, or
     /// `None` when sync was lost inside the body and its size is unknown.
     fn on_end(&mut self, body_bytes: Option<u64>, at: Stamp);
-    /// Responses only: does the response about to be framed answer a HEAD
-    /// request (and so carry no body, whatever its headers say)?
+    /// Responses only: does the response just reported by `on_head` answer
+    /// a HEAD request (and so carry no body, whatever its headers say)?
     fn answers_head_request(&mut self) -> bool {
         false
     }
@@ -164,7 +164,7 @@ enum State {
     Lost {
         open: bool,
     },
-    /// The connection stopped carrying HTTP/1 (101 upgrade, CONNECT tunnel).
+    /// The connection stopped carrying HTTP/1 (after a 101 upgrade).
     Done,
 }
 
@@ -182,6 +182,7 @@ pub struct Framer {
     /// Whether any message was ever framed: lets the owner tell "not HTTP"
     /// from "HTTP that lost sync".
     seen_message: bool,
+    last_desync: Option<Desync>,
 }
 
 impl Framer {
@@ -195,6 +196,7 @@ impl Framer {
             body_bytes: 0,
             last_at: Stamp::default(),
             seen_message: false,
+            last_desync: None,
         }
     }
 
@@ -211,6 +213,11 @@ impl Framer {
             State::Lost { open } => open,
             _ => true,
         }
+    }
+
+    /// Why sync was last lost, if it ever was.
+    pub fn last_desync(&self) -> Option<Desync> {
+        self.last_desync
     }
 
     /// True while out of sync, waiting for a start line.
@@ -399,20 +406,26 @@ impl Framer {
             && (head.status < 200 || head.status == 204 || head.status == 304);
         let interim = self.kind == Kind::Response && (100..200).contains(&head.status);
         if interim {
-            // 1xx responses precede the real one; 101 hands the connection
-            // to another protocol.
             if head.status == 101 {
+                // The exchange is complete; the connection now carries
+                // another protocol (WebSocket, h2c), which is not ours.
+                self.seen_message = true;
+                sink.on_head(head, self.head_at);
+                sink.on_end(Some(0), self.last_at);
                 self.state = State::Done;
             } else {
+                // 100 Continue and friends precede the real response.
                 self.state = State::Idle;
             }
             return;
         }
-        let answers_head = self.kind == Kind::Response && sink.answers_head_request();
         let chunked = head.chunked;
         let length = head.content_length;
         self.seen_message = true;
         sink.on_head(head, self.head_at);
+        // Asked after `on_head`, which is when the sink decides which
+        // request this response answers.
+        let answers_head = self.kind == Kind::Response && sink.answers_head_request();
         self.state = if bodiless_response || answers_head {
             State::Body { remaining: 0 }
         } else if chunked {
@@ -538,6 +551,7 @@ impl Framer {
             State::Body { .. } | State::Chunked(_) | State::UntilClose
         );
         self.state = State::Lost { open };
+        self.last_desync = Some(why);
         sink.on_desync(why);
     }
 }
@@ -867,6 +881,28 @@ mod tests {
         }
         assert_eq!(rec.ends(), vec![(Some(5_000_000), 5)]);
         assert_eq!(rec.desyncs(), 0);
+    }
+
+    #[test]
+    fn an_upgrade_ends_the_exchange_and_the_http_stream() {
+        let mut f = Framer::new(Kind::Response);
+        let mut rec = Rec::default();
+        f.feed(
+            seg(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+                1,
+            ),
+            &mut rec,
+        );
+        assert_eq!(rec.heads()[0].status, 101);
+        assert_eq!(rec.ends(), vec![(Some(0), 1)]);
+        assert!(f.is_done());
+        f.feed(seg(b"HTTP/1.1 200 OK\r\n\r\n", 2), &mut rec);
+        assert_eq!(
+            rec.heads().len(),
+            1,
+            "frames after the upgrade are not HTTP"
+        );
     }
 
     /// Python's http.server style: each write is a whole chunk (size line,

@@ -48,11 +48,13 @@ fn main() -> Result<()> {
         "setup" => setup(),
         "build" => build(),
         "test" => {
+            require_root()?;
             setup()?;
             build()?;
             test()
         }
         "demo" => {
+            require_root()?;
             setup()?;
             build()?;
             demo()
@@ -174,11 +176,20 @@ fn build() -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+/// Checked before set-up, so a non-root run fails with this, not with
+/// apt-get's complaint.
+fn require_root() -> Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        bail!("the integration tests load eBPF programs and must run as root");
+        bail!(
+            "run this as root: set-up installs packages, and the tests load eBPF \
+             programs (rustup's cargo must be on root's PATH)"
+        );
     }
+    Ok(())
+}
+
+fn test() -> Result<()> {
     // Unit tests, then the integration tests one at a time: they share the
     // machine's kernel and ports, and timing assertions need a quiet machine.
     run(Command::new("cargo").current_dir(root()).args([

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use super::{ids, redact, Resource, Span, SpanKind, Status, Value};
+use super::{context::SpanContext, redact, Resource, Span, SpanKind, Status, Value};
 use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::clock::Clock;
@@ -22,6 +22,8 @@ pub enum Outcome {
     TimedOut,
     /// The connection closed before a response.
     Closed,
+    /// Still waiting for its response when the agent stopped.
+    AgentStopped,
     /// The response may have been in bytes the agent could not frame
     /// (see `conntrack`); rather than guess, the exchange ends unanswered.
     ResponseLost,
@@ -30,6 +32,8 @@ pub enum Outcome {
 /// One request with its response, as framed on one connection.
 #[derive(Clone, Debug)]
 pub struct Exchange {
+    /// Given when the request head was framed (see `linker`).
+    pub ctx: SpanContext,
     pub request: Head,
     pub response: Option<Head>,
     /// Segment holding the request's first byte.
@@ -232,6 +236,10 @@ pub fn build_span(
             attrs.push(("zerospan.incomplete", "response_unparsed".into()));
             Status::Unset
         }
+        (Outcome::AgentStopped, _) => {
+            attrs.push(("zerospan.incomplete", "agent_stopped".into()));
+            Status::Unset
+        }
         (Outcome::Closed, _) => {
             attrs.push(("error.type", "connection_closed".into()));
             Status::Error("connection closed before the response completed".to_owned())
@@ -240,10 +248,11 @@ pub fn build_span(
     };
     let end_ns = x.end_at.exit_ns.max(start_ns);
     Span {
-        trace_id: ids::trace_id(),
-        span_id: ids::span_id(),
-        parent_span_id: [0; 8],
-        trace_state: String::new(),
+        trace_id: x.ctx.trace_id,
+        span_id: x.ctx.span_id,
+        parent_span_id: x.ctx.parent_span_id,
+        trace_state: x.ctx.trace_state.clone(),
+        remote_sampled: x.ctx.remote_sampled,
         name,
         kind,
         start_unix_ns: clock.to_unix_ns(start_ns),
@@ -267,6 +276,7 @@ mod tests {
 
     fn exchange(method: &str, target: &str, host: Option<&str>, status: u16) -> Exchange {
         Exchange {
+            ctx: SpanContext::root(),
             request: Head {
                 method: method.into(),
                 target: target.into(),

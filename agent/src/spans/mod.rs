@@ -3,6 +3,7 @@
 //! Spans carry their real ids and timestamps, and an `Arc` to the resource
 //! of the process they came from, so exporters can group them per process.
 
+pub mod context;
 pub mod http;
 pub mod ids;
 pub mod redact;
@@ -77,6 +78,9 @@ pub struct Span {
     /// All zero for a root span.
     pub parent_span_id: [u8; 8],
     pub trace_state: String,
+    /// The sampled flag of the remote parent this span's trace came in
+    /// with, if any; parent-based samplers follow it.
+    pub remote_sampled: Option<bool>,
     pub name: String,
     pub kind: SpanKind,
     pub start_unix_ns: u64,
@@ -111,6 +115,7 @@ pub fn test_span(id: u8, parent: u8, name: &str) -> Span {
         span_id,
         parent_span_id,
         trace_state: String::new(),
+        remote_sampled: None,
         name: name.into(),
         kind: SpanKind::Server,
         start_unix_ns: 0,

@@ -1,0 +1,380 @@
+//! Who is whose parent: the trace context each exchange starts with.
+//!
+//! Decided when a request's head is framed, so that children can name their
+//! parent before it ends. In order of trust:
+//!
+//! 1. A valid W3C `traceparent` on the request: the span joins that trace
+//!    as a child of the span it names (for a client request, that is the
+//!    instrumented application's own client span).
+//! 2. Server side, same host: the traced client span at the other end of
+//!    this very TCP connection (mirrored 4-tuple), in flight right now.
+//! 3. Client side, same process: the one server request in flight on the
+//!    thread that writes this request (thread-per-request servers). With
+//!    two or more in flight on that thread, the parent cannot be known: the
+//!    span stays a root and is counted.
+//!
+//! No I/O here: the caller passes a resolver for the local address of a
+//! client connection, needed only when a same-host match is attempted.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use zerospan_protocols::http1::Head;
+
+use crate::{
+    events::ConnKey,
+    spans::context::{parse_traceparent, SpanContext},
+    stats::Stats,
+};
+
+/// Client exchanges in flight, keyed by the server port they talk to.
+struct Call {
+    conn: ConnKey,
+    peer: SocketAddr,
+    /// The client socket's own address, resolved on demand.
+    local: Option<SocketAddr>,
+    ctx: SpanContext,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    /// Server spans in flight, by the (tgid, tid) that read their request.
+    serving: HashMap<(u32, u32), Vec<SpanContext>>,
+    calling: HashMap<u16, Vec<Call>>,
+}
+
+/// Most in-flight entries kept per thread or per server port; past it the
+/// oldest go (a request that never ends must not grow the table).
+const MAX_PER_KEY: usize = 256;
+
+fn push_bounded<T>(v: &mut Vec<T>, item: T) {
+    if v.len() >= MAX_PER_KEY {
+        v.remove(0);
+    }
+    v.push(item);
+}
+
+/// The context a `traceparent` on this head gives, if it has a valid one.
+fn from_header(head: &Head, stats: &Stats) -> Option<SpanContext> {
+    let value = head.traceparent.as_deref()?;
+    match parse_traceparent(value) {
+        Some(tp) => Some(SpanContext::child_of_remote(
+            &tp,
+            head.tracestate.as_deref(),
+        )),
+        None => {
+            Stats::inc(&stats.context_traceparent_malformed);
+            None
+        }
+    }
+}
+
+impl Linker {
+    /// A traced process read a request on `conn`, on thread `tid`.
+    pub fn server_started(
+        &mut self,
+        conn: ConnKey,
+        tid: u32,
+        head: &Head,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        resolve_local: &mut dyn FnMut(ConnKey) -> Option<SocketAddr>,
+        stats: &Stats,
+    ) -> SpanContext {
+        let ctx = from_header(head, stats)
+            .or_else(|| {
+                let parent = self.client_at_other_end(peer?, local?, resolve_local)?;
+                Stats::inc(&stats.context_linked_same_host);
+                Some(SpanContext::child_of(parent))
+            })
+            .unwrap_or_else(SpanContext::root);
+        let serving = self.serving.entry((conn.tgid, tid)).or_default();
+        push_bounded(serving, ctx.clone());
+        ctx
+    }
+
+    /// The in-flight client call whose connection is this one seen from the
+    /// other end: its local address is our peer, its peer is our local.
+    fn client_at_other_end(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        resolve_local: &mut dyn FnMut(ConnKey) -> Option<SocketAddr>,
+    ) -> Option<&SpanContext> {
+        let calls = self.calling.get_mut(&local.port())?;
+        let mut found = None;
+        for (i, call) in calls.iter_mut().enumerate() {
+            // A listener bound to the wildcard address accepts on any.
+            let ip_ok = local.ip().is_unspecified() || call.peer.ip() == local.ip();
+            if !ip_ok {
+                continue;
+            }
+            if call.local.is_none() {
+                call.local = resolve_local(call.conn);
+            }
+            if call.local == Some(peer) {
+                found = Some(i);
+                break;
+            }
+        }
+        found.map(|i| &calls[i].ctx)
+    }
+
+    /// A traced process wrote a request on `conn`, on thread `tid`.
+    pub fn client_started(
+        &mut self,
+        conn: ConnKey,
+        tid: u32,
+        head: &Head,
+        peer: Option<SocketAddr>,
+        stats: &Stats,
+    ) -> SpanContext {
+        let ctx = from_header(head, stats).unwrap_or_else(|| {
+            match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
+                Some([one]) => SpanContext::child_of(one),
+                Some([_, _, ..]) => {
+                    Stats::inc(&stats.context_parent_ambiguous);
+                    SpanContext::root()
+                }
+                _ => SpanContext::root(),
+            }
+        });
+        if let Some(peer) = peer {
+            let calls = self.calling.entry(peer.port()).or_default();
+            push_bounded(
+                calls,
+                Call {
+                    conn,
+                    peer,
+                    local: None,
+                    ctx: ctx.clone(),
+                },
+            );
+        }
+        ctx
+    }
+
+    /// A server exchange ended: it can no longer be anyone's parent.
+    pub fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
+        if let Some(v) = self.serving.get_mut(&(conn.tgid, tid)) {
+            v.retain(|c| c.span_id != ctx.span_id);
+            if v.is_empty() {
+                self.serving.remove(&(conn.tgid, tid));
+            }
+        }
+    }
+
+    /// A client exchange to `peer` ended.
+    pub fn client_finished(&mut self, peer: Option<SocketAddr>, ctx: &SpanContext) {
+        let Some(port) = peer.map(|p| p.port()) else {
+            return;
+        };
+        if let Some(calls) = self.calling.get_mut(&port) {
+            calls.retain(|c| c.ctx.span_id != ctx.span_id);
+            if calls.is_empty() {
+                self.calling.remove(&port);
+            }
+        }
+    }
+
+    /// Forgets everything of a process that is gone.
+    pub fn process_exited(&mut self, tgid: u32) {
+        self.serving.retain(|(t, _), _| *t != tgid);
+        self.calling.retain(|_, calls| {
+            calls.retain(|c| c.conn.tgid != tgid);
+            !calls.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tgid: u32, fd: i32) -> ConnKey {
+        ConnKey {
+            tgid,
+            fd,
+            conn_id: 1,
+        }
+    }
+
+    fn head(traceparent: Option<&str>) -> Head {
+        Head {
+            method: "GET".into(),
+            target: "/".into(),
+            traceparent: traceparent.map(str::to_owned),
+            ..Head::default()
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn no_resolve(_: ConnKey) -> Option<SocketAddr> {
+        None
+    }
+
+    #[test]
+    fn incoming_traceparent_makes_the_server_span_a_child() {
+        let stats = Stats::default();
+        let mut l = Linker::default();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let ctx = l.server_started(
+            key(1, 3),
+            1,
+            &head(Some(tp)),
+            None,
+            None,
+            &mut no_resolve,
+            &stats,
+        );
+        assert_eq!(ctx.trace_id[0], 0x4b);
+        assert_eq!(
+            ctx.parent_span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(ctx.remote_sampled, Some(false));
+        let bad = l.server_started(
+            key(1, 4),
+            2,
+            &head(Some("00-zz")),
+            None,
+            None,
+            &mut no_resolve,
+            &stats,
+        );
+        assert_eq!(bad.parent_span_id, [0; 8]);
+        assert_eq!(
+            stats
+                .context_traceparent_malformed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn a_client_call_on_the_serving_thread_is_its_child_unless_ambiguous() {
+        let stats = Stats::default();
+        let mut l = Linker::default();
+        let server = l.server_started(
+            key(1, 3),
+            7,
+            &head(None),
+            None,
+            None,
+            &mut no_resolve,
+            &stats,
+        );
+        let client = l.client_started(key(1, 9), 7, &head(None), None, &stats);
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(client.parent_span_id, server.span_id);
+        // Another thread of the same process: no parent.
+        let other = l.client_started(key(1, 10), 8, &head(None), None, &stats);
+        assert_eq!(other.parent_span_id, [0; 8]);
+        // Two requests in flight on thread 7: cannot know, stays a root.
+        let _second = l.server_started(
+            key(1, 4),
+            7,
+            &head(None),
+            None,
+            None,
+            &mut no_resolve,
+            &stats,
+        );
+        let unknown = l.client_started(key(1, 11), 7, &head(None), None, &stats);
+        assert_eq!(unknown.parent_span_id, [0; 8]);
+        assert_eq!(
+            stats
+                .context_parent_ambiguous
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Once the first ends, the second is the only one again.
+        l.server_finished(key(1, 3), 7, &server);
+        let after = l.client_started(key(1, 12), 7, &head(None), None, &stats);
+        assert_eq!(after.parent_span_id, _second.span_id);
+    }
+
+    #[test]
+    fn an_sdk_traceparent_on_a_client_request_wins() {
+        let stats = Stats::default();
+        let mut l = Linker::default();
+        l.server_started(
+            key(1, 3),
+            7,
+            &head(None),
+            None,
+            None,
+            &mut no_resolve,
+            &stats,
+        );
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), None, &stats);
+        assert_eq!(client.trace_id[0], 0x4b);
+        assert_eq!(client.parent_span_id[1], 0xf0);
+    }
+
+    #[test]
+    fn the_server_end_of_a_traced_client_connection_is_its_child() {
+        let stats = Stats::default();
+        let mut l = Linker::default();
+        // Process 1 calls 127.0.0.1:8000 from port 40000; process 2 serves
+        // it on a listener bound to 0.0.0.0:8000. Another caller (pid 3)
+        // uses the same server port from elsewhere.
+        let caller = l.client_started(
+            key(1, 5),
+            1,
+            &head(None),
+            Some(addr("127.0.0.1:8000")),
+            &stats,
+        );
+        let bystander = l.client_started(
+            key(3, 5),
+            1,
+            &head(None),
+            Some(addr("127.0.0.1:8000")),
+            &stats,
+        );
+        let mut resolve = |k: ConnKey| match k.tgid {
+            1 => Some(addr("127.0.0.1:40000")),
+            3 => Some(addr("127.0.0.1:40002")),
+            _ => None,
+        };
+        let server = l.server_started(
+            key(2, 7),
+            2,
+            &head(None),
+            Some(addr("127.0.0.1:40000")),
+            Some(addr("0.0.0.0:8000")),
+            &mut resolve,
+            &stats,
+        );
+        assert_eq!(server.trace_id, caller.trace_id);
+        assert_eq!(server.parent_span_id, caller.span_id);
+        assert_ne!(server.parent_span_id, bystander.span_id);
+        // A request from an untraced client on another port stays a root.
+        let stranger = l.server_started(
+            key(2, 8),
+            2,
+            &head(None),
+            Some(addr("127.0.0.1:40009")),
+            Some(addr("0.0.0.0:8000")),
+            &mut resolve,
+            &stats,
+        );
+        assert_eq!(stranger.parent_span_id, [0; 8]);
+        // Ended calls no longer match.
+        l.client_finished(Some(addr("127.0.0.1:8000")), &caller);
+        let late = l.server_started(
+            key(2, 9),
+            3,
+            &head(None),
+            Some(addr("127.0.0.1:40000")),
+            Some(addr("0.0.0.0:8000")),
+            &mut resolve,
+            &stats,
+        );
+        assert_eq!(late.parent_span_id, [0; 8]);
+    }
+}
