@@ -77,9 +77,7 @@ impl EventPath {
                     len,
                     stamp: Stamp { enter_ns, exit_ns },
                 };
-                // Read from /proc only when a same-host link is attempted.
-                let mut resolve = |k: events::ConnKey| procfs::local_addr(k.tgid, k.fd);
-                self.tracker.data(key, tid, egress, seg, &mut resolve);
+                self.tracker.data(key, tid, egress, seg);
             }
             Event::ConnOpen {
                 key,
@@ -100,6 +98,11 @@ impl EventPath {
                 self.tracker.open(key, how, peer, local, at_ns);
             }
             Event::ConnClose { key, .. } => self.tracker.close(key),
+            Event::ConnLocal { tgid, fd, local } => {
+                if let Some(local) = local {
+                    self.tracker.local_known(tgid, fd, local);
+                }
+            }
             Event::Fork {
                 parent,
                 child,

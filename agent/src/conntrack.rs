@@ -84,36 +84,29 @@ pub struct Tracker {
     out: Vec<Finished>,
     evict: Vec<ConnKey>,
     linker: Linker,
+    /// The current connection of each (tgid, fd).
+    by_fd: HashMap<(u32, i32), ConnKey>,
+    /// Local addresses the probes reported before the connection opened.
+    early_local: HashMap<(u32, i32), SocketAddr>,
 }
 
-/// Finds the local address of a client connection, for same-host linking
-/// (the caller reads it from /proc; tests make it up).
-pub type ResolveLocal<'a> = &'a mut dyn FnMut(ConnKey) -> Option<SocketAddr>;
-
 /// What a request head needs to be given its trace context.
-struct Linking<'a, 'r> {
+struct Linking<'a> {
     key: ConnKey,
     role: Role,
     ends: Endpoints,
     linker: &'a mut Linker,
-    resolve: ResolveLocal<'r>,
 }
 
-impl Linking<'_, '_> {
+impl Linking<'_> {
     fn start(&mut self, tid: u32, head: &Head, stats: &Stats) -> SpanContext {
         match self.role {
-            Role::Server => self.linker.server_started(
-                self.key,
-                tid,
-                head,
-                self.ends.peer,
-                self.ends.local,
-                self.resolve,
-                stats,
-            ),
+            Role::Server => self
+                .linker
+                .server_started(self.key, tid, head, self.ends, stats),
             Role::Client => self
                 .linker
-                .client_started(self.key, tid, head, self.ends.peer, stats),
+                .client_started(self.key, tid, head, self.ends, stats),
         }
     }
 }
@@ -126,13 +119,13 @@ fn unlink(linker: &mut Linker, key: ConnKey, role: Role, ends: Endpoints, x: &Ex
     }
 }
 
-struct RequestSink<'a, 'l, 'r> {
+struct RequestSink<'a, 'l> {
     book: &'a mut Book,
     stats: &'a Stats,
-    linking: &'a mut Linking<'l, 'r>,
+    linking: &'a mut Linking<'l>,
 }
 
-impl Sink for RequestSink<'_, '_, '_> {
+impl Sink for RequestSink<'_, '_> {
     fn on_head(&mut self, head: Head, at: Stamp) {
         if self.book.pending.len() >= MAX_PENDING {
             if let Some(dropped) = self.book.pending.pop_back() {
@@ -270,7 +263,7 @@ impl HttpConn {
         tid: u32,
         seg: Segment<'_>,
         stats: &Stats,
-        linking: &mut Linking<'_, '_>,
+        linking: &mut Linking<'_>,
     ) -> bool {
         self.book.tid = tid;
         self.book.last_at = seg.stamp;
@@ -345,6 +338,8 @@ impl Tracker {
             out: Vec::new(),
             evict: Vec::new(),
             linker: Linker::default(),
+            by_fd: HashMap::new(),
+            early_local: HashMap::new(),
         }
     }
 
@@ -378,6 +373,12 @@ impl Tracker {
             origin::CONNECTED => State::Http(Box::new(HttpConn::new(Role::Client))),
             _ => State::Detecting { segments: 0 },
         };
+        let local = local.or_else(|| self.early_local.remove(&(key.tgid, key.fd)));
+        if let Some(old) = self.by_fd.insert((key.tgid, key.fd), key) {
+            if old != key {
+                self.close(old);
+            }
+        }
         self.conns.insert(
             key,
             Conn {
@@ -388,14 +389,7 @@ impl Tracker {
         );
     }
 
-    pub fn data(
-        &mut self,
-        key: ConnKey,
-        tid: u32,
-        egress: bool,
-        seg: Segment<'_>,
-        resolve: ResolveLocal<'_>,
-    ) {
+    pub fn data(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
         if !self.admit(key) {
             return;
         }
@@ -429,7 +423,6 @@ impl Tracker {
             role,
             ends,
             linker: &mut self.linker,
-            resolve,
         };
         let still_http = h.feed(egress, tid, seg, &self.stats, &mut linking);
         for exchange in h.book.finished.drain(..) {
@@ -448,7 +441,27 @@ impl Tracker {
         }
     }
 
+    /// The probes reported the local address of `(tgid, fd)`'s outgoing
+    /// connection (see `inet_sock_set_state` in the probes).
+    pub fn local_known(&mut self, tgid: u32, fd: i32, local: SocketAddr) {
+        let Some(key) = self.by_fd.get(&(tgid, fd)).copied() else {
+            // Reported before the connect returned: kept for `open`.
+            if self.early_local.len() >= self.limits.max_connections {
+                self.early_local.clear();
+            }
+            self.early_local.insert((tgid, fd), local);
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.ends.local = Some(local);
+            self.linker.client_local_known(key, conn.ends.peer, local);
+        }
+    }
+
     pub fn close(&mut self, key: ConnKey) {
+        if self.by_fd.get(&(key.tgid, key.fd)) == Some(&key) {
+            self.by_fd.remove(&(key.tgid, key.fd));
+        }
         if let Some(conn) = self.conns.remove(&key) {
             self.finish(key, conn, Outcome::Closed);
         }
@@ -557,9 +570,8 @@ mod tests {
         }
     }
 
-    /// `Tracker::data` with no same-host linking (nothing resolves).
     fn feed(t: &mut Tracker, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
-        t.data(key, tid, egress, seg, &mut |_| None);
+        t.data(key, tid, egress, seg);
     }
 
     const KEY: ConnKey = ConnKey {

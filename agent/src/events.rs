@@ -37,6 +37,12 @@ pub enum Event<'a> {
     ConnClose {
         key: ConnKey,
     },
+    /// The local address of `(tgid, fd)`'s outgoing connection.
+    ConnLocal {
+        tgid: u32,
+        fd: i32,
+        local: Option<SocketAddr>,
+    },
     Fork {
         parent: u32,
         child: u32,
@@ -133,6 +139,14 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             }
         }
         kind::CONN_CLOSE => Event::ConnClose { key },
+        kind::CONN_LOCAL => {
+            let c: ConnEvent = read(buf)?;
+            Event::ConnLocal {
+                tgid: h.tgid,
+                fd: h.fd,
+                local: socket_addr(c.family, c.peer_port, &c.peer_addr),
+            }
+        }
         kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
             let p: ProcEvent = read(buf)?;
             match h.kind {

@@ -13,8 +13,9 @@
 //!    two or more in flight on that thread, the parent cannot be known: the
 //!    span stays a root and is counted.
 //!
-//! No I/O here: the caller passes a resolver for the local address of a
-//! client connection, needed only when a same-host match is attempted.
+//! No I/O here. The local address of a client connection comes from the
+//! probes (`sock:inet_sock_set_state`), through the connection's endpoints
+//! or [`Linker::client_local_known`] when it arrives later.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -23,6 +24,7 @@ use zerospan_protocols::http1::Head;
 use crate::{
     events::ConnKey,
     spans::context::{parse_traceparent, SpanContext},
+    spans::http::Endpoints,
     stats::Stats,
 };
 
@@ -30,7 +32,7 @@ use crate::{
 struct Call {
     conn: ConnKey,
     peer: SocketAddr,
-    /// The client socket's own address, resolved on demand.
+    /// The client socket's own address, once the probes reported it.
     local: Option<SocketAddr>,
     ctx: SpanContext,
 }
@@ -75,14 +77,12 @@ impl Linker {
         conn: ConnKey,
         tid: u32,
         head: &Head,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-        resolve_local: &mut dyn FnMut(ConnKey) -> Option<SocketAddr>,
+        ends: Endpoints,
         stats: &Stats,
     ) -> SpanContext {
         let ctx = from_header(head, stats)
             .or_else(|| {
-                let parent = self.client_at_other_end(peer?, local?, resolve_local)?;
+                let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
                 Stats::inc(&stats.context_linked_same_host);
                 Some(SpanContext::child_of(parent))
             })
@@ -94,29 +94,28 @@ impl Linker {
 
     /// The in-flight client call whose connection is this one seen from the
     /// other end: its local address is our peer, its peer is our local.
-    fn client_at_other_end(
-        &mut self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        resolve_local: &mut dyn FnMut(ConnKey) -> Option<SocketAddr>,
-    ) -> Option<&SpanContext> {
-        let calls = self.calling.get_mut(&local.port())?;
-        let mut found = None;
-        for (i, call) in calls.iter_mut().enumerate() {
+    fn client_at_other_end(&self, peer: SocketAddr, local: SocketAddr) -> Option<&SpanContext> {
+        self.calling.get(&local.port())?.iter().find_map(|call| {
             // A listener bound to the wildcard address accepts on any.
             let ip_ok = local.ip().is_unspecified() || call.peer.ip() == local.ip();
-            if !ip_ok {
-                continue;
-            }
-            if call.local.is_none() {
-                call.local = resolve_local(call.conn);
-            }
-            if call.local == Some(peer) {
-                found = Some(i);
-                break;
-            }
+            (ip_ok && call.local == Some(peer)).then_some(&call.ctx)
+        })
+    }
+
+    /// The probes reported the local address of a client connection after
+    /// its request was already seen.
+    pub fn client_local_known(
+        &mut self,
+        conn: ConnKey,
+        peer: Option<SocketAddr>,
+        local: SocketAddr,
+    ) {
+        let Some(calls) = peer.and_then(|p| self.calling.get_mut(&p.port())) else {
+            return;
+        };
+        for call in calls.iter_mut().filter(|c| c.conn == conn) {
+            call.local = Some(local);
         }
-        found.map(|i| &calls[i].ctx)
     }
 
     /// A traced process wrote a request on `conn`, on thread `tid`.
@@ -125,7 +124,7 @@ impl Linker {
         conn: ConnKey,
         tid: u32,
         head: &Head,
-        peer: Option<SocketAddr>,
+        ends: Endpoints,
         stats: &Stats,
     ) -> SpanContext {
         let ctx = from_header(head, stats).unwrap_or_else(|| {
@@ -138,14 +137,14 @@ impl Linker {
                 _ => SpanContext::root(),
             }
         });
-        if let Some(peer) = peer {
+        if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
             push_bounded(
                 calls,
                 Call {
                     conn,
                     peer,
-                    local: None,
+                    local: ends.local,
                     ctx: ctx.clone(),
                 },
             );
@@ -211,8 +210,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn no_resolve(_: ConnKey) -> Option<SocketAddr> {
-        None
+    fn ends(peer: Option<&str>, local: Option<&str>) -> Endpoints {
+        Endpoints {
+            peer: peer.map(addr),
+            local: local.map(addr),
+        }
     }
 
     #[test]
@@ -220,30 +222,14 @@ mod tests {
         let stats = Stats::default();
         let mut l = Linker::default();
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let ctx = l.server_started(
-            key(1, 3),
-            1,
-            &head(Some(tp)),
-            None,
-            None,
-            &mut no_resolve,
-            &stats,
-        );
+        let ctx = l.server_started(key(1, 3), 1, &head(Some(tp)), ends(None, None), &stats);
         assert_eq!(ctx.trace_id[0], 0x4b);
         assert_eq!(
             ctx.parent_span_id,
             [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
         );
         assert_eq!(ctx.remote_sampled, Some(false));
-        let bad = l.server_started(
-            key(1, 4),
-            2,
-            &head(Some("00-zz")),
-            None,
-            None,
-            &mut no_resolve,
-            &stats,
-        );
+        let bad = l.server_started(key(1, 4), 2, &head(Some("00-zz")), ends(None, None), &stats);
         assert_eq!(bad.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -257,32 +243,16 @@ mod tests {
     fn a_client_call_on_the_serving_thread_is_its_child_unless_ambiguous() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        let server = l.server_started(
-            key(1, 3),
-            7,
-            &head(None),
-            None,
-            None,
-            &mut no_resolve,
-            &stats,
-        );
-        let client = l.client_started(key(1, 9), 7, &head(None), None, &stats);
+        let server = l.server_started(key(1, 3), 7, &head(None), ends(None, None), &stats);
+        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), &stats);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, server.span_id);
         // Another thread of the same process: no parent.
-        let other = l.client_started(key(1, 10), 8, &head(None), None, &stats);
+        let other = l.client_started(key(1, 10), 8, &head(None), ends(None, None), &stats);
         assert_eq!(other.parent_span_id, [0; 8]);
         // Two requests in flight on thread 7: cannot know, stays a root.
-        let _second = l.server_started(
-            key(1, 4),
-            7,
-            &head(None),
-            None,
-            None,
-            &mut no_resolve,
-            &stats,
-        );
-        let unknown = l.client_started(key(1, 11), 7, &head(None), None, &stats);
+        let _second = l.server_started(key(1, 4), 7, &head(None), ends(None, None), &stats);
+        let unknown = l.client_started(key(1, 11), 7, &head(None), ends(None, None), &stats);
         assert_eq!(unknown.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -292,7 +262,7 @@ mod tests {
         );
         // Once the first ends, the second is the only one again.
         l.server_finished(key(1, 3), 7, &server);
-        let after = l.client_started(key(1, 12), 7, &head(None), None, &stats);
+        let after = l.client_started(key(1, 12), 7, &head(None), ends(None, None), &stats);
         assert_eq!(after.parent_span_id, _second.span_id);
     }
 
@@ -300,17 +270,9 @@ mod tests {
     fn an_sdk_traceparent_on_a_client_request_wins() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        l.server_started(
-            key(1, 3),
-            7,
-            &head(None),
-            None,
-            None,
-            &mut no_resolve,
-            &stats,
-        );
+        l.server_started(key(1, 3), 7, &head(None), ends(None, None), &stats);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), None, &stats);
+        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), ends(None, None), &stats);
         assert_eq!(client.trace_id[0], 0x4b);
         assert_eq!(client.parent_span_id[1], 0xf0);
     }
@@ -319,60 +281,61 @@ mod tests {
     fn the_server_end_of_a_traced_client_connection_is_its_child() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        // Process 1 calls 127.0.0.1:8000 from port 40000; process 2 serves
-        // it on a listener bound to 0.0.0.0:8000. Another caller (pid 3)
-        // uses the same server port from elsewhere.
+        // Process 1 calls 127.0.0.1:8000 from port 40000 (reported by the
+        // probes after the request); process 3 calls it from 40002; process
+        // 2 serves on a listener bound to 0.0.0.0:8000.
         let caller = l.client_started(
             key(1, 5),
             1,
             &head(None),
-            Some(addr("127.0.0.1:8000")),
+            ends(Some("127.0.0.1:8000"), None),
             &stats,
+        );
+        l.client_local_known(
+            key(1, 5),
+            Some(addr("127.0.0.1:8000")),
+            addr("127.0.0.1:40000"),
         );
         let bystander = l.client_started(
             key(3, 5),
             1,
             &head(None),
-            Some(addr("127.0.0.1:8000")),
+            ends(Some("127.0.0.1:8000"), Some("127.0.0.1:40002")),
             &stats,
         );
-        let mut resolve = |k: ConnKey| match k.tgid {
-            1 => Some(addr("127.0.0.1:40000")),
-            3 => Some(addr("127.0.0.1:40002")),
-            _ => None,
-        };
         let server = l.server_started(
             key(2, 7),
             2,
             &head(None),
-            Some(addr("127.0.0.1:40000")),
-            Some(addr("0.0.0.0:8000")),
-            &mut resolve,
+            ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
             &stats,
         );
         assert_eq!(server.trace_id, caller.trace_id);
         assert_eq!(server.parent_span_id, caller.span_id);
-        assert_ne!(server.parent_span_id, bystander.span_id);
-        // A request from an untraced client on another port stays a root.
-        let stranger = l.server_started(
+        let other = l.server_started(
             key(2, 8),
-            2,
+            3,
             &head(None),
-            Some(addr("127.0.0.1:40009")),
-            Some(addr("0.0.0.0:8000")),
-            &mut resolve,
+            ends(Some("127.0.0.1:40002"), Some("0.0.0.0:8000")),
+            &stats,
+        );
+        assert_eq!(other.parent_span_id, bystander.span_id);
+        // A request from an untraced client stays a root.
+        let stranger = l.server_started(
+            key(2, 9),
+            4,
+            &head(None),
+            ends(Some("127.0.0.1:40009"), Some("0.0.0.0:8000")),
             &stats,
         );
         assert_eq!(stranger.parent_span_id, [0; 8]);
         // Ended calls no longer match.
         l.client_finished(Some(addr("127.0.0.1:8000")), &caller);
         let late = l.server_started(
-            key(2, 9),
-            3,
+            key(2, 10),
+            5,
             &head(None),
-            Some(addr("127.0.0.1:40000")),
-            Some(addr("0.0.0.0:8000")),
-            &mut resolve,
+            ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
             &stats,
         );
         assert_eq!(late.parent_span_id, [0; 8]);

@@ -44,6 +44,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_enter_connect"),
     ("syscalls", "sys_exit_connect"),
     ("syscalls", "sys_enter_close"),
+    ("sock", "inet_sock_set_state"),
     ("sched", "sched_process_fork"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
@@ -168,6 +169,7 @@ impl Probes {
             .map_max_entries("SOCKS", s.max_connections)
             .map_max_entries("TRACED", s.max_processes)
             .map_max_entries("LATE", s.max_processes)
+            .map_max_entries("CONNECTING", s.max_processes)
             .map_max_entries("ARGS", s.max_processes)
             .map_max_entries("EVENTS", s.ring_buffer_bytes)
             .load(aya::include_bytes_aligned!(concat!(

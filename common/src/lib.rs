@@ -27,6 +27,10 @@ pub mod kind {
     pub const PROC_EXEC: u8 = 5;
     /// A traced process (its thread-group leader) exited ([`super::ProcEvent`]).
     pub const PROC_EXIT: u8 = 6;
+    /// The kernel chose the local address of a traced outgoing connection
+    /// ([`super::ConnEvent`], the address in its `peer_*` fields; the
+    /// header's `conn_id` is 0: the fd's current connection is meant).
+    pub const CONN_LOCAL: u8 = 7;
 }
 
 /// Data direction, from the traced process's point of view.

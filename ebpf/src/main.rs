@@ -52,6 +52,11 @@ static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
 #[map]
 static LATE: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// Sockets of traced processes in the middle of `connect`, by kernel
+/// `struct sock` address, to the `(tgid << 32) | fd` that owns them.
+#[map]
+static CONNECTING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Syscall arguments stashed at entry for the matching exit, keyed by pid_tgid.
 #[map]
 static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
@@ -725,6 +730,86 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = TRACED.remove(&tgid);
         proc_event(kind::PROC_EXIT, tgid, tid, tgid);
     }
+    0
+}
+
+// ---- the local address of outgoing connections ------------------------------
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+
+/// Learns the source address the kernel picked for a traced `connect`, so
+/// that the server end of the same connection, if it is traced too, can be
+/// matched by 4-tuple (same-host parent/child linking). The source port is
+/// not chosen yet when the state becomes SYN_SENT (in the connecting
+/// thread), so the socket is remembered then and reported at ESTABLISHED
+/// (often in softirq context). Offsets: this tracepoint's record, stable
+/// since Linux 4.16.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: fixed offsets in the sock:inet_sock_set_state record.
+    let (skaddr, oldstate, newstate) = unsafe {
+        (
+            ctx.read_at::<u64>(8).unwrap_or(0),
+            ctx.read_at::<i32>(16).unwrap_or(0),
+            ctx.read_at::<i32>(20).unwrap_or(0),
+        )
+    };
+    if newstate == TCP_SYN_SENT {
+        let Some((pid_tgid, tgid, _)) = traced_tgid() else {
+            return 0;
+        };
+        // The connect stash says which fd this socket is.
+        // SAFETY: read-only copy of a plain value.
+        let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+            return 0;
+        };
+        if args.buf == Buf::Connect {
+            let _ = CONNECTING.insert(&skaddr, &sock_key(tgid, args.fd), 0);
+        }
+        return 0;
+    }
+    if oldstate != TCP_SYN_SENT {
+        return 0;
+    }
+    // SAFETY: read-only copy of a plain value.
+    let Some(owner) = (unsafe { CONNECTING.get(&skaddr) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECTING.remove(&skaddr);
+    if newstate != TCP_ESTABLISHED {
+        return 0;
+    }
+    // SAFETY: fixed offsets in the sock:inet_sock_set_state record.
+    let (sport, family) = unsafe {
+        (
+            ctx.read_at::<u16>(24).unwrap_or(0),
+            ctx.read_at::<u16>(28).unwrap_or(0),
+        )
+    };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        // SAFETY: as above.
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&v4);
+    } else {
+        // SAFETY: as above.
+        addr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
+    }
+    let tgid = (owner >> 32) as u32;
+    let mut hdr = header(kind::CONN_LOCAL, 0, tgid, 0, owner as u32 as i32, 0);
+    // SAFETY: helper has no preconditions.
+    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    output(&ConnEvent {
+        header: hdr,
+        origin: 0,
+        _pad: 0,
+        family,
+        peer_port: sport,
+        _pad2: 0,
+        listen_fd: -1,
+        peer_addr: addr,
+    });
     0
 }
 
