@@ -124,3 +124,55 @@ fn three_services_form_one_trace_under_the_callers_traceparent() {
     assert_eq!(agent.stat("context_traceparent_malformed"), Some(1));
     assert_eq!(agent.stat("context_linked_same_host"), Some(2));
 }
+
+/// An application instrumented with the real OpenTelemetry SDK calls an
+/// uninstrumented service that zerospan traces: the service's span joins
+/// the SDK's trace, as the child of the SDK's own client span.
+#[test]
+fn a_real_sdk_client_span_is_the_parent_of_our_server_span() {
+    require_root();
+    let callee = service(None);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &callee.pid().to_string(),
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+        ],
+        &[],
+    );
+    let status = Command::new("python3")
+        .arg(fixture("sdk_client.py"))
+        .arg(format!("http://127.0.0.1:{}/pay", callee.port))
+        .arg(format!("{}/v1/traces", collector.http_endpoint))
+        .status()
+        .expect("python3 with opentelemetry-sdk (installed by cargo xtask setup)");
+    assert!(status.success(), "the SDK client failed");
+    collector.wait_for(3, Duration::from_secs(10), |_| true);
+    assert!(agent.stop().success());
+    let spans = collector.spans();
+    let sdk_client = spans
+        .iter()
+        .find(|s| s.transport == "http" && s.is_client())
+        .expect("the SDK's urllib CLIENT span");
+    let sdk_root = spans
+        .iter()
+        .find(|s| s.transport == "http" && s.span.name == "checkout")
+        .expect("the SDK's checkout span");
+    let ours: Vec<&FlatSpan> = spans.iter().filter(|s| s.transport == "grpc").collect();
+    assert_eq!(ours.len(), 1, "{spans:#?}");
+    let server = ours[0];
+    assert!(server.is_server());
+    assert_eq!(server.str("url.path").as_deref(), Some("/pay"));
+    assert_eq!(server.res_int("process.pid"), Some(i64::from(callee.pid())));
+    assert_eq!(
+        sdk_client.res_str("service.name").as_deref(),
+        Some("sdk-caller")
+    );
+    assert_eq!(
+        hex(&sdk_client.span.parent_span_id),
+        hex(&sdk_root.span.span_id)
+    );
+    assert_child(server, sdk_client);
+}

@@ -29,6 +29,14 @@ const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The OpenTelemetry SDK a test instruments a Python client with, to check
+/// that zerospan's spans join an SDK's traces.
+const PIP_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk==1.45.1",
+    "opentelemetry-exporter-otlp-proto-http==1.45.1",
+    "opentelemetry-instrumentation-urllib==0.66b1",
+];
+
 fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
@@ -153,6 +161,22 @@ fn setup() -> Result<()> {
             ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let have_sdk = succeeds(Command::new("python3").args([
+        "-c",
+        "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
+         opentelemetry.exporter.otlp.proto.http",
+    ]));
+    if !have_sdk {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PIP_PACKAGES))?;
     }
     // Debian starts nginx on install; the tests and the benchmark run their own.
     if succeeds(Command::new("pgrep").args(["-x", "nginx"])) {
