@@ -59,6 +59,9 @@ struct Book {
     /// The segment in which the response stream last lost sync, until the
     /// next response head is framed.
     response_lost_at: Option<Stamp>,
+    /// Responses still owed to requests that timed out: HTTP/1 answers in
+    /// order, so the next ones to arrive are theirs, not later requests'.
+    owed_responses: u32,
 }
 
 enum State {
@@ -172,6 +175,12 @@ impl Sink for ResponseSink<'_> {
     fn on_head(&mut self, head: Head, _at: Stamp) {
         if let Some(lost) = self.book.response_lost_at.take() {
             self.give_up_before(lost);
+        }
+        if self.book.owed_responses > 0 {
+            self.book.owed_responses -= 1;
+            self.book.response_matched = false;
+            Stats::inc(&self.stats.http_orphan_responses);
+            return;
         }
         match self.book.pending.front_mut() {
             Some(x) if x.response.is_none() => {
@@ -317,6 +326,9 @@ impl HttpConn {
         }
         let last = self.book.last_at;
         while let Some(mut x) = self.book.pending.pop_front() {
+            if outcome == Outcome::TimedOut && x.response.is_none() {
+                self.book.owed_responses += 1;
+            }
             x.outcome = outcome;
             x.end_at = last;
             Stats::inc(match outcome {
@@ -526,9 +538,25 @@ impl Tracker {
                 _ => {}
             }
         }
+        // The requests end; the connection, its addresses and its role
+        // stay, so whatever it carries next is still traced in full.
         for key in timed_out {
-            if let Some(conn) = self.conns.remove(&key) {
-                self.finish(key, conn, Outcome::TimedOut);
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let ends = conn.ends;
+            if let State::Http(h) = &mut conn.state {
+                h.close(Outcome::TimedOut, &self.stats);
+                let role = h.role;
+                for exchange in h.book.finished.drain(..) {
+                    unlink(&mut self.linker, key, role, ends, &exchange);
+                    self.out.push(Finished {
+                        tgid: key.tgid,
+                        role,
+                        ends,
+                        exchange,
+                    });
+                }
             }
         }
         for key in idle {
@@ -704,6 +732,36 @@ mod tests {
         t.sweep(5_000);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done[0].exchange.outcome, Outcome::TimedOut);
+        // The connection stays known: its next exchange is still traced.
+        assert_eq!(t.len(), 1);
+        feed(
+            &mut t,
+            key2,
+            1,
+            false,
+            seg(b"GET /again HTTP/1.1\r\n\r\n", 6_000),
+        );
+        // The late answer to the timed-out request comes first, in order.
+        feed(
+            &mut t,
+            key2,
+            1,
+            true,
+            seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 6_050),
+        );
+        feed(
+            &mut t,
+            key2,
+            1,
+            true,
+            seg(b"HTTP/1.1 204 No Content\r\n\r\n", 6_100),
+        );
+        let done: Vec<_> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].exchange.request.target, "/again");
+        assert_eq!(done[0].exchange.outcome, Outcome::Complete);
+        // Quiet long enough, it is forgotten.
+        t.sweep(20_000);
         assert_eq!(t.len(), 0);
     }
 

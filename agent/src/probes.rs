@@ -136,6 +136,35 @@ fn explain(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// The offset of `field` in tracepoint `event`'s record, from its `format`
+/// file (tracefs is mounted by the preflight).
+fn field_offset(event: &str, field: &str) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(format!("/sys/kernel/tracing/events/{event}/format")).ok()?;
+    parse_field_offset(&text, field)
+}
+
+/// Finds `field:<type> <field>;\toffset:<n>;` in a tracepoint format file.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 impl Drop for Probes {
     /// Each detach waits for an RCU grace period (about 40 ms here), so one
     /// after the other they took over a second; side by side the waits
@@ -163,9 +192,15 @@ impl Probes {
         // Wake the agent early once a quarter of the ring is used; below
         // that it drains on its own timer (see `agent::DRAIN_INTERVAL`).
         let wakeup = u64::from(s.ring_buffer_bytes / 4);
+        let fork_child = field_offset("sched/sched_process_fork", "child_pid")
+            .context("reading the sched_process_fork record layout from tracefs")?;
+        // Absent on older kernels: the probe then uses the leader's exit.
+        let exit_group_dead = field_offset("sched/sched_process_exit", "group_dead").unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .map_max_entries("SOCKS", s.max_connections)
             .map_max_entries("TRACED", s.max_processes)
             .map_max_entries("LATE", s.max_processes)
@@ -292,5 +327,28 @@ impl Probes {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_field_offset;
+
+    #[test]
+    fn reads_offsets_from_tracepoint_formats() {
+        // Linux 6.18's sched_process_fork, and an older layout.
+        let new = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+                   \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                   \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new, "child_pid"), Some(20));
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                   \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                   \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old, "child_comm"), Some(28));
+        assert_eq!(parse_field_offset(old, "group_dead"), None);
     }
 }

@@ -67,7 +67,8 @@ counters! {
     spans_sampled_out,
     /// Spans dropped because the export queue was full.
     spans_dropped_queue_full,
-    /// Spans an exporter delivered.
+    /// Spans an exporter delivered (summed over exporters: with two
+    /// configured, each span counts twice here and in the two below).
     spans_exported,
     /// Spans an exporter gave up on (collector down past its buffer).
     spans_dropped_export,

@@ -34,6 +34,15 @@ use zerospan_common::{
 #[no_mangle]
 static WAKEUP_BYTES: u64 = 1 << 20;
 
+/// Where `child_pid` sits in the `sched_process_fork` record, and
+/// `group_dead` in `sched_process_exit` (0: the field does not exist). The
+/// layouts moved between kernels, so the agent reads them from tracefs at
+/// load time; the defaults are Linux 6.x's.
+#[no_mangle]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+#[no_mangle]
+static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
 /// Bytes of each buffer to copy; the agent overrides it at load time.
 #[no_mangle]
 static CAPTURE_BYTES: u32 = 1024;
@@ -696,8 +705,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let Some((_, tgid, tid)) = traced_tgid() else {
         return 0;
     };
-    // SAFETY: child_pid is at offset 20 of this kernel's sched_process_fork record.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+    // SAFETY: a load-time constant, then a checked read of the record.
+    let offset = unsafe { ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset) }) else {
         return 0;
     };
     let child = child as u32;
@@ -724,8 +734,15 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = TRACED.remove(&tid);
     }
     let _ = LATE.remove(&tid);
-    // SAFETY: group_dead is at offset 32 of this kernel's sched_process_exit record.
-    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0) != 0;
+    // SAFETY: a load-time constant, then a checked read of the record.
+    let offset = unsafe { ptr::read_volatile(&EXIT_GROUP_DEAD_OFFSET) } as usize;
+    // Kernels without `group_dead` fire this per thread: the leader's exit
+    // stands for the process's.
+    let group_dead = if offset == 0 {
+        tid == tgid
+    } else {
+        unsafe { ctx.read_at::<u8>(offset) }.unwrap_or(0) != 0
+    };
     if group_dead {
         let _ = TRACED.remove(&tgid);
         proc_event(kind::PROC_EXIT, tgid, tid, tgid);
