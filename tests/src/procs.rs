@@ -106,6 +106,17 @@ impl Agent {
         }
     }
 
+    /// The agent tracing `pids`, exporting over OTLP/gRPC to `collector`.
+    pub fn for_pids(pids: &[u32], collector: &crate::Collector, env: &[(&str, &str)]) -> Agent {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let mut args: Vec<&str> = Vec::new();
+        for pid in &pids {
+            args.extend(["--pid", pid.as_str()]);
+        }
+        args.extend(["--otlp-endpoint", collector.grpc_endpoint.as_str()]);
+        Agent::start(&args, env)
+    }
+
     fn child_exited(&self) -> std::io::Result<Option<ExitStatus>> {
         // try_wait needs &mut; peek through /proc instead.
         let pid = self.child.id();

@@ -36,7 +36,10 @@ fn assert_child(child: &FlatSpan, parent: &FlatSpan) {
     assert_eq!(child.span.trace_id, parent.span.trace_id);
     assert_eq!(hex(&child.span.parent_span_id), hex(&parent.span.span_id));
     assert!(child.span.start_time_unix_nano >= parent.span.start_time_unix_nano);
-    assert!(child.span.end_time_unix_nano <= parent.span.end_time_unix_nano);
+    // A server's last write returns a moment after its caller's read may
+    // already have returned with the bytes (seen: 161 ns), so a server span
+    // may end just after its client parent.
+    assert!(child.span.end_time_unix_nano <= parent.span.end_time_unix_nano + 1_000_000);
 }
 
 /// curl → A → B → C, three Python services traced by one agent. curl sends
@@ -48,19 +51,7 @@ fn three_services_form_one_trace_under_the_callers_traceparent() {
     let b = service(Some(c.port));
     let a = service(Some(b.port));
     let collector = Collector::start();
-    let mut agent = Agent::start(
-        &[
-            "--pid",
-            &a.pid().to_string(),
-            "--pid",
-            &b.pid().to_string(),
-            "--pid",
-            &c.pid().to_string(),
-            "--otlp-endpoint",
-            &collector.grpc_endpoint,
-        ],
-        &[],
-    );
+    let mut agent = Agent::for_pids(&[a.pid(), b.pid(), c.pid()], &collector, &[]);
     let header = format!("traceparent: 00-{TRACE}-{PARENT}-01");
     let body = curl(&[
         "-s",
@@ -133,15 +124,7 @@ fn a_real_sdk_client_span_is_the_parent_of_our_server_span() {
     require_root();
     let callee = service(None);
     let collector = Collector::start();
-    let mut agent = Agent::start(
-        &[
-            "--pid",
-            &callee.pid().to_string(),
-            "--otlp-endpoint",
-            &collector.grpc_endpoint,
-        ],
-        &[],
-    );
+    let mut agent = Agent::for_pids(&[callee.pid()], &collector, &[]);
     let status = Command::new("python3")
         .arg(fixture("sdk_client.py"))
         .arg(format!("http://127.0.0.1:{}/pay", callee.port))
