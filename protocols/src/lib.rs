@@ -5,3 +5,4 @@
 //! tests (every split point, garbage) and the fuzz targets in `fuzz/` check.
 
 pub mod http1;
+pub mod resp;

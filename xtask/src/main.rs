@@ -45,7 +45,7 @@ fn usage() -> ! {
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
          bench   set up, build, and measure overhead with wrk against nginx\n\
-         fuzz    fuzz the HTTP/1 framer for SECS seconds (default 60)"
+         fuzz    fuzz each protocol framer for SECS seconds (default 60)"
     );
     std::process::exit(2)
 }
@@ -242,10 +242,13 @@ fn fuzz(secs: &str) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    run(Command::new("cargo")
-        .current_dir(root().join("fuzz"))
-        .args(["+nightly", "fuzz", "run", "http1_framer", "--"])
-        .arg(format!("-max_total_time={secs}")))
+    for target in ["http1_framer", "resp_framer"] {
+        run(Command::new("cargo")
+            .current_dir(root().join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={secs}")))?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {
