@@ -136,14 +136,25 @@ impl EventPath {
                 self.http,
                 resource,
             );
-            Stats::inc(&self.stats.spans_created);
-            if !self.sampler.keeps(&span.trace_id, span.remote_sampled) {
-                Stats::inc(&self.stats.spans_sampled_out);
-                continue;
-            }
-            if self.spans.try_send(span).is_err() {
-                Stats::inc(&self.stats.spans_dropped_queue_full);
-            }
+            self.send(span);
+        }
+        let finished: Vec<_> = self.tracker.drain_db().collect();
+        for f in finished {
+            let resource = self.registry.resource(f.tgid);
+            let span = spans::db::build_redis_span(&f.call, f.ends, &self.clock, resource);
+            self.send(span);
+        }
+    }
+
+    /// Samples, then queues for export without ever waiting.
+    fn send(&mut self, span: Span) {
+        Stats::inc(&self.stats.spans_created);
+        if !self.sampler.keeps(&span.trace_id, span.remote_sampled) {
+            Stats::inc(&self.stats.spans_sampled_out);
+            return;
+        }
+        if self.spans.try_send(span).is_err() {
+            Stats::inc(&self.stats.spans_dropped_queue_full);
         }
     }
 

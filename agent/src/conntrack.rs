@@ -14,10 +14,12 @@ use zerospan_common::origin;
 
 use crate::events::ConnKey;
 use crate::linker::Linker;
+use crate::redis_conn::{self, RedisConn};
 use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
+use zerospan_protocols::resp;
 
 /// Most requests one connection may have outstanding (pipelined).
 const MAX_PENDING: usize = 64;
@@ -29,6 +31,14 @@ pub struct Limits {
     pub max_connections: usize,
     pub request_timeout_ns: u64,
     pub idle_timeout_ns: u64,
+}
+
+/// A finished Redis command, ready to become a span.
+#[derive(Debug)]
+pub struct FinishedDb {
+    pub tgid: u32,
+    pub ends: Endpoints,
+    pub call: redis_conn::Call,
 }
 
 /// A finished exchange, ready to become a span.
@@ -69,8 +79,12 @@ enum State {
     Detecting {
         segments: u32,
     },
+    /// An outgoing connection that has not sent anything yet: the first
+    /// bytes it writes say which protocol it speaks.
+    Outgoing,
     Http(Box<HttpConn>),
-    /// Not HTTP/1: ignored.
+    Redis(Box<RedisConn>),
+    /// Not a protocol we know: ignored.
     Ignored,
 }
 
@@ -85,6 +99,7 @@ pub struct Tracker {
     limits: Limits,
     stats: Arc<Stats>,
     out: Vec<Finished>,
+    out_db: Vec<FinishedDb>,
     evict: Vec<ConnKey>,
     linker: Linker,
     /// The current connection of each (tgid, fd).
@@ -348,6 +363,7 @@ impl Tracker {
             limits,
             stats,
             out: Vec::new(),
+            out_db: Vec::new(),
             evict: Vec::new(),
             linker: Linker::default(),
             by_fd: HashMap::new(),
@@ -382,7 +398,7 @@ impl Tracker {
         }
         let state = match how {
             origin::ACCEPTED => State::Http(Box::new(HttpConn::new(Role::Server))),
-            origin::CONNECTED => State::Http(Box::new(HttpConn::new(Role::Client))),
+            origin::CONNECTED => State::Outgoing,
             _ => State::Detecting { segments: 0 },
         };
         let local = local.or_else(|| self.early_local.remove(&(key.tgid, key.fd)));
@@ -411,8 +427,19 @@ impl Tracker {
             last_ns: seg.stamp.exit_ns,
         });
         conn.last_ns = seg.stamp.exit_ns;
+        let speaks_resp = egress && resp::looks_like_start(resp::Direction::Commands, seg.bytes);
+        if let State::Outgoing = conn.state {
+            conn.state = if speaks_resp {
+                State::Redis(Box::new(RedisConn::new()))
+            } else {
+                // HTTP, or nothing we know: the HTTP framer tells.
+                State::Http(Box::new(HttpConn::new(Role::Client)))
+            };
+        }
         if let State::Detecting { segments } = &mut conn.state {
-            if http1::starts_request(seg.bytes) {
+            if speaks_resp {
+                conn.state = State::Redis(Box::new(RedisConn::new()));
+            } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
                 conn.state = State::Http(Box::new(HttpConn::new(role)));
             } else {
@@ -424,6 +451,25 @@ impl Tracker {
                 }
                 return;
             }
+        }
+        if let State::Redis(r) = &mut conn.state {
+            let linker = &self.linker;
+            let stats = &self.stats;
+            r.feed(
+                egress,
+                tid,
+                seg,
+                || linker.call_on_thread(key, tid, stats),
+                stats,
+            );
+            let ends = conn.ends;
+            self.out_db
+                .extend(r.finished.drain(..).map(|call| FinishedDb {
+                    tgid: key.tgid,
+                    ends,
+                    call,
+                }));
+            return;
         }
         let State::Http(h) = &mut conn.state else {
             return;
@@ -480,6 +526,17 @@ impl Tracker {
     }
 
     fn finish(&mut self, key: ConnKey, conn: Conn, outcome: Outcome) {
+        if let State::Redis(mut r) = conn.state {
+            let at = r.last_at();
+            r.end_pending(outcome, at);
+            self.out_db
+                .extend(r.finished.drain(..).map(|call| FinishedDb {
+                    tgid: key.tgid,
+                    ends: conn.ends,
+                    call,
+                }));
+            return;
+        }
         if let State::Http(mut h) = conn.state {
             h.close(outcome, &self.stats);
             let role = h.role;
@@ -528,6 +585,7 @@ impl Tracker {
             let quiet = now_ns.saturating_sub(conn.last_ns);
             let waiting = match &conn.state {
                 State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
+                State::Redis(r) => r.oldest_pending(),
                 _ => None,
             };
             match waiting {
@@ -545,6 +603,16 @@ impl Tracker {
                 continue;
             };
             let ends = conn.ends;
+            if let State::Redis(r) = &mut conn.state {
+                let at = r.last_at();
+                r.end_pending(Outcome::TimedOut, at);
+                self.out_db
+                    .extend(r.finished.drain(..).map(|call| FinishedDb {
+                        tgid: key.tgid,
+                        ends,
+                        call,
+                    }));
+            }
             if let State::Http(h) = &mut conn.state {
                 h.close(Outcome::TimedOut, &self.stats);
                 let role = h.role;
@@ -567,6 +635,11 @@ impl Tracker {
     /// Exchanges finished since the last call.
     pub fn drain(&mut self) -> std::vec::Drain<'_, Finished> {
         self.out.drain(..)
+    }
+
+    /// Database calls finished since the last call.
+    pub fn drain_db(&mut self) -> std::vec::Drain<'_, FinishedDb> {
+        self.out_db.drain(..)
     }
 
     /// Connections the kernel should stop capturing.
@@ -673,7 +746,14 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let mut t = Tracker::new(limits(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        feed(&mut t, KEY, 1, true, seg(b"*1\r\n$4\r\nPING\r\n", 0));
+        // A TLS ClientHello: neither HTTP/1 nor RESP.
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0),
+        );
         assert_eq!(t.take_evictions(), vec![KEY]);
         assert_eq!(
             stats
@@ -965,5 +1045,26 @@ mod tests {
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].exchange.outcome, Outcome::ResponseLost);
+    }
+
+    /// An outgoing connection whose first bytes are RESP is a Redis client:
+    /// its commands pair with their replies into database calls.
+    #[test]
+    fn outgoing_resp_becomes_redis_calls() {
+        let mut t = Tracker::new(limits(), Arc::default());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        feed(
+            &mut t,
+            KEY,
+            1,
+            true,
+            seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10),
+        );
+        feed(&mut t, KEY, 1, false, seg(b"$1\r\nv\r\n", 20));
+        let calls: Vec<_> = t.drain_db().collect();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].call.command.name, "GET");
+        assert_eq!(t.drain().count(), 0);
+        assert!(t.take_evictions().is_empty());
     }
 }

@@ -127,16 +127,7 @@ impl Linker {
         ends: Endpoints,
         stats: &Stats,
     ) -> SpanContext {
-        let ctx = from_header(head, stats).unwrap_or_else(|| {
-            match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
-                Some([one]) => SpanContext::child_of(one),
-                Some([_, _, ..]) => {
-                    Stats::inc(&stats.context_parent_ambiguous);
-                    SpanContext::root()
-                }
-                _ => SpanContext::root(),
-            }
-        });
+        let ctx = from_header(head, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats));
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
             push_bounded(
@@ -150,6 +141,20 @@ impl Linker {
             );
         }
         ctx
+    }
+
+    /// The context of a call made on thread `tid` that carries no header of
+    /// its own (any protocol): the child of the one request that thread is
+    /// serving, else a root.
+    pub fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
+        match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
+            Some([one]) => SpanContext::child_of(one),
+            Some([_, _, ..]) => {
+                Stats::inc(&stats.context_parent_ambiguous);
+                SpanContext::root()
+            }
+            _ => SpanContext::root(),
+        }
     }
 
     /// A server exchange ended: it can no longer be anyone's parent.

@@ -17,6 +17,7 @@ mod logger;
 mod probes;
 mod process;
 mod procfs;
+mod redis_conn;
 mod spans;
 mod stats;
 

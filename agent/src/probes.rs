@@ -280,7 +280,13 @@ impl Probes {
             let conn_id = seeded_conn_id();
             let key = ((pid as u64) << 32) | fd as u32 as u64;
             // BPF_NOEXIST: never clobber an entry the probes just made.
-            if self.socks.insert(key, SockInfo { conn_id }, 1).is_ok() {
+            // Role unknown until the first bytes: default capture.
+            let info = SockInfo {
+                conn_id,
+                flags: 0,
+                _pad: 0,
+            };
+            if self.socks.insert(key, info, 1).is_ok() {
                 seeded.push((
                     ConnKey {
                         tgid: pid,

@@ -53,6 +53,14 @@ counters! {
     http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,
+    /// Times a Redis stream lost its framing (waiting commands end
+    /// unanswered).
+    db_desyncs,
+    /// Redis replies with no command waiting (pub/sub pushes, or commands
+    /// sent before the agent attached).
+    db_orphan_replies,
+    /// Pipelined Redis commands given up past the per-connection bound.
+    db_pipeline_overflow,
     /// `traceparent` headers ignored because they were malformed.
     context_traceparent_malformed,
     /// Client spans left as roots: several requests were in flight on the

@@ -126,7 +126,22 @@ pub struct ProcEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockInfo {
     pub conn_id: u64,
+    /// [`sock_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// What the probes know of a tracked socket.
+pub mod sock_flags {
+    /// Opened by `connect`: what it writes are requests (HTTP requests,
+    /// database commands), captured deeper than responses so that a
+    /// pipeline of commands in one write is seen whole.
+    pub const OUTGOING: u32 = 1;
+}
+
+/// Requests written on an outgoing socket are captured in up to this many
+/// chunks of [`MAX_CAPTURE`] bytes per write (16 KiB).
+pub const REQUEST_CAPTURE_CHUNKS: u32 = 4;
 
 /// Runtime settings the agent writes into the probes' config map.
 #[repr(C)]

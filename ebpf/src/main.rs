@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use zerospan_common::{
-    counter, direction, kind, origin, ConnEvent, DataEvent, EventHeader, ProcEvent, SockInfo,
-    MAX_CAPTURE, MAX_IOV_SEGMENTS,
+    counter, direction, kind, origin, sock_flags, ConnEvent, DataEvent, EventHeader, ProcEvent,
+    SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -110,7 +110,8 @@ struct SyscallArgs {
     direction: u8,
     family: u16,
     peer_port: u16,
-    _pad: u16,
+    /// Capture this write in chunks (an outgoing socket's request).
+    deep: u16,
     fd: i32,
     ptr: u64,
     count: u64,
@@ -213,7 +214,7 @@ fn data_args(
         direction: dir,
         family: 0,
         peer_port: 0,
-        _pad: 0,
+        deep: u16::from(dir == direction::EGRESS && sock.flags & sock_flags::OUTGOING != 0),
         fd,
         ptr,
         count,
@@ -323,6 +324,7 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     hdr.ts_exit_ns = now;
     let moved = moved as u64;
     match args.buf {
+        Buf::Plain if args.deep != 0 => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
         Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved),
         _ => emit_segment(&hdr, 0, moved),
@@ -355,14 +357,46 @@ fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64) {
     }
 }
 
+/// Sends a request written on an outgoing socket as consecutive segments
+/// of up to MAX_CAPTURE bytes each, all captured, for up to
+/// REQUEST_CAPTURE_CHUNKS of them; the last carries whatever remains (its
+/// prefix captured). A pipeline of database commands in one write is then
+/// seen whole, not just its first kilobyte.
+#[inline(always)]
+fn emit_chunks(hdr: &EventHeader, src: u64, len: u64) {
+    let mut off: u64 = 0;
+    let mut i: u32 = 0;
+    while i < REQUEST_CAPTURE_CHUNKS {
+        if off >= len {
+            break;
+        }
+        let rest = len - off;
+        let last = i + 1 == REQUEST_CAPTURE_CHUNKS;
+        let chunk = if last || rest <= MAX_CAPTURE as u64 {
+            rest
+        } else {
+            MAX_CAPTURE as u64
+        };
+        emit_bytes(hdr, src + off, chunk, MAX_CAPTURE as u64);
+        off += chunk;
+        i += 1;
+    }
+}
+
 /// Sends one segment: its true length and a prefix of its bytes.
 #[inline(always)]
 fn emit_segment(hdr: &EventHeader, src: u64, len: u64) {
+    // SAFETY: CAPTURE_BYTES is a load-time constant.
+    let limit = unsafe { ptr::read_volatile(&CAPTURE_BYTES) } as u64;
+    emit_bytes(hdr, src, len, limit);
+}
+
+/// Sends `len` bytes at `src` as one segment, at most `limit` of them copied.
+#[inline(always)]
+fn emit_bytes(hdr: &EventHeader, src: u64, len: u64, limit: u64) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: CAPTURE_BYTES is a load-time constant.
-    let limit = unsafe { ptr::read_volatile(&CAPTURE_BYTES) } as u64;
     let mut want = if len < limit { len } else { limit };
     if src == 0 {
         want = 0;
@@ -524,7 +558,7 @@ fn enter_accept(ctx: &TracePointContext) {
         direction: 0,
         family: 0,
         peer_port: 0,
-        _pad: 0,
+        deep: 0,
         fd: arg(ctx, 0) as i32,
         ptr: arg(ctx, 1),
         count: 0,
@@ -602,7 +636,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         direction: 0,
         family,
         peer_port: port,
-        _pad: 0,
+        deep: 0,
         fd: arg(&ctx, 0) as i32,
         ptr: 0,
         count: 0,
@@ -643,7 +677,16 @@ fn track(pid_tgid: u64, fd: i32, how: u8, listen_fd: i32, family: u16, port: u16
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let info = SockInfo { conn_id: now };
+    let flags = if how == origin::CONNECTED {
+        sock_flags::OUTGOING
+    } else {
+        0
+    };
+    let info = SockInfo {
+        conn_id: now,
+        flags,
+        _pad: 0,
+    };
     if SOCKS.insert(&sock_key(tgid, fd), &info, 0).is_err() {
         bump(counter::SOCK_MAP_FULL);
         return;

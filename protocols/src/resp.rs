@@ -211,6 +211,12 @@ impl Framer {
 
     fn on_line(&mut self, line: &[u8], at: Stamp, sink: &mut impl RespSink) {
         let Some((&kind, rest)) = line.split_first() else {
+            // An empty line between commands is a no-op to the server
+            // (redis-cli --pipe sends one before its closing ECHO).
+            if self.dir == Direction::Commands && self.stack.is_empty() {
+                self.in_message = false;
+                return;
+            }
             return self.lose(sink);
         };
         let top = self.stack.is_empty();
@@ -429,7 +435,7 @@ mod tests {
     fn inline_commands_and_garbage() {
         let mut f = Framer::new(Direction::Commands);
         let mut rec = Rec::default();
-        f.feed(seg(b"PING\r\nset a b\r\n", 1), &mut rec);
+        f.feed(seg(b"PING\r\n\r\nset a b\r\n", 1), &mut rec);
         let names: Vec<Command> = rec.commands.iter().map(|c| c.0.clone()).collect();
         assert_eq!(names, vec![cmd("PING", 0), cmd("SET", 2)]);
         f.feed(seg(b"\x16\x03\x01 not resp\r\n", 2), &mut rec);

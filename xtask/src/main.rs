@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "wrk",
     "python3",
+    "redis-server",
+    "redis-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

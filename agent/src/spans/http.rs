@@ -97,6 +97,31 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The status (and attributes) of an exchange that did not end with a
+/// response we could read; shared by every protocol's spans.
+pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) -> Status {
+    match outcome {
+        Outcome::Complete => Status::Unset,
+        Outcome::TimedOut => {
+            attrs.push(("error.type", "timeout".into()));
+            Status::Error("no response before the request timeout".to_owned())
+        }
+        // Not known to be an error: only that the agent could not see it.
+        Outcome::ResponseLost => {
+            attrs.push(("zerospan.incomplete", "response_unparsed".into()));
+            Status::Unset
+        }
+        Outcome::AgentStopped => {
+            attrs.push(("zerospan.incomplete", "agent_stopped".into()));
+            Status::Unset
+        }
+        Outcome::Closed => {
+            attrs.push(("error.type", "connection_closed".into()));
+            Status::Error("connection closed before the response completed".to_owned())
+        }
+    }
+}
+
 pub fn build_span(
     x: &Exchange,
     role: Role,
@@ -227,24 +252,7 @@ pub fn build_span(
             attrs.push(("error.type", code.to_string().into()));
             Status::Error(String::new())
         }
-        (Outcome::TimedOut, _) => {
-            attrs.push(("error.type", "timeout".into()));
-            Status::Error("no response before the request timeout".to_owned())
-        }
-        // Not known to be an error: only that the agent could not see it.
-        (Outcome::ResponseLost, _) => {
-            attrs.push(("zerospan.incomplete", "response_unparsed".into()));
-            Status::Unset
-        }
-        (Outcome::AgentStopped, _) => {
-            attrs.push(("zerospan.incomplete", "agent_stopped".into()));
-            Status::Unset
-        }
-        (Outcome::Closed, _) => {
-            attrs.push(("error.type", "connection_closed".into()));
-            Status::Error("connection closed before the response completed".to_owned())
-        }
-        _ => Status::Unset,
+        (outcome, _) => outcome_status(outcome, &mut attrs),
     };
     let end_ns = x.end_at.exit_ns.max(start_ns);
     Span {

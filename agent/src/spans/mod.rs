@@ -4,6 +4,7 @@
 //! of the process they came from, so exporters can group them per process.
 
 pub mod context;
+pub mod db;
 pub mod http;
 pub mod ids;
 pub mod redact;

@@ -1,0 +1,283 @@
+//! One Redis client connection: commands paired with their replies, in
+//! order (RESP guarantees it, pipelines and MULTI/EXEC included).
+//!
+//! No I/O: segments in, finished [`Call`]s out, like `conntrack`'s HTTP
+//! connections. When reply framing is lost, the commands waiting for a
+//! reply end as `ResponseLost` rather than being paired by guess, and the
+//! reply stream resynchronises when the client next writes a command after
+//! everything it sent was answered or given up.
+
+use std::collections::VecDeque;
+
+use zerospan_protocols::{
+    http1::{Segment, Stamp},
+    resp::{self, Command, Direction, Reply, RespSink},
+};
+
+use crate::{spans::context::SpanContext, spans::http::Outcome, stats::Stats};
+
+/// Most commands one connection may have waiting for replies (pipelines);
+/// past it the oldest end unanswered.
+const MAX_PENDING: usize = 1024;
+
+/// One command and what came back.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub ctx: SpanContext,
+    pub command: Command,
+    /// Segment holding the command's first byte.
+    pub sent_at: Stamp,
+    /// Segment holding the reply's last byte (or the last activity seen).
+    pub end_at: Stamp,
+    pub reply: Option<Reply>,
+    pub outcome: Outcome,
+    pub tid: u32,
+}
+
+pub struct RedisConn {
+    commands: resp::Framer,
+    replies: resp::Framer,
+    pending: VecDeque<Call>,
+    pub finished: Vec<Call>,
+    last_at: Stamp,
+}
+
+/// Gives each framed command its context and queues it.
+struct CommandSink<'a, F: FnMut() -> SpanContext> {
+    pending: &'a mut VecDeque<Call>,
+    finished: &'a mut Vec<Call>,
+    context: F,
+    tid: u32,
+    stats: &'a Stats,
+}
+
+impl<F: FnMut() -> SpanContext> RespSink for CommandSink<'_, F> {
+    fn on_command(&mut self, command: Command, at: Stamp) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(mut oldest) = self.pending.pop_front() {
+                oldest.outcome = Outcome::ResponseLost;
+                Stats::inc(&self.stats.db_pipeline_overflow);
+                self.finished.push(oldest);
+            }
+        }
+        self.pending.push_back(Call {
+            ctx: (self.context)(),
+            command,
+            sent_at: at,
+            end_at: at,
+            reply: None,
+            outcome: Outcome::Complete,
+            tid: self.tid,
+        });
+    }
+
+    fn on_reply(&mut self, _reply: Reply, _at: Stamp) {}
+}
+
+struct ReplySink<'a> {
+    pending: &'a mut VecDeque<Call>,
+    finished: &'a mut Vec<Call>,
+    stats: &'a Stats,
+}
+
+impl RespSink for ReplySink<'_> {
+    fn on_command(&mut self, _cmd: Command, _at: Stamp) {}
+
+    fn on_reply(&mut self, reply: Reply, at: Stamp) {
+        match self.pending.pop_front() {
+            Some(mut call) => {
+                call.reply = Some(reply);
+                call.end_at = at;
+                self.finished.push(call);
+            }
+            // Pub/sub pushes, or replies to commands sent before we attached.
+            None => Stats::inc(&self.stats.db_orphan_replies),
+        }
+    }
+}
+
+impl RedisConn {
+    pub fn new() -> Self {
+        RedisConn {
+            commands: resp::Framer::new(Direction::Commands),
+            replies: resp::Framer::new(Direction::Replies),
+            pending: VecDeque::new(),
+            finished: Vec::new(),
+            last_at: Stamp::default(),
+        }
+    }
+
+    /// Feeds one segment. `context` gives a new command its span context.
+    pub fn feed(
+        &mut self,
+        egress: bool,
+        tid: u32,
+        seg: Segment<'_>,
+        context: impl FnMut() -> SpanContext,
+        stats: &Stats,
+    ) {
+        self.last_at = seg.stamp;
+        if egress {
+            if self.commands.is_lost() && resp::looks_like_start(Direction::Commands, seg.bytes) {
+                self.commands.resync();
+            }
+            // Every earlier command was answered or given up: the next
+            // reply starts a message.
+            if self.replies.is_lost() && self.pending.is_empty() {
+                self.replies.resync();
+            }
+            let mut sink = CommandSink {
+                pending: &mut self.pending,
+                finished: &mut self.finished,
+                context,
+                tid,
+                stats,
+            };
+            self.commands.feed(seg, &mut sink);
+            if self.commands.is_lost() {
+                Stats::inc(&stats.db_desyncs);
+            }
+        } else {
+            let was_lost = self.replies.is_lost();
+            let mut sink = ReplySink {
+                pending: &mut self.pending,
+                finished: &mut self.finished,
+                stats,
+            };
+            self.replies.feed(seg, &mut sink);
+            if self.replies.is_lost() && !was_lost {
+                Stats::inc(&stats.db_desyncs);
+                // The replies of every waiting command may have been in the
+                // bytes we could not frame.
+                self.end_pending(Outcome::ResponseLost, seg.stamp);
+            }
+        }
+    }
+
+    /// Ends every command still waiting: the connection closed, the agent
+    /// stopped, or its replies could not be framed.
+    pub fn end_pending(&mut self, outcome: Outcome, at: Stamp) {
+        for mut call in self.pending.drain(..) {
+            call.outcome = outcome;
+            call.end_at = at;
+            self.finished.push(call);
+        }
+    }
+
+    pub fn last_at(&self) -> Stamp {
+        self.last_at
+    }
+
+    /// When the oldest waiting command was sent.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.pending.front().map(|c| c.sent_at.enter_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
+        Segment {
+            bytes,
+            len: bytes.len() as u64,
+            stamp: Stamp {
+                enter_ns: t,
+                exit_ns: t + 1,
+            },
+        }
+    }
+
+    fn names(calls: &[Call]) -> Vec<(String, Option<Reply>, Outcome)> {
+        calls
+            .iter()
+            .map(|c| (c.command.name.clone(), c.reply.clone(), c.outcome))
+            .collect()
+    }
+
+    #[test]
+    fn pipelines_and_transactions_pair_in_order() {
+        let stats = Stats::default();
+        let mut c = RedisConn::new();
+        let cmds = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n\
+            *2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nEXEC\r\n";
+        c.feed(true, 7, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            false,
+            7,
+            seg(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n", 20),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(
+            false,
+            7,
+            seg(b"*2\r\n+OK\r\n-ERR value is not an integer\r\n", 30),
+            SpanContext::root,
+            &stats,
+        );
+        let ok = Some(Reply::Ok);
+        assert_eq!(
+            names(&c.finished),
+            vec![
+                ("MULTI".into(), ok.clone(), Outcome::Complete),
+                ("SET".into(), ok.clone(), Outcome::Complete),
+                ("INCR".into(), ok.clone(), Outcome::Complete),
+                ("EXEC".into(), ok, Outcome::Complete),
+            ]
+        );
+        assert_eq!(c.finished[3].end_at.exit_ns, 31);
+        assert_eq!(c.finished[0].tid, 7);
+    }
+
+    #[test]
+    fn error_replies_and_lost_framing() {
+        let stats = Stats::default();
+        let mut c = RedisConn::new();
+        c.feed(
+            true,
+            1,
+            seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(
+            false,
+            1,
+            seg(b"-WRONGTYPE Operation against a key\r\n", 20),
+            SpanContext::root,
+            &stats,
+        );
+        assert_eq!(c.finished[0].reply, Some(Reply::Error("WRONGTYPE".into())));
+        // A reply whose type line was not captured: the waiting command is
+        // given up, and the next command/reply pair is framed again.
+        c.feed(
+            true,
+            1,
+            seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 30),
+            SpanContext::root,
+            &stats,
+        );
+        let lost = Segment {
+            bytes: b"",
+            len: 5000,
+            stamp: Stamp {
+                enter_ns: 40,
+                exit_ns: 41,
+            },
+        };
+        c.feed(false, 1, lost, SpanContext::root, &stats);
+        assert_eq!(c.finished[1].outcome, Outcome::ResponseLost);
+        c.feed(
+            true,
+            1,
+            seg(b"*1\r\n$4\r\nPING\r\n", 50),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(false, 1, seg(b"+PONG\r\n", 60), SpanContext::root, &stats);
+        assert_eq!(c.finished[2].command.name, "PING");
+        assert_eq!(c.finished[2].reply, Some(Reply::Ok));
+    }
+}
