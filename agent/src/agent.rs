@@ -141,7 +141,7 @@ impl EventPath {
         let finished: Vec<_> = self.tracker.drain_db().collect();
         for f in finished {
             let resource = self.registry.resource(f.tgid);
-            let span = spans::db::build_redis_span(&f.call, f.ends, &self.clock, resource);
+            let span = spans::db::build_span(f.system, &f.call, f.ends, &self.clock, resource);
             self.send(span);
         }
     }

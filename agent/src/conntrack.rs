@@ -12,14 +12,14 @@ use std::sync::Arc;
 
 use zerospan_common::origin;
 
+use crate::db_conn::{self, DbConn};
 use crate::events::ConnKey;
 use crate::linker::Linker;
-use crate::redis_conn::{self, RedisConn};
 use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
-use zerospan_protocols::resp;
+use zerospan_protocols::{memcache, resp};
 
 /// Most requests one connection may have outstanding (pipelined).
 const MAX_PENDING: usize = 64;
@@ -37,8 +37,10 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct FinishedDb {
     pub tgid: u32,
+    /// `db.system.name`.
+    pub system: &'static str,
     pub ends: Endpoints,
-    pub call: redis_conn::Call,
+    pub call: db_conn::Call,
 }
 
 /// A finished exchange, ready to become a span.
@@ -83,7 +85,8 @@ enum State {
     /// bytes it writes say which protocol it speaks.
     Outgoing,
     Http(Box<HttpConn>),
-    Redis(Box<RedisConn>),
+    /// A key-value store client (Redis, memcached).
+    Db(Box<DbConn>),
     /// Not a protocol we know: ignored.
     Ignored,
 }
@@ -427,18 +430,26 @@ impl Tracker {
             last_ns: seg.stamp.exit_ns,
         });
         conn.last_ns = seg.stamp.exit_ns;
-        let speaks_resp = egress && resp::looks_like_start(resp::Direction::Commands, seg.bytes);
+        // A key-value store client, by what it writes first.
+        let store = if !egress {
+            None
+        } else if resp::looks_like_start(resp::Direction::Commands, seg.bytes) {
+            Some(DbConn::redis as fn() -> DbConn)
+        } else if memcache::looks_like_start(seg.bytes) {
+            Some(DbConn::memcached as fn() -> DbConn)
+        } else {
+            None
+        };
         if let State::Outgoing = conn.state {
-            conn.state = if speaks_resp {
-                State::Redis(Box::new(RedisConn::new()))
-            } else {
+            conn.state = match store {
+                Some(new) => State::Db(Box::new(new())),
                 // HTTP, or nothing we know: the HTTP framer tells.
-                State::Http(Box::new(HttpConn::new(Role::Client)))
+                None => State::Http(Box::new(HttpConn::new(Role::Client))),
             };
         }
         if let State::Detecting { segments } = &mut conn.state {
-            if speaks_resp {
-                conn.state = State::Redis(Box::new(RedisConn::new()));
+            if let Some(new) = store {
+                conn.state = State::Db(Box::new(new()));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
                 conn.state = State::Http(Box::new(HttpConn::new(role)));
@@ -452,7 +463,7 @@ impl Tracker {
                 return;
             }
         }
-        if let State::Redis(r) = &mut conn.state {
+        if let State::Db(r) = &mut conn.state {
             let linker = &self.linker;
             let stats = &self.stats;
             r.feed(
@@ -463,9 +474,11 @@ impl Tracker {
                 stats,
             );
             let ends = conn.ends;
+            let system = r.system;
             self.out_db
                 .extend(r.finished.drain(..).map(|call| FinishedDb {
                     tgid: key.tgid,
+                    system,
                     ends,
                     call,
                 }));
@@ -526,12 +539,14 @@ impl Tracker {
     }
 
     fn finish(&mut self, key: ConnKey, conn: Conn, outcome: Outcome) {
-        if let State::Redis(mut r) = conn.state {
+        if let State::Db(mut r) = conn.state {
             let at = r.last_at();
             r.end_pending(outcome, at);
+            let system = r.system;
             self.out_db
                 .extend(r.finished.drain(..).map(|call| FinishedDb {
                     tgid: key.tgid,
+                    system,
                     ends: conn.ends,
                     call,
                 }));
@@ -585,7 +600,7 @@ impl Tracker {
             let quiet = now_ns.saturating_sub(conn.last_ns);
             let waiting = match &conn.state {
                 State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
-                State::Redis(r) => r.oldest_pending(),
+                State::Db(r) => r.oldest_pending(),
                 _ => None,
             };
             match waiting {
@@ -603,12 +618,14 @@ impl Tracker {
                 continue;
             };
             let ends = conn.ends;
-            if let State::Redis(r) = &mut conn.state {
+            if let State::Db(r) = &mut conn.state {
                 let at = r.last_at();
                 r.end_pending(Outcome::TimedOut, at);
+                let system = r.system;
                 self.out_db
                     .extend(r.finished.drain(..).map(|call| FinishedDb {
                         tgid: key.tgid,
+                        system,
                         ends,
                         call,
                     }));

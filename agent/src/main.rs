@@ -10,6 +10,7 @@ mod agent;
 mod clock;
 mod config;
 mod conntrack;
+mod db_conn;
 mod events;
 mod export;
 mod linker;
@@ -17,7 +18,6 @@ mod logger;
 mod probes;
 mod process;
 mod procfs;
-mod redis_conn;
 mod spans;
 mod stats;
 

@@ -5,4 +5,5 @@
 //! tests (every split point, garbage) and the fuzz targets in `fuzz/` check.
 
 pub mod http1;
+pub mod memcache;
 pub mod resp;

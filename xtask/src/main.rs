@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "redis-server",
     "redis-tools",
+    "memcached",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -37,6 +38,8 @@ const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.1",
     "opentelemetry-exporter-otlp-proto-http==1.45.1",
     "opentelemetry-instrumentation-urllib==0.66b1",
+    // The memcached client a test drives.
+    "pymemcache==4.0.0",
 ];
 
 fn usage() -> ! {
@@ -167,7 +170,7 @@ fn setup() -> Result<()> {
     let have_sdk = succeeds(Command::new("python3").args([
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
-         opentelemetry.exporter.otlp.proto.http",
+         opentelemetry.exporter.otlp.proto.http, pymemcache",
     ]));
     if !have_sdk {
         run(Command::new("python3")
@@ -244,7 +247,7 @@ fn fuzz(secs: &str) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["http1_framer", "resp_framer"] {
+    for target in ["http1_framer", "resp_framer", "memcache_framer"] {
         run(Command::new("cargo")
             .current_dir(root().join("fuzz"))
             .args(["+nightly", "fuzz", "run", target, "--"])

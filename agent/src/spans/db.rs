@@ -1,5 +1,5 @@
 //! Database and cache calls to spans, following OpenTelemetry's database
-//! conventions. Redis today.
+//! conventions. Redis and memcached today.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use super::{
     http::{outcome_status, Endpoints},
     Resource, Span, SpanKind, Status, Value,
 };
-use crate::{clock::Clock, redis_conn::Call};
+use crate::{clock::Clock, db_conn::Call};
 
 /// Placeholders written into `db.query.text` before it is cut short.
 const MAX_PLACEHOLDERS: u32 = 16;
@@ -28,7 +28,9 @@ fn redacted_query(name: &str, args: u32) -> String {
     q
 }
 
-pub fn build_redis_span(
+/// `system` is `db.system.name`: `redis`, `memcached`.
+pub fn build_span(
+    system: &'static str,
     call: &Call,
     ends: Endpoints,
     clock: &Clock,
@@ -36,7 +38,7 @@ pub fn build_redis_span(
 ) -> Span {
     let name = call.command.name.clone();
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(10);
-    attrs.push(("db.system.name", "redis".into()));
+    attrs.push(("db.system.name", system.into()));
     attrs.push(("db.operation.name", name.as_str().into()));
     attrs.push((
         "db.query.text",

@@ -1,5 +1,6 @@
-//! One Redis client connection: commands paired with their replies, in
-//! order (RESP guarantees it, pipelines and MULTI/EXEC included).
+//! One key-value store client connection (Redis, memcached): commands
+//! paired with their replies, in order (both protocols guarantee it,
+//! pipelines and Redis's MULTI/EXEC included).
 //!
 //! No I/O: segments in, finished [`Call`]s out, like `conntrack`'s HTTP
 //! connections. When reply framing is lost, the commands waiting for a
@@ -11,6 +12,7 @@ use std::collections::VecDeque;
 
 use zerospan_protocols::{
     http1::{Segment, Stamp},
+    memcache::{self, MemcacheSink},
     resp::{self, Command, Direction, Reply, RespSink},
 };
 
@@ -34,9 +36,59 @@ pub struct Call {
     pub tid: u32,
 }
 
-pub struct RedisConn {
-    commands: resp::Framer,
-    replies: resp::Framer,
+/// Which store, and its two framers.
+enum Framers {
+    Redis {
+        commands: resp::Framer,
+        replies: resp::Framer,
+    },
+    Memcached {
+        commands: memcache::Framer,
+        replies: memcache::Framer,
+    },
+}
+
+impl Framers {
+    fn commands_lost(&self) -> bool {
+        match self {
+            Framers::Redis { commands, .. } => commands.is_lost(),
+            Framers::Memcached { commands, .. } => commands.is_lost(),
+        }
+    }
+
+    fn replies_lost(&self) -> bool {
+        match self {
+            Framers::Redis { replies, .. } => replies.is_lost(),
+            Framers::Memcached { replies, .. } => replies.is_lost(),
+        }
+    }
+
+    fn resync_commands_at(&mut self, bytes: &[u8]) {
+        match self {
+            Framers::Redis { commands, .. }
+                if resp::looks_like_start(Direction::Commands, bytes) =>
+            {
+                commands.resync()
+            }
+            Framers::Memcached { commands, .. } if memcache::looks_like_start(bytes) => {
+                commands.resync()
+            }
+            _ => {}
+        }
+    }
+
+    fn resync_replies(&mut self) {
+        match self {
+            Framers::Redis { replies, .. } => replies.resync(),
+            Framers::Memcached { replies, .. } => replies.resync(),
+        }
+    }
+}
+
+pub struct DbConn {
+    /// `db.system.name`.
+    pub system: &'static str,
+    framers: Framers,
     pending: VecDeque<Call>,
     pub finished: Vec<Call>,
     last_at: Stamp,
@@ -53,6 +105,28 @@ struct CommandSink<'a, F: FnMut() -> SpanContext> {
 
 impl<F: FnMut() -> SpanContext> RespSink for CommandSink<'_, F> {
     fn on_command(&mut self, command: Command, at: Stamp) {
+        self.queue(command, at);
+    }
+
+    fn on_reply(&mut self, _reply: Reply, _at: Stamp) {}
+}
+
+impl<F: FnMut() -> SpanContext> MemcacheSink for CommandSink<'_, F> {
+    fn on_command(&mut self, command: Command, noreply: bool, at: Stamp) {
+        self.queue(command, at);
+        if noreply {
+            // Nothing will answer it: complete as sent.
+            if let Some(call) = self.pending.pop_back() {
+                self.finished.push(call);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, _reply: Reply, _at: Stamp) {}
+}
+
+impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
+    fn queue(&mut self, command: Command, at: Stamp) {
         if self.pending.len() >= MAX_PENDING {
             if let Some(mut oldest) = self.pending.pop_front() {
                 oldest.outcome = Outcome::ResponseLost;
@@ -70,8 +144,6 @@ impl<F: FnMut() -> SpanContext> RespSink for CommandSink<'_, F> {
             tid: self.tid,
         });
     }
-
-    fn on_reply(&mut self, _reply: Reply, _at: Stamp) {}
 }
 
 struct ReplySink<'a> {
@@ -84,6 +156,20 @@ impl RespSink for ReplySink<'_> {
     fn on_command(&mut self, _cmd: Command, _at: Stamp) {}
 
     fn on_reply(&mut self, reply: Reply, at: Stamp) {
+        self.answer(reply, at);
+    }
+}
+
+impl MemcacheSink for ReplySink<'_> {
+    fn on_command(&mut self, _cmd: Command, _noreply: bool, _at: Stamp) {}
+
+    fn on_reply(&mut self, reply: Reply, at: Stamp) {
+        self.answer(reply, at);
+    }
+}
+
+impl ReplySink<'_> {
+    fn answer(&mut self, reply: Reply, at: Stamp) {
         match self.pending.pop_front() {
             Some(mut call) => {
                 call.reply = Some(reply);
@@ -96,11 +182,31 @@ impl RespSink for ReplySink<'_> {
     }
 }
 
-impl RedisConn {
-    pub fn new() -> Self {
-        RedisConn {
-            commands: resp::Framer::new(Direction::Commands),
-            replies: resp::Framer::new(Direction::Replies),
+impl DbConn {
+    pub fn redis() -> Self {
+        Self::with(
+            "redis",
+            Framers::Redis {
+                commands: resp::Framer::new(Direction::Commands),
+                replies: resp::Framer::new(Direction::Replies),
+            },
+        )
+    }
+
+    pub fn memcached() -> Self {
+        Self::with(
+            "memcached",
+            Framers::Memcached {
+                commands: memcache::Framer::new(memcache::Direction::Commands),
+                replies: memcache::Framer::new(memcache::Direction::Replies),
+            },
+        )
+    }
+
+    fn with(system: &'static str, framers: Framers) -> Self {
+        DbConn {
+            system,
+            framers,
             pending: VecDeque::new(),
             finished: Vec::new(),
             last_at: Stamp::default(),
@@ -118,14 +224,15 @@ impl RedisConn {
     ) {
         self.last_at = seg.stamp;
         if egress {
-            if self.commands.is_lost() && resp::looks_like_start(Direction::Commands, seg.bytes) {
-                self.commands.resync();
+            if self.framers.commands_lost() {
+                self.framers.resync_commands_at(seg.bytes);
             }
             // Every earlier command was answered or given up: the next
             // reply starts a message.
-            if self.replies.is_lost() && self.pending.is_empty() {
-                self.replies.resync();
+            if self.framers.replies_lost() && self.pending.is_empty() {
+                self.framers.resync_replies();
             }
+            let was_lost = self.framers.commands_lost();
             let mut sink = CommandSink {
                 pending: &mut self.pending,
                 finished: &mut self.finished,
@@ -133,19 +240,25 @@ impl RedisConn {
                 tid,
                 stats,
             };
-            self.commands.feed(seg, &mut sink);
-            if self.commands.is_lost() {
+            match &mut self.framers {
+                Framers::Redis { commands, .. } => commands.feed(seg, &mut sink),
+                Framers::Memcached { commands, .. } => commands.feed(seg, &mut sink),
+            }
+            if self.framers.commands_lost() && !was_lost {
                 Stats::inc(&stats.db_desyncs);
             }
         } else {
-            let was_lost = self.replies.is_lost();
+            let was_lost = self.framers.replies_lost();
             let mut sink = ReplySink {
                 pending: &mut self.pending,
                 finished: &mut self.finished,
                 stats,
             };
-            self.replies.feed(seg, &mut sink);
-            if self.replies.is_lost() && !was_lost {
+            match &mut self.framers {
+                Framers::Redis { replies, .. } => replies.feed(seg, &mut sink),
+                Framers::Memcached { replies, .. } => replies.feed(seg, &mut sink),
+            }
+            if self.framers.replies_lost() && !was_lost {
                 Stats::inc(&stats.db_desyncs);
                 // The replies of every waiting command may have been in the
                 // bytes we could not frame.
@@ -199,7 +312,7 @@ mod tests {
     #[test]
     fn pipelines_and_transactions_pair_in_order() {
         let stats = Stats::default();
-        let mut c = RedisConn::new();
+        let mut c = DbConn::redis();
         let cmds = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n\
             *2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nEXEC\r\n";
         c.feed(true, 7, seg(cmds, 10), SpanContext::root, &stats);
@@ -234,7 +347,7 @@ mod tests {
     #[test]
     fn error_replies_and_lost_framing() {
         let stats = Stats::default();
-        let mut c = RedisConn::new();
+        let mut c = DbConn::redis();
         c.feed(
             true,
             1,
@@ -279,5 +392,30 @@ mod tests {
         c.feed(false, 1, seg(b"+PONG\r\n", 60), SpanContext::root, &stats);
         assert_eq!(c.finished[2].command.name, "PING");
         assert_eq!(c.finished[2].reply, Some(Reply::Ok));
+    }
+
+    #[test]
+    fn memcached_noreply_commands_do_not_shift_the_pairing() {
+        let stats = Stats::default();
+        let mut c = DbConn::memcached();
+        let cmds = b"set a 0 0 1 noreply\r\nx\r\nget a\r\ndelete b\r\n";
+        c.feed(true, 1, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            false,
+            1,
+            seg(b"VALUE a 0 1\r\nx\r\nEND\r\nNOT_FOUND\r\n", 20),
+            SpanContext::root,
+            &stats,
+        );
+        let ok = Some(Reply::Ok);
+        assert_eq!(
+            names(&c.finished),
+            vec![
+                ("set".into(), None, Outcome::Complete),
+                ("get".into(), ok.clone(), Outcome::Complete),
+                ("delete".into(), ok, Outcome::Complete),
+            ]
+        );
+        assert_eq!(c.system, "memcached");
     }
 }
