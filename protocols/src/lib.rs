@@ -7,3 +7,4 @@
 pub mod http1;
 pub mod memcache;
 pub mod resp;
+pub mod sql;
