@@ -50,7 +50,7 @@ fn usage() -> ! {
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
          bench   set up, build, and measure overhead with wrk against nginx\n\
-         fuzz    fuzz each protocol framer for SECS seconds (default 60)"
+         fuzz    fuzz each parser for SECS seconds (default 60)"
     );
     std::process::exit(2)
 }
@@ -247,7 +247,7 @@ fn fuzz(secs: &str) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["http1_framer", "resp_framer", "memcache_framer"] {
+    for target in ["http1_framer", "resp_framer", "memcache_framer", "sql_sanitize"] {
         run(Command::new("cargo")
             .current_dir(root().join("fuzz"))
             .args(["+nightly", "fuzz", "run", target, "--"])
