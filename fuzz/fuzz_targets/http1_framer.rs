@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Segment, Sink, Stamp, MAX_HEAD};
+use zerospan_fuzz::for_each_segment;
+use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink, Stamp, MAX_HEAD};
 
 #[derive(Default)]
 struct Check {
@@ -28,38 +29,10 @@ impl Sink for Check {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The first bytes steer the cuts: each pair gives a segment's captured
-    // length and how many bytes beyond it went uncaptured.
-    let Some((&steer, rest)) = data.split_first() else {
-        return;
-    };
     for kind in [Kind::Request, Kind::Response] {
         let mut framer = Framer::new(kind);
         let mut check = Check::default();
-        let mut pos = 0usize;
-        let mut t = 0u64;
-        let mut fed = 0u64;
-        while pos < rest.len() {
-            t += 1;
-            let step = 1 + (rest[pos] as usize ^ steer as usize) % 97;
-            let end = (pos + step).min(rest.len());
-            let unseen = if steer & 1 == 1 {
-                u64::from(rest[pos] & 0x0f)
-            } else {
-                0
-            };
-            let seg = Segment {
-                bytes: &rest[pos..end],
-                len: (end - pos) as u64 + unseen,
-                stamp: Stamp {
-                    enter_ns: t,
-                    exit_ns: t,
-                },
-            };
-            fed += seg.len;
-            framer.feed(seg, &mut check);
-            pos = end;
-        }
+        let fed = for_each_segment(data, 97, 0x0f, |_, seg| framer.feed(seg, &mut check));
         framer.finish_open(&mut check);
         // Never more messages than bytes.
         assert!(check.heads as u64 <= fed);

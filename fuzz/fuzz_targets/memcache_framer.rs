@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_fuzz::for_each_segment;
+use zerospan_protocols::http1::Stamp;
 use zerospan_protocols::memcache::{Direction, Framer, MemcacheSink};
 use zerospan_protocols::resp::{Command, Reply};
 
@@ -20,39 +21,15 @@ impl MemcacheSink for Count {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&steer, rest)) = data.split_first() else {
-        return;
-    };
     for dir in [Direction::Commands, Direction::Replies] {
         let mut framer = Framer::new(dir);
         let mut count = Count(0);
-        let mut fed = 0u64;
-        let mut pos = 0usize;
-        let mut t = 0u64;
-        while pos < rest.len() {
-            t += 1;
-            let step = 1 + (rest[pos] as usize ^ steer as usize) % 61;
-            let end = (pos + step).min(rest.len());
-            let unseen = if steer & 1 == 1 {
-                u64::from(rest[pos] & 0x07)
-            } else {
-                0
-            };
-            let seg = Segment {
-                bytes: &rest[pos..end],
-                len: (end - pos) as u64 + unseen,
-                stamp: Stamp {
-                    enter_ns: t,
-                    exit_ns: t,
-                },
-            };
-            fed += seg.len;
+        let fed = for_each_segment(data, 61, 0x07, |steer, seg| {
             framer.feed(seg, &mut count);
             if framer.is_lost() && steer & 2 == 2 {
                 framer.resync();
             }
-            pos = end;
-        }
+        });
         assert!(count.0 <= fed, "never more messages than bytes");
     }
 });

@@ -5,6 +5,7 @@
 //! tests (every split point, garbage) and the fuzz targets in `fuzz/` check.
 
 pub mod http1;
+mod lines;
 pub mod memcache;
 pub mod resp;
 pub mod sql;

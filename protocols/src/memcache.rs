@@ -13,6 +13,7 @@
 
 use crate::{
     http1::{Segment, Stamp},
+    lines::{self, CountedFramer},
     resp::{Command, Reply},
 };
 
@@ -113,34 +114,11 @@ impl Framer {
         self.held = None;
     }
 
-    pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl MemcacheSink) {
-        let captured = seg.bytes.len().min(seg.len as usize);
-        let bytes = &seg.bytes[..captured];
-        let mut pos = 0;
-        while pos < bytes.len() && self.state != State::Lost {
-            pos += self.step(&bytes[pos..], seg.stamp, sink);
-        }
-        let unseen = seg.len - captured as u64;
-        if unseen == 0 || self.state == State::Lost {
-            return;
-        }
-        match self.state {
-            State::Block { remaining } if unseen <= remaining => {
-                self.state = State::Block {
-                    remaining: remaining - unseen,
-                };
-                if remaining == unseen {
-                    self.block_done(sink);
-                }
-            }
-            _ => {
-                self.state = State::Lost;
-                sink.on_desync();
-            }
-        }
+    pub fn feed<S: MemcacheSink>(&mut self, seg: Segment<'_>, sink: &mut S) {
+        lines::feed(self, seg, sink);
     }
 
-    fn step(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl MemcacheSink) -> usize {
+    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl MemcacheSink) -> usize {
         match self.state {
             State::Lost => bytes.len(),
             State::Block { remaining } => {
@@ -158,28 +136,19 @@ impl Framer {
                     self.in_message = true;
                     self.started_at = at;
                 }
-                let room = MAX_LINE.saturating_sub(self.line.len());
-                match bytes.iter().position(|&b| b == b'\n') {
-                    Some(lf) => {
-                        self.line.extend_from_slice(&bytes[..lf.min(room)]);
-                        let line = std::mem::take(&mut self.line);
-                        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                        match self.dir {
-                            Direction::Commands => self.command_line(line, sink),
-                            Direction::Replies => self.reply_line(line, at, sink),
-                        }
-                        lf + 1
-                    }
-                    None => {
-                        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                        bytes.len()
+                let (used, line) = lines::take_line(&mut self.line, bytes, MAX_LINE);
+                if let Some(line) = line {
+                    match self.dir {
+                        Direction::Commands => self.command_line(&line, sink),
+                        Direction::Replies => self.reply_line(&line, at, sink),
                     }
                 }
+                used
             }
         }
     }
 
-    fn lose(&mut self, sink: &mut impl MemcacheSink) {
+    fn lose_sync(&mut self, sink: &mut impl MemcacheSink) {
         self.state = State::Lost;
         sink.on_desync();
     }
@@ -192,7 +161,7 @@ impl Framer {
             return;
         };
         if !KNOWN.contains(&name) {
-            return self.lose(sink);
+            return self.lose_sync(sink);
         }
         let rest: Vec<&str> = words.collect();
         let noreply = rest.last() == Some(&"noreply");
@@ -211,7 +180,7 @@ impl Framer {
         if storage {
             // set <key> <flags> <exptime> <bytes> [noreply]; cas adds <cas>.
             let Some(size) = rest.get(3).and_then(|b| b.parse::<u64>().ok()) else {
-                return self.lose(sink);
+                return self.lose_sync(sink);
             };
             self.held = Some((cmd, noreply));
             self.state = State::Block {
@@ -232,7 +201,7 @@ impl Framer {
                 .nth(2)
                 .and_then(|b| b.parse::<u64>().ok())
             else {
-                return self.lose(sink);
+                return self.lose_sync(sink);
             };
             self.state = State::Block {
                 remaining: size + 2,
@@ -243,7 +212,7 @@ impl Framer {
             return;
         }
         if line.is_empty() {
-            return self.lose(sink);
+            return self.lose_sync(sink);
         }
         let reply = if line == b"ERROR"
             || line.starts_with(b"CLIENT_ERROR")
@@ -264,6 +233,38 @@ impl Framer {
             self.in_message = false;
             sink.on_command(cmd, noreply, self.started_at);
         }
+    }
+}
+
+impl<S: MemcacheSink> CountedFramer<S> for Framer {
+    fn lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    fn step(&mut self, bytes: &[u8], seg: &Segment<'_>, sink: &mut S) -> usize {
+        self.step_bytes(bytes, seg.stamp, sink)
+    }
+
+    fn block_left(&self) -> Option<u64> {
+        match self.state {
+            State::Block { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    fn skip_block(&mut self, n: u64, _seg: &Segment<'_>, sink: &mut S) {
+        if let State::Block { remaining } = self.state {
+            self.state = State::Block {
+                remaining: remaining - n,
+            };
+            if remaining == n {
+                self.block_done(sink);
+            }
+        }
+    }
+
+    fn lose(&mut self, sink: &mut S) {
+        self.lose_sync(sink);
     }
 }
 

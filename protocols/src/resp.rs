@@ -10,7 +10,10 @@
 //! Pure: bytes in, [`RespSink`] callbacks out; memory bounded by
 //! [`MAX_LINE`] and [`MAX_DEPTH`].
 
-use crate::http1::{Segment, Stamp};
+use crate::{
+    http1::{Segment, Stamp},
+    lines::{self, CountedFramer},
+};
 
 /// Longest type line (`+OK`, `$5`, `-ERR …`) kept; the rest is skipped.
 pub const MAX_LINE: usize = 512;
@@ -132,37 +135,17 @@ impl Framer {
         self.in_message = false;
     }
 
-    pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl RespSink) {
-        let captured = seg.bytes.len().min(seg.len as usize);
-        let bytes = &seg.bytes[..captured];
-        let mut pos = 0;
-        while pos < bytes.len() && self.state != State::Lost {
-            pos += self.step(&bytes[pos..], seg.stamp, sink);
-        }
-        let unseen = seg.len - captured as u64;
-        if unseen == 0 || self.state == State::Lost {
-            return;
-        }
-        match self.state {
-            State::Bulk { remaining } if unseen <= remaining => {
-                self.state = State::Bulk {
-                    remaining: remaining - unseen,
-                };
-                if remaining == unseen {
-                    self.element_done(seg.stamp, sink);
-                }
-            }
-            _ => self.lose(sink),
-        }
+    pub fn feed<S: RespSink>(&mut self, seg: Segment<'_>, sink: &mut S) {
+        lines::feed(self, seg, sink);
     }
 
-    fn lose(&mut self, sink: &mut impl RespSink) {
+    fn lose_sync(&mut self, sink: &mut impl RespSink) {
         self.state = State::Lost;
         sink.on_desync();
     }
 
     /// Consumes a prefix of `bytes`; returns how many bytes it took.
-    fn step(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl RespSink) -> usize {
+    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl RespSink) -> usize {
         match self.state {
             State::Lost => bytes.len(),
             State::Bulk { remaining } => {
@@ -190,21 +173,11 @@ impl Framer {
                     self.name.clear();
                     self.error = None;
                 }
-                match bytes.iter().position(|&b| b == b'\n') {
-                    Some(lf) => {
-                        let room = MAX_LINE.saturating_sub(self.line.len());
-                        self.line.extend_from_slice(&bytes[..lf.min(room)]);
-                        let line = std::mem::take(&mut self.line);
-                        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                        self.on_line(line, at, sink);
-                        lf + 1
-                    }
-                    None => {
-                        let room = MAX_LINE.saturating_sub(self.line.len());
-                        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                        bytes.len()
-                    }
+                let (used, line) = lines::take_line(&mut self.line, bytes, MAX_LINE);
+                if let Some(line) = line {
+                    self.on_line(&line, at, sink);
                 }
+                used
             }
         }
     }
@@ -217,7 +190,7 @@ impl Framer {
                 self.in_message = false;
                 return;
             }
-            return self.lose(sink);
+            return self.lose_sync(sink);
         };
         let top = self.stack.is_empty();
         match kind {
@@ -246,7 +219,7 @@ impl Framer {
                         remaining: n as u64 + 2,
                     };
                 }
-                _ => self.lose(sink),
+                _ => self.lose_sync(sink),
             },
             b'*' | b'~' | b'>' | b'%' | b'|' => match parse_len(rest) {
                 Some(n) if n <= 0 => self.element_done(at, sink),
@@ -260,7 +233,7 @@ impl Framer {
                     };
                     self.stack.push((count, kind == b'|'));
                 }
-                _ => self.lose(sink),
+                _ => self.lose_sync(sink),
             },
             _ if self.dir == Direction::Commands && top => {
                 // An inline command: `PING`, `SET k v` typed by hand.
@@ -268,16 +241,16 @@ impl Framer {
                     .split(|b| b.is_ascii_whitespace())
                     .filter(|w| !w.is_empty());
                 let Some(first) = words.next() else {
-                    return self.lose(sink);
+                    return self.lose_sync(sink);
                 };
                 if !first.iter().all(u8::is_ascii_alphabetic) {
-                    return self.lose(sink);
+                    return self.lose_sync(sink);
                 }
                 self.name = first.to_vec();
                 self.elements = 1 + words.count() as u64;
                 self.message_done(at, sink);
             }
-            _ => self.lose(sink),
+            _ => self.lose_sync(sink),
         }
     }
 
@@ -324,6 +297,38 @@ impl Framer {
                 sink.on_reply(reply, at);
             }
         }
+    }
+}
+
+impl<S: RespSink> CountedFramer<S> for Framer {
+    fn lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    fn step(&mut self, bytes: &[u8], seg: &Segment<'_>, sink: &mut S) -> usize {
+        self.step_bytes(bytes, seg.stamp, sink)
+    }
+
+    fn block_left(&self) -> Option<u64> {
+        match self.state {
+            State::Bulk { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    fn skip_block(&mut self, n: u64, seg: &Segment<'_>, sink: &mut S) {
+        if let State::Bulk { remaining } = self.state {
+            self.state = State::Bulk {
+                remaining: remaining - n,
+            };
+            if remaining == n {
+                self.element_done(seg.stamp, sink);
+            }
+        }
+    }
+
+    fn lose(&mut self, sink: &mut S) {
+        self.lose_sync(sink);
     }
 }
 

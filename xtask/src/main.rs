@@ -247,7 +247,12 @@ fn fuzz(secs: &str) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["http1_framer", "resp_framer", "memcache_framer", "sql_sanitize"] {
+    for target in [
+        "http1_framer",
+        "resp_framer",
+        "memcache_framer",
+        "sql_sanitize",
+    ] {
         run(Command::new("cargo")
             .current_dir(root().join("fuzz"))
             .args(["+nightly", "fuzz", "run", target, "--"])
