@@ -10,13 +10,14 @@ use crate::probes::ProbeSettings;
 use crate::process::ResourceDefaults;
 use crate::spans::sampler::Sampler;
 
-/// Zero-code distributed tracing: eBPF probes watch a program's HTTP traffic
-/// and the spans go to your OpenTelemetry collector. Run as root.
+/// Zero-code distributed tracing: eBPF probes watch a program's network
+/// traffic and the spans go to your OpenTelemetry collector. Run as root.
 #[derive(Debug, Parser)]
 #[command(
     name = "zerospan",
     version,
-    override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]",
+    override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]\n       zerospan doctor",
+    args_conflicts_with_subcommands = true,
     after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, \
 OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, \
 OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG are honoured.\n\
@@ -83,6 +84,15 @@ pub struct Args {
     /// Command to start and trace, with all its children.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Subcommand)]
+pub enum Mode {
+    /// Check whether this host can run the agent, and say what to fix.
+    Doctor,
 }
 
 #[derive(Clone, Debug)]

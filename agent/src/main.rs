@@ -11,6 +11,7 @@ mod clock;
 mod config;
 mod conntrack;
 mod db_conn;
+mod doctor;
 mod events;
 mod export;
 mod linker;
@@ -25,6 +26,14 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let args = config::Args::parse();
+    if args.mode == Some(config::Mode::Doctor) {
+        let ready = doctor::report(&doctor::run_checks());
+        return if ready {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     logger::init(args.verbose);
     let cfg = match config::Config::resolve(args, |k| std::env::var(k).ok()) {
         Ok(c) => c,

@@ -35,7 +35,8 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn agent_binary() -> PathBuf {
+/// The agent binary under test (`ZEROSPAN_BIN`, else the release build).
+pub fn agent_binary() -> PathBuf {
     let bin = std::env::var_os("ZEROSPAN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/release/zerospan"));
