@@ -26,16 +26,26 @@ pub(crate) fn take_line(buf: &mut Vec<u8>, bytes: &[u8], max: usize) -> (usize, 
     }
 }
 
+/// Where a line-and-block framer is in its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Reading a line up to LF.
+    Line,
+    /// Skipping a counted block (a bulk string, a data block) and its CRLF.
+    Block { remaining: u64 },
+    /// Out of sync until the owner resynchronises.
+    Lost,
+}
+
 /// A framer that reads visible bytes step by step and can skip uncaptured
 /// bytes only inside a counted block.
 pub(crate) trait CountedFramer<S: ?Sized> {
-    fn lost(&self) -> bool;
+    fn state(&self) -> State;
+    fn set_state(&mut self, state: State);
     /// Consumes a prefix of `bytes`; returns how many it took.
     fn step(&mut self, bytes: &[u8], seg: &Segment<'_>, sink: &mut S) -> usize;
-    /// Bytes left in the counted block being skipped, if in one.
-    fn block_left(&self) -> Option<u64>;
-    /// Skips `n` uncaptured bytes of the block (`n` ≤ what is left).
-    fn skip_block(&mut self, n: u64, seg: &Segment<'_>, sink: &mut S);
+    /// The counted block just ended.
+    fn block_done(&mut self, seg: &Segment<'_>, sink: &mut S);
     fn lose(&mut self, sink: &mut S);
 }
 
@@ -44,15 +54,22 @@ pub(crate) fn feed<S: ?Sized, F: CountedFramer<S>>(f: &mut F, seg: Segment<'_>, 
     let captured = seg.bytes.len().min(seg.len as usize);
     let bytes = &seg.bytes[..captured];
     let mut pos = 0;
-    while pos < bytes.len() && !f.lost() {
+    while pos < bytes.len() && f.state() != State::Lost {
         pos += f.step(&bytes[pos..], &seg, sink);
     }
     let unseen = seg.len - captured as u64;
-    if unseen == 0 || f.lost() {
+    if unseen == 0 || f.state() == State::Lost {
         return;
     }
-    match f.block_left() {
-        Some(left) if unseen <= left => f.skip_block(unseen, &seg, sink),
+    match f.state() {
+        State::Block { remaining } if unseen <= remaining => {
+            f.set_state(State::Block {
+                remaining: remaining - unseen,
+            });
+            if remaining == unseen {
+                f.block_done(&seg, sink);
+            }
+        }
         _ => f.lose(sink),
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::{
     http1::{Segment, Stamp},
-    lines::{self, CountedFramer},
+    lines::{self, CountedFramer, State},
     resp::{Command, Reply},
 };
 
@@ -57,16 +57,6 @@ pub trait MemcacheSink {
 pub enum Direction {
     Commands,
     Replies,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Line,
-    /// Skipping a data block and its CRLF.
-    Block {
-        remaining: u64,
-    },
-    Lost,
 }
 
 #[derive(Debug)]
@@ -127,7 +117,7 @@ impl Framer {
                     remaining: remaining - take,
                 };
                 if remaining == take {
-                    self.block_done(sink);
+                    self.data_block_done(sink);
                 }
                 take as usize
             }
@@ -227,7 +217,7 @@ impl Framer {
         sink.on_reply(reply, at);
     }
 
-    fn block_done(&mut self, sink: &mut impl MemcacheSink) {
+    fn data_block_done(&mut self, sink: &mut impl MemcacheSink) {
         self.state = State::Line;
         if let Some((cmd, noreply)) = self.held.take() {
             self.in_message = false;
@@ -237,30 +227,20 @@ impl Framer {
 }
 
 impl<S: MemcacheSink> CountedFramer<S> for Framer {
-    fn lost(&self) -> bool {
-        self.state == State::Lost
+    fn state(&self) -> State {
+        self.state
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.state = state;
     }
 
     fn step(&mut self, bytes: &[u8], seg: &Segment<'_>, sink: &mut S) -> usize {
         self.step_bytes(bytes, seg.stamp, sink)
     }
 
-    fn block_left(&self) -> Option<u64> {
-        match self.state {
-            State::Block { remaining } => Some(remaining),
-            _ => None,
-        }
-    }
-
-    fn skip_block(&mut self, n: u64, _seg: &Segment<'_>, sink: &mut S) {
-        if let State::Block { remaining } = self.state {
-            self.state = State::Block {
-                remaining: remaining - n,
-            };
-            if remaining == n {
-                self.block_done(sink);
-            }
-        }
+    fn block_done(&mut self, _seg: &Segment<'_>, sink: &mut S) {
+        self.data_block_done(sink);
     }
 
     fn lose(&mut self, sink: &mut S) {

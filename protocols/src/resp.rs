@@ -12,7 +12,7 @@
 
 use crate::{
     http1::{Segment, Stamp},
-    lines::{self, CountedFramer},
+    lines::{self, CountedFramer, State},
 };
 
 /// Longest type line (`+OK`, `$5`, `-ERR …`) kept; the rest is skipped.
@@ -53,17 +53,6 @@ pub trait RespSink {
 pub enum Direction {
     Commands,
     Replies,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Reading a type line (or an inline command) up to LF.
-    Line,
-    /// Skipping a bulk payload and its CRLF.
-    Bulk {
-        remaining: u64,
-    },
-    Lost,
 }
 
 /// Frames one direction of one Redis connection.
@@ -148,7 +137,7 @@ impl Framer {
     fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl RespSink) -> usize {
         match self.state {
             State::Lost => bytes.len(),
-            State::Bulk { remaining } => {
+            State::Block { remaining } => {
                 let take = remaining.min(bytes.len() as u64) as usize;
                 if self.name_bulk {
                     let room = MAX_WORD.saturating_sub(self.name.len());
@@ -157,7 +146,7 @@ impl Framer {
                     let payload = keep.min((remaining as usize).saturating_sub(2));
                     self.name.extend_from_slice(&bytes[..payload]);
                 }
-                self.state = State::Bulk {
+                self.state = State::Block {
                     remaining: remaining - take as u64,
                 };
                 if remaining == take as u64 {
@@ -215,7 +204,7 @@ impl Framer {
                     if bulk_error {
                         self.error = Some(String::new());
                     }
-                    self.state = State::Bulk {
+                    self.state = State::Block {
                         remaining: n as u64 + 2,
                     };
                 }
@@ -301,30 +290,20 @@ impl Framer {
 }
 
 impl<S: RespSink> CountedFramer<S> for Framer {
-    fn lost(&self) -> bool {
-        self.state == State::Lost
+    fn state(&self) -> State {
+        self.state
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.state = state;
     }
 
     fn step(&mut self, bytes: &[u8], seg: &Segment<'_>, sink: &mut S) -> usize {
         self.step_bytes(bytes, seg.stamp, sink)
     }
 
-    fn block_left(&self) -> Option<u64> {
-        match self.state {
-            State::Bulk { remaining } => Some(remaining),
-            _ => None,
-        }
-    }
-
-    fn skip_block(&mut self, n: u64, seg: &Segment<'_>, sink: &mut S) {
-        if let State::Bulk { remaining } = self.state {
-            self.state = State::Bulk {
-                remaining: remaining - n,
-            };
-            if remaining == n {
-                self.element_done(seg.stamp, sink);
-            }
-        }
+    fn block_done(&mut self, seg: &Segment<'_>, sink: &mut S) {
+        self.element_done(seg.stamp, sink);
     }
 
     fn lose(&mut self, sink: &mut S) {
