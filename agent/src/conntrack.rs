@@ -457,8 +457,7 @@ impl Tracker {
                 *segments += 1;
                 if *segments > MAX_DETECT_SEGMENTS {
                     conn.state = State::Ignored;
-                    Stats::inc(&self.stats.connections_unknown_protocol);
-                    self.evict.push(key);
+                    self.ignore(key);
                 }
                 return;
             }
@@ -506,33 +505,51 @@ impl Tracker {
             });
         }
         if !still_http {
+            // Requests framed before the bytes stopped making sense must
+            // not stay anyone's candidate parent.
+            for x in h.book.pending.drain(..) {
+                unlink(&mut self.linker, key, role, ends, &x);
+            }
             conn.state = State::Ignored;
-            Stats::inc(&self.stats.connections_unknown_protocol);
-            self.evict.push(key);
+            self.ignore(key);
+        }
+    }
+
+    /// A connection carries nothing we know: the kernel stops copying it
+    /// (so no close will be reported for it) and it leaves the fd index.
+    fn ignore(&mut self, key: ConnKey) {
+        Stats::inc(&self.stats.connections_unknown_protocol);
+        self.evict.push(key);
+        self.forget_fd(key);
+    }
+
+    fn forget_fd(&mut self, key: ConnKey) {
+        if self.by_fd.get(&(key.tgid, key.fd)) == Some(&key) {
+            self.by_fd.remove(&(key.tgid, key.fd));
         }
     }
 
     /// The probes reported the local address of `(tgid, fd)`'s outgoing
     /// connection (see `inet_sock_set_state` in the probes).
     pub fn local_known(&mut self, tgid: u32, fd: i32, local: SocketAddr) {
-        let Some(key) = self.by_fd.get(&(tgid, fd)).copied() else {
-            // Reported before the connect returned: kept for `open`.
-            if self.early_local.len() >= self.limits.max_connections {
-                self.early_local.clear();
+        let current = self.by_fd.get(&(tgid, fd)).copied();
+        match current.and_then(|key| Some((key, self.conns.get_mut(&key)?))) {
+            Some((key, conn)) if !matches!(conn.state, State::Ignored) => {
+                conn.ends.local = Some(local);
+                self.linker.client_local_known(key, conn.ends.peer, local);
             }
-            self.early_local.insert((tgid, fd), local);
-            return;
-        };
-        if let Some(conn) = self.conns.get_mut(&key) {
-            conn.ends.local = Some(local);
-            self.linker.client_local_known(key, conn.ends.peer, local);
+            // Reported before the connect returned: kept for `open`.
+            _ => {
+                if self.early_local.len() >= self.limits.max_connections {
+                    self.early_local.clear();
+                }
+                self.early_local.insert((tgid, fd), local);
+            }
         }
     }
 
     pub fn close(&mut self, key: ConnKey) {
-        if self.by_fd.get(&(key.tgid, key.fd)) == Some(&key) {
-            self.by_fd.remove(&(key.tgid, key.fd));
-        }
+        self.forget_fd(key);
         if let Some(conn) = self.conns.remove(&key) {
             self.finish(key, conn, Outcome::Closed);
         }
@@ -579,6 +596,8 @@ impl Tracker {
             self.close(key);
         }
         self.linker.process_exited(tgid);
+        self.by_fd.retain(|(t, _), _| *t != tgid);
+        self.early_local.retain(|(t, _), _| *t != tgid);
     }
 
     /// Closes every connection: the agent is stopping.
@@ -646,6 +665,7 @@ impl Tracker {
         }
         for key in idle {
             self.conns.remove(&key);
+            self.forget_fd(key);
         }
     }
 

@@ -92,6 +92,8 @@ pub struct DbConn {
     pending: VecDeque<Call>,
     pub finished: Vec<Call>,
     last_at: Stamp,
+    /// Replies still owed to commands that timed out (see `ReplySink`).
+    owed: u32,
 }
 
 /// Gives each framed command its context and queues it.
@@ -149,6 +151,7 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
 struct ReplySink<'a> {
     pending: &'a mut VecDeque<Call>,
     finished: &'a mut Vec<Call>,
+    owed: &'a mut u32,
     stats: &'a Stats,
 }
 
@@ -170,6 +173,13 @@ impl MemcacheSink for ReplySink<'_> {
 
 impl ReplySink<'_> {
     fn answer(&mut self, reply: Reply, at: Stamp) {
+        // Replies arrive in order: the first ones answer the commands that
+        // timed out, which are already reported.
+        if *self.owed > 0 {
+            *self.owed -= 1;
+            Stats::inc(&self.stats.db_orphan_replies);
+            return;
+        }
         match self.pending.pop_front() {
             Some(mut call) => {
                 call.reply = Some(reply);
@@ -210,6 +220,7 @@ impl DbConn {
             pending: VecDeque::new(),
             finished: Vec::new(),
             last_at: Stamp::default(),
+            owed: 0,
         }
     }
 
@@ -252,6 +263,7 @@ impl DbConn {
             let mut sink = ReplySink {
                 pending: &mut self.pending,
                 finished: &mut self.finished,
+                owed: &mut self.owed,
                 stats,
             };
             match &mut self.framers {
@@ -270,6 +282,10 @@ impl DbConn {
     /// Ends every command still waiting: the connection closed, the agent
     /// stopped, or its replies could not be framed.
     pub fn end_pending(&mut self, outcome: Outcome, at: Stamp) {
+        if outcome == Outcome::TimedOut {
+            // Their replies may still come, ahead of any later command's.
+            self.owed = self.owed.saturating_add(self.pending.len() as u32);
+        }
         for mut call in self.pending.drain(..) {
             call.outcome = outcome;
             call.end_at = at;
@@ -417,5 +433,45 @@ mod tests {
             ]
         );
         assert_eq!(c.system, "memcached");
+    }
+
+    /// A late reply to a command that timed out must not pair with the
+    /// next command.
+    #[test]
+    fn late_replies_after_a_timeout_are_skipped() {
+        let stats = Stats::default();
+        let mut c = DbConn::redis();
+        c.feed(
+            true,
+            1,
+            seg(b"*1\r\n$4\r\nPING\r\n", 10),
+            SpanContext::root,
+            &stats,
+        );
+        c.end_pending(Outcome::TimedOut, Stamp::default());
+        c.feed(
+            true,
+            1,
+            seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 20),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(
+            false,
+            1,
+            seg(b"+PONG\r\n-ERR nope\r\n", 30),
+            SpanContext::root,
+            &stats,
+        );
+        let got = names(&c.finished);
+        assert_eq!(got[0], ("PING".into(), None, Outcome::TimedOut));
+        assert_eq!(
+            got[1],
+            (
+                "GET".into(),
+                Some(Reply::Error("ERR".into())),
+                Outcome::Complete
+            )
+        );
     }
 }

@@ -63,29 +63,30 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Capabilities the agent uses, by number, with what each is for.
-const CAPABILITIES: [(u32, &str, &str); 6] = [
-    (39, "CAP_BPF", "load programs and maps"),
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Capabilities the agent needs, by number, with what each is for, and
+/// whether CAP_SYS_ADMIN stands in for it (as on kernels before CAP_BPF).
+const CAPABILITIES: [(u32, &str, &str, bool); 4] = [
+    (39, "CAP_BPF", "load programs and maps", true),
     (
         38,
         "CAP_PERFMON",
         "attach tracepoints and read kernel memory",
+        true,
     ),
-    (19, "CAP_SYS_PTRACE", "read other processes' /proc entries"),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "read other processes' /proc entries",
+        false,
+    ),
     (
         2,
         "CAP_DAC_READ_SEARCH",
         "read /proc/PID/fd and environ of any user",
-    ),
-    (
-        21,
-        "CAP_SYS_ADMIN",
-        "mount tracefs and bpffs when they are not mounted",
-    ),
-    (
-        12,
-        "CAP_NET_ADMIN",
-        "sockops and sk_msg for header injection, coming",
+        false,
     ),
 ];
 
@@ -124,17 +125,11 @@ pub fn run_checks() -> Vec<Check> {
     let version = parse_release(release);
     out.push(match version {
         Some(v) if v >= (5, 15) => check("kernel", Verdict::Ok, release, None),
-        Some(v) if v >= (5, 8) => check(
-            "kernel",
-            Verdict::Warn,
-            release,
-            Some("5.8+ runs; 5.15+ is needed to see reads already blocked when the agent attaches"),
-        ),
         _ => check(
             "kernel",
             Verdict::Fail,
             release,
-            Some("zerospan needs Linux 5.8 or later (BPF ring buffer)"),
+            Some("zerospan needs Linux 5.15 or later (ring buffer, bpf_task_pt_regs)"),
         ),
     });
     out.push(if exists("/sys/kernel/btf/vmlinux") {
@@ -191,19 +186,35 @@ pub fn run_checks() -> Vec<Check> {
     });
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let caps = effective_caps(&status).unwrap_or(0);
+    let has = |bit: u32| caps & (1 << bit) != 0;
     let missing: Vec<String> = CAPABILITIES
         .iter()
-        .filter(|(bit, ..)| caps & (1 << bit) == 0)
-        .map(|(_, name, why)| format!("{name} ({why})"))
+        .filter(|(bit, _, _, admin_will_do)| !(has(*bit) || *admin_will_do && has(CAP_SYS_ADMIN)))
+        .map(|(_, name, why, _)| format!("{name} ({why})"))
         .collect();
-    out.push(if missing.is_empty() {
-        check("capabilities", Verdict::Ok, "all the agent uses", None)
-    } else {
+    let mounts_missing = mounted("tracefs", &mounts).is_none() || mounted("bpf", &mounts).is_none();
+    out.push(if !missing.is_empty() {
         check(
             "capabilities",
             Verdict::Fail,
             format!("missing: {}", missing.join(", ")),
             Some("run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"),
+        )
+    } else if mounts_missing && !has(CAP_SYS_ADMIN) {
+        check(
+            "capabilities",
+            Verdict::Warn,
+            "no CAP_SYS_ADMIN to mount tracefs or bpffs, and one is not mounted",
+            Some("mount them on the host (see above), or grant CAP_SYS_ADMIN"),
+        )
+    } else if has(CAP_NET_ADMIN) {
+        check("capabilities", Verdict::Ok, "all the agent needs", None)
+    } else {
+        check(
+            "capabilities",
+            Verdict::Ok,
+            "all the agent needs (CAP_NET_ADMIN, for header injection later, is absent)",
+            None,
         )
     });
     let (ok, found) = supported(is_map_supported(MapType::RingBuf));
@@ -211,7 +222,7 @@ pub fn run_checks() -> Vec<Check> {
         "ring buffer",
         if ok { Verdict::Ok } else { Verdict::Fail },
         found,
-        Some("BPF ring buffers need Linux 5.8+ and the capabilities above"),
+        Some("BPF ring buffers need Linux 5.8+ (zerospan: 5.15+) and the capabilities above"),
     ));
     let (ok, found) = supported(is_program_supported(ProgramType::TracePoint));
     out.push(check(
@@ -325,6 +336,7 @@ mod tests {
         let status = "Name:\tzerospan\nCapEff:\t000001ffffffffff\n";
         let caps = effective_caps(status).unwrap();
         assert!(CAPABILITIES.iter().all(|(bit, ..)| caps & (1 << bit) != 0));
+        assert!(caps & (1 << CAP_SYS_ADMIN) != 0);
         assert_eq!(effective_caps("CapEff:\t0000000000000000\n"), Some(0));
         assert_eq!(effective_caps("nothing"), None);
         let mounts = "tracefs /sys/kernel/tracing tracefs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";

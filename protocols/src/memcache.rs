@@ -154,7 +154,17 @@ impl Framer {
             return self.lose_sync(sink);
         }
         let rest: Vec<&str> = words.collect();
-        let noreply = rest.last() == Some(&"noreply");
+        // `noreply` only where the command takes it, after its fixed
+        // arguments: `get noreply` fetches a key named "noreply".
+        let fixed_args = match name {
+            "set" | "add" | "replace" | "append" | "prepend" => Some(4),
+            "cas" => Some(5),
+            "delete" | "verbosity" => Some(1),
+            "incr" | "decr" | "touch" => Some(2),
+            "flush_all" => Some(0),
+            _ => None,
+        };
+        let noreply = fixed_args.is_some_and(|n| rest.len() > n && rest.last() == Some(&"noreply"));
         let storage = STORAGE.contains(&name);
         // Keys: all arguments of retrievals, the first of the others.
         let keys = match name {
@@ -169,13 +179,15 @@ impl Framer {
         };
         if storage {
             // set <key> <flags> <exptime> <bytes> [noreply]; cas adds <cas>.
-            let Some(size) = rest.get(3).and_then(|b| b.parse::<u64>().ok()) else {
+            let Some(remaining) = rest
+                .get(3)
+                .and_then(|b| b.parse::<u64>().ok())
+                .and_then(|n| n.checked_add(2))
+            else {
                 return self.lose_sync(sink);
             };
             self.held = Some((cmd, noreply));
-            self.state = State::Block {
-                remaining: size + 2,
-            };
+            self.state = State::Block { remaining };
             return;
         }
         self.in_message = false;
@@ -186,16 +198,15 @@ impl Framer {
         if let Some(rest) = line.strip_prefix(b"VALUE ") {
             // VALUE <key> <flags> <bytes> [<cas>]: a data block follows.
             let text = String::from_utf8_lossy(rest);
-            let Some(size) = text
+            let Some(remaining) = text
                 .split_ascii_whitespace()
                 .nth(2)
                 .and_then(|b| b.parse::<u64>().ok())
+                .and_then(|n| n.checked_add(2))
             else {
                 return self.lose_sync(sink);
             };
-            self.state = State::Block {
-                remaining: size + 2,
-            };
+            self.state = State::Block { remaining };
             return;
         }
         if line.starts_with(b"STAT ") {
@@ -332,6 +343,18 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn noreply_only_where_the_command_takes_it() {
+        let mut f = Framer::new(Direction::Commands);
+        let mut rec = Rec::default();
+        f.feed(seg(b"get noreply\r\ndelete noreply\r\ndelete k noreply\r\nset k 0 0 1 noreply\r\nx\r\n", 1), &mut rec);
+        let flags: Vec<bool> = rec.commands.iter().map(|c| c.2).collect();
+        assert_eq!(flags, vec![false, false, true, true]);
+        // An absurd length loses sync instead of overflowing.
+        f.feed(seg(b"set k 0 0 18446744073709551615\r\n", 2), &mut rec);
+        assert!(f.is_lost());
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct Framer {
     error: Option<String>,
     started_at: Stamp,
     in_message: bool,
+    /// The message being read is a RESP3 push (`>`): out-of-band data such
+    /// as an invalidation, not the reply to any command.
+    push: bool,
 }
 
 fn word(bytes: &[u8]) -> String {
@@ -109,6 +112,7 @@ impl Framer {
             error: None,
             started_at: Stamp::default(),
             in_message: false,
+            push: false,
         }
     }
 
@@ -211,7 +215,16 @@ impl Framer {
                 _ => self.lose_sync(sink),
             },
             b'*' | b'~' | b'>' | b'%' | b'|' => match parse_len(rest) {
-                Some(n) if n <= 0 => self.element_done(at, sink),
+                // Redis ignores an empty or null command array: no reply.
+                Some(n) if n <= 0 && top && self.dir == Direction::Commands => {
+                    self.in_message = false;
+                }
+                // An empty attribute describes the value that follows.
+                Some(n) if n <= 0 && kind == b'|' => {}
+                Some(n) if n <= 0 => {
+                    self.push |= top && kind == b'>';
+                    self.element_done(at, sink)
+                }
                 Some(n) if self.stack.len() < MAX_DEPTH => {
                     let n = n as u64;
                     // Maps and attributes hold key/value pairs.
@@ -220,6 +233,7 @@ impl Framer {
                     } else {
                         n
                     };
+                    self.push |= top && kind == b'>';
                     self.stack.push((count, kind == b'|'));
                 }
                 _ => self.lose_sync(sink),
@@ -269,6 +283,10 @@ impl Framer {
     fn message_done(&mut self, at: Stamp, sink: &mut impl RespSink) {
         self.state = State::Line;
         self.in_message = false;
+        if std::mem::take(&mut self.push) {
+            self.error = None;
+            return;
+        }
         match self.dir {
             Direction::Commands => {
                 let cmd = Command {
@@ -390,6 +408,25 @@ mod tests {
             assert_eq!(replies.len(), want.len(), "cut at {cut}: {replies:?}");
             assert_eq!(replies, want, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn pushes_empty_arrays_and_empty_attributes_are_not_messages() {
+        let mut f = Framer::new(Direction::Replies);
+        let mut rec = Rec::default();
+        // An invalidation push between two replies, and an empty attribute.
+        f.feed(
+            seg(
+                b"+OK\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n|0\r\n:1\r\n",
+                1,
+            ),
+            &mut rec,
+        );
+        assert_eq!(rec.replies.len(), 2, "{:?}", rec.replies);
+        let mut c = Framer::new(Direction::Commands);
+        c.feed(seg(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", 1), &mut rec);
+        assert_eq!(rec.commands.len(), 1);
+        assert_eq!(rec.commands[0].0.name, "PING");
     }
 
     #[test]
