@@ -132,6 +132,38 @@ impl Linking<'_> {
     }
 }
 
+/// Moves an HTTP connection's finished exchanges to the output; none of
+/// them can be a parent any more.
+fn collect_http(
+    out: &mut Vec<Finished>,
+    linker: &mut Linker,
+    key: ConnKey,
+    ends: Endpoints,
+    h: &mut HttpConn,
+) {
+    let role = h.role;
+    for exchange in h.book.finished.drain(..) {
+        unlink(linker, key, role, ends, &exchange);
+        out.push(Finished {
+            tgid: key.tgid,
+            role,
+            ends,
+            exchange,
+        });
+    }
+}
+
+/// Moves a database connection's finished calls to the output.
+fn collect_db(out: &mut Vec<FinishedDb>, key: ConnKey, ends: Endpoints, r: &mut DbConn) {
+    let system = r.system;
+    out.extend(r.finished.drain(..).map(|call| FinishedDb {
+        tgid: key.tgid,
+        system,
+        ends,
+        call,
+    }));
+}
+
 /// Tells the linker an exchange ended, so it is no one's parent any more.
 fn unlink(linker: &mut Linker, key: ConnKey, role: Role, ends: Endpoints, x: &Exchange) {
     match role {
@@ -472,15 +504,7 @@ impl Tracker {
                 || linker.call_on_thread(key, tid, stats),
                 stats,
             );
-            let ends = conn.ends;
-            let system = r.system;
-            self.out_db
-                .extend(r.finished.drain(..).map(|call| FinishedDb {
-                    tgid: key.tgid,
-                    system,
-                    ends,
-                    call,
-                }));
+            collect_db(&mut self.out_db, key, conn.ends, r);
             return;
         }
         let State::Http(h) = &mut conn.state else {
@@ -495,15 +519,7 @@ impl Tracker {
             linker: &mut self.linker,
         };
         let still_http = h.feed(egress, tid, seg, &self.stats, &mut linking);
-        for exchange in h.book.finished.drain(..) {
-            unlink(&mut self.linker, key, role, ends, &exchange);
-            self.out.push(Finished {
-                tgid: key.tgid,
-                role,
-                ends,
-                exchange,
-            });
-        }
+        collect_http(&mut self.out, &mut self.linker, key, ends, h);
         if !still_http {
             // Requests framed before the bytes stopped making sense must
             // not stay anyone's candidate parent.
@@ -555,32 +571,24 @@ impl Tracker {
         }
     }
 
-    fn finish(&mut self, key: ConnKey, conn: Conn, outcome: Outcome) {
-        if let State::Db(mut r) = conn.state {
-            let at = r.last_at();
-            r.end_pending(outcome, at);
-            let system = r.system;
-            self.out_db
-                .extend(r.finished.drain(..).map(|call| FinishedDb {
-                    tgid: key.tgid,
-                    system,
-                    ends: conn.ends,
-                    call,
-                }));
-            return;
-        }
-        if let State::Http(mut h) = conn.state {
-            h.close(outcome, &self.stats);
-            let role = h.role;
-            for exchange in h.book.finished.drain(..) {
-                unlink(&mut self.linker, key, role, conn.ends, &exchange);
-                self.out.push(Finished {
-                    tgid: key.tgid,
-                    role,
-                    ends: conn.ends,
-                    exchange,
-                });
+    fn finish(&mut self, key: ConnKey, mut conn: Conn, outcome: Outcome) {
+        self.end_open(key, &mut conn, outcome);
+    }
+
+    /// Ends every exchange still open on `conn` with `outcome`, and
+    /// collects them.
+    fn end_open(&mut self, key: ConnKey, conn: &mut Conn, outcome: Outcome) {
+        match &mut conn.state {
+            State::Db(r) => {
+                let at = r.last_at();
+                r.end_pending(outcome, at);
+                collect_db(&mut self.out_db, key, conn.ends, r);
             }
+            State::Http(h) => {
+                h.close(outcome, &self.stats);
+                collect_http(&mut self.out, &mut self.linker, key, conn.ends, h);
+            }
+            _ => {}
         }
     }
 
@@ -633,34 +641,9 @@ impl Tracker {
         // The requests end; the connection, its addresses and its role
         // stay, so whatever it carries next is still traced in full.
         for key in timed_out {
-            let Some(conn) = self.conns.get_mut(&key) else {
-                continue;
-            };
-            let ends = conn.ends;
-            if let State::Db(r) = &mut conn.state {
-                let at = r.last_at();
-                r.end_pending(Outcome::TimedOut, at);
-                let system = r.system;
-                self.out_db
-                    .extend(r.finished.drain(..).map(|call| FinishedDb {
-                        tgid: key.tgid,
-                        system,
-                        ends,
-                        call,
-                    }));
-            }
-            if let State::Http(h) = &mut conn.state {
-                h.close(Outcome::TimedOut, &self.stats);
-                let role = h.role;
-                for exchange in h.book.finished.drain(..) {
-                    unlink(&mut self.linker, key, role, ends, &exchange);
-                    self.out.push(Finished {
-                        tgid: key.tgid,
-                        role,
-                        ends,
-                        exchange,
-                    });
-                }
+            if let Some(mut conn) = self.conns.remove(&key) {
+                self.end_open(key, &mut conn, Outcome::TimedOut);
+                self.conns.insert(key, conn);
             }
         }
         for key in idle {

@@ -53,11 +53,8 @@ pub trait MemcacheSink {
     fn on_desync(&mut self) {}
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Commands,
-    Replies,
-}
+/// Which way the bytes go; the same as Redis's.
+pub use crate::resp::Direction;
 
 #[derive(Debug)]
 pub struct Framer {
