@@ -125,6 +125,9 @@ impl EventPath {
         for key in self.tracker.take_evictions() {
             self.probes.forget_socket(key);
         }
+        for key in self.tracker.take_deepened() {
+            self.probes.capture_reads_deeply(key);
+        }
         let finished: Vec<_> = self.tracker.drain().collect();
         for f in finished {
             let resource = self.registry.resource(f.tgid);
@@ -326,6 +329,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 max_connections: cfg.max_connections,
                 request_timeout_ns: cfg.request_timeout.as_nanos() as u64,
                 idle_timeout_ns: 15 * 60 * 1_000_000_000,
+                sanitize_sql: cfg.sanitize_sql,
             },
             stats.clone(),
         ),

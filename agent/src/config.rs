@@ -77,6 +77,11 @@ pub struct Args {
     #[arg(long)]
     pub no_redact_query: bool,
 
+    /// Export SQL as the application sent it, literals included. By default
+    /// every string, number and `IN (…)` list becomes `?`.
+    #[arg(long)]
+    pub no_sanitize_sql: bool,
+
     /// More logging (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -108,6 +113,7 @@ pub struct Config {
     pub export: export::Settings,
     pub resource: ResourceDefaults,
     pub redact_query: bool,
+    pub sanitize_sql: bool,
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub sampler: Sampler,
@@ -206,6 +212,7 @@ impl Config {
             },
             resource,
             redact_query: !args.no_redact_query,
+            sanitize_sql: !args.no_sanitize_sql,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
             sampler: Sampler::from_env(

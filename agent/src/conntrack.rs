@@ -2,9 +2,10 @@
 //! pairs requests with responses, in order, into finished exchanges.
 //!
 //! No I/O here: addresses arrive already resolved, finished exchanges leave
-//! through [`Tracker::drain`], and connections that turn out not to carry
-//! HTTP/1 are queued in [`Tracker::take_evictions`] so the caller can stop
-//! the kernel from capturing them.
+//! through [`Tracker::drain`] and [`Tracker::drain_db`], connections that
+//! carry nothing we know are queued in [`Tracker::take_evictions`] so the
+//! caller can stop the kernel from capturing them, and databases found on
+//! pre-existing sockets in [`Tracker::take_deepened`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,11 +16,15 @@ use zerospan_common::origin;
 use crate::db_conn::{self, DbConn};
 use crate::events::ConnKey;
 use crate::linker::Linker;
+use crate::pg_conn::PgConn;
 use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
-use zerospan_protocols::{memcache, resp};
+use zerospan_protocols::{memcache, postgres, resp};
+
+/// `db.system.name` of PostgreSQL.
+const PG: &str = "postgresql";
 
 /// Most requests one connection may have outstanding (pipelined).
 const MAX_PENDING: usize = 64;
@@ -31,6 +36,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub request_timeout_ns: u64,
     pub idle_timeout_ns: u64,
+    /// Replace SQL literals with `?` in `db.query.text`.
+    pub sanitize_sql: bool,
 }
 
 /// A finished Redis command, ready to become a span.
@@ -87,6 +94,8 @@ enum State {
     Http(Box<HttpConn>),
     /// A key-value store client (Redis, memcached).
     Db(Box<DbConn>),
+    /// A PostgreSQL client.
+    Pg(Box<PgConn>),
     /// Not a protocol we know: ignored.
     Ignored,
 }
@@ -104,6 +113,9 @@ pub struct Tracker {
     out: Vec<Finished>,
     out_db: Vec<FinishedDb>,
     evict: Vec<ConnKey>,
+    /// Connections whose reads the kernel should capture deeply (databases
+    /// recognised by the agent rather than by the probes).
+    deepen: Vec<ConnKey>,
     linker: Linker,
     /// The current connection of each (tgid, fd).
     by_fd: HashMap<(u32, i32), ConnKey>,
@@ -154,9 +166,14 @@ fn collect_http(
 }
 
 /// Moves a database connection's finished calls to the output.
-fn collect_db(out: &mut Vec<FinishedDb>, key: ConnKey, ends: Endpoints, r: &mut DbConn) {
-    let system = r.system;
-    out.extend(r.finished.drain(..).map(|call| FinishedDb {
+fn collect_db(
+    out: &mut Vec<FinishedDb>,
+    key: ConnKey,
+    ends: Endpoints,
+    system: &'static str,
+    finished: &mut Vec<db_conn::Call>,
+) {
+    out.extend(finished.drain(..).map(|call| FinishedDb {
         tgid: key.tgid,
         system,
         ends,
@@ -400,6 +417,7 @@ impl Tracker {
             out: Vec::new(),
             out_db: Vec::new(),
             evict: Vec::new(),
+            deepen: Vec::new(),
             linker: Linker::default(),
             by_fd: HashMap::new(),
             early_local: HashMap::new(),
@@ -472,9 +490,22 @@ impl Tracker {
         } else {
             None
         };
+        let sanitize = self.limits.sanitize_sql;
+        // PostgreSQL: from its startup packet, or (joined mid-stream) a
+        // query. The probes capture its reads deeply from a startup packet
+        // on; a query found here has to ask for that.
+        let pg_startup = egress && postgres::is_startup(seg.bytes, seg.len);
+        let pg_query = egress
+            && postgres::looks_like_query_start(seg.bytes, seg.len)
+            && postgres::starts_messages(postgres::Direction::Frontend, seg.bytes, seg.len);
         if let State::Outgoing = conn.state {
             conn.state = match store {
                 Some(new) => State::Db(Box::new(new())),
+                None if pg_startup => State::Pg(Box::new(PgConn::new(sanitize))),
+                None if pg_query => {
+                    self.deepen.push(key);
+                    State::Pg(Box::new(PgConn::mid_stream(sanitize)))
+                }
                 // HTTP, or nothing we know: the HTTP framer tells.
                 None => State::Http(Box::new(HttpConn::new(Role::Client))),
             };
@@ -482,6 +513,9 @@ impl Tracker {
         if let State::Detecting { segments } = &mut conn.state {
             if let Some(new) = store {
                 conn.state = State::Db(Box::new(new()));
+            } else if pg_query {
+                self.deepen.push(key);
+                conn.state = State::Pg(Box::new(PgConn::mid_stream(sanitize)));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
                 conn.state = State::Http(Box::new(HttpConn::new(role)));
@@ -504,7 +538,24 @@ impl Tracker {
                 || linker.call_on_thread(key, tid, stats),
                 stats,
             );
-            collect_db(&mut self.out_db, key, conn.ends, r);
+            collect_db(&mut self.out_db, key, conn.ends, r.system, &mut r.finished);
+            return;
+        }
+        if let State::Pg(p) = &mut conn.state {
+            let linker = &self.linker;
+            let stats = &self.stats;
+            let readable = p.feed(
+                egress,
+                tid,
+                seg,
+                || linker.call_on_thread(key, tid, stats),
+                stats,
+            );
+            collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
+            if !readable {
+                conn.state = State::Ignored;
+                self.ignore(key);
+            }
             return;
         }
         let State::Http(h) = &mut conn.state else {
@@ -582,7 +633,12 @@ impl Tracker {
             State::Db(r) => {
                 let at = r.last_at();
                 r.end_pending(outcome, at);
-                collect_db(&mut self.out_db, key, conn.ends, r);
+                collect_db(&mut self.out_db, key, conn.ends, r.system, &mut r.finished);
+            }
+            State::Pg(p) => {
+                let at = p.last_at();
+                p.end_pending(outcome, at);
+                collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
             }
             State::Http(h) => {
                 h.close(outcome, &self.stats);
@@ -628,6 +684,7 @@ impl Tracker {
             let waiting = match &conn.state {
                 State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
                 State::Db(r) => r.oldest_pending(),
+                State::Pg(p) => p.oldest_pending(),
                 _ => None,
             };
             match waiting {
@@ -666,6 +723,11 @@ impl Tracker {
     pub fn take_evictions(&mut self) -> Vec<ConnKey> {
         std::mem::take(&mut self.evict)
     }
+
+    /// Connections whose reads the kernel should capture deeply.
+    pub fn take_deepened(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.deepen)
+    }
 }
 
 #[cfg(test)]
@@ -677,6 +739,7 @@ mod tests {
             max_connections: 8,
             request_timeout_ns: 1_000,
             idle_timeout_ns: 10_000,
+            sanitize_sql: true,
         }
     }
 
@@ -1083,7 +1146,7 @@ mod tests {
         feed(&mut t, KEY, 1, false, seg(b"$1\r\nv\r\n", 20));
         let calls: Vec<_> = t.drain_db().collect();
         assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].call.command.name, "GET");
+        assert_eq!(calls[0].call.op.name.as_deref(), Some("GET"));
         assert_eq!(t.drain().count(), 0);
         assert!(t.take_evictions().is_empty());
     }

@@ -8,7 +8,7 @@
 //! reply stream resynchronises when the client next writes a command after
 //! everything it sent was answered or given up.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use zerospan_protocols::{
     http1::{Segment, Stamp},
@@ -22,11 +22,50 @@ use crate::{spans::context::SpanContext, spans::http::Outcome, stats::Stats};
 /// past it the oldest end unanswered.
 const MAX_PENDING: usize = 1024;
 
+/// Placeholders written into a redacted command before it is cut short.
+const MAX_PLACEHOLDERS: u32 = 16;
+
+/// What a call asked the database to do, as spans name it. Shared by every
+/// execution of one prepared statement.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    /// `db.operation.name`: `SELECT`, `GET`.
+    pub name: Option<String>,
+    /// `db.collection.name`: the one table the statement names.
+    pub collection: Option<String>,
+    /// `db.query.text`, already sanitised (unless configured otherwise);
+    /// empty when not known.
+    pub query_text: String,
+}
+
+impl Operation {
+    /// A key-value store command: its name, and its arguments as `?`. The
+    /// agent never reads the arguments, so there is nothing to leak.
+    pub fn command(cmd: &Command) -> Self {
+        let args = cmd.args.min(MAX_PLACEHOLDERS) as usize;
+        let mut q = String::with_capacity(cmd.name.len() + 2 * args + 4);
+        q.push_str(&cmd.name);
+        for _ in 0..args {
+            q.push_str(" ?");
+        }
+        if cmd.args > MAX_PLACEHOLDERS {
+            q.push_str(" …");
+        }
+        Operation {
+            name: Some(cmd.name.clone()),
+            collection: None,
+            query_text: q,
+        }
+    }
+}
+
 /// One command and what came back.
 #[derive(Clone, Debug)]
 pub struct Call {
     pub ctx: SpanContext,
-    pub command: Command,
+    pub op: Arc<Operation>,
+    /// `db.namespace`, when the connection's start was seen.
+    pub namespace: Option<Arc<str>>,
     /// Segment holding the command's first byte.
     pub sent_at: Stamp,
     /// Segment holding the reply's last byte (or the last activity seen).
@@ -138,7 +177,8 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
         }
         self.pending.push_back(Call {
             ctx: (self.context)(),
-            command,
+            op: Arc::new(Operation::command(&command)),
+            namespace: None,
             sent_at: at,
             end_at: at,
             reply: None,
@@ -321,7 +361,7 @@ mod tests {
     fn names(calls: &[Call]) -> Vec<(String, Option<Reply>, Outcome)> {
         calls
             .iter()
-            .map(|c| (c.command.name.clone(), c.reply.clone(), c.outcome))
+            .map(|c| (c.op.name.clone().unwrap(), c.reply.clone(), c.outcome))
             .collect()
     }
 
@@ -406,7 +446,7 @@ mod tests {
             &stats,
         );
         c.feed(false, 1, seg(b"+PONG\r\n", 60), SpanContext::root, &stats);
-        assert_eq!(c.finished[2].command.name, "PING");
+        assert_eq!(c.finished[2].op.name.as_deref(), Some("PING"));
         assert_eq!(c.finished[2].reply, Some(Reply::Ok));
     }
 
@@ -433,6 +473,24 @@ mod tests {
             ]
         );
         assert_eq!(c.system, "memcached");
+    }
+
+    #[test]
+    fn query_text_never_holds_arguments() {
+        let op = |name: &str, args| {
+            Operation::command(&Command {
+                name: name.into(),
+                args,
+            })
+            .query_text
+        };
+        assert_eq!(op("SET", 2), "SET ? ?");
+        assert_eq!(op("PING", 0), "PING");
+        let long = op("MSET", 40);
+        assert!(
+            long.starts_with("MSET ? ?") && long.ends_with(" …"),
+            "{long}"
+        );
     }
 
     /// A late reply to a command that timed out must not pair with the

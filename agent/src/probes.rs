@@ -13,7 +13,7 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use zerospan_common::{counter, SockInfo, MAX_CAPTURE};
+use zerospan_common::{counter, sock_flags, SockInfo, MAX_CAPTURE};
 
 use crate::{events::ConnKey, procfs};
 
@@ -306,6 +306,19 @@ impl Probes {
         if let Ok(info) = self.socks.get(&k, 0) {
             if info.conn_id == key.conn_id {
                 let _ = self.socks.remove(&k);
+            }
+        }
+    }
+
+    /// Captures a connection's reads like requests (a database found on a
+    /// socket that predates the agent; see `sock_flags::DEEP_READS`).
+    pub fn capture_reads_deeply(&mut self, key: ConnKey) {
+        let k = ((key.tgid as u64) << 32) | key.fd as u32 as u64;
+        if let Ok(mut info) = self.socks.get(&k, 0) {
+            if info.conn_id == key.conn_id {
+                info.flags |= sock_flags::DEEP_READS;
+                // BPF_EXIST: never resurrect an entry closed meanwhile.
+                let _ = self.socks.insert(k, info, 2);
             }
         }
     }

@@ -53,11 +53,20 @@ counters! {
     http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,
-    /// Times a Redis stream lost its framing (waiting commands end
-    /// unanswered).
+    /// Times a database stream lost its framing (waiting commands end
+    /// unanswered, or wait for the stream to be found again).
     db_desyncs,
-    /// Redis replies with no command waiting (pub/sub pushes, or commands
-    /// sent before the agent attached).
+    /// Times a lost PostgreSQL response stream was found again at a read
+    /// ending with `ReadyForQuery`.
+    db_resyncs,
+    /// Executions of PostgreSQL statements prepared before the agent
+    /// attached: spans without SQL text.
+    db_statements_unknown,
+    /// Prepared statements or portals not remembered: the per-connection
+    /// bound was reached.
+    db_statements_not_remembered,
+    /// Database replies with no command waiting (pub/sub pushes, or
+    /// commands sent before the agent attached).
     db_orphan_replies,
     /// Pipelined Redis commands given up past the per-connection bound.
     db_pipeline_overflow,

@@ -137,10 +137,26 @@ pub mod sock_flags {
     /// database commands), captured deeper than responses so that a
     /// pipeline of commands in one write is seen whole.
     pub const OUTGOING: u32 = 1;
+    /// What it reads is captured like a request (see
+    /// [`super::REQUEST_CAPTURE_CHUNKS`]): a database connection, whose
+    /// responses are streams of small length-prefixed messages that a
+    /// prefix would lose track of. Set by the probes when an outgoing
+    /// socket's first write is a PostgreSQL startup packet, and by the
+    /// agent when it recognises a database on a pre-existing socket.
+    pub const DEEP_READS: u32 = 2;
+    /// The probes have looked at this outgoing socket's first write.
+    pub const FIRST_WRITE_SEEN: u32 = 4;
 }
 
-/// Requests written on an outgoing socket are captured in up to this many
-/// chunks of [`MAX_CAPTURE`] bytes per write (16 KiB).
+/// PostgreSQL's startup-phase request codes (the second 32-bit word of an
+/// untyped startup packet): protocol 3.0, SSLRequest, GSSENCRequest.
+pub const PG_STARTUP_CODES: [u32; 3] = [0x0003_0000, 80_877_103, 80_877_104];
+
+/// Requests written on an outgoing socket (and database responses) are
+/// captured in up to this many chunks of [`MAX_CAPTURE`] bytes per syscall
+/// (16 KiB): the first ones from the start of the buffer, the last from its
+/// end, with the bytes between reported as an uncaptured segment. The tail
+/// is where a database response says it is done.
 pub const REQUEST_CAPTURE_CHUNKS: u32 = 4;
 
 /// Runtime settings the agent writes into the probes' config map.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use zerospan_common::{
     counter, direction, kind, origin, sock_flags, ConnEvent, DataEvent, EventHeader, ProcEvent,
-    SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, REQUEST_CAPTURE_CHUNKS,
+    SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -195,8 +195,25 @@ fn data_args(
     count: u64,
     ts: u64,
 ) -> Option<SyscallArgs> {
-    // SAFETY: read-only lookup of a plain value.
-    let sock = unsafe { SOCKS.get(&sock_key(tgid, fd)) }?;
+    let sock = SOCKS.get_ptr_mut(&sock_key(tgid, fd))?;
+    // SAFETY: map values stay valid for the program's run; flag updates
+    // race only with the agent's, and both only ever add bits.
+    let sock = unsafe { &mut *sock };
+    if dir == direction::EGRESS
+        && buf == Buf::Plain
+        && sock.flags & (sock_flags::OUTGOING | sock_flags::FIRST_WRITE_SEEN)
+            == sock_flags::OUTGOING
+    {
+        sock.flags |= sock_flags::FIRST_WRITE_SEEN;
+        if is_pg_startup(ptr, count) {
+            sock.flags |= sock_flags::DEEP_READS;
+        }
+    }
+    let deep = if dir == direction::EGRESS {
+        sock.flags & sock_flags::OUTGOING != 0
+    } else {
+        sock.flags & sock_flags::DEEP_READS != 0
+    };
     let mut buf = buf;
     let mut ptr = ptr;
     let mut count = count;
@@ -214,7 +231,7 @@ fn data_args(
         direction: dir,
         family: 0,
         peer_port: 0,
-        deep: u16::from(dir == direction::EGRESS && sock.flags & sock_flags::OUTGOING != 0),
+        deep: u16::from(deep),
         fd,
         ptr,
         count,
@@ -222,6 +239,27 @@ fn data_args(
         ts_enter: ts,
         peer_addr: [0; 16],
     })
+}
+
+/// Is the write at `ptr` a PostgreSQL startup packet (length, then a
+/// startup code)? Decided here, at the first write, rather than by the
+/// agent: the server's first reply can arrive before the agent has seen
+/// the write, and it must already be captured deeply.
+#[inline(always)]
+fn is_pg_startup(ptr: u64, count: u64) -> bool {
+    if !(8..=10_000).contains(&count) {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    let Ok(head) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    len == count
+        && (code == PG_STARTUP_CODES[0]
+            || code == PG_STARTUP_CODES[1]
+            || code == PG_STARTUP_CODES[2])
 }
 
 /// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
@@ -357,11 +395,12 @@ fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64) {
     }
 }
 
-/// Sends a request written on an outgoing socket as consecutive segments
-/// of up to MAX_CAPTURE bytes each, all captured, for up to
-/// REQUEST_CAPTURE_CHUNKS of them; the last carries whatever remains (its
-/// prefix captured). A pipeline of database commands in one write is then
-/// seen whole, not just its first kilobyte.
+/// Sends a request written on an outgoing socket (or a database response)
+/// as consecutive segments of up to MAX_CAPTURE bytes each, all captured,
+/// for up to REQUEST_CAPTURE_CHUNKS of them. Past that, the middle goes as
+/// one uncaptured segment and the last MAX_CAPTURE bytes as the final one:
+/// a pipeline of database commands in one write is seen whole, and a long
+/// database response still shows how it ended.
 #[inline(always)]
 fn emit_chunks(hdr: &EventHeader, src: u64, len: u64) {
     let mut off: u64 = 0;
@@ -372,7 +411,13 @@ fn emit_chunks(hdr: &EventHeader, src: u64, len: u64) {
         }
         let rest = len - off;
         let last = i + 1 == REQUEST_CAPTURE_CHUNKS;
-        let chunk = if last || rest <= MAX_CAPTURE as u64 {
+        if last && rest > MAX_CAPTURE as u64 {
+            let gap = rest - MAX_CAPTURE as u64;
+            emit_bytes(hdr, 0, gap, 0);
+            emit_bytes(hdr, src + off + gap, MAX_CAPTURE as u64, MAX_CAPTURE as u64);
+            break;
+        }
+        let chunk = if rest <= MAX_CAPTURE as u64 {
             rest
         } else {
             MAX_CAPTURE as u64

@@ -7,5 +7,6 @@
 pub mod http1;
 mod lines;
 pub mod memcache;
+pub mod postgres;
 pub mod resp;
 pub mod sql;

@@ -237,7 +237,14 @@ pub fn operation_and_table(sql: &str) -> (Option<String>, Option<String>) {
             .filter(|w| w.eq_ignore_ascii_case("SELECT"))
             .count()
             > 1;
-    let table = table.filter(|t| !several && !t.is_empty() && t != "?");
+    // `FROM generate_series(…)` reads a function, not a table.
+    let function = matches!(op.as_str(), "SELECT" | "DELETE")
+        && sanitized
+            .split_whitespace()
+            .skip_while(|w| !w.eq_ignore_ascii_case("FROM"))
+            .nth(1)
+            .is_some_and(|w| w.contains('('));
+    let table = table.filter(|t| !several && !function && !t.is_empty() && t != "?");
     (Some(op), table)
 }
 
@@ -315,6 +322,11 @@ mod tests {
         );
         assert_eq!(t("BEGIN"), (Some("BEGIN".into()), None));
         assert_eq!(t("   "), (None, None));
+        assert_eq!(
+            t("SELECT repeat('x', 2) FROM generate_series(1, 5)"),
+            (Some("SELECT".into()), None)
+        );
+        assert_eq!(t("SELECT * FROM users(x)"), (Some("SELECT".into()), None));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `opentelemetry-proto`'s generated tonic service.
 
 pub mod collector;
+pub mod postgres;
 pub mod procs;
 
 pub use collector::{Collector, FlatSpan};
+pub use postgres::Postgres;
 pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, TempDir};

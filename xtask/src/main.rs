@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "redis-server",
     "redis-tools",
+    "postgresql",
+    "postgresql-client",
     "memcached",
 ];
 
@@ -38,8 +40,10 @@ const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.1",
     "opentelemetry-exporter-otlp-proto-http==1.45.1",
     "opentelemetry-instrumentation-urllib==0.66b1",
-    // The memcached client a test drives.
+    // The memcached and PostgreSQL clients tests drive (psycopg 3 with its
+    // own libpq, speaking the extended protocol).
     "pymemcache==4.0.0",
+    "psycopg[binary]==3.2.13",
 ];
 
 fn usage() -> ! {
@@ -170,7 +174,7 @@ fn setup() -> Result<()> {
     let have_sdk = succeeds(Command::new("python3").args([
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
-         opentelemetry.exporter.otlp.proto.http, pymemcache",
+         opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg",
     ]));
     if !have_sdk {
         run(Command::new("python3")

@@ -1,5 +1,5 @@
 //! Database and cache calls to spans, following OpenTelemetry's database
-//! conventions. Redis and memcached today.
+//! conventions: PostgreSQL, Redis and memcached today.
 
 use std::sync::Arc;
 
@@ -9,26 +9,22 @@ use super::{
     http::{outcome_status, Endpoints},
     Resource, Span, SpanKind, Status, Value,
 };
-use crate::{clock::Clock, db_conn::Call};
+use crate::{
+    clock::Clock,
+    db_conn::{Call, Operation},
+};
 
-/// Placeholders written into `db.query.text` before it is cut short.
-const MAX_PLACEHOLDERS: u32 = 16;
-
-/// `SET ? ?`: the command with every argument redacted. The agent never
-/// reads the arguments, so there is nothing to leak.
-fn redacted_query(name: &str, args: u32) -> String {
-    let mut q = String::with_capacity(name.len() + 2 * args.min(MAX_PLACEHOLDERS) as usize + 2);
-    q.push_str(name);
-    for _ in 0..args.min(MAX_PLACEHOLDERS) {
-        q.push_str(" ?");
+/// `{db.operation.name} {db.collection.name}`, or as much of it as is
+/// known, else the system: what the conventions ask for.
+fn span_name(system: &str, op: &Operation) -> String {
+    match (&op.name, &op.collection) {
+        (Some(name), Some(table)) => format!("{name} {table}"),
+        (Some(name), None) => name.clone(),
+        (None, _) => system.to_owned(),
     }
-    if args > MAX_PLACEHOLDERS {
-        q.push_str(" …");
-    }
-    q
 }
 
-/// `system` is `db.system.name`: `redis`, `memcached`.
+/// `system` is `db.system.name`: `postgresql`, `redis`, `memcached`.
 pub fn build_span(
     system: &'static str,
     call: &Call,
@@ -36,14 +32,22 @@ pub fn build_span(
     clock: &Clock,
     resource: Arc<Resource>,
 ) -> Span {
-    let name = call.command.name.clone();
-    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(10);
+    let op = &*call.op;
+    let name = span_name(system, op);
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
     attrs.push(("db.system.name", system.into()));
-    attrs.push(("db.operation.name", name.as_str().into()));
-    attrs.push((
-        "db.query.text",
-        redacted_query(&name, call.command.args).into(),
-    ));
+    if let Some(ns) = &call.namespace {
+        attrs.push(("db.namespace", ns.as_ref().into()));
+    }
+    if let Some(op_name) = &op.name {
+        attrs.push(("db.operation.name", op_name.as_str().into()));
+    }
+    if let Some(table) = &op.collection {
+        attrs.push(("db.collection.name", table.as_str().into()));
+    }
+    if !op.query_text.is_empty() {
+        attrs.push(("db.query.text", op.query_text.as_str().into()));
+    }
     if let Some(peer) = ends.peer {
         attrs.push(("server.address", peer.ip().to_string().into()));
         attrs.push(("server.port", i64::from(peer.port()).into()));
@@ -88,13 +92,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_text_never_holds_arguments() {
-        assert_eq!(redacted_query("SET", 2), "SET ? ?");
-        assert_eq!(redacted_query("PING", 0), "PING");
-        let long = redacted_query("MSET", 40);
-        assert!(
-            long.starts_with("MSET ? ?") && long.ends_with(" …"),
-            "{long}"
+    fn names_follow_the_conventions() {
+        let op = |name: Option<&str>, table: Option<&str>| Operation {
+            name: name.map(Into::into),
+            collection: table.map(Into::into),
+            query_text: String::new(),
+        };
+        assert_eq!(
+            span_name("postgresql", &op(Some("INSERT"), Some("tasks"))),
+            "INSERT tasks"
         );
+        assert_eq!(span_name("redis", &op(Some("GET"), None)), "GET");
+        assert_eq!(span_name("postgresql", &op(None, None)), "postgresql");
     }
 }
