@@ -255,6 +255,7 @@ fn fuzz(secs: &str) -> Result<()> {
         "http1_framer",
         "resp_framer",
         "memcache_framer",
+        "postgres_framer",
         "sql_sanitize",
     ] {
         run(Command::new("cargo")
