@@ -267,3 +267,47 @@ fn pgbench_extended_gives_one_span_per_statement() {
     assert_eq!(agent.stat("db_desyncs"), Some(0));
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }
+
+/// A connection (and a prepared statement) that existed before the agent
+/// attached: recognised from its first query, no garbage spans.
+#[test]
+fn connection_opened_before_the_agent() {
+    require_root();
+    let pg = Postgres::start();
+    pg.exec("postgres", "CREATE DATABASE shop");
+    let mut client = zerospan_tests::Fixture::start(
+        std::process::Command::new("python3")
+            .arg(fixture("pg_idle_client.py"))
+            .arg(pg.port.to_string()),
+    );
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[client.pid()], &collector, &[]);
+    client.send_line("go");
+    assert_eq!(client.read_line().trim(), "DONE");
+    let spans = by_start(collector.wait_for(4, Duration::from_secs(10), |_| true));
+    agent.stop();
+    let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["SELECT pg_class", "postgresql", "SELECT", "SELECT pg_class"],
+        "{}\n{}",
+        summary(&spans),
+        agent.stderr()
+    );
+    for s in &spans {
+        assert!(s.is_client());
+        assert_eq!(s.str("db.system.name").as_deref(), Some("postgresql"));
+        // The startup packet, and with it the database, went by unseen.
+        assert!(!s.has("db.namespace"));
+        assert_eq!(s.int("server.port"), Some(i64::from(pg.port)));
+        assert!(!s.has("error.type") && !s.has("zerospan.incomplete"));
+    }
+    assert_eq!(
+        spans[0].str("db.query.text").as_deref(),
+        Some("SELECT count(*) FROM pg_class WHERE relname = $1")
+    );
+    // The statement prepared before the agent: no SQL to show, counted.
+    assert!(!spans[1].has("db.query.text"));
+    assert_eq!(agent.stat("db_statements_unknown"), Some(1));
+    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+}
