@@ -119,6 +119,32 @@ impl FlatSpan {
     }
 }
 
+/// Lowercase hex, as trace and span ids are written.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `child` is `parent`'s child, in the same trace, and nested in time.
+pub fn assert_child(child: &FlatSpan, parent: &FlatSpan) {
+    assert_eq!(
+        child.span.trace_id, parent.span.trace_id,
+        "{} in {}",
+        child.span.name, parent.span.name
+    );
+    assert_eq!(
+        hex(&child.span.parent_span_id),
+        hex(&parent.span.span_id),
+        "{} under {}",
+        child.span.name,
+        parent.span.name
+    );
+    assert!(child.span.start_time_unix_nano >= parent.span.start_time_unix_nano);
+    // A server's last write returns a moment after its caller's read may
+    // already have returned with the bytes (seen: 161 ns), so a server span
+    // may end just after its client parent.
+    assert!(child.span.end_time_unix_nano <= parent.span.end_time_unix_nano + 1_000_000);
+}
+
 /// Flattens export requests into spans.
 pub fn flatten(transport: &'static str, req: &ExportTraceServiceRequest) -> Vec<FlatSpan> {
     let mut out = Vec::new();

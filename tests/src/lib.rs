@@ -8,6 +8,6 @@ pub mod collector;
 pub mod postgres;
 pub mod procs;
 
-pub use collector::{Collector, FlatSpan};
+pub use collector::{assert_child, hex, Collector, FlatSpan};
 pub use postgres::Postgres;
-pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, TempDir};
+pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, RedisServer, TempDir};

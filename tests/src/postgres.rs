@@ -4,14 +4,13 @@
 //! user that Debian's package creates.
 
 use std::{
-    net::TcpListener,
     os::unix::{fs::chown, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::TempDir;
+use crate::{procs::free_port, TempDir};
 
 pub struct Postgres {
     child: Child,
@@ -39,14 +38,6 @@ fn bindir() -> PathBuf {
         .output()
         .expect("pg_config is installed with PostgreSQL by `cargo xtask setup`");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Postgres {

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use zerospan_tests::{curl, procs::fixture, require_root, Agent, Collector, Fixture, FlatSpan};
+use zerospan_tests::{
+    assert_child, curl, hex, procs::fixture, require_root, Agent, Collector, Fixture, FlatSpan,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -18,10 +20,6 @@ fn service(next: Option<u16>) -> Fixture {
     Fixture::start(&mut cmd)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The one span of `pid` with this kind.
 fn span_of(spans: &[FlatSpan], pid: u32, server: bool) -> &FlatSpan {
     let found: Vec<&FlatSpan> = spans
@@ -30,16 +28,6 @@ fn span_of(spans: &[FlatSpan], pid: u32, server: bool) -> &FlatSpan {
         .collect();
     assert_eq!(found.len(), 1, "pid {pid} server={server}: {found:#?}");
     found[0]
-}
-
-fn assert_child(child: &FlatSpan, parent: &FlatSpan) {
-    assert_eq!(child.span.trace_id, parent.span.trace_id);
-    assert_eq!(hex(&child.span.parent_span_id), hex(&parent.span.span_id));
-    assert!(child.span.start_time_unix_nano >= parent.span.start_time_unix_nano);
-    // A server's last write returns a moment after its caller's read may
-    // already have returned with the bytes (seen: 161 ns), so a server span
-    // may end just after its client parent.
-    assert!(child.span.end_time_unix_nano <= parent.span.end_time_unix_nano + 1_000_000);
 }
 
 /// curl → A → B → C, three Python services traced by one agent. curl sends

@@ -1,11 +1,11 @@
 //! HTTP/1.x end to end: the real agent, real eBPF, real servers and clients,
 //! spans read back from a real OTLP receiver. Run as root.
 
-use std::{collections::HashSet, fs, net::TcpListener, process::Command, time::Duration};
+use std::{collections::HashSet, fs, process::Command, time::Duration};
 
 use zerospan_tests::{
-    collector::flatten, curl, curl_user_agent, require_root, Agent, Collector, Fixture, FlatSpan,
-    Nginx, TempDir,
+    collector::flatten, curl, curl_user_agent, procs::free_port, require_root, Agent, Collector,
+    Fixture, FlatSpan, Nginx, TempDir,
 };
 
 const INDEX: &str = "hello zerospan\n";
@@ -36,14 +36,6 @@ fn host_name() -> String {
         .unwrap()
         .trim()
         .to_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn servers(spans: &[FlatSpan]) -> Vec<FlatSpan> {

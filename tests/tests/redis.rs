@@ -1,40 +1,9 @@
 //! Redis client spans end to end: real redis-server and redis-cli from
 //! Debian, real eBPF, spans read back from the OTLP receiver.
 
-use std::{
-    net::{TcpListener, TcpStream},
-    process::{Child, Command},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use zerospan_tests::{require_root, Agent, Collector, FlatSpan};
-
-struct RedisServer(Child);
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed by cargo xtask setup");
-        let server = RedisServer(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use zerospan_tests::{procs::free_port, require_root, Agent, Collector, FlatSpan, RedisServer};
 
 /// RESP for one command, as a client library writes it.
 fn resp(args: &[&str]) -> String {
@@ -54,11 +23,7 @@ fn in_order(spans: &[FlatSpan], pid_of: impl Fn(&FlatSpan) -> i64) -> Vec<FlatSp
 #[test]
 fn redis_cli_commands_pipelines_and_transactions() {
     require_root();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _redis = RedisServer::start(port);
     let dir = std::env::temp_dir().join(format!("zerospan-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
