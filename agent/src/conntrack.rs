@@ -16,12 +16,13 @@ use zerospan_common::origin;
 use crate::db_conn::{self, DbConn};
 use crate::events::ConnKey;
 use crate::linker::Linker;
+use crate::mysql_conn::MysqlConn;
 use crate::pg_conn::PgConn;
 use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
-use zerospan_protocols::{memcache, postgres, resp};
+use zerospan_protocols::{memcache, mysql, postgres, resp};
 
 /// `db.system.name` of PostgreSQL.
 const PG: &str = "postgresql";
@@ -91,11 +92,19 @@ enum State {
     /// An outgoing connection that has not sent anything yet: the first
     /// bytes it writes say which protocol it speaks.
     Outgoing,
+    /// An outgoing connection whose first read was 4 bytes that may be the
+    /// header of a MySQL greeting; the next read tells.
+    GreetingHeader {
+        header: [u8; 4],
+        at: Stamp,
+    },
     Http(Box<HttpConn>),
     /// A key-value store client (Redis, memcached).
     Db(Box<DbConn>),
     /// A PostgreSQL client.
     Pg(Box<PgConn>),
+    /// A MySQL or MariaDB client.
+    Mysql(Box<MysqlConn>),
     /// Not a protocol we know: ignored.
     Ignored,
 }
@@ -498,8 +507,37 @@ impl Tracker {
         let pg_query = egress
             && postgres::looks_like_query_start(seg.bytes, seg.len)
             && postgres::starts_messages(postgres::Direction::Frontend, seg.bytes, seg.len);
+        if let State::GreetingHeader { header, at } = conn.state {
+            let mut whole = header.to_vec();
+            whole.extend_from_slice(&seg.bytes[..seg.bytes.len().min(64)]);
+            if egress || !mysql::looks_like_greeting(&whole) {
+                conn.state = State::Ignored;
+                self.ignore(key);
+                return;
+            }
+            let mut m = MysqlConn::new(sanitize);
+            let head = Segment {
+                bytes: &header,
+                len: 4,
+                stamp: at,
+            };
+            let stats = &self.stats;
+            m.feed(false, tid, head, SpanContext::root, stats);
+            conn.state = State::Mysql(Box::new(m));
+        }
         if let State::Outgoing = conn.state {
             conn.state = match store {
+                // The server speaks first.
+                None if !egress && mysql::looks_like_greeting(seg.bytes) => {
+                    State::Mysql(Box::new(MysqlConn::new(sanitize)))
+                }
+                None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
+                    conn.state = State::GreetingHeader {
+                        header: seg.bytes.try_into().unwrap_or_default(),
+                        at: seg.stamp,
+                    };
+                    return;
+                }
                 Some(new) => State::Db(Box::new(new())),
                 None if pg_startup => State::Pg(Box::new(PgConn::new(sanitize))),
                 None if pg_query => {
@@ -552,6 +590,23 @@ impl Tracker {
                 stats,
             );
             collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
+            if !readable {
+                conn.state = State::Ignored;
+                self.ignore(key);
+            }
+            return;
+        }
+        if let State::Mysql(m) = &mut conn.state {
+            let linker = &self.linker;
+            let stats = &self.stats;
+            let readable = m.feed(
+                egress,
+                tid,
+                seg,
+                || linker.call_on_thread(key, tid, stats),
+                stats,
+            );
+            collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
             if !readable {
                 conn.state = State::Ignored;
                 self.ignore(key);
@@ -640,6 +695,11 @@ impl Tracker {
                 p.end_pending(outcome, at);
                 collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
             }
+            State::Mysql(m) => {
+                let at = m.last_at();
+                m.end_pending(outcome, at);
+                collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
+            }
             State::Http(h) => {
                 h.close(outcome, &self.stats);
                 collect_http(&mut self.out, &mut self.linker, key, conn.ends, h);
@@ -685,6 +745,7 @@ impl Tracker {
                 State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
                 State::Db(r) => r.oldest_pending(),
                 State::Pg(p) => p.oldest_pending(),
+                State::Mysql(m) => m.oldest_pending(),
                 _ => None,
             };
             match waiting {

@@ -16,6 +16,7 @@ mod events;
 mod export;
 mod linker;
 mod logger;
+mod mysql_conn;
 mod pg_conn;
 mod probes;
 mod process;

@@ -141,11 +141,14 @@ pub mod sock_flags {
     /// [`super::REQUEST_CAPTURE_CHUNKS`]): a database connection, whose
     /// responses are streams of small length-prefixed messages that a
     /// prefix would lose track of. Set by the probes when an outgoing
-    /// socket's first write is a PostgreSQL startup packet, and by the
-    /// agent when it recognises a database on a pre-existing socket.
+    /// socket's first write is a PostgreSQL startup packet or its first
+    /// read a MySQL/MariaDB greeting, and by the agent when it recognises
+    /// a database on a pre-existing socket.
     pub const DEEP_READS: u32 = 2;
     /// The probes have looked at this outgoing socket's first write.
     pub const FIRST_WRITE_SEEN: u32 = 4;
+    /// The probes have looked at this outgoing socket's first read.
+    pub const FIRST_READ_SEEN: u32 = 8;
 }
 
 /// PostgreSQL's startup-phase request codes (the second 32-bit word of an

@@ -110,8 +110,12 @@ struct SyscallArgs {
     direction: u8,
     family: u16,
     peer_port: u16,
-    /// Capture this write in chunks (an outgoing socket's request).
-    deep: u16,
+    /// Capture these bytes in chunks (an outgoing socket's request, or a
+    /// database response).
+    deep: u8,
+    /// The first read of an outgoing socket that has not written yet:
+    /// look at it for a MySQL/MariaDB greeting.
+    first_read: u8,
     fd: i32,
     ptr: u64,
     count: u64,
@@ -209,6 +213,13 @@ fn data_args(
             sock.flags |= sock_flags::DEEP_READS;
         }
     }
+    // Marked seen at exit, once a read returns data: clients on
+    // non-blocking sockets often try first and get EAGAIN.
+    let first_read = dir == direction::INGRESS
+        && buf == Buf::Plain
+        && sock.flags
+            & (sock_flags::OUTGOING | sock_flags::FIRST_WRITE_SEEN | sock_flags::FIRST_READ_SEEN)
+            == sock_flags::OUTGOING;
     let deep = if dir == direction::EGRESS {
         sock.flags & sock_flags::OUTGOING != 0
     } else {
@@ -231,7 +242,8 @@ fn data_args(
         direction: dir,
         family: 0,
         peer_port: 0,
-        deep: u16::from(deep),
+        deep: u8::from(deep),
+        first_read: u8::from(first_read),
         fd,
         ptr,
         count,
@@ -260,6 +272,30 @@ fn is_pg_startup(ptr: u64, count: u64) -> bool {
         && (code == PG_STARTUP_CODES[0]
             || code == PG_STARTUP_CODES[1]
             || code == PG_STARTUP_CODES[2])
+}
+
+/// Is the read at `ptr` a MySQL/MariaDB server greeting (a packet with
+/// sequence number 0, protocol version 10, then a version string)? Some
+/// clients read the 4-byte header alone first; its length and sequence
+/// number must then do.
+#[inline(always)]
+fn is_mysql_greeting(ptr: u64, moved: u64) -> bool {
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    let Ok(head) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 4]) }) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as u64;
+    if !(20..=1024).contains(&len) || head[3] != 0 {
+        return false;
+    }
+    if moved == 4 {
+        return true;
+    }
+    // SAFETY: as above.
+    let Ok(rest) = (unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 2]) }) else {
+        return false;
+    };
+    len + 4 <= moved && rest[0] == 10 && rest[1].is_ascii_digit()
 }
 
 /// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
@@ -361,6 +397,19 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     hdr.ts_enter_ns = args.ts_enter;
     hdr.ts_exit_ns = now;
     let moved = moved as u64;
+    if args.first_read != 0 {
+        if let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, args.fd)) {
+            // Set now, before the client answers: the server's replies to
+            // its first queries must already be captured deeply.
+            let deep = if is_mysql_greeting(args.ptr, moved) {
+                sock_flags::DEEP_READS
+            } else {
+                0
+            };
+            // SAFETY: map values stay valid for the program's run.
+            unsafe { (*sock).flags |= sock_flags::FIRST_READ_SEEN | deep };
+        }
+    }
     match args.buf {
         Buf::Plain if args.deep != 0 => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
@@ -604,6 +653,7 @@ fn enter_accept(ctx: &TracePointContext) {
         family: 0,
         peer_port: 0,
         deep: 0,
+        first_read: 0,
         fd: arg(ctx, 0) as i32,
         ptr: arg(ctx, 1),
         count: 0,
@@ -682,6 +732,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         family,
         peer_port: port,
         deep: 0,
+        first_read: 0,
         fd: arg(&ctx, 0) as i32,
         ptr: 0,
         count: 0,

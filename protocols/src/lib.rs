@@ -7,6 +7,7 @@
 pub mod http1;
 mod lines;
 pub mod memcache;
+pub mod mysql;
 pub mod postgres;
 pub mod resp;
 pub mod sql;

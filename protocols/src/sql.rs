@@ -171,16 +171,21 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     (b.get(j) == Some(&b'$')).then_some(j + 1 - i)
 }
 
-/// `(?, ?, ?)` → `(?)`, so IN lists of any length read the same.
+/// `IN (?, ?, ?)` → `IN (?)`, so IN lists of any length read the same.
+/// Other lists (`VALUES (?, ?)`) keep their shape.
 fn collapse_lists(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(open) = rest.find('(') {
+        let before = rest[..open].trim_end().as_bytes();
+        let after_in = before.len() >= 2
+            && before[before.len() - 2..].eq_ignore_ascii_case(b"IN")
+            && !prev_is_word(before, before.len() - 2);
         out.push_str(&rest[..=open]);
         let after = &rest[open + 1..];
         let close = after.find(')');
         match close {
-            Some(c) if is_placeholder_list(&after[..c]) => {
+            Some(c) if after_in && is_placeholder_list(&after[..c]) => {
                 out.push('?');
                 rest = &after[c..];
             }
@@ -320,6 +325,15 @@ mod tests {
             t("SELECT * FROM a JOIN b ON a.id = b.id"),
             (Some("SELECT".into()), None)
         );
+        assert_eq!(
+            sanitize("INSERT INTO t VALUES (?, ?)"),
+            "INSERT INTO t VALUES (?, ?)"
+        );
+        assert_eq!(
+            sanitize("SELECT a FROM t WHERE b IN (?, ?)"),
+            "SELECT a FROM t WHERE b IN (?)"
+        );
+        assert_eq!(sanitize("SELECT min(1, 2)"), "SELECT min(?, ?)");
         assert_eq!(t("BEGIN"), (Some("BEGIN".into()), None));
         assert_eq!(t("   "), (None, None));
         assert_eq!(

@@ -5,9 +5,11 @@
 //! `opentelemetry-proto`'s generated tonic service.
 
 pub mod collector;
+pub mod mariadb;
 pub mod postgres;
 pub mod procs;
 
 pub use collector::{assert_child, hex, Collector, FlatSpan};
+pub use mariadb::Mariadb;
 pub use postgres::Postgres;
 pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, RedisServer, TempDir};

@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "redis-tools",
     "postgresql",
     "postgresql-client",
+    "mariadb-server",
+    "mariadb-client",
     "memcached",
 ];
 
@@ -40,10 +42,14 @@ const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.1",
     "opentelemetry-exporter-otlp-proto-http==1.45.1",
     "opentelemetry-instrumentation-urllib==0.66b1",
-    // The memcached and PostgreSQL clients tests drive (psycopg 3 with its
-    // own libpq, speaking the extended protocol).
+    // The database and cache clients tests drive: psycopg 3 (its own
+    // libpq, the extended protocol), mysql-connector-python (server-side
+    // prepared statements), and the Flask app of the full-story test.
     "pymemcache==4.0.0",
     "psycopg[binary]==3.2.13",
+    "mysql-connector-python==9.1.0",
+    "flask==3.1.3",
+    "redis==5.2.1",
 ];
 
 fn usage() -> ! {
@@ -174,7 +180,8 @@ fn setup() -> Result<()> {
     let have_sdk = succeeds(Command::new("python3").args([
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
-         opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg",
+         opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
+         flask, redis",
     ]));
     if !have_sdk {
         run(Command::new("python3")
@@ -255,6 +262,7 @@ fn fuzz(secs: &str) -> Result<()> {
         "http1_framer",
         "resp_framer",
         "memcache_framer",
+        "mysql_framer",
         "postgres_framer",
         "sql_sanitize",
     ] {

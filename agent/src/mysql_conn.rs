@@ -1,0 +1,778 @@
+//! One MySQL/MariaDB client connection: its commands paired with their
+//! responses.
+//!
+//! The connection starts with the server's greeting (which says MySQL or
+//! MariaDB, and what it supports) and the client's login (which may name
+//! the database). After that, each client packet with sequence number 0 is
+//! a command, and the server answers each in order with an OK, an ERR, or
+//! a result set (a column count, column definitions, rows, and a closing
+//! EOF or OK, possibly followed by more result sets). Walking that shape
+//! packet by packet is what tells where one response ends.
+//!
+//! `COM_QUERY` and `COM_STMT_EXECUTE` become spans; a prepared statement's
+//! SQL is remembered by its id from the `COM_STMT_PREPARE` answer.
+//! `COM_INIT_DB` (and `USE`) change `db.namespace`.
+//!
+//! When the response stream cannot be framed, it is found again at a read
+//! captured whole that ends with an OK, EOF or ERR packet, like
+//! PostgreSQL's (see `pg_conn`).
+//!
+//! No I/O: segments in, finished [`Call`]s out.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use zerospan_protocols::{
+    http1::{Segment, Stamp},
+    mysql::{self, caps, command, Direction, Framer, Packet, MORE_RESULTS_EXISTS},
+    resp::Reply,
+    sql,
+};
+
+use crate::{
+    db_conn::{Call, Operation},
+    spans::{context::SpanContext, http::Outcome},
+    stats::Stats,
+};
+
+/// Most commands one connection may have waiting.
+const MAX_PENDING: usize = 1024;
+/// Most prepared statements remembered per connection.
+const MAX_STATEMENTS: usize = 256;
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the server's greeting.
+    Greeting,
+    /// The client answered the greeting; authentication goes on until the
+    /// server says OK or ERR.
+    Login,
+    Commands,
+}
+
+/// Where the response to the command at the head of the queue is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Its first packet: OK, ERR, a column count, a prepare's OK.
+    First,
+    /// Definitions to skip (a result's columns, or a prepare's parameters
+    /// and columns with their EOFs), then rows or the end.
+    Definitions {
+        left: u64,
+        then_rows: bool,
+    },
+    /// The EOF after column definitions (EOF not deprecated).
+    ColumnsEof,
+    Rows,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A query or an execution: one span.
+    Call(Call),
+    /// A prepare: its answer names the statement.
+    Prepare(Arc<Operation>),
+    /// A change of database, effective on OK.
+    InitDb(String),
+    /// Answered but not traced (ping, reset, statistics…).
+    Silent,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    expect: Expect,
+}
+
+pub struct MysqlConn {
+    /// `db.system.name`: `mysql` or `mariadb`, from the greeting.
+    pub system: &'static str,
+    client: Framer,
+    server: Framer,
+    phase: Phase,
+    server_caps: u32,
+    deprecate_eof: bool,
+    pending: VecDeque<Pending>,
+    pub finished: Vec<Call>,
+    statements: HashMap<u32, Arc<Operation>>,
+    namespace: Option<Arc<str>>,
+    sanitize: bool,
+    /// The last server packet's payload filled a whole packet: the next
+    /// one continues it.
+    continued: bool,
+    /// The server agreed to switch to TLS.
+    encrypted: bool,
+    last_at: Stamp,
+}
+
+fn operation(sql_text: &str, sanitize: bool) -> Arc<Operation> {
+    let (name, collection) = sql::operation_and_table(sql_text);
+    let query_text = if sanitize {
+        sql::sanitize(sql_text)
+    } else {
+        sql_text.to_owned()
+    };
+    Arc::new(Operation {
+        name,
+        collection,
+        query_text,
+    })
+}
+
+impl MysqlConn {
+    pub fn new(sanitize: bool) -> Self {
+        MysqlConn {
+            system: "mysql",
+            client: Framer::new(Direction::Client),
+            server: Framer::new(Direction::Server),
+            phase: Phase::Greeting,
+            server_caps: 0,
+            deprecate_eof: false,
+            pending: VecDeque::new(),
+            finished: Vec::new(),
+            statements: HashMap::new(),
+            namespace: None,
+            sanitize,
+            continued: false,
+            encrypted: false,
+            last_at: Stamp::default(),
+        }
+    }
+
+    pub fn last_at(&self) -> Stamp {
+        self.last_at
+    }
+
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.pending.iter().find_map(|p| match &p.kind {
+            Kind::Call(c) => Some(c.sent_at.enter_ns),
+            _ => None,
+        })
+    }
+
+    /// Feeds one segment. Returns false once the connection carries
+    /// nothing more this agent can read (TLS, or not MySQL after all).
+    pub fn feed(
+        &mut self,
+        egress: bool,
+        tid: u32,
+        seg: Segment<'_>,
+        mut context: impl FnMut() -> SpanContext,
+        stats: &Stats,
+    ) -> bool {
+        self.last_at = seg.stamp;
+        if egress {
+            if self.client.is_lost() && self.pending.is_empty() {
+                // Clients write whole commands: with nothing waiting, the
+                // next write starts one.
+                self.client.resync();
+            }
+            let was_lost = self.client.is_lost();
+            // The framer lends its packets to methods of `self`.
+            let mut client = std::mem::replace(&mut self.client, Framer::new(Direction::Client));
+            client.feed(seg, |p| self.on_client(p, tid, &mut context, stats));
+            self.client = client;
+            if self.client.is_lost() && !was_lost {
+                Stats::inc(&stats.db_desyncs);
+            }
+        } else if self.server.is_lost() {
+            self.recover_tail(seg, stats);
+        } else {
+            let mut server = std::mem::replace(&mut self.server, Framer::new(Direction::Server));
+            server.feed(seg, |p| self.on_server(p, stats));
+            self.server = server;
+            if self.server.is_lost() {
+                Stats::inc(&stats.db_desyncs);
+                self.recover_tail(seg, stats);
+            }
+        }
+        !self.encrypted
+    }
+
+    fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
+        Call {
+            ctx,
+            op,
+            namespace: self.namespace.clone(),
+            sent_at: at,
+            end_at: at,
+            reply: None,
+            outcome: Outcome::Complete,
+            tid,
+        }
+    }
+
+    fn push(&mut self, kind: Kind, stats: &Stats) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(Pending {
+                kind: Kind::Call(mut c),
+                ..
+            }) = self.pending.pop_front()
+            {
+                c.outcome = Outcome::ResponseLost;
+                self.finished.push(c);
+            }
+            Stats::inc(&stats.db_pipeline_overflow);
+            self.server.lose();
+        }
+        self.pending.push_back(Pending {
+            kind,
+            expect: Expect::First,
+        });
+    }
+
+    fn on_client(
+        &mut self,
+        p: Packet<'_>,
+        tid: u32,
+        context: &mut impl FnMut() -> SpanContext,
+        stats: &Stats,
+    ) {
+        match self.phase {
+            Phase::Greeting => {}
+            Phase::Login => {
+                if p.seq == 1 {
+                    let login = mysql::login(p.body);
+                    if login.ssl_request {
+                        self.encrypted = true;
+                    }
+                    self.deprecate_eof = login.caps & self.server_caps & caps::DEPRECATE_EOF != 0;
+                    self.namespace = login.database.map(Into::into);
+                }
+            }
+            // Sequence numbers above 0 continue a command (file data for
+            // LOAD DATA LOCAL, long payloads).
+            Phase::Commands if p.seq != 0 => {}
+            Phase::Commands => {
+                let Some((&cmd, rest)) = p.body.split_first() else {
+                    return;
+                };
+                let kind = match cmd {
+                    command::QUERY => {
+                        let text = String::from_utf8_lossy(rest);
+                        let op = operation(&text, self.sanitize);
+                        Kind::Call(self.new_call(op, tid, p.first_at, context()))
+                    }
+                    command::STMT_EXECUTE => {
+                        let op = match mysql::statement_id(p.body)
+                            .and_then(|id| self.statements.get(&id))
+                        {
+                            Some(op) => op.clone(),
+                            None => {
+                                Stats::inc(&stats.db_statements_unknown);
+                                Arc::default()
+                            }
+                        };
+                        Kind::Call(self.new_call(op, tid, p.first_at, context()))
+                    }
+                    command::STMT_PREPARE => {
+                        Kind::Prepare(operation(&String::from_utf8_lossy(rest), self.sanitize))
+                    }
+                    command::INIT_DB => Kind::InitDb(String::from_utf8_lossy(rest).into_owned()),
+                    // No answer comes to these.
+                    command::STMT_CLOSE => {
+                        if let Some(id) = mysql::statement_id(p.body) {
+                            self.statements.remove(&id);
+                        }
+                        return;
+                    }
+                    command::QUIT | command::STMT_SEND_LONG_DATA => return,
+                    _ => Kind::Silent,
+                };
+                self.push(kind, stats);
+            }
+        }
+    }
+
+    fn on_server(&mut self, p: Packet<'_>, stats: &Stats) {
+        // The rest of a payload too long for one packet.
+        let continuation = std::mem::replace(&mut self.continued, p.len == mysql::MAX_PAYLOAD);
+        if continuation {
+            return;
+        }
+        match self.phase {
+            Phase::Greeting => match mysql::greeting(p.body) {
+                Some(g) if p.seq == 0 => {
+                    self.system = if g.version.contains("MariaDB") {
+                        "mariadb"
+                    } else {
+                        "mysql"
+                    };
+                    self.server_caps = g.caps;
+                    self.phase = Phase::Login;
+                }
+                _ => self.server.lose(),
+            },
+            Phase::Login => match p.body.first() {
+                Some(0x00) => self.phase = Phase::Commands,
+                // Refused: nothing more will be asked on this connection.
+                Some(0xff) => self.phase = Phase::Greeting,
+                // An auth switch or more auth data: the exchange goes on.
+                _ => {}
+            },
+            Phase::Commands => self.on_response(p, stats),
+        }
+    }
+
+    fn on_response(&mut self, p: Packet<'_>, stats: &Stats) {
+        let deprecate_eof = self.deprecate_eof;
+        let Some(head) = self.pending.front_mut() else {
+            Stats::inc(&stats.db_orphan_replies);
+            return;
+        };
+        let first = p.body.first().copied();
+        let done = match head.expect {
+            Expect::First => match (&head.kind, first) {
+                (_, Some(0xff)) => Some(error_reply(p.body)),
+                (Kind::Prepare(op), Some(0x00)) => match mysql::prepare_ok(p.body) {
+                    Some((id, columns, params)) => {
+                        if self.statements.len() < MAX_STATEMENTS
+                            || self.statements.contains_key(&id)
+                        {
+                            self.statements.insert(id, op.clone());
+                        } else {
+                            Stats::inc(&stats.db_statements_not_remembered);
+                        }
+                        // Parameter and column definitions, each group
+                        // closed by an EOF unless EOFs are deprecated.
+                        let eofs = if deprecate_eof {
+                            0
+                        } else {
+                            u64::from(columns > 0) + u64::from(params > 0)
+                        };
+                        let left = u64::from(columns) + u64::from(params) + eofs;
+                        if left == 0 {
+                            Some(Reply::Ok)
+                        } else {
+                            head.expect = Expect::Definitions {
+                                left,
+                                then_rows: false,
+                            };
+                            None
+                        }
+                    }
+                    None => Some(Reply::Ok),
+                },
+                (Kind::Silent, _) => Some(Reply::Ok),
+                (_, Some(0x00)) => {
+                    let more = mysql::ok_status(p.body).unwrap_or(0) & MORE_RESULTS_EXISTS != 0;
+                    (!more).then_some(Reply::Ok)
+                }
+                // LOAD DATA LOCAL: the client sends the file, then OK comes.
+                (_, Some(0xfb)) => None,
+                _ => match mysql::lenenc(p.body) {
+                    Some((columns, _)) if columns > 0 => {
+                        head.expect = Expect::Definitions {
+                            left: columns,
+                            then_rows: true,
+                        };
+                        None
+                    }
+                    _ => {
+                        self.server.lose();
+                        return;
+                    }
+                },
+            },
+            Expect::Definitions { left, then_rows } => {
+                if left > 1 {
+                    head.expect = Expect::Definitions {
+                        left: left - 1,
+                        then_rows,
+                    };
+                    None
+                } else if !then_rows {
+                    Some(Reply::Ok)
+                } else if deprecate_eof {
+                    head.expect = Expect::Rows;
+                    None
+                } else {
+                    head.expect = Expect::ColumnsEof;
+                    None
+                }
+            }
+            Expect::ColumnsEof => {
+                head.expect = Expect::Rows;
+                None
+            }
+            Expect::Rows => {
+                if first == Some(0xff) {
+                    Some(error_reply(p.body))
+                } else if mysql::is_terminator(&p, deprecate_eof) {
+                    let status = if p.len < 9 {
+                        mysql::eof_status(p.body)
+                    } else {
+                        mysql::ok_status(p.body)
+                    };
+                    if status.unwrap_or(0) & MORE_RESULTS_EXISTS != 0 {
+                        head.expect = Expect::First;
+                        None
+                    } else {
+                        Some(Reply::Ok)
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reply) = done {
+            self.complete(reply, p.last_at);
+        }
+    }
+
+    /// The command at the head of the queue got its whole answer.
+    fn complete(&mut self, reply: Reply, at: Stamp) {
+        let Some(head) = self.pending.pop_front() else {
+            return;
+        };
+        match head.kind {
+            Kind::Call(mut c) => {
+                if reply == Reply::Ok {
+                    if let (Some("USE"), Some(db)) = (c.op.name.as_deref(), use_target(&c.op)) {
+                        self.namespace = Some(db.into());
+                    }
+                }
+                c.reply = Some(reply);
+                c.end_at = at;
+                self.finished.push(c);
+            }
+            Kind::InitDb(db) if reply == Reply::Ok => self.namespace = Some(db.into()),
+            _ => {}
+        }
+    }
+
+    /// The server stream is lost: a read captured whole that ends with an
+    /// OK, EOF or ERR packet ends a response, and the next read starts one.
+    fn recover_tail(&mut self, seg: Segment<'_>, stats: &Stats) {
+        if seg.bytes.len() as u64 != seg.len || !matches!(self.phase, Phase::Commands) {
+            return;
+        }
+        let Some((_, body)) = mysql::last_packet(seg.bytes) else {
+            return;
+        };
+        let status = match body[0] {
+            0xff => 0,
+            0xfe if body.len() < 9 => mysql::eof_status(body).unwrap_or(0),
+            _ => mysql::ok_status(body).unwrap_or(0),
+        };
+        if status & MORE_RESULTS_EXISTS != 0 {
+            return;
+        }
+        self.server.resync();
+        self.continued = false;
+        Stats::inc(&stats.db_resyncs);
+        if self.pending.len() == 1 {
+            let reply = if body[0] == 0xff {
+                error_reply(body)
+            } else {
+                Reply::Ok
+            };
+            self.complete(reply, seg.stamp);
+        } else {
+            self.end_pending(Outcome::ResponseLost, seg.stamp);
+        }
+    }
+
+    /// Ends every command still waiting.
+    pub fn end_pending(&mut self, outcome: Outcome, at: Stamp) {
+        if outcome == Outcome::TimedOut && !self.pending.is_empty() {
+            // Their answers may still come and cannot be told from later
+            // ones': follow the stream again only from a clean tail.
+            self.server.lose();
+        }
+        for p in self.pending.drain(..) {
+            if let Kind::Call(mut c) = p.kind {
+                c.outcome = outcome;
+                c.end_at = at;
+                self.finished.push(c);
+            }
+        }
+    }
+}
+
+fn error_reply(body: &[u8]) -> Reply {
+    Reply::Error(
+        mysql::error(body)
+            .map(|(code, _)| code.to_string())
+            .unwrap_or_else(|| "_OTHER".to_owned()),
+    )
+}
+
+/// The database a sanitised `USE db` names.
+fn use_target(op: &Operation) -> Option<&str> {
+    op.query_text
+        .split_whitespace()
+        .nth(1)
+        .map(|d| d.trim_matches(|c| c == '`' || c == ';'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
+        Segment {
+            bytes,
+            len: bytes.len() as u64,
+            stamp: Stamp {
+                enter_ns: t,
+                exit_ns: t + 1,
+            },
+        }
+    }
+
+    fn packet(seq: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = (body.len() as u32).to_le_bytes()[..3].to_vec();
+        p.push(seq);
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn greeting(deprecate_eof: bool) -> Vec<u8> {
+        let mut caps = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::CONNECT_WITH_DB;
+        if deprecate_eof {
+            caps |= caps::DEPRECATE_EOF;
+        }
+        let mut b = vec![10];
+        b.extend_from_slice(b"5.5.5-10.11.6-MariaDB-0+deb12u1\0");
+        b.extend_from_slice(&[7, 0, 0, 0]);
+        b.extend_from_slice(b"abcdefgh\0");
+        b.extend_from_slice(&(caps as u16).to_le_bytes());
+        b.push(45);
+        b.extend_from_slice(&2u16.to_le_bytes());
+        b.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+        b.extend_from_slice(&[0; 11]);
+        packet(0, &b)
+    }
+
+    fn login(db: &str, deprecate_eof: bool) -> Vec<u8> {
+        let mut caps = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::CONNECT_WITH_DB;
+        if deprecate_eof {
+            caps |= caps::DEPRECATE_EOF;
+        }
+        let mut b = caps.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0, 0, 0, 1, 45]);
+        b.extend_from_slice(&[0; 23]);
+        b.extend_from_slice(b"root\0\x00");
+        b.extend_from_slice(db.as_bytes());
+        b.push(0);
+        packet(1, &b)
+    }
+
+    fn ok(seq: u8) -> Vec<u8> {
+        packet(seq, &[0, 1, 0, 2, 0, 0, 0])
+    }
+
+    fn eof(seq: u8) -> Vec<u8> {
+        packet(seq, &[0xfe, 0, 0, 2, 0])
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut b = vec![command::QUERY];
+        b.extend_from_slice(sql.as_bytes());
+        packet(0, &b)
+    }
+
+    /// A result set of `rows` one-column rows, classic EOFs.
+    fn result_set(rows: usize) -> Vec<u8> {
+        let mut r = packet(1, &[1]);
+        r.extend(packet(
+            2,
+            b"\x03def\0\0\0\x01x\0\x0c\x21\0\0\0\0\xfd\0\0\0\0\0",
+        ));
+        r.extend(eof(3));
+        for i in 0..rows {
+            r.extend(packet(4 + i as u8, b"\x05hello"));
+        }
+        r.extend(eof(4 + rows as u8));
+        r
+    }
+
+    struct Run {
+        c: MysqlConn,
+        stats: Stats,
+        t: u64,
+    }
+
+    impl Run {
+        fn connect(deprecate_eof: bool) -> Run {
+            let mut r = Run {
+                c: MysqlConn::new(true),
+                stats: Stats::default(),
+                t: 0,
+            };
+            r.recv(&greeting(deprecate_eof));
+            r.send(&login("shop", deprecate_eof));
+            r.recv(&ok(2));
+            r
+        }
+        fn send(&mut self, b: &[u8]) {
+            self.t += 10;
+            assert!(self
+                .c
+                .feed(true, 1, seg(b, self.t), SpanContext::root, &self.stats));
+        }
+        fn recv(&mut self, b: &[u8]) {
+            self.t += 10;
+            self.c
+                .feed(false, 1, seg(b, self.t), SpanContext::root, &self.stats);
+        }
+        fn spans(&self) -> Vec<(String, Option<Reply>, Option<String>)> {
+            self.c
+                .finished
+                .iter()
+                .map(|c| {
+                    (
+                        c.op.query_text.clone(),
+                        c.reply.clone(),
+                        c.namespace.as_deref().map(Into::into),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn queries_results_errors_and_init_db() {
+        let mut r = Run::connect(false);
+        assert_eq!(r.c.system, "mariadb");
+        r.send(&query("SELECT x FROM t WHERE y = 'secret'"));
+        r.recv(&result_set(3));
+        r.send(&query("INSERT INTO t VALUES (1)"));
+        r.recv(&packet(1, b"\xff\x26\x04#23000Duplicate entry"));
+        r.send(&packet(0, b"\x02other"));
+        r.recv(&ok(1));
+        r.send(&query("DELETE FROM t"));
+        r.recv(&ok(1));
+        let shop = Some("shop".to_owned());
+        assert_eq!(
+            r.spans(),
+            vec![
+                (
+                    "SELECT x FROM t WHERE y = ?".into(),
+                    Some(Reply::Ok),
+                    shop.clone()
+                ),
+                (
+                    "INSERT INTO t VALUES (?)".into(),
+                    Some(Reply::Error("1062".into())),
+                    shop
+                ),
+                (
+                    "DELETE FROM t".into(),
+                    Some(Reply::Ok),
+                    Some("other".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn prepared_statements_and_deprecated_eof() {
+        let mut r = Run::connect(true);
+        let mut prep = vec![command::STMT_PREPARE];
+        prep.extend_from_slice(b"SELECT name FROM items WHERE id = ?");
+        r.send(&packet(0, &prep));
+        // OK: statement 5, one column, one parameter; then their
+        // definitions, without EOFs.
+        let mut resp = packet(1, &[0, 5, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
+        resp.extend(packet(2, b"\x03def\0\0\0\x01?\0"));
+        resp.extend(packet(3, b"\x03def\0\0\0\x04name\0"));
+        r.recv(&resp);
+        for _ in 0..3 {
+            r.send(&packet(
+                0,
+                &[command::STMT_EXECUTE, 5, 0, 0, 0, 0, 1, 0, 0, 0],
+            ));
+            let mut rs = packet(1, &[1]);
+            rs.extend(packet(2, b"\x03def\0\0\0\x04name\0"));
+            rs.extend(packet(3, b"\x00\x00\x05hello"));
+            rs.extend(packet(4, &[0xfe, 0, 0, 2, 0, 0, 0]));
+            r.recv(&rs);
+        }
+        let spans = r.spans();
+        assert_eq!(spans.len(), 3);
+        assert!(spans
+            .iter()
+            .all(|s| s.0 == "SELECT name FROM items WHERE id = ?" && s.1 == Some(Reply::Ok)));
+        r.send(&packet(0, &[command::STMT_CLOSE, 5, 0, 0, 0]));
+        r.send(&packet(
+            0,
+            &[command::STMT_EXECUTE, 5, 0, 0, 0, 0, 1, 0, 0, 0],
+        ));
+        r.recv(&ok(1));
+        assert_eq!(r.c.finished[3].op.query_text, "");
+    }
+
+    #[test]
+    fn multiple_result_sets_are_one_call() {
+        let mut r = Run::connect(false);
+        r.send(&query("CALL two_results()"));
+        let mut first = result_set(1);
+        // The closing EOF says more results follow.
+        let n = first.len();
+        first[n - 2] = 0x0a;
+        r.recv(&first);
+        assert!(r.c.finished.is_empty());
+        let mut second = result_set(2);
+        second.extend(ok(7));
+        // Second set's EOF without MORE_RESULTS ends it.
+        r.recv(&second);
+        assert_eq!(r.c.finished.len(), 1);
+    }
+
+    #[test]
+    fn ssl_request_stops_and_long_results_recover_from_the_tail() {
+        let mut r = Run {
+            c: MysqlConn::new(true),
+            stats: Stats::default(),
+            t: 0,
+        };
+        r.recv(&greeting(false));
+        let mut ssl = (caps::PROTOCOL_41 | caps::SSL).to_le_bytes().to_vec();
+        ssl.extend_from_slice(&[0; 28]);
+        assert!(!r.c.feed(
+            true,
+            1,
+            seg(&packet(1, &ssl), 5),
+            SpanContext::root,
+            &r.stats
+        ));
+
+        let mut r = Run::connect(false);
+        r.send(&query("SELECT * FROM big"));
+        let rs = result_set(200);
+        let head = Segment {
+            bytes: &rs[..100],
+            len: (rs.len() - 50) as u64,
+            stamp: Stamp::default(),
+        };
+        r.c.feed(false, 1, head, SpanContext::root, &r.stats);
+        assert!(r.c.server.is_lost());
+        r.recv(&rs[rs.len() - 50..]);
+        assert_eq!(r.spans()[0].1, Some(Reply::Ok));
+        r.send(&query("SELECT 1"));
+        r.recv(&result_set(1));
+        assert_eq!(r.spans().len(), 2);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for cut in 0..200 {
+            let junk: Vec<u8> = (0..cut).map(|i| (i * 37 % 256) as u8).collect();
+            let stats = Stats::default();
+            let mut c = MysqlConn::new(true);
+            c.feed(
+                false,
+                1,
+                seg(&greeting(false), 1),
+                SpanContext::root,
+                &stats,
+            );
+            c.feed(true, 1, seg(&junk, 2), SpanContext::root, &stats);
+            c.feed(false, 1, seg(&junk, 3), SpanContext::root, &stats);
+        }
+    }
+}
