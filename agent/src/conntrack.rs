@@ -538,7 +538,7 @@ impl Tracker {
                     };
                     return;
                 }
-                Some(new) => State::Db(Box::new(new())),
+                Some(new) => State::Db(Box::new(new().seen_from_start())),
                 None if pg_startup => State::Pg(Box::new(PgConn::new(sanitize))),
                 None if pg_query => {
                     self.deepen.push(key);

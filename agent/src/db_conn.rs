@@ -133,12 +133,16 @@ pub struct DbConn {
     last_at: Stamp,
     /// Replies still owed to commands that timed out (see `ReplySink`).
     owed: u32,
+    /// Redis's database index, once known: 0 from a connection's start,
+    /// then what `SELECT` chooses.
+    namespace: Option<Arc<str>>,
 }
 
 /// Gives each framed command its context and queues it.
 struct CommandSink<'a, F: FnMut() -> SpanContext> {
     pending: &'a mut VecDeque<Call>,
     finished: &'a mut Vec<Call>,
+    namespace: &'a mut Option<Arc<str>>,
     context: F,
     tid: u32,
     stats: &'a Stats,
@@ -175,10 +179,15 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
                 self.finished.push(oldest);
             }
         }
+        let namespace = self.namespace.clone();
+        if let Some(index) = command.db_index {
+            // Commands after it, pipelined or not, run in that database.
+            *self.namespace = Some(index.to_string().into());
+        }
         self.pending.push_back(Call {
             ctx: (self.context)(),
             op: Arc::new(Operation::command(&command)),
-            namespace: None,
+            namespace,
             sent_at: at,
             end_at: at,
             reply: None,
@@ -261,7 +270,16 @@ impl DbConn {
             finished: Vec::new(),
             last_at: Stamp::default(),
             owed: 0,
+            namespace: None,
         }
+    }
+
+    /// The connection was seen from its start: Redis begins in database 0.
+    pub fn seen_from_start(mut self) -> Self {
+        if self.system == "redis" {
+            self.namespace = Some("0".into());
+        }
+        self
     }
 
     /// Feeds one segment. `context` gives a new command its span context.
@@ -287,6 +305,7 @@ impl DbConn {
             let mut sink = CommandSink {
                 pending: &mut self.pending,
                 finished: &mut self.finished,
+                namespace: &mut self.namespace,
                 context,
                 tid,
                 stats,
@@ -451,6 +470,34 @@ mod tests {
     }
 
     #[test]
+    fn redis_select_sets_the_namespace_of_later_commands() {
+        let stats = Stats::default();
+        let mut c = DbConn::redis().seen_from_start();
+        let cmds = b"*1\r\n$4\r\nPING\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*1\r\n$4\r\nPING\r\n";
+        c.feed(true, 1, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            false,
+            1,
+            seg(b"+PONG\r\n+OK\r\n+PONG\r\n", 20),
+            SpanContext::root,
+            &stats,
+        );
+        let ns: Vec<Option<&str>> = c.finished.iter().map(|c| c.namespace.as_deref()).collect();
+        assert_eq!(ns, [Some("0"), Some("0"), Some("2")]);
+        // Joined mid-stream: unknown until a SELECT.
+        let mut c = DbConn::redis();
+        c.feed(
+            true,
+            1,
+            seg(b"*1\r\n$4\r\nPING\r\n", 30),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(false, 1, seg(b"+PONG\r\n", 40), SpanContext::root, &stats);
+        assert_eq!(c.finished[0].namespace, None);
+    }
+
+    #[test]
     fn memcached_noreply_commands_do_not_shift_the_pairing() {
         let stats = Stats::default();
         let mut c = DbConn::memcached();
@@ -481,6 +528,7 @@ mod tests {
             Operation::command(&Command {
                 name: name.into(),
                 args,
+                db_index: None,
             })
             .query_text
         };

@@ -173,6 +173,7 @@ impl Framer {
         let cmd = Command {
             name: name.to_owned(),
             args: keys.min(u32::MAX as usize) as u32,
+            db_index: None,
         };
         if storage {
             // set <key> <flags> <exptime> <bytes> [noreply]; cas adds <cas>.

@@ -29,6 +29,9 @@ pub struct Command {
     pub name: String,
     /// Arguments after the name.
     pub args: u32,
+    /// For `SELECT`, the database index it switches to: the one argument
+    /// the framer reads (an index is not a secret).
+    pub db_index: Option<u32>,
 }
 
 /// What a reply was, as much as spans need.
@@ -66,6 +69,9 @@ pub struct Framer {
     stack: Vec<(u64, bool)>,
     /// Whether the bulk being skipped is a command's name.
     name_bulk: bool,
+    /// Whether the bulk being skipped is `SELECT`'s index.
+    index_bulk: bool,
+    index: Vec<u8>,
     name: Vec<u8>,
     elements: u64,
     error: Option<String>,
@@ -107,6 +113,8 @@ impl Framer {
             line: Vec::new(),
             stack: Vec::new(),
             name_bulk: false,
+            index_bulk: false,
+            index: Vec::new(),
             name: Vec::new(),
             elements: 0,
             error: None,
@@ -149,6 +157,10 @@ impl Framer {
                     // The payload's own bytes only, not its CRLF.
                     let payload = keep.min((remaining as usize).saturating_sub(2));
                     self.name.extend_from_slice(&bytes[..payload]);
+                } else if self.index_bulk {
+                    let room = 8usize.saturating_sub(self.index.len());
+                    let payload = take.min(room).min((remaining as usize).saturating_sub(2));
+                    self.index.extend_from_slice(&bytes[..payload]);
                 }
                 self.state = State::Block {
                     remaining: remaining - take as u64,
@@ -164,6 +176,7 @@ impl Framer {
                     self.started_at = at;
                     self.elements = 0;
                     self.name.clear();
+                    self.index.clear();
                     self.error = None;
                 }
                 let (used, line) = lines::take_line(&mut self.line, bytes, MAX_LINE);
@@ -205,6 +218,10 @@ impl Framer {
                         && self.elements == 0;
                     let bulk_error = kind == b'!' && top;
                     self.name_bulk = command_name || bulk_error;
+                    self.index_bulk = self.dir == Direction::Commands
+                        && self.stack.len() == 1
+                        && self.elements == 1
+                        && self.name.eq_ignore_ascii_case(b"SELECT");
                     if bulk_error {
                         self.error = Some(String::new());
                     }
@@ -250,7 +267,11 @@ impl Framer {
                     return self.lose_sync(sink);
                 }
                 self.name = first.to_vec();
-                self.elements = 1 + words.count() as u64;
+                let rest: Vec<&[u8]> = words.collect();
+                if let Some(index) = rest.first() {
+                    self.index = index[..index.len().min(8)].to_vec();
+                }
+                self.elements = 1 + rest.len() as u64;
                 self.message_done(at, sink);
             }
             _ => self.lose_sync(sink),
@@ -289,9 +310,18 @@ impl Framer {
         }
         match self.dir {
             Direction::Commands => {
+                let name = word(&self.name);
+                let db_index = if name == "SELECT" {
+                    std::str::from_utf8(&self.index)
+                        .ok()
+                        .and_then(|i| i.parse().ok())
+                } else {
+                    None
+                };
                 let cmd = Command {
-                    name: word(&self.name),
+                    name,
                     args: self.elements.saturating_sub(1).min(u64::from(u32::MAX)) as u32,
+                    db_index,
                 };
                 sink.on_command(cmd, self.started_at);
             }
@@ -367,6 +397,28 @@ mod tests {
         Command {
             name: name.into(),
             args,
+            db_index: None,
+        }
+    }
+
+    #[test]
+    fn select_reports_its_index_at_every_split() {
+        let stream = b"*2\r\n$6\r\nselect\r\n$2\r\n15\r\n*1\r\n$4\r\nPING\r\nSELECT 3\r\n";
+        for cut in 0..=stream.len() {
+            let mut f = Framer::new(Direction::Commands);
+            let mut rec = Rec::default();
+            f.feed(seg(&stream[..cut], 1), &mut rec);
+            f.feed(seg(&stream[cut..], 2), &mut rec);
+            let got: Vec<Command> = rec.commands.iter().map(|c| c.0.clone()).collect();
+            let select = |i| Command {
+                db_index: Some(i),
+                ..cmd("SELECT", 1)
+            };
+            assert_eq!(
+                got,
+                vec![select(15), cmd("PING", 0), select(3)],
+                "cut {cut}"
+            );
         }
     }
 

@@ -44,7 +44,8 @@ fn redis_cli_commands_pipelines_and_transactions() {
     let cli = format!("redis-cli -p {port}");
     let script = format!(
         "{cli} SET k secret-value >/dev/null; {cli} GET k >/dev/null; {cli} INCR k >/dev/null; \
-         {cli} --pipe < {d}/pipeline.resp >/dev/null; {cli} --pipe < {d}/tx.resp >/dev/null",
+         {cli} --pipe < {d}/pipeline.resp >/dev/null; {cli} --pipe < {d}/tx.resp >/dev/null; \
+         {cli} -n 3 SET other secret-value >/dev/null",
         d = dir.display()
     );
     let mut agent = Agent::start(
@@ -68,9 +69,9 @@ fn redis_cli_commands_pipelines_and_transactions() {
     let spans = in_order(&collector.spans(), |s| {
         s.res_int("process.pid").unwrap_or(0)
     });
-    // 3 single commands, 100 pipelined + redis-cli's closing ECHO, and
-    // MULTI/SET/INCR/EXEC + ECHO.
-    assert_eq!(spans.len(), 3 + 101 + 5, "{}", agent.stderr());
+    // 3 single commands, 100 pipelined + redis-cli's closing ECHO,
+    // MULTI/SET/INCR/EXEC + ECHO, and SELECT 3 + SET.
+    assert_eq!(spans.len(), 3 + 101 + 5 + 2, "{}", agent.stderr());
     for s in &spans {
         assert!(s.is_client());
         assert_eq!(s.str("db.system.name").as_deref(), Some("redis"));
@@ -107,10 +108,22 @@ fn redis_cli_commands_pipelines_and_transactions() {
     assert_eq!(names[103], "ECHO");
     assert!(spans[3..104].iter().all(|s| !s.has("error.type")));
     // The transaction: every command answered, EXEC included.
-    assert_eq!(&names[104..], ["MULTI", "SET", "INCR", "EXEC", "ECHO"]);
+    assert_eq!(&names[104..109], ["MULTI", "SET", "INCR", "EXEC", "ECHO"]);
     assert!(spans[104..]
         .iter()
         .all(|s| !s.has("error.type") && !s.has("zerospan.incomplete")));
+    // `redis-cli -n 3` selects database 3: db.namespace follows.
+    assert_eq!(&names[109..], ["SELECT", "SET"]);
+    assert_eq!(spans[109].str("db.query.text").as_deref(), Some("SELECT ?"));
+    for (i, s) in spans.iter().enumerate() {
+        let ns = if i == 110 { "3" } else { "0" };
+        assert_eq!(
+            s.str("db.namespace").as_deref(),
+            Some(ns),
+            "{}",
+            s.span.name
+        );
+    }
     assert_eq!(agent.stat("db_desyncs"), Some(0));
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }

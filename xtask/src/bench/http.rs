@@ -1,17 +1,18 @@
-//! `cargo xtask bench`: wrk against nginx (one worker), without and then with
-//! the agent tracing it, in one run on this machine.
+//! HTTP: wrk against nginx (one worker), without and then with the agent
+//! tracing nginx, in alternating rounds.
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+
+use super::harness::{libc_kill, median, stat_value, AgentRun, Attached};
 
 const PORT: u16 = 18080;
 const DURATION_S: u32 = 10;
@@ -103,33 +104,6 @@ fn start_nginx(dir: &Path) -> Result<Child> {
     Ok(child)
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after comm.
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn stat_value(stats: &str, key: &str) -> u64 {
-    stats
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or(0)
-}
-
 pub fn run(root: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("zerospan-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
@@ -143,93 +117,6 @@ pub fn run(root: &Path) -> Result<()> {
     result
 }
 
-/// What one traced round cost the agent.
-struct AgentRun {
-    cpu_s: f64,
-    peak_rss_mib: f64,
-    stats: String,
-    received: u64,
-}
-
-/// Runs wrk for one round with the agent attached to nginx, exporting over
-/// OTLP/gRPC to a receiver that decodes every request and counts the spans.
-fn traced_round(root: &Path, nginx: &Child) -> Result<(Wrk, AgentRun)> {
-    let mut sink = Command::new(root.join("target/release/otlp-sink"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the OTLP receiver")?;
-    let mut sink_out = BufReader::new(sink.stdout.take().context("receiver stdout")?);
-    let mut ready = String::new();
-    sink_out.read_line(&mut ready)?;
-    let endpoint = ready
-        .trim()
-        .strip_prefix("READY ")
-        .with_context(|| format!("the OTLP receiver did not start: {ready:?}"))?
-        .to_owned();
-
-    let bin = root.join("target/release/zerospan");
-    let mut agent = Command::new(&bin)
-        .args(["--pid", &nginx.id().to_string()])
-        .args(["--otlp-endpoint", &endpoint])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let agent_pid = agent.id();
-    let mut stderr = BufReader::new(agent.stderr.take().context("agent stderr")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stderr.read_line(&mut line)? == 0 {
-            bail!("the agent exited before it attached");
-        }
-        if line.contains("tracing ") {
-            break;
-        }
-    }
-    let cpu_before = cpu_seconds(agent_pid);
-    let traced = wrk(DURATION_S)?;
-    // Let the agent drain and export what the last requests produced.
-    thread::sleep(Duration::from_secs(2));
-    let cpu_s = cpu_seconds(agent_pid) - cpu_before;
-    let peak_rss_mib = peak_rss_mib(agent_pid);
-    // SAFETY: signalling our own child.
-    unsafe { libc_kill(agent_pid as i32, 2) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest)?;
-    let _ = agent.wait();
-    let stats = rest
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("stats: ").map(|(_, s)| s.to_owned()))
-        .unwrap_or_default();
-
-    drop(sink.stdin.take());
-    let mut received = String::new();
-    sink_out.read_line(&mut received)?;
-    let _ = sink.wait();
-    let received = received
-        .trim()
-        .strip_prefix("SPANS ")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("the OTLP receiver did not report: {received:?}"))?;
-    Ok((
-        traced,
-        AgentRun {
-            cpu_s,
-            peak_rss_mib,
-            stats,
-            received,
-        },
-    ))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn measure(root: &Path, nginx: &Child) -> Result<()> {
     eprintln!("bench: warming up");
     wrk(2)?;
@@ -237,14 +124,14 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
     // hits both sides alike; medians are reported.
     let mut base = Vec::new();
     let mut traced = Vec::new();
-    let mut runs = Vec::new();
+    let mut runs: Vec<AgentRun> = Vec::new();
     for round in 1..=ROUNDS {
-        eprintln!("bench: round {round}/{ROUNDS}: baseline, {DURATION_S}s");
+        eprintln!("bench: http round {round}/{ROUNDS}: baseline, {DURATION_S}s");
         base.push(wrk(DURATION_S)?);
-        eprintln!("bench: round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
-        let (w, run) = traced_round(root, nginx)?;
-        traced.push(w);
-        runs.push(run);
+        eprintln!("bench: http round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
+        let attached = Attached::start(root, nginx.id())?;
+        traced.push(wrk(DURATION_S)?);
+        runs.push(attached.finish()?);
     }
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
@@ -293,11 +180,6 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
     Ok(())
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[cfg(test)]
