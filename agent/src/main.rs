@@ -21,6 +21,8 @@ mod pg_conn;
 mod probes;
 mod process;
 mod procfs;
+#[cfg(test)]
+mod replay;
 mod spans;
 mod stats;
 
