@@ -554,6 +554,9 @@ impl Tracker {
             } else if pg_query {
                 self.deepen.push(key);
                 conn.state = State::Pg(Box::new(PgConn::mid_stream(sanitize)));
+            } else if egress && mysql::looks_like_command(seg.bytes, seg.len) {
+                self.deepen.push(key);
+                conn.state = State::Mysql(Box::new(MysqlConn::mid_stream(sanitize)));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
                 conn.state = State::Http(Box::new(HttpConn::new(role)));

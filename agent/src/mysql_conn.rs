@@ -55,16 +55,21 @@ enum Phase {
 /// Where the response to the command at the head of the queue is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
-    /// Its first packet: OK, ERR, a column count, a prepare's OK.
+    /// Its first packet (sequence 1): OK, ERR, a column count, a prepare's
+    /// OK.
     First,
+    /// The first packet of a further result set, or the OK after a LOAD
+    /// DATA LOCAL file: the sequence goes on.
+    NextResult,
     /// Definitions to skip (a result's columns, or a prepare's parameters
-    /// and columns with their EOFs), then rows or the end.
+    /// and columns), then rows or the end.
     Definitions {
         left: u64,
         then_rows: bool,
     },
-    /// The EOF after column definitions (EOF not deprecated).
-    ColumnsEof,
+    /// After the column definitions: an EOF (when not deprecated), a row,
+    /// or the end of an empty result.
+    AfterColumns,
     Rows,
 }
 
@@ -92,8 +97,6 @@ pub struct MysqlConn {
     client: Framer,
     server: Framer,
     phase: Phase,
-    server_caps: u32,
-    deprecate_eof: bool,
     pending: VecDeque<Pending>,
     pub finished: Vec<Call>,
     statements: HashMap<u32, Arc<Operation>>,
@@ -122,14 +125,21 @@ fn operation(sql_text: &str, sanitize: bool) -> Arc<Operation> {
 }
 
 impl MysqlConn {
+    /// A connection that existed before the agent: joined at a command.
+    /// Without the greeting, MySQL and MariaDB cannot be told apart; the
+    /// protocol's name stands for both.
+    pub fn mid_stream(sanitize: bool) -> Self {
+        let mut c = Self::new(sanitize);
+        c.phase = Phase::Commands;
+        c
+    }
+
     pub fn new(sanitize: bool) -> Self {
         MysqlConn {
             system: "mysql",
             client: Framer::new(Direction::Client),
             server: Framer::new(Direction::Server),
             phase: Phase::Greeting,
-            server_caps: 0,
-            deprecate_eof: false,
             pending: VecDeque::new(),
             finished: Vec::new(),
             statements: HashMap::new(),
@@ -238,7 +248,6 @@ impl MysqlConn {
                     if login.ssl_request {
                         self.encrypted = true;
                     }
-                    self.deprecate_eof = login.caps & self.server_caps & caps::DEPRECATE_EOF != 0;
                     self.namespace = login.database.map(Into::into);
                 }
             }
@@ -300,7 +309,6 @@ impl MysqlConn {
                     } else {
                         "mysql"
                     };
-                    self.server_caps = g.caps;
                     self.phase = Phase::Login;
                 }
                 _ => self.server.lose(),
@@ -317,15 +325,24 @@ impl MysqlConn {
     }
 
     fn on_response(&mut self, p: Packet<'_>, stats: &Stats) {
-        let deprecate_eof = self.deprecate_eof;
+        // An answer starts at sequence number 1 (its command was 0); any
+        // other packet here is the end of the previous answer (the EOF
+        // after a prepare's definitions, when EOFs are not deprecated).
         let Some(head) = self.pending.front_mut() else {
-            Stats::inc(&stats.db_orphan_replies);
+            if p.seq == 1 {
+                Stats::inc(&stats.db_orphan_replies);
+            }
             return;
         };
+        if head.expect == Expect::First && p.seq != 1 {
+            return;
+        }
         let first = p.body.first().copied();
+        let eof = mysql::is_eof(&p);
         let done = match head.expect {
-            Expect::First => match (&head.kind, first) {
+            Expect::First | Expect::NextResult => match (&head.kind, first) {
                 (_, Some(0xff)) => Some(error_reply(p.body)),
+                (Kind::Silent, _) => Some(Reply::Ok),
                 (Kind::Prepare(op), Some(0x00)) => match mysql::prepare_ok(p.body) {
                     Some((id, columns, params)) => {
                         if self.statements.len() < MAX_STATEMENTS
@@ -335,14 +352,7 @@ impl MysqlConn {
                         } else {
                             Stats::inc(&stats.db_statements_not_remembered);
                         }
-                        // Parameter and column definitions, each group
-                        // closed by an EOF unless EOFs are deprecated.
-                        let eofs = if deprecate_eof {
-                            0
-                        } else {
-                            u64::from(columns > 0) + u64::from(params > 0)
-                        };
-                        let left = u64::from(columns) + u64::from(params) + eofs;
+                        let left = u64::from(columns) + u64::from(params);
                         if left == 0 {
                             Some(Reply::Ok)
                         } else {
@@ -355,13 +365,18 @@ impl MysqlConn {
                     }
                     None => Some(Reply::Ok),
                 },
-                (Kind::Silent, _) => Some(Reply::Ok),
                 (_, Some(0x00)) => {
                     let more = mysql::ok_status(p.body).unwrap_or(0) & MORE_RESULTS_EXISTS != 0;
+                    if more {
+                        head.expect = Expect::NextResult;
+                    }
                     (!more).then_some(Reply::Ok)
                 }
                 // LOAD DATA LOCAL: the client sends the file, then OK comes.
-                (_, Some(0xfb)) => None,
+                (_, Some(0xfb)) => {
+                    head.expect = Expect::NextResult;
+                    None
+                }
                 _ => match mysql::lenenc(p.body) {
                     Some((columns, _)) if columns > 0 => {
                         head.expect = Expect::Definitions {
@@ -376,6 +391,8 @@ impl MysqlConn {
                     }
                 },
             },
+            // The EOF between a prepare's two groups of definitions.
+            Expect::Definitions { .. } if eof => None,
             Expect::Definitions { left, then_rows } => {
                 if left > 1 {
                     head.expect = Expect::Definitions {
@@ -383,36 +400,37 @@ impl MysqlConn {
                         then_rows,
                     };
                     None
-                } else if !then_rows {
-                    Some(Reply::Ok)
-                } else if deprecate_eof {
-                    head.expect = Expect::Rows;
+                } else if then_rows {
+                    head.expect = Expect::AfterColumns;
                     None
                 } else {
-                    head.expect = Expect::ColumnsEof;
-                    None
+                    Some(Reply::Ok)
                 }
             }
-            Expect::ColumnsEof => {
+            // Whether EOF packets are deprecated need not be known: a
+            // classic EOF is exactly 5 bytes, the OK that replaces it at
+            // least 7, and a row cannot start with 0xfe unless it is 16 MiB.
+            Expect::AfterColumns if eof => {
                 head.expect = Expect::Rows;
                 None
             }
-            Expect::Rows => {
+            Expect::AfterColumns | Expect::Rows => {
                 if first == Some(0xff) {
                     Some(error_reply(p.body))
-                } else if mysql::is_terminator(&p, deprecate_eof) {
-                    let status = if p.len < 9 {
+                } else if mysql::is_terminator(&p) {
+                    let status = if eof {
                         mysql::eof_status(p.body)
                     } else {
                         mysql::ok_status(p.body)
                     };
                     if status.unwrap_or(0) & MORE_RESULTS_EXISTS != 0 {
-                        head.expect = Expect::First;
+                        head.expect = Expect::NextResult;
                         None
                     } else {
                         Some(Reply::Ok)
                     }
                 } else {
+                    head.expect = Expect::Rows;
                     None
                 }
             }
@@ -756,6 +774,44 @@ mod tests {
         r.send(&query("SELECT 1"));
         r.recv(&result_set(1));
         assert_eq!(r.spans().len(), 2);
+    }
+
+    /// Joined mid-stream, the EOF style is read off the packets: an empty
+    /// result closed by a 7-byte OK, then a classic one with rows.
+    #[test]
+    fn joined_mid_stream_either_eof_style() {
+        let stats = Stats::default();
+        let mut c = MysqlConn::mid_stream(true);
+        let coldef = b"\x03def\0\0\0\x01x\0\x0c\x21\0\0\0\0\xfd\0\0\0\0\0";
+        c.feed(
+            true,
+            1,
+            seg(&query("SELECT x FROM t WHERE 0"), 1),
+            SpanContext::root,
+            &stats,
+        );
+        let mut empty = packet(1, &[1]);
+        empty.extend(packet(2, coldef));
+        empty.extend(packet(3, &[0xfe, 0, 0, 2, 0, 0, 0]));
+        c.feed(false, 1, seg(&empty, 2), SpanContext::root, &stats);
+        c.feed(
+            true,
+            1,
+            seg(&query("SELECT x FROM t"), 3),
+            SpanContext::root,
+            &stats,
+        );
+        c.feed(false, 1, seg(&result_set(2), 4), SpanContext::root, &stats);
+        let replies: Vec<_> = c.finished.iter().map(|c| c.reply.clone()).collect();
+        assert_eq!(replies, [Some(Reply::Ok), Some(Reply::Ok)]);
+        assert_eq!(c.system, "mysql");
+        assert_eq!(c.finished[0].namespace, None);
+        assert_eq!(
+            stats
+                .db_orphan_replies
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]

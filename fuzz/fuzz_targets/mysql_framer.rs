@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = mysql::looks_like_greeting(seg.bytes);
             let _ = mysql::could_be_greeting_header(seg.bytes);
             let _ = mysql::last_packet(seg.bytes);
+            let _ = mysql::looks_like_command(seg.bytes, seg.len);
             framer.feed(seg, |p| {
                 packets += 1;
                 assert!(p.body.len() <= MAX_KEEP, "kept payloads are bounded");
@@ -27,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
                 let _ = mysql::prepare_ok(p.body);
                 let _ = mysql::statement_id(p.body);
                 let _ = mysql::lenenc(p.body);
-                let _ = mysql::is_terminator(&p, steer & 4 == 4);
+                let _ = mysql::is_terminator(&p);
+                let _ = mysql::is_eof(&p);
             });
             if framer.is_lost() && steer & 2 == 2 {
                 framer.resync();

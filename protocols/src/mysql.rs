@@ -331,11 +331,33 @@ pub fn eof_status(body: &[u8]) -> Option<u16> {
     le16(body.get(3..)?)
 }
 
+/// Is this a classic EOF packet (`0xfe`, warnings, status: exactly 5
+/// bytes with protocol 4.1)? The OK that replaces it when EOFs are
+/// deprecated is at least 7.
+pub fn is_eof(p: &Packet<'_>) -> bool {
+    p.body.first() == Some(&0xfe) && p.len == 5
+}
+
 /// Does this packet end a result set's rows (EOF, or the OK that replaces
-/// it)? A row can also start with `0xfe` (an 8-byte length), but then its
-/// payload is at least 9 bytes, or for the OK form, a full 16 MiB.
-pub fn is_terminator(p: &Packet<'_>, deprecate_eof: bool) -> bool {
-    p.body.first() == Some(&0xfe) && (p.len < 9 || (deprecate_eof && p.len < MAX_PAYLOAD))
+/// it)? A row can also start with `0xfe` (an 8-byte length), but only when
+/// its first value is 16 MiB or more, so its packet is a full one.
+pub fn is_terminator(p: &Packet<'_>) -> bool {
+    p.body.first() == Some(&0xfe) && p.len < MAX_PAYLOAD
+}
+
+/// Does this client write start with a text command (`COM_QUERY` or
+/// `COM_STMT_PREPARE`, sequence 0, printable SQL) that fills it exactly?
+/// What decides that a connection from before the agent is MySQL.
+pub fn looks_like_command(bytes: &[u8], len: u64) -> bool {
+    if bytes.len() < 6 || bytes[3] != 0 || u64::from(le24(bytes)) + 4 != len {
+        return false;
+    }
+    let sql = &bytes[5..];
+    matches!(bytes[4], command::QUERY | command::STMT_PREPARE)
+        && sql
+            .iter()
+            .take(64)
+            .all(|&c| c >= 0x20 || c == b'\n' || c == b'\r' || c == b'\t')
 }
 
 /// A `COM_STMT_PREPARE`'s OK: statement id, columns, parameters.
@@ -477,10 +499,18 @@ mod tests {
             first_at: Stamp::default(),
             last_at: Stamp::default(),
         };
-        assert!(is_terminator(&eof, false));
-        let row = Packet { len: 40, ..eof };
-        assert!(!is_terminator(&row, false));
-        assert!(is_terminator(&row, true));
+        assert!(is_terminator(&eof) && is_eof(&eof));
+        let ok_in_eofs_place = Packet { len: 7, ..eof };
+        assert!(is_terminator(&ok_in_eofs_place) && !is_eof(&ok_in_eofs_place));
+        let huge_row = Packet {
+            len: MAX_PAYLOAD,
+            ..eof
+        };
+        assert!(!is_terminator(&huge_row));
+        assert!(looks_like_command(&packet(0, b"\x03SELECT 1"), 13));
+        assert!(!looks_like_command(&packet(0, b"\x03SELECT 1"), 14));
+        assert!(!looks_like_command(&packet(1, b"\x03SELECT 1"), 13));
+        assert!(!looks_like_command(b"GET / HTTP/1.1\r\n", 16));
         assert_eq!(lenenc(&[0xfc, 0x10, 0x27]), Some((10_000, 3)));
         assert_eq!(lenenc(&[0xff]), None);
         assert_eq!(

@@ -175,3 +175,54 @@ fn connector_python_server_side_prepared_statements() {
     assert_eq!(agent.stat("db_statements_unknown"), Some(0));
     assert_eq!(agent.stat("db_desyncs"), Some(0));
 }
+
+/// A connection that existed before the agent attached: recognised from
+/// its first query, with no greeting or login seen.
+#[test]
+fn connection_opened_before_the_agent() {
+    require_root();
+    let db = Mariadb::start();
+    db.exec(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.items (id int PRIMARY KEY, name varchar(100) NOT NULL); \
+         INSERT INTO shop.items VALUES (1, 'one')",
+    );
+    let mut client = zerospan_tests::Fixture::start(
+        std::process::Command::new("python3")
+            .arg(fixture("mysql_idle_client.py"))
+            .arg(db.port.to_string()),
+    );
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[client.pid()], &collector, &[]);
+    client.send_line("go");
+    assert_eq!(client.read_line().trim(), "DONE");
+    let spans = by_start(collector.wait_for(4, Duration::from_secs(10), |_| true));
+    agent.stop();
+    let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "SELECT items",
+            "SELECT seq_1_to_5000",
+            "SELECT items",
+            "SELECT items"
+        ],
+        "{}\n{}",
+        summary(&spans),
+        agent.stderr()
+    );
+    for s in &spans {
+        assert!(s.is_client());
+        // Without the greeting, MySQL and MariaDB look alike.
+        assert_eq!(s.str("db.system.name").as_deref(), Some("mysql"));
+        assert!(!s.has("db.namespace"));
+        assert_eq!(s.int("server.port"), Some(i64::from(db.port)));
+        assert!(!s.has("error.type") && !s.has("zerospan.incomplete"));
+    }
+    assert_eq!(
+        spans[3].str("db.query.text").as_deref(),
+        Some("SELECT name FROM items WHERE id = ?")
+    );
+    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(agent.stat("db_orphan_replies"), Some(0));
+}
