@@ -26,7 +26,7 @@ use std::{
 
 use zerospan_protocols::{
     http1::{Segment, Stamp},
-    mysql::{self, caps, command, Direction, Framer, Packet, MORE_RESULTS_EXISTS},
+    mysql::{self, command, Direction, Framer, Packet, MORE_RESULTS_EXISTS},
     resp::Reply,
     sql,
 };
@@ -529,6 +529,7 @@ fn use_target(op: &Operation) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerospan_protocols::mysql::caps;
 
     fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
         Segment {
