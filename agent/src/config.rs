@@ -82,6 +82,11 @@ pub struct Args {
     #[arg(long)]
     pub no_sanitize_sql: bool,
 
+    /// Export the user a PostgreSQL or MySQL connection logged in as, as
+    /// `db.user` (never exported otherwise).
+    #[arg(long)]
+    pub db_user: bool,
+
     /// More logging (-v: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -114,6 +119,7 @@ pub struct Config {
     pub resource: ResourceDefaults,
     pub redact_query: bool,
     pub sanitize_sql: bool,
+    pub db_user: bool,
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub sampler: Sampler,
@@ -213,6 +219,7 @@ impl Config {
             resource,
             redact_query: !args.no_redact_query,
             sanitize_sql: !args.no_sanitize_sql,
+            db_user: args.db_user,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
             sampler: Sampler::from_env(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use zerospan_common::origin;
 
-use crate::db_conn::{self, DbConn};
+use crate::db_conn::{self, DbConn, SqlOptions};
 use crate::events::ConnKey;
 use crate::linker::Linker;
 use crate::mysql_conn::MysqlConn;
@@ -37,8 +37,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub request_timeout_ns: u64,
     pub idle_timeout_ns: u64,
-    /// Replace SQL literals with `?` in `db.query.text`.
-    pub sanitize_sql: bool,
+    /// How SQL connections report what they see.
+    pub sql: SqlOptions,
 }
 
 /// A finished Redis command, ready to become a span.
@@ -499,7 +499,7 @@ impl Tracker {
         } else {
             None
         };
-        let sanitize = self.limits.sanitize_sql;
+        let sql = self.limits.sql;
         // PostgreSQL: from its startup packet, or (joined mid-stream) a
         // query. The probes capture its reads deeply from a startup packet
         // on; a query found here has to ask for that.
@@ -515,7 +515,7 @@ impl Tracker {
                 self.ignore(key);
                 return;
             }
-            let mut m = MysqlConn::new(sanitize);
+            let mut m = MysqlConn::new(sql);
             let head = Segment {
                 bytes: &header,
                 len: 4,
@@ -529,7 +529,7 @@ impl Tracker {
             conn.state = match store {
                 // The server speaks first.
                 None if !egress && mysql::looks_like_greeting(seg.bytes) => {
-                    State::Mysql(Box::new(MysqlConn::new(sanitize)))
+                    State::Mysql(Box::new(MysqlConn::new(sql)))
                 }
                 None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
                     conn.state = State::GreetingHeader {
@@ -539,10 +539,10 @@ impl Tracker {
                     return;
                 }
                 Some(new) => State::Db(Box::new(new().seen_from_start())),
-                None if pg_startup => State::Pg(Box::new(PgConn::new(sanitize))),
+                None if pg_startup => State::Pg(Box::new(PgConn::new(sql))),
                 None if pg_query => {
                     self.deepen.push(key);
-                    State::Pg(Box::new(PgConn::mid_stream(sanitize)))
+                    State::Pg(Box::new(PgConn::mid_stream(sql)))
                 }
                 // HTTP, or nothing we know: the HTTP framer tells.
                 None => State::Http(Box::new(HttpConn::new(Role::Client))),
@@ -553,10 +553,10 @@ impl Tracker {
                 conn.state = State::Db(Box::new(new()));
             } else if pg_query {
                 self.deepen.push(key);
-                conn.state = State::Pg(Box::new(PgConn::mid_stream(sanitize)));
+                conn.state = State::Pg(Box::new(PgConn::mid_stream(sql)));
             } else if egress && mysql::looks_like_command(seg.bytes, seg.len) {
                 self.deepen.push(key);
-                conn.state = State::Mysql(Box::new(MysqlConn::mid_stream(sanitize)));
+                conn.state = State::Mysql(Box::new(MysqlConn::mid_stream(sql)));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
                 conn.state = State::Http(Box::new(HttpConn::new(role)));
@@ -803,7 +803,10 @@ mod tests {
             max_connections: 8,
             request_timeout_ns: 1_000,
             idle_timeout_ns: 10_000,
-            sanitize_sql: true,
+            sql: SqlOptions {
+                sanitize: true,
+                user: false,
+            },
         }
     }
 

@@ -14,6 +14,7 @@ use zerospan_protocols::{
     http1::{Segment, Stamp},
     memcache::{self, MemcacheSink},
     resp::{self, Command, Direction, Reply, RespSink},
+    sql,
 };
 
 use crate::{spans::context::SpanContext, spans::http::Outcome, stats::Stats};
@@ -38,7 +39,32 @@ pub struct Operation {
     pub query_text: String,
 }
 
+/// How SQL connections report what they see.
+#[derive(Clone, Copy, Debug)]
+pub struct SqlOptions {
+    /// Replace literals with `?` in `db.query.text`.
+    pub sanitize: bool,
+    /// Export the database user as `db.user` (off unless asked for).
+    pub user: bool,
+}
+
 impl Operation {
+    /// A piece of SQL: its operation and table, and its text, sanitised
+    /// unless asked otherwise. Computed once per statement, not per call.
+    pub fn sql(text: &str, sanitize: bool) -> Arc<Self> {
+        let (name, collection) = sql::operation_and_table(text);
+        let query_text = if sanitize {
+            sql::sanitize(text)
+        } else {
+            text.to_owned()
+        };
+        Arc::new(Operation {
+            name,
+            collection,
+            query_text,
+        })
+    }
+
     /// A key-value store command: its name, and its arguments as `?`. The
     /// agent never reads the arguments, so there is nothing to leak.
     pub fn command(cmd: &Command) -> Self {
@@ -66,6 +92,8 @@ pub struct Call {
     pub op: Arc<Operation>,
     /// `db.namespace`, when the connection's start was seen.
     pub namespace: Option<Arc<str>>,
+    /// The database user, only when configured to export it.
+    pub user: Option<Arc<str>>,
     /// Segment holding the command's first byte.
     pub sent_at: Stamp,
     /// Segment holding the reply's last byte (or the last activity seen).
@@ -188,6 +216,7 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
             ctx: (self.context)(),
             op: Arc::new(Operation::command(&command)),
             namespace,
+            user: None,
             sent_at: at,
             end_at: at,
             reply: None,

@@ -28,11 +28,10 @@ use zerospan_protocols::{
     http1::{Segment, Stamp},
     mysql::{self, command, Direction, Framer, Packet, MORE_RESULTS_EXISTS},
     resp::Reply,
-    sql,
 };
 
 use crate::{
-    db_conn::{Call, Operation},
+    db_conn::{Call, Operation, SqlOptions},
     spans::{context::SpanContext, http::Outcome},
     stats::Stats,
 };
@@ -101,7 +100,9 @@ pub struct MysqlConn {
     pub finished: Vec<Call>,
     statements: HashMap<u32, Arc<Operation>>,
     namespace: Option<Arc<str>>,
-    sanitize: bool,
+    opts: SqlOptions,
+    /// The user from the startup or login, when `opts.user`.
+    user: Option<Arc<str>>,
     /// The last server packet's payload filled a whole packet: the next
     /// one continues it.
     continued: bool,
@@ -110,31 +111,17 @@ pub struct MysqlConn {
     last_at: Stamp,
 }
 
-fn operation(sql_text: &str, sanitize: bool) -> Arc<Operation> {
-    let (name, collection) = sql::operation_and_table(sql_text);
-    let query_text = if sanitize {
-        sql::sanitize(sql_text)
-    } else {
-        sql_text.to_owned()
-    };
-    Arc::new(Operation {
-        name,
-        collection,
-        query_text,
-    })
-}
-
 impl MysqlConn {
     /// A connection that existed before the agent: joined at a command.
     /// Without the greeting, MySQL and MariaDB cannot be told apart; the
     /// protocol's name stands for both.
-    pub fn mid_stream(sanitize: bool) -> Self {
-        let mut c = Self::new(sanitize);
+    pub fn mid_stream(opts: SqlOptions) -> Self {
+        let mut c = Self::new(opts);
         c.phase = Phase::Commands;
         c
     }
 
-    pub fn new(sanitize: bool) -> Self {
+    pub fn new(opts: SqlOptions) -> Self {
         MysqlConn {
             system: "mysql",
             client: Framer::new(Direction::Client),
@@ -144,7 +131,8 @@ impl MysqlConn {
             finished: Vec::new(),
             statements: HashMap::new(),
             namespace: None,
-            sanitize,
+            opts,
+            user: None,
             continued: false,
             encrypted: false,
             last_at: Stamp::default(),
@@ -206,6 +194,7 @@ impl MysqlConn {
             ctx,
             op,
             namespace: self.namespace.clone(),
+            user: self.user.clone(),
             sent_at: at,
             end_at: at,
             reply: None,
@@ -249,6 +238,9 @@ impl MysqlConn {
                         self.encrypted = true;
                     }
                     self.namespace = login.database.map(Into::into);
+                    if self.opts.user {
+                        self.user = login.user.map(Into::into);
+                    }
                 }
             }
             // Sequence numbers above 0 continue a command (file data for
@@ -261,7 +253,7 @@ impl MysqlConn {
                 let kind = match cmd {
                     command::QUERY => {
                         let text = String::from_utf8_lossy(rest);
-                        let op = operation(&text, self.sanitize);
+                        let op = Operation::sql(&text, self.opts.sanitize);
                         Kind::Call(self.new_call(op, tid, p.first_at, context()))
                     }
                     command::STMT_EXECUTE => {
@@ -276,9 +268,10 @@ impl MysqlConn {
                         };
                         Kind::Call(self.new_call(op, tid, p.first_at, context()))
                     }
-                    command::STMT_PREPARE => {
-                        Kind::Prepare(operation(&String::from_utf8_lossy(rest), self.sanitize))
-                    }
+                    command::STMT_PREPARE => Kind::Prepare(Operation::sql(
+                        &String::from_utf8_lossy(rest),
+                        self.opts.sanitize,
+                    )),
                     command::INIT_DB => Kind::InitDb(String::from_utf8_lossy(rest).into_owned()),
                     // No answer comes to these.
                     command::STMT_CLOSE => {
@@ -529,6 +522,13 @@ fn use_target(op: &Operation) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn opts(sanitize: bool) -> SqlOptions {
+        SqlOptions {
+            sanitize,
+            user: true,
+        }
+    }
     use zerospan_protocols::mysql::caps;
 
     fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
@@ -618,7 +618,7 @@ mod tests {
     impl Run {
         fn connect(deprecate_eof: bool) -> Run {
             let mut r = Run {
-                c: MysqlConn::new(true),
+                c: MysqlConn::new(opts(true)),
                 stats: Stats::default(),
                 t: 0,
             };
@@ -657,6 +657,7 @@ mod tests {
     fn queries_results_errors_and_init_db() {
         let mut r = Run::connect(false);
         assert_eq!(r.c.system, "mariadb");
+        assert_eq!(r.c.user.as_deref(), Some("root"));
         r.send(&query("SELECT x FROM t WHERE y = 'secret'"));
         r.recv(&result_set(3));
         r.send(&query("INSERT INTO t VALUES (1)"));
@@ -745,7 +746,7 @@ mod tests {
     #[test]
     fn ssl_request_stops_and_long_results_recover_from_the_tail() {
         let mut r = Run {
-            c: MysqlConn::new(true),
+            c: MysqlConn::new(opts(true)),
             stats: Stats::default(),
             t: 0,
         };
@@ -782,7 +783,7 @@ mod tests {
     #[test]
     fn joined_mid_stream_either_eof_style() {
         let stats = Stats::default();
-        let mut c = MysqlConn::mid_stream(true);
+        let mut c = MysqlConn::mid_stream(opts(true));
         let coldef = b"\x03def\0\0\0\x01x\0\x0c\x21\0\0\0\0\xfd\0\0\0\0\0";
         c.feed(
             true,
@@ -820,7 +821,7 @@ mod tests {
         for cut in 0..200 {
             let junk: Vec<u8> = (0..cut).map(|i| (i * 37 % 256) as u8).collect();
             let stats = Stats::default();
-            let mut c = MysqlConn::new(true);
+            let mut c = MysqlConn::new(opts(true));
             c.feed(
                 false,
                 1,

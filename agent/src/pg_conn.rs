@@ -28,11 +28,10 @@ use zerospan_protocols::{
     http1::{Segment, Stamp},
     postgres::{self, Direction, Framer, Message, Tag},
     resp::Reply,
-    sql,
 };
 
 use crate::{
-    db_conn::{Call, Operation},
+    db_conn::{Call, Operation, SqlOptions},
     spans::{context::SpanContext, http::Outcome},
     stats::Stats,
 };
@@ -71,7 +70,9 @@ pub struct PgConn {
     statements: HashMap<String, Arc<Operation>>,
     portals: HashMap<String, Arc<Operation>>,
     namespace: Option<Arc<str>>,
-    sanitize: bool,
+    opts: SqlOptions,
+    /// The user from the startup or login, when `opts.user`.
+    user: Option<Arc<str>>,
     /// The error that failed the batch at the head of the queue: the
     /// `Execute`s left in it were skipped by the server.
     batch_error: Option<String>,
@@ -81,21 +82,6 @@ pub struct PgConn {
     /// The server agreed to encrypt: from here on the bytes are TLS.
     encrypted: bool,
     last_at: Stamp,
-}
-
-/// The operation a piece of SQL performs, as spans show it.
-fn operation(sql_text: &str, sanitize: bool) -> Arc<Operation> {
-    let (name, collection) = sql::operation_and_table(sql_text);
-    let query_text = if sanitize {
-        sql::sanitize(sql_text)
-    } else {
-        sql_text.to_owned()
-    };
-    Arc::new(Operation {
-        name,
-        collection,
-        query_text,
-    })
 }
 
 /// Remembers `name → op` unless the map is full of other names.
@@ -114,16 +100,16 @@ fn remember(
 
 impl PgConn {
     /// A connection seen from its startup packet.
-    pub fn new(sanitize: bool) -> Self {
-        Self::with(Framer::new(Direction::Frontend), sanitize)
+    pub fn new(opts: SqlOptions) -> Self {
+        Self::with(Framer::new(Direction::Frontend), opts)
     }
 
     /// A connection that existed before the agent: joined at a query.
-    pub fn mid_stream(sanitize: bool) -> Self {
-        Self::with(Framer::mid_stream(Direction::Frontend), sanitize)
+    pub fn mid_stream(opts: SqlOptions) -> Self {
+        Self::with(Framer::mid_stream(Direction::Frontend), opts)
     }
 
-    fn with(front: Framer, sanitize: bool) -> Self {
+    fn with(front: Framer, opts: SqlOptions) -> Self {
         PgConn {
             front,
             back: Framer::new(Direction::Backend),
@@ -132,7 +118,8 @@ impl PgConn {
             statements: HashMap::new(),
             portals: HashMap::new(),
             namespace: None,
-            sanitize,
+            opts,
+            user: None,
             batch_error: None,
             owed: 0,
             encrypted: false,
@@ -201,6 +188,7 @@ impl PgConn {
             ctx,
             op,
             namespace: self.namespace.clone(),
+            user: self.user.clone(),
             sent_at: at,
             end_at: at,
             reply: None,
@@ -238,6 +226,9 @@ impl PgConn {
                     }
                     postgres::PROTOCOL_3 => {
                         self.namespace = s.database.map(Into::into);
+                        if self.opts.user {
+                            self.user = s.user.map(Into::into);
+                        }
                         self.push(Unit::Startup, stats);
                     }
                     // A cancel request: its connection carries nothing else.
@@ -245,13 +236,13 @@ impl PgConn {
                 }
             }
             Tag::Typed(b'Q') => {
-                let op = operation(&postgres::query_text(m.body), self.sanitize);
+                let op = Operation::sql(&postgres::query_text(m.body), self.opts.sanitize);
                 let call = self.new_call(op, tid, m.first_at, context());
                 self.push(Unit::Query(call), stats);
             }
             Tag::Typed(b'P') => {
                 let (name, text) = postgres::parse(m.body);
-                let op = operation(&text, self.sanitize);
+                let op = Operation::sql(&text, self.opts.sanitize);
                 remember(&mut self.statements, name, op, stats);
             }
             Tag::Typed(b'B') => {
@@ -424,6 +415,13 @@ impl PgConn {
 mod tests {
     use super::*;
 
+    fn opts(sanitize: bool) -> SqlOptions {
+        SqlOptions {
+            sanitize,
+            user: true,
+        }
+    }
+
     fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
         Segment {
             bytes,
@@ -479,7 +477,7 @@ mod tests {
     impl Run {
         fn new() -> Self {
             Run {
-                c: PgConn::new(true),
+                c: PgConn::new(opts(true)),
                 stats: Stats::default(),
                 t: 0,
             }
@@ -547,6 +545,8 @@ mod tests {
         let first = &r.c.finished[0];
         assert_eq!(first.op.query_text, "INSERT INTO tasks (title) VALUES (?)");
         assert_eq!(first.namespace.as_deref(), Some("shop"));
+        // Asked for here; off by default.
+        assert_eq!(first.user.as_deref(), Some("alice"));
         assert_eq!((first.sent_at.enter_ns, first.end_at.exit_ns), (30, 41));
     }
 
@@ -686,7 +686,7 @@ mod tests {
     #[test]
     fn joined_mid_stream_and_unknown_statements() {
         let stats = Stats::default();
-        let mut c = PgConn::mid_stream(true);
+        let mut c = PgConn::mid_stream(opts(true));
         let mut b = execute("old");
         b.extend(msg(b'S', b""));
         c.feed(true, 1, seg(&b, 10), SpanContext::root, &stats);
@@ -729,7 +729,7 @@ mod tests {
         stream.extend(b"\xff\x00garbage");
         for cut in 0..stream.len() {
             let stats = Stats::default();
-            let mut c = PgConn::new(false);
+            let mut c = PgConn::new(opts(false));
             c.feed(true, 1, seg(&stream[..cut], 1), SpanContext::root, &stats);
             c.feed(true, 1, seg(&stream[cut..], 2), SpanContext::root, &stats);
             c.feed(false, 1, seg(&stream, 3), SpanContext::root, &stats);

@@ -12,6 +12,7 @@ use zerospan_protocols::http1::{Segment, Stamp};
 
 use crate::{
     conntrack::{Limits, Tracker},
+    db_conn::SqlOptions,
     events::ConnKey,
     spans::http::Outcome,
     stats::Stats,
@@ -54,7 +55,10 @@ fn replay(chunks: &[(bool, Vec<u8>)], split: Option<(usize, usize)>) -> (Vec<See
         max_connections: 8,
         request_timeout_ns: u64::MAX / 2,
         idle_timeout_ns: u64::MAX / 2,
-        sanitize_sql: true,
+        sql: SqlOptions {
+            sanitize: true,
+            user: false,
+        },
     };
     let mut t = Tracker::new(limits, stats.clone());
     let peer: SocketAddr = "127.0.0.1:5432".parse().unwrap();

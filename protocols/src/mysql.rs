@@ -273,6 +273,7 @@ pub struct Login {
     pub caps: u32,
     /// Only capabilities and a request to switch to TLS.
     pub ssl_request: bool,
+    pub user: Option<String>,
     pub database: Option<String>,
 }
 
@@ -290,7 +291,8 @@ pub fn login(body: &[u8]) -> Login {
     let Some(rest) = body.get(32..) else {
         return l;
     };
-    let (_user, rest) = cstr(rest);
+    let (user, rest) = cstr(rest);
+    l.user = Some(text(user));
     let rest = if caps & caps::PLUGIN_AUTH_LENENC_DATA != 0 {
         lenenc(rest).and_then(|(n, k)| rest.get(k.checked_add(usize::try_from(n).ok()?)?..))
     } else if caps & caps::SECURE_CONNECTION != 0 {
@@ -472,6 +474,7 @@ mod tests {
         b.extend_from_slice(b"shop\0mysql_native_password\0");
         let l = login(&b);
         assert_eq!(l.database.as_deref(), Some("shop"));
+        assert_eq!(l.user.as_deref(), Some("root"));
         assert!(!l.ssl_request);
         let mut ssl = (caps::PROTOCOL_41 | caps::SSL).to_le_bytes().to_vec();
         ssl.extend_from_slice(&[0; 28]);

@@ -104,6 +104,7 @@ fn mariadb_client_queries_errors_use_and_long_results() {
         agent.stderr()
     );
     common_attributes(&spans, &db, true);
+    assert!(spans.iter().all(|s| !s.has("db.user")));
     let text = |i: usize| spans[i].str("db.query.text").unwrap();
     assert_eq!(text(1), "INSERT INTO tasks (title) VALUES (?), (?)");
     assert_eq!(text(2), "SELECT id, title FROM tasks WHERE title = ?");
@@ -143,7 +144,7 @@ fn connector_python_server_side_prepared_statements() {
     ];
     // Raw SQL, so that literals would show if the connector interpolated
     // them client-side: the placeholders prove server-side preparation.
-    let agent = traced(&collector, &argv, &["--no-sanitize-sql"]);
+    let agent = traced(&collector, &argv, &["--no-sanitize-sql", "--db-user"]);
     let spans = by_start(collector.wait_for(54, Duration::from_secs(10), |_| true));
     let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     // The connector sets up its session, then prepares each statement once
@@ -153,6 +154,9 @@ fn connector_python_server_side_prepared_statements() {
     want.extend(["SELECT items", "INSERT items"]);
     assert_eq!(names, want, "{}\n{}", summary(&spans), agent.stderr());
     common_attributes(&spans, &db, false);
+    assert!(spans
+        .iter()
+        .all(|s| s.str("db.user").as_deref() == Some("root")));
     assert_eq!(
         spans[0].str("db.query.text").as_deref(),
         Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci'"),

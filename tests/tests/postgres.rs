@@ -115,6 +115,8 @@ fn psql_simple_queries_errors_copy_and_long_results() {
     assert_eq!(text(7), "COPY tasks ( title ) FROM STDIN");
     assert_eq!(spans[1].str("db.operation.name").as_deref(), Some("INSERT"));
     assert_eq!(spans[1].str("db.collection.name").as_deref(), Some("tasks"));
+    // The user is never exported unless asked for.
+    assert!(spans.iter().all(|s| !s.has("db.user")));
     // The failing query: SQLSTATE 42P01, undefined_table.
     assert_eq!(
         spans[6].str("db.response.status_code").as_deref(),
@@ -235,7 +237,7 @@ fn pgbench_extended_gives_one_span_per_statement() {
     argv.extend(["-t".into(), (TRANSACTIONS / 2).to_string()]);
     argv.extend(conn("bench"));
     argv.push("bench".into());
-    let agent = traced(&collector, &argv, &[]);
+    let agent = traced(&collector, &argv, &["--db-user"]);
     let statements = [
         "BEGIN",
         "UPDATE pgbench_accounts",
@@ -255,6 +257,10 @@ fn pgbench_extended_gives_one_span_per_statement() {
         assert_eq!(n, TRANSACTIONS, "{name}: {}", agent.stderr());
     }
     common_attributes(&spans, &pg, "bench");
+    // Asked for with --db-user.
+    assert!(spans
+        .iter()
+        .all(|s| s.str("db.user").as_deref() == Some("postgres")));
     assert!(spans.iter().all(|s| !s.has("error.type")));
     assert_eq!(
         spans

@@ -39,6 +39,10 @@ pub fn build_span(
     if let Some(ns) = &call.namespace {
         attrs.push(("db.namespace", ns.as_ref().into()));
     }
+    // Opt-in (`--db-user`): the name current conventions dropped.
+    if let Some(user) = &call.user {
+        attrs.push(("db.user", user.as_ref().into()));
+    }
     if let Some(op_name) = &op.name {
         attrs.push(("db.operation.name", op_name.as_str().into()));
     }
