@@ -50,6 +50,9 @@ struct EventPath {
     sampler: Sampler,
     /// Local addresses of listening sockets, by (tgid, fd).
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    /// Processes that exec'd since the last tick: their TLS libraries are
+    /// looked for again once the loader has mapped them.
+    tls_rescan: Vec<u32>,
 }
 
 impl EventPath {
@@ -68,6 +71,7 @@ impl EventPath {
                 key,
                 tid,
                 egress,
+                tls,
                 enter_ns,
                 exit_ns,
                 len,
@@ -78,7 +82,11 @@ impl EventPath {
                     len,
                     stamp: Stamp { enter_ns, exit_ns },
                 };
-                self.tracker.data(key, tid, egress, seg);
+                if tls {
+                    self.tracker.plaintext(key, tid, egress, seg);
+                } else {
+                    self.tracker.data(key, tid, egress, seg);
+                }
             }
             Event::ConnOpen {
                 key,
@@ -109,7 +117,13 @@ impl EventPath {
                 child,
                 comm,
             } => self.registry.fork(parent, child, &comm),
-            Event::Exec { pid, comm } => self.registry.exec(pid, &comm),
+            Event::Exec { pid, comm } => {
+                self.registry.exec(pid, &comm);
+                // Its executable now; its libraries once the loader has
+                // mapped them (next tick).
+                self.probes.hook_tls(pid);
+                self.tls_rescan.push(pid);
+            }
             Event::Exit { pid } => self.process_gone(pid),
         }
     }
@@ -178,6 +192,9 @@ impl EventPath {
 
     fn tick(&mut self) {
         self.tracker.sweep(Clock::now_ktime_ns());
+        for pid in std::mem::take(&mut self.tls_rescan) {
+            self.probes.hook_tls(pid);
+        }
         for pid in self.registry.live_pids() {
             if !procfs::is_alive(pid) {
                 self.process_gone(pid);
@@ -205,11 +222,16 @@ impl EventPath {
             &self.stats.kernel_read_user_failed,
             c[counter::READ_USER_FAILED as usize],
         );
+        set(
+            &self.stats.kernel_tls_unattributed,
+            c[counter::TLS_UNATTRIBUTED as usize],
+        );
     }
 
     /// Starts tracing a running process and the sockets it already holds.
     fn attach_pid(&mut self, pid: u32) -> anyhow::Result<()> {
         self.probes.trace(pid)?;
+        self.probes.hook_tls(pid);
         self.probes.mark_existing_threads(pid);
         self.registry.add(pid);
         let now = Clock::now_ktime_ns();
@@ -346,6 +368,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         listeners: HashMap::new(),
         sampler: cfg.sampler,
+        tls_rescan: Vec::new(),
     };
     let mut child = None;
     match &cfg.target {

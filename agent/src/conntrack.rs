@@ -22,7 +22,7 @@ use crate::spans::context::SpanContext;
 use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
-use zerospan_protocols::{memcache, mysql, postgres, resp};
+use zerospan_protocols::{memcache, mysql, postgres, resp, tls};
 
 /// `db.system.name` of PostgreSQL.
 const PG: &str = "postgresql";
@@ -31,6 +31,9 @@ const PG: &str = "postgresql";
 const MAX_PENDING: usize = 64;
 /// Segments a connection of unknown role may show before we give up on it.
 const MAX_DETECT_SEGMENTS: u32 = 64;
+/// Ciphertext segments a TLS connection may show before its first
+/// plaintext; past them its TLS library is one the agent does not hook.
+const MAX_TLS_WAIT_SEGMENTS: u32 = 32;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -105,6 +108,12 @@ enum State {
     Pg(Box<PgConn>),
     /// A MySQL or MariaDB client.
     Mysql(Box<MysqlConn>),
+    /// TLS whose plaintext has not appeared yet: its role when known
+    /// (server, client), and the ciphertext segments seen meanwhile.
+    Tls {
+        role: Option<Role>,
+        segments: u32,
+    },
     /// Not a protocol we know: ignored.
     Ignored,
 }
@@ -163,8 +172,11 @@ fn collect_http(
     h: &mut HttpConn,
 ) {
     let role = h.role;
-    for exchange in h.book.finished.drain(..) {
+    for mut exchange in h.book.finished.drain(..) {
         unlink(linker, key, role, ends, &exchange);
+        if let Some(ctx) = linker.take_adopted(&exchange.ctx.span_id) {
+            exchange.ctx = ctx;
+        }
         out.push(Finished {
             tgid: key.tgid,
             role,
@@ -341,6 +353,14 @@ impl HttpConn {
         }
     }
 
+    /// Nothing framed yet in either direction.
+    fn is_fresh(&self) -> bool {
+        !self.requests.seen_message()
+            && !self.responses.seen_message()
+            && !self.requests.is_open()
+            && !self.responses.is_open()
+    }
+
     /// Feeds one segment; returns false once the stream is known not to be HTTP/1.
     fn feed(
         &mut self,
@@ -472,23 +492,95 @@ impl Tracker {
         self.conns.insert(
             key,
             Conn {
-                ends: Endpoints { peer, local },
+                ends: Endpoints {
+                    peer,
+                    local,
+                    tls: false,
+                },
                 state,
                 last_ns: at_ns,
             },
         );
     }
 
+    /// Bytes a syscall moved on a socket.
     pub fn data(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
         if !self.admit(key) {
             return;
         }
+        let conn = self.conn(key, seg.stamp.exit_ns);
+        if conn.ends.tls {
+            // Ciphertext: the plaintext comes from the TLS library.
+            return;
+        }
+        match &mut conn.state {
+            State::Tls { segments, .. } => {
+                *segments += 1;
+                if *segments > MAX_TLS_WAIT_SEGMENTS {
+                    conn.state = State::Ignored;
+                    Stats::inc(&self.stats.connections_tls_unhooked);
+                    self.evict.push(key);
+                    self.forget_fd(key);
+                }
+                return;
+            }
+            // A TLS record where a protocol's first bytes were expected:
+            // wait for the plaintext rather than give the connection up.
+            state if tls::looks_like_record(seg.bytes) => {
+                let role = match state {
+                    State::Outgoing => Some(Role::Client),
+                    State::Http(h) if h.is_fresh() => Some(h.role),
+                    State::Detecting { .. } => None,
+                    _ => return self.feed(key, tid, egress, seg),
+                };
+                *state = State::Tls { role, segments: 1 };
+                return;
+            }
+            _ => {}
+        }
+        self.feed(key, tid, egress, seg);
+    }
+
+    /// Plaintext a TLS library call moved on a socket: from now on the
+    /// connection's bytes are these, and its syscalls' are ignored.
+    pub fn plaintext(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+        if !self.admit(key) {
+            return;
+        }
+        let conn = self.conn(key, seg.stamp.exit_ns);
+        if !conn.ends.tls {
+            conn.ends.tls = true;
+            let state = std::mem::replace(&mut conn.state, State::Ignored);
+            conn.state = match state {
+                State::Tls {
+                    role: Some(Role::Server),
+                    ..
+                } => State::Http(Box::new(HttpConn::new(Role::Server))),
+                State::Tls {
+                    role: Some(Role::Client),
+                    ..
+                } => State::Outgoing,
+                State::Tls { role: None, .. } => State::Detecting { segments: 0 },
+                other => other,
+            };
+        }
+        self.feed(key, tid, egress, seg);
+    }
+
+    fn conn(&mut self, key: ConnKey, at_ns: u64) -> &mut Conn {
         let conn = self.conns.entry(key).or_insert_with(|| Conn {
             ends: Endpoints::default(),
             state: State::Detecting { segments: 0 },
-            last_ns: seg.stamp.exit_ns,
+            last_ns: at_ns,
         });
-        conn.last_ns = seg.stamp.exit_ns;
+        conn.last_ns = at_ns;
+        conn
+    }
+
+    fn feed(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         // A key-value store client, by what it writes first.
         let store = if !egress {
             None
@@ -594,8 +686,12 @@ impl Tracker {
             );
             collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
             if !readable {
-                conn.state = State::Ignored;
-                self.ignore(key);
+                // The server accepted TLS: the startup comes again, as
+                // plaintext from the TLS library.
+                conn.state = State::Tls {
+                    role: Some(Role::Client),
+                    segments: 0,
+                };
             }
             return;
         }
@@ -611,8 +707,10 @@ impl Tracker {
             );
             collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
             if !readable {
-                conn.state = State::Ignored;
-                self.ignore(key);
+                conn.state = State::Tls {
+                    role: Some(Role::Client),
+                    segments: 0,
+                };
             }
             return;
         }
@@ -661,7 +759,8 @@ impl Tracker {
         match current.and_then(|key| Some((key, self.conns.get_mut(&key)?))) {
             Some((key, conn)) if !matches!(conn.state, State::Ignored) => {
                 conn.ends.local = Some(local);
-                self.linker.client_local_known(key, conn.ends.peer, local);
+                self.linker
+                    .client_local_known(key, conn.ends.peer, local, &self.stats);
             }
             // Reported before the connect returned: kept for `open`.
             _ => {
@@ -676,6 +775,10 @@ impl Tracker {
     pub fn close(&mut self, key: ConnKey) {
         self.forget_fd(key);
         if let Some(conn) = self.conns.remove(&key) {
+            if matches!(conn.state, State::Tls { .. }) {
+                // Encrypted from start to end, and no plaintext ever came.
+                Stats::inc(&self.stats.connections_tls_unhooked);
+            }
             self.finish(key, conn, Outcome::Closed);
         }
     }
@@ -896,14 +999,8 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let mut t = Tracker::new(limits(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        // A TLS ClientHello: neither HTTP/1 nor RESP.
-        feed(
-            &mut t,
-            KEY,
-            1,
-            true,
-            seg(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0),
-        );
+        // Neither HTTP/1 nor anything else we know.
+        feed(&mut t, KEY, 1, true, seg(b"\x00\xff garbage \r\n", 0));
         assert_eq!(t.take_evictions(), vec![KEY]);
         assert_eq!(
             stats
@@ -913,6 +1010,40 @@ mod tests {
         );
         feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
         assert_eq!(t.drain().count(), 0);
+    }
+
+    /// Ciphertext waits for the plaintext, which then stands for the
+    /// connection; ciphertext after it is ignored; TLS whose plaintext
+    /// never comes is given up and counted.
+    #[test]
+    fn tls_connections_take_their_plaintext_from_the_library() {
+        let stats = Arc::new(Stats::default());
+        let mut t = Tracker::new(limits(), stats.clone());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        feed(&mut t, KEY, 1, true, seg(hello, 0));
+        feed(&mut t, KEY, 1, false, seg(b"\x16\x03\x03\x00\x7a\x02", 1));
+        assert!(t.take_evictions().is_empty());
+        t.plaintext(KEY, 1, true, seg(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2));
+        feed(&mut t, KEY, 1, true, seg(b"\x17\x03\x03\x00\x20", 3));
+        t.plaintext(KEY, 1, false, seg(b"HTTP/1.1 204 No Content\r\n\r\n", 4));
+        let done: Vec<Finished> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].ends.tls);
+        assert_eq!(done[0].exchange.response.as_ref().unwrap().status, 204);
+
+        let other = ConnKey { fd: 9, ..KEY };
+        t.open(other, origin::CONNECTED, None, None, 0);
+        for i in 0..=MAX_TLS_WAIT_SEGMENTS {
+            feed(&mut t, other, 1, i % 2 == 0, seg(hello, u64::from(i)));
+        }
+        assert_eq!(t.take_evictions(), vec![other]);
+        assert_eq!(
+            stats
+                .connections_tls_unhooked
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]

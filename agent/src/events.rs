@@ -22,6 +22,8 @@ pub enum Event<'a> {
         key: ConnKey,
         tid: u32,
         egress: bool,
+        /// Plaintext from a TLS library's probes, not a syscall's bytes.
+        tls: bool,
         enter_ns: u64,
         exit_ns: u64,
         len: u64,
@@ -122,6 +124,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 key,
                 tid: h.tid,
                 egress: h.direction == zerospan_common::direction::EGRESS,
+                tls: h.source == zerospan_common::source::TLS,
                 enter_ns: h.ts_enter_ns,
                 exit_ns: h.ts_exit_ns,
                 len,

@@ -13,11 +13,20 @@
 //!    two or more in flight on that thread, the parent cannot be known: the
 //!    span stays a root and is counted.
 //!
+//! A server span that found no parent (2) may still get one: the client's
+//! request can reach the agent a moment after the server's (with TLS, the
+//! client's plaintext is reported when its `SSL_write` returns, after the
+//! server may already have read and decrypted it). Such a server span,
+//! from a same-host peer, is an orphan until its request ends: when the
+//! client call at the other end registers, the orphan is adopted, keeping
+//! its span id and taking the caller's trace, unless it already has
+//! children (who carry its old trace id).
+//!
 //! No I/O here. The local address of a client connection comes from the
 //! probes (`sock:inet_sock_set_state`), through the connection's endpoints
 //! or [`Linker::client_local_known`] when it arrives later.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{cell::Cell, collections::HashMap, net::SocketAddr};
 
 use zerospan_protocols::http1::Head;
 
@@ -37,12 +46,30 @@ struct Call {
     ctx: SpanContext,
 }
 
+/// A server span in flight that found no parent (see the module docs).
+struct Orphan {
+    /// Its connection's addresses: the client's local address, and ours.
+    peer: SocketAddr,
+    local: SocketAddr,
+    serving: (u32, u32),
+    /// Set once a call was made as its child: then it cannot move.
+    has_children: Cell<bool>,
+}
+
 #[derive(Default)]
 pub struct Linker {
     /// Server spans in flight, by the (tgid, tid) that read their request.
     serving: HashMap<(u32, u32), Vec<SpanContext>>,
     calling: HashMap<u16, Vec<Call>>,
+    /// Orphans by span id, and their span ids by peer address.
+    orphans: HashMap<[u8; 8], Orphan>,
+    orphan_by_peer: HashMap<SocketAddr, [u8; 8]>,
+    /// New contexts of adopted server spans, taken when they end.
+    adopted: HashMap<[u8; 8], SpanContext>,
 }
+
+/// Most orphans kept; past it new ones are not adoptable.
+const MAX_ORPHANS: usize = 4096;
 
 /// Most in-flight entries kept per thread or per server port; past it the
 /// oldest go (a request that never ends must not grow the table).
@@ -80,16 +107,85 @@ impl Linker {
         ends: Endpoints,
         stats: &Stats,
     ) -> SpanContext {
-        let ctx = from_header(head, stats)
-            .or_else(|| {
-                let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
-                Stats::inc(&stats.context_linked_same_host);
-                Some(SpanContext::child_of(parent))
-            })
-            .unwrap_or_else(SpanContext::root);
+        let linked = from_header(head, stats).or_else(|| {
+            let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
+            Stats::inc(&stats.context_linked_same_host);
+            Some(SpanContext::child_of(parent))
+        });
+        let ctx = match linked {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = SpanContext::root();
+                self.add_orphan(&ctx, (conn.tgid, tid), ends);
+                ctx
+            }
+        };
         let serving = self.serving.entry((conn.tgid, tid)).or_default();
         push_bounded(serving, ctx.clone());
         ctx
+    }
+
+    /// Remembers a parentless server span whose peer is on this host.
+    fn add_orphan(&mut self, ctx: &SpanContext, serving: (u32, u32), ends: Endpoints) {
+        let (Some(peer), Some(local)) = (ends.peer, ends.local) else {
+            return;
+        };
+        let same_host = peer.ip().is_loopback() || peer.ip() == local.ip();
+        if !same_host || self.orphans.len() >= MAX_ORPHANS {
+            return;
+        }
+        self.orphan_by_peer.insert(peer, ctx.span_id);
+        self.orphans.insert(
+            ctx.span_id,
+            Orphan {
+                peer,
+                local,
+                serving,
+                has_children: Cell::new(false),
+            },
+        );
+    }
+
+    fn forget_orphan(&mut self, span_id: &[u8; 8]) {
+        if let Some(o) = self.orphans.remove(span_id) {
+            if self.orphan_by_peer.get(&o.peer) == Some(span_id) {
+                self.orphan_by_peer.remove(&o.peer);
+            }
+        }
+    }
+
+    /// A client call's addresses are known: if the server at the other end
+    /// already read its request and found no parent, adopt it.
+    fn adopt(&mut self, peer: SocketAddr, local: SocketAddr, parent: &SpanContext, stats: &Stats) {
+        let Some(span_id) = self.orphan_by_peer.get(&local).copied() else {
+            return;
+        };
+        let Some(orphan) = self.orphans.get(&span_id) else {
+            return;
+        };
+        let ip_ok = orphan.local.ip().is_unspecified() || orphan.local.ip() == peer.ip();
+        if !ip_ok || orphan.local.port() != peer.port() || orphan.has_children.get() {
+            return;
+        }
+        let serving = orphan.serving;
+        self.forget_orphan(&span_id);
+        let ctx = SpanContext {
+            span_id,
+            ..SpanContext::child_of(parent)
+        };
+        if let Some(v) = self.serving.get_mut(&serving) {
+            for c in v.iter_mut().filter(|c| c.span_id == span_id) {
+                *c = ctx.clone();
+            }
+        }
+        self.adopted.insert(span_id, ctx);
+        Stats::inc(&stats.context_linked_same_host);
+    }
+
+    /// The context a server exchange ended with, if it was adopted after
+    /// its start.
+    pub fn take_adopted(&mut self, span_id: &[u8; 8]) -> Option<SpanContext> {
+        self.adopted.remove(span_id)
     }
 
     /// The in-flight client call whose connection is this one seen from the
@@ -109,12 +205,18 @@ impl Linker {
         conn: ConnKey,
         peer: Option<SocketAddr>,
         local: SocketAddr,
+        stats: &Stats,
     ) {
         let Some(calls) = peer.and_then(|p| self.calling.get_mut(&p.port())) else {
             return;
         };
+        let mut waiting = Vec::new();
         for call in calls.iter_mut().filter(|c| c.conn == conn) {
             call.local = Some(local);
+            waiting.push((call.peer, call.ctx.clone()));
+        }
+        for (peer, ctx) in waiting {
+            self.adopt(peer, local, &ctx, stats);
         }
     }
 
@@ -139,6 +241,9 @@ impl Linker {
                     ctx: ctx.clone(),
                 },
             );
+            if let Some(local) = ends.local {
+                self.adopt(peer, local, &ctx, stats);
+            }
         }
         ctx
     }
@@ -148,7 +253,12 @@ impl Linker {
     /// serving, else a root.
     pub fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
         match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
-            Some([one]) => SpanContext::child_of(one),
+            Some([one]) => {
+                if let Some(orphan) = self.orphans.get(&one.span_id) {
+                    orphan.has_children.set(true);
+                }
+                SpanContext::child_of(one)
+            }
             Some([_, _, ..]) => {
                 Stats::inc(&stats.context_parent_ambiguous);
                 SpanContext::root()
@@ -159,6 +269,7 @@ impl Linker {
 
     /// A server exchange ended: it can no longer be anyone's parent.
     pub fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
+        self.forget_orphan(&ctx.span_id);
         if let Some(v) = self.serving.get_mut(&(conn.tgid, tid)) {
             v.retain(|c| c.span_id != ctx.span_id);
             if v.is_empty() {
@@ -183,6 +294,16 @@ impl Linker {
     /// Forgets everything of a process that is gone.
     pub fn process_exited(&mut self, tgid: u32) {
         self.serving.retain(|(t, _), _| *t != tgid);
+        let gone: Vec<[u8; 8]> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.serving.0 == tgid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.forget_orphan(&id);
+            self.adopted.remove(&id);
+        }
         self.calling.retain(|_, calls| {
             calls.retain(|c| c.conn.tgid != tgid);
             !calls.is_empty()
@@ -219,6 +340,7 @@ mod tests {
         Endpoints {
             peer: peer.map(addr),
             local: local.map(addr),
+            tls: false,
         }
     }
 
@@ -300,6 +422,7 @@ mod tests {
             key(1, 5),
             Some(addr("127.0.0.1:8000")),
             addr("127.0.0.1:40000"),
+            &stats,
         );
         let bystander = l.client_started(
             key(3, 5),

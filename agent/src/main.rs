@@ -25,6 +25,7 @@ mod procfs;
 mod replay;
 mod spans;
 mod stats;
+mod tls_hooks;
 
 use clap::Parser as _;
 

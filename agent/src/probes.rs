@@ -15,7 +15,7 @@ use aya::{
 };
 use zerospan_common::{counter, sock_flags, SockInfo, MAX_CAPTURE};
 
-use crate::{events::ConnKey, procfs};
+use crate::{events::ConnKey, procfs, tls_hooks::TlsHooks};
 
 /// Every program in the object, with its tracepoint category.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -59,7 +59,8 @@ pub struct ProbeSettings {
 }
 
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    tls: TlsHooks,
     /// Owned here rather than by their programs so [`Drop`] can detach them
     /// all at once.
     links: Vec<TracePointLink>,
@@ -170,10 +171,14 @@ impl Drop for Probes {
     /// after the other they took over a second; side by side the waits
     /// overlap.
     fn drop(&mut self) {
+        let uprobes = self.tls.take_links();
         std::thread::scope(|scope| {
             for link in self.links.drain(..) {
                 // If no thread can be made, the failed spawn drops its
                 // closure, and with it the link: detached here instead.
+                let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
+            }
+            for link in uprobes {
                 let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
             }
         });
@@ -235,9 +240,13 @@ impl Probes {
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         log::info!("attached {} tracepoints", TRACEPOINTS.len());
+        crate::tls_hooks::load(&mut ebpf)?;
+        let mut tls = TlsHooks::default();
+        tls.hook_system_libraries(&mut ebpf);
         Ok((
             Probes {
-                _ebpf: ebpf,
+                ebpf,
+                tls,
                 links,
                 traced,
                 late,
@@ -246,6 +255,12 @@ impl Probes {
             },
             ring,
         ))
+    }
+
+    /// Hooks the TLS libraries `pid` maps (and its executable, for a
+    /// statically linked OpenSSL) that are not hooked yet.
+    pub fn hook_tls(&mut self, pid: u32) {
+        self.tls.hook_process(&mut self.ebpf, pid);
     }
 
     /// Starts tracing a process.

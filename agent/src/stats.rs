@@ -33,6 +33,11 @@ counters! {
     kernel_sock_map_full,
     /// Segments sent uncaptured because user memory could not be read.
     kernel_read_user_failed,
+    /// TLS plaintext dropped: the library call's socket was not known.
+    kernel_tls_unattributed,
+    /// TLS connections whose plaintext never appeared (a TLS library the
+    /// agent does not hook): skipped, no longer captured.
+    connections_tls_unhooked,
     /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
     connections_unknown_protocol,
     /// Connections not tracked because the userspace table was full.

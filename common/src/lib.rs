@@ -41,6 +41,15 @@ pub mod direction {
     pub const EGRESS: u8 = 1;
 }
 
+/// Where a data event's bytes were seen.
+pub mod source {
+    /// In a read/write syscall on the socket.
+    pub const SYSCALL: u8 = 0;
+    /// In a TLS library call (plaintext, before encryption or after
+    /// decryption), attributed to the socket the library uses.
+    pub const TLS: u8 = 1;
+}
+
 /// How a socket became tracked.
 pub mod origin {
     /// Returned by `accept`/`accept4`: this process is the server.
@@ -57,7 +66,9 @@ pub mod origin {
 pub struct EventHeader {
     pub kind: u8,
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// For data events, one of [`source`].
+    pub source: u8,
+    pub _pad: u8,
     pub tgid: u32,
     pub tid: u32,
     pub fd: i32,
@@ -149,6 +160,12 @@ pub mod sock_flags {
     pub const FIRST_WRITE_SEEN: u32 = 4;
     /// The probes have looked at this outgoing socket's first read.
     pub const FIRST_READ_SEEN: u32 = 8;
+    /// A TLS library works on this socket: its syscalls carry ciphertext,
+    /// not copied; the plaintext comes from the library's probes.
+    pub const TLS: u32 = 16;
+    /// The probes have looked at this outgoing socket's first TLS
+    /// plaintext write (for a PostgreSQL startup inside TLS).
+    pub const FIRST_TLS_WRITE_SEEN: u32 = 32;
 }
 
 /// PostgreSQL's startup-phase request codes (the second 32-bit word of an
@@ -181,7 +198,10 @@ pub mod counter {
     pub const SOCK_MAP_FULL: u32 = 2;
     /// User memory could not be read; the segment is sent uncaptured.
     pub const READ_USER_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Plaintext from a TLS library call whose socket was not known (no
+    /// syscall nested in it, and the library object never seen with one).
+    pub const TLS_UNATTRIBUTED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]

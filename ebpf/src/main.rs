@@ -18,13 +18,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user, generated,
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use zerospan_common::{
-    counter, direction, kind, origin, sock_flags, ConnEvent, DataEvent, EventHeader, ProcEvent,
-    SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
+    counter, direction, kind, origin, sock_flags, source, ConnEvent, DataEvent, EventHeader,
+    ProcEvent, SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -66,6 +66,16 @@ static LATE: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONNECTING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
+/// TLS library calls in progress (`SSL_read`, `SSL_write`…), by pid_tgid:
+/// what the return probe needs, and the socket a nested syscall names.
+#[map]
+static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// The socket each TLS library object was last seen with, for calls that
+/// make no syscall (data already decrypted in the library's buffer).
+#[map]
+static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
 /// Syscall arguments stashed at entry for the matching exit, keyed by pid_tgid.
 #[map]
 static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
@@ -101,6 +111,9 @@ enum Buf {
     Accept = 4,
     /// connect: the peer was read at entry and tracked on success.
     Connect = 5,
+    /// A write nested in a TLS library write: at its exit the library
+    /// call's plaintext is sent (see `tls_nested_write`).
+    Tls = 7,
 }
 
 #[repr(C)]
@@ -122,6 +135,33 @@ struct SyscallArgs {
     conn_id: u64,
     ts_enter: u64,
     peer_addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TlsCall {
+    /// The library's connection object (`SSL *`, `gnutls_session_t`).
+    ssl: u64,
+    buf: u64,
+    /// Bytes asked for.
+    num: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written.
+    count_ptr: u64,
+    ts_enter: u64,
+    /// The socket of the first syscall nested in the call, else -1.
+    fd: i32,
+    direction: u8,
+    /// A write's plaintext was already sent, from its nested syscall.
+    emitted: u8,
+    _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SslKey {
+    tgid: u32,
+    _pad: u32,
+    ssl: u64,
 }
 
 #[repr(C)]
@@ -170,7 +210,8 @@ fn header(kind: u8, dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> Even
     EventHeader {
         kind,
         direction: dir,
-        _pad: [0; 2],
+        source: source::SYSCALL,
+        _pad: 0,
         tgid,
         tid,
         fd,
@@ -203,6 +244,43 @@ fn data_args(
     // SAFETY: map values stay valid for the program's run; flag updates
     // race only with the agent's, and both only ever add bits.
     let sock = unsafe { &mut *sock };
+    // A syscall inside a TLS library call moves ciphertext: it names the
+    // call's socket, and from then on the socket's plaintext comes from
+    // the library's probes.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        sock.flags |= sock_flags::TLS;
+        // SAFETY: as above.
+        let call = unsafe { &mut *call };
+        if call.fd < 0 {
+            call.fd = fd;
+        }
+        // The plaintext of a library write goes out when its first write
+        // syscall returns, before the peer can have read it: the agent
+        // then sees a request before the server reading it (the return
+        // probe would come later). Reads wait for the return probe, when
+        // the data is decrypted.
+        if dir == direction::EGRESS && call.direction == direction::EGRESS && call.emitted == 0 {
+            return Some(SyscallArgs {
+                buf: Buf::Tls,
+                direction: dir,
+                family: 0,
+                peer_port: 0,
+                deep: 0,
+                first_read: 0,
+                fd,
+                ptr: 0,
+                count: 0,
+                conn_id: sock.conn_id,
+                ts_enter: ts,
+                peer_addr: [0; 16],
+            });
+        }
+        return None;
+    }
+    if sock.flags & sock_flags::TLS != 0 {
+        return None;
+    }
     if dir == direction::EGRESS
         && buf == Buf::Plain
         && sock.flags & (sock_flags::OUTGOING | sock_flags::FIRST_WRITE_SEEN)
@@ -411,6 +489,7 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
         }
     }
     match args.buf {
+        Buf::Tls => tls_nested_write(pid_tgid, tgid, args.fd),
         Buf::Plain if args.deep != 0 => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
         Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved),
@@ -618,6 +697,179 @@ data_probe!(
     Buf::Opaque,
     direction::EGRESS
 );
+
+// ---- TLS libraries ----------------------------------------------------------
+//
+// uprobes on OpenSSL's SSL_read/SSL_write (and their _ex forms) and GnuTLS's
+// gnutls_record_recv/send see the plaintext. The entry probe remembers the
+// buffer; a syscall nested in the call names the socket (see `data_args`);
+// the return probe sends what was moved, as data of that socket.
+
+#[inline(always)]
+fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
+    let Some((pid_tgid, _, _)) = traced_tgid() else {
+        return;
+    };
+    let call = TlsCall {
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        // An int for OpenSSL: the register's upper half is not part of it.
+        num: ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff,
+        count_ptr: if ex {
+            ctx.arg::<u64>(3).unwrap_or(0)
+        } else {
+            0
+        },
+        // SAFETY: helper has no preconditions.
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        fd: -1,
+        direction: dir,
+        emitted: 0,
+        _pad: [0; 2],
+    };
+    if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+        bump(counter::ARGS_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn tls_exit(ctx: &RetProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only copy of a plain value.
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    // OpenSSL returns an int: the upper half of the register is not part
+    // of it (-1 arrives as 0xffffffff). GnuTLS returns a ssize_t, but
+    // never more than a record, so its low half is the whole value.
+    let ret = i64::from(ctx.ret::<i32>());
+    let moved = if call.count_ptr != 0 {
+        if ret != 1 {
+            return;
+        }
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return;
+    };
+    if moved == 0 || call.buf == 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let fd = if call.fd >= 0 {
+        let _ = SSL_FDS.insert(&key, &call.fd, 0);
+        call.fd
+    } else {
+        // SAFETY: read-only copy of a plain value.
+        match unsafe { SSL_FDS.get(&key) } {
+            Some(fd) => *fd,
+            None => {
+                bump(counter::TLS_UNATTRIBUTED);
+                return;
+            }
+        }
+    };
+    if call.direction == direction::EGRESS && call.emitted != 0 {
+        return; // sent from its nested write
+    }
+    emit_plaintext(pid_tgid, tgid, fd, &call, moved);
+}
+
+/// The first write syscall nested in a TLS library write returned: send
+/// the library call's plaintext now (see `data_args`).
+#[inline(always)]
+fn tls_nested_write(pid_tgid: u64, tgid: u32, fd: i32) {
+    let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let call = unsafe { &mut *call };
+    if call.emitted != 0 || call.num == 0 {
+        return;
+    }
+    call.emitted = 1;
+    let copy = *call;
+    // A library write moves all it was asked to, or fails and is retried
+    // with the same bytes (OpenSSL without partial writes, GnuTLS).
+    emit_plaintext(pid_tgid, tgid, fd, &copy, copy.num);
+}
+
+/// Sends `moved` plaintext bytes of a TLS library call as data of socket
+/// `fd`.
+#[inline(always)]
+fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, moved: u64) {
+    let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) else {
+        bump(counter::TLS_UNATTRIBUTED);
+        return;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let sock = unsafe { &mut *sock };
+    sock.flags |= sock_flags::TLS;
+    // A PostgreSQL startup inside TLS (sslmode=require): deep reads, as in
+    // `data_args` for plaintext.
+    if call.direction == direction::EGRESS
+        && sock.flags
+            & (sock_flags::OUTGOING | sock_flags::DEEP_READS | sock_flags::FIRST_TLS_WRITE_SEEN)
+            == sock_flags::OUTGOING
+    {
+        sock.flags |= sock_flags::FIRST_TLS_WRITE_SEEN;
+        if is_pg_startup(call.buf, moved) {
+            sock.flags |= sock_flags::DEEP_READS;
+        }
+    }
+    let deep = if call.direction == direction::EGRESS {
+        sock.flags & sock_flags::OUTGOING != 0
+    } else {
+        sock.flags & sock_flags::DEEP_READS != 0
+    };
+    let mut hdr = header(
+        kind::DATA,
+        call.direction,
+        tgid,
+        pid_tgid as u32,
+        fd,
+        sock.conn_id,
+    );
+    hdr.source = source::TLS;
+    hdr.ts_enter_ns = call.ts_enter;
+    // SAFETY: helper has no preconditions.
+    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    if deep {
+        emit_chunks(&hdr, call.buf, moved);
+    } else {
+        emit_segment(&hdr, call.buf, moved);
+    }
+}
+
+macro_rules! tls_probe {
+    ($enter:ident, $exit:ident, $dir:expr, $ex:expr) => {
+        #[uprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            tls_enter(&ctx, $dir, $ex);
+            0
+        }
+        #[uretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            tls_exit(&ctx);
+            0
+        }
+    };
+}
+
+// SSL_write and gnutls_record_send share a signature (object, buffer,
+// length → bytes moved), as do SSL_read and gnutls_record_recv.
+tls_probe!(tls_write, tls_write_ret, direction::EGRESS, false);
+tls_probe!(tls_read, tls_read_ret, direction::INGRESS, false);
+tls_probe!(tls_write_ex, tls_write_ex_ret, direction::EGRESS, true);
+tls_probe!(tls_read_ex, tls_read_ex_ret, direction::INGRESS, true);
 
 // ---- connection lifecycle ---------------------------------------------------
 

@@ -11,3 +11,4 @@ pub mod mysql;
 pub mod postgres;
 pub mod resp;
 pub mod sql;
+pub mod tls;

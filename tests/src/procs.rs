@@ -308,11 +308,39 @@ pub struct Nginx(Child);
 
 impl Nginx {
     pub fn start(root: &Path, port: u16) -> Nginx {
+        Nginx::start_with(root, &format!("listen 127.0.0.1:{port};"), port)
+    }
+
+    /// nginx serving HTTPS with a fresh self-signed certificate (made with
+    /// the openssl command line into `root`).
+    pub fn start_tls(root: &Path, port: u16) -> Nginx {
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
+            .arg(root.join("key.pem"))
+            .arg("-out")
+            .arg(root.join("cert.pem"))
+            .output()
+            .expect("openssl is installed with nginx by cargo xtask setup");
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listen = format!(
+            "listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; \
+             ssl_certificate_key {d}/key.pem;",
+            d = root.display()
+        );
+        Nginx::start_with(root, &listen, port)
+    }
+
+    fn start_with(root: &Path, listen: &str, port: u16) -> Nginx {
         let conf = format!(
             "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{}}\nhttp {{ access_log off; sendfile on; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
              fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             server {{ listen 127.0.0.1:{port}; root {d}; }} }}\n",
+             server {{ {listen} root {d}; }} }}\n",
             d = root.display()
         );
         std::fs::write(root.join("nginx.conf"), conf).unwrap();

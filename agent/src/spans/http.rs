@@ -53,6 +53,8 @@ pub struct Exchange {
 pub struct Endpoints {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// The connection is TLS (its plaintext came from the TLS library).
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +101,14 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 
 /// The status (and attributes) of an exchange that did not end with a
 /// response we could read; shared by every protocol's spans.
+fn scheme(ends: Endpoints) -> &'static str {
+    if ends.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) -> Status {
     match outcome {
         Outcome::Complete => Status::Unset,
@@ -160,10 +170,11 @@ pub fn build_span(
             if let Some(q) = q {
                 attrs.push(("url.query", query(q).into()));
             }
-            attrs.push(("url.scheme", "http".into()));
+            attrs.push(("url.scheme", scheme(ends).into()));
             let local = ends.local;
+            let default_port = if ends.tls { 443 } else { 80 };
             let server = host_header
-                .map(|(h, p)| (h.to_owned(), p.unwrap_or(80)))
+                .map(|(h, p)| (h.to_owned(), p.unwrap_or(default_port)))
                 .or_else(|| {
                     local
                         .filter(|a| !a.ip().is_unspecified())
@@ -196,9 +207,10 @@ pub fn build_span(
                     (None, None) => String::new(),
                 };
                 let (path, q) = split_target(&req.target);
+                let scheme = scheme(ends);
                 match q {
-                    Some(q) => format!("http://{authority}{path}?{}", query(q)),
-                    None => format!("http://{authority}{path}"),
+                    Some(q) => format!("{scheme}://{authority}{path}?{}", query(q)),
+                    None => format!("{scheme}://{authority}{path}"),
                 }
             } else {
                 // absolute-form (proxies): redact its query the same way.
@@ -317,6 +329,7 @@ mod tests {
         Endpoints {
             peer: Some("127.0.0.1:40000".parse().unwrap()),
             local: Some("0.0.0.0:8000".parse().unwrap()),
+            tls: false,
         }
     }
 
@@ -354,8 +367,16 @@ mod tests {
         let e = Endpoints {
             peer: Some("[::1]:8080".parse().unwrap()),
             local: None,
+            tls: false,
         };
         let s = build_span(&x, Role::Client, e, &Clock::identity(), opts, resource());
+        // The same call over TLS.
+        let tls = Endpoints { tls: true, ..e };
+        let s2 = build_span(&x, Role::Client, tls, &Clock::identity(), opts, resource());
+        assert_eq!(
+            s2.attr("url.full"),
+            Some(&"https://[::1]:8080/api?key=REDACTED".into())
+        );
         assert_eq!(s.kind, SpanKind::Client);
         assert_eq!(
             s.attr("url.full"),

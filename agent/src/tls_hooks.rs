@@ -1,0 +1,137 @@
+//! Hooking TLS libraries: finding the OpenSSL or GnuTLS a traced process
+//! uses, and attaching the probes' uprobes to its read and write
+//! functions, once per library file (the kernel shares a uprobe among
+//! every process that maps the file; the programs filter by traced tgid).
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use aya::{
+    programs::{
+        uprobe::{UProbeLink, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+
+/// Each program, and the library functions it is attached to. OpenSSL's
+/// `SSL_write(ssl, buf, num)` and GnuTLS's `gnutls_record_send(session,
+/// data, size)` take the same arguments and return the bytes moved, so
+/// they share programs; the `_ex` forms report the count through a pointer.
+const HOOKS: &[(&str, &[&str])] = &[
+    ("tls_write", &["SSL_write", "gnutls_record_send"]),
+    ("tls_write_ret", &["SSL_write", "gnutls_record_send"]),
+    ("tls_read", &["SSL_read", "gnutls_record_recv"]),
+    ("tls_read_ret", &["SSL_read", "gnutls_record_recv"]),
+    ("tls_write_ex", &["SSL_write_ex"]),
+    ("tls_write_ex_ret", &["SSL_write_ex"]),
+    ("tls_read_ex", &["SSL_read_ex"]),
+    ("tls_read_ex_ret", &["SSL_read_ex"]),
+];
+
+/// Where distributions keep the libraries, hooked at start so that a
+/// process that loads one later (Python imports `ssl` lazily, through
+/// dlopen) is covered from its first call.
+const SYSTEM_LIBRARIES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libgnutls.so.30",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib64/libgnutls.so.30",
+    "/usr/lib/libssl.so.3",
+];
+
+/// Loads the TLS programs into the kernel (they attach later, per file).
+pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for (name, _) in HOOKS {
+        let prog: &mut UProbe = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    Ok(())
+}
+
+/// The library files hooked so far, by (device, inode), with their links.
+#[derive(Default)]
+pub struct TlsHooks {
+    files: HashMap<(u64, u64), Vec<UProbeLink>>,
+}
+
+impl TlsHooks {
+    /// Hooks the TLS functions `path` holds, unless its file was looked at
+    /// before. Returns how many functions were newly hooked.
+    pub fn hook(&mut self, ebpf: &mut Ebpf, path: &Path) -> usize {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return 0;
+        };
+        let id = (meta.dev(), meta.ino());
+        if self.files.contains_key(&id) {
+            return 0;
+        }
+        let mut links = Vec::new();
+        for (name, symbols) in HOOKS {
+            let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
+                continue;
+            };
+            for symbol in *symbols {
+                // A file without this function (OpenSSL has no gnutls_*)
+                // fails here, which is expected.
+                if let Ok(link) = prog.attach(*symbol, path, UProbeScope::AllProcesses) {
+                    if let Ok(link) = prog.take_link(link) {
+                        links.push(link);
+                    }
+                }
+            }
+        }
+        let hooked = links.len() / 2;
+        if hooked > 0 {
+            log::info!("hooked {hooked} TLS functions in {}", path.display());
+        }
+        // Remembered even when empty: an executable without TLS functions
+        // is not searched again.
+        self.files.insert(id, links);
+        hooked
+    }
+
+    pub fn hook_system_libraries(&mut self, ebpf: &mut Ebpf) {
+        for path in SYSTEM_LIBRARIES {
+            self.hook(ebpf, Path::new(path));
+        }
+    }
+
+    /// Hooks what `pid` maps now: its TLS libraries, and its executable
+    /// (Node.js links OpenSSL statically and exports its functions).
+    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        for path in candidates(pid) {
+            self.hook(ebpf, &path);
+        }
+    }
+
+    /// Detaches everything (side by side, like the tracepoints).
+    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+        self.files.drain().flat_map(|(_, links)| links).collect()
+    }
+}
+
+/// The files in `pid`'s memory that may hold TLS functions, as paths this
+/// agent can open (through `/proc/PID/root`, so containers' files too).
+fn candidates(pid: u32) -> Vec<PathBuf> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut out: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains("libssl.so") || p.contains("libgnutls.so"))
+        .map(|p| root.join(p.trim_start_matches('/')))
+        .collect();
+    out.push(PathBuf::from(format!("/proc/{pid}/exe")));
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,196 @@
+//! TLS end to end: plaintext from uprobes on OpenSSL, attributed to the
+//! right connection, with the same spans as plaintext HTTP and nothing from
+//! the ciphertext. nginx with a self-signed certificate, curl, and Python's
+//! urllib (which loads OpenSSL only when `ssl` is imported).
+
+use std::{process::Command, time::Duration};
+
+use zerospan_tests::{
+    assert_child, procs::fixture, procs::free_port, require_root, Agent, Collector, Fixture,
+    FlatSpan, Nginx, TempDir,
+};
+
+fn summary(spans: &[FlatSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {:?} {:?} {:?}\n",
+                if s.is_server() { "SERVER" } else { "CLIENT" },
+                s.span.name,
+                s.str("url.full").or(s.str("url.path")),
+                s.int("http.response.status_code"),
+                s.int("http.response.body.size"),
+            )
+        })
+        .collect()
+}
+
+fn assert_clean(agent: &Agent) {
+    for stat in [
+        "connections_unknown_protocol",
+        "connections_tls_unhooked",
+        "http_desyncs",
+        "kernel_tls_unattributed",
+    ] {
+        assert_eq!(agent.stat(stat), Some(0), "{stat}: {}", agent.stderr());
+    }
+}
+
+#[test]
+fn curl_and_nginx_over_https() {
+    require_root();
+    let root = TempDir::new("tls-nginx");
+    std::fs::write(root.0.join("index.html"), "hello tls\n").unwrap();
+    let port = free_port();
+    let nginx = Nginx::start_tls(&root.0, port);
+    let base = format!("https://127.0.0.1:{port}");
+    let script = format!(
+        "echo READY 0; read go; \
+         curl -sk -o /dev/null {base}/index.html; \
+         curl -sk -o /dev/null '{base}/missing?token=secret'; \
+         echo DONE; read done"
+    );
+    let mut client = Fixture::start(Command::new("sh").args(["-c", &script]));
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid(), client.pid()], &collector, &[]);
+    client.send_line("go");
+    assert_eq!(client.read_line().trim(), "DONE");
+    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), 4, "{}\n{}", summary(&spans), agent.stderr());
+    let find = |server: bool, path: &str| -> &FlatSpan {
+        spans
+            .iter()
+            .find(|s| {
+                s.is_server() == server
+                    && s.str(if server { "url.path" } else { "url.full" })
+                        .is_some_and(|u| u.contains(path))
+            })
+            .unwrap_or_else(|| panic!("no span for {path}: {}", summary(&spans)))
+    };
+    let client_ok = find(false, "/index.html");
+    assert_eq!(
+        client_ok.str("url.full").as_deref(),
+        Some(format!("{base}/index.html").as_str())
+    );
+    assert_eq!(client_ok.int("http.response.status_code"), Some(200));
+    assert_eq!(client_ok.int("server.port"), Some(i64::from(port)));
+    assert_eq!(
+        client_ok.res_str("process.executable.name").as_deref(),
+        Some("curl")
+    );
+    let server_ok = find(true, "/index.html");
+    assert_eq!(server_ok.str("url.scheme").as_deref(), Some("https"));
+    assert_eq!(server_ok.str("url.path").as_deref(), Some("/index.html"));
+    assert_eq!(server_ok.int("http.response.status_code"), Some(200));
+    assert_eq!(server_ok.int("http.response.body.size"), Some(10));
+    assert_eq!(server_ok.int("server.port"), Some(i64::from(port)));
+    assert_eq!(
+        server_ok.res_str("process.executable.name").as_deref(),
+        Some("nginx")
+    );
+    // Both ends traced on one host: the server span is the client's child.
+    assert_child(server_ok, client_ok);
+
+    let client_404 = find(false, "/missing");
+    assert_eq!(
+        client_404.str("url.full").as_deref(),
+        Some(format!("{base}/missing?token=REDACTED").as_str())
+    );
+    assert_eq!(client_404.int("http.response.status_code"), Some(404));
+    let server_404 = find(true, "/missing");
+    assert_eq!(
+        server_404.str("url.query").as_deref(),
+        Some("token=REDACTED")
+    );
+    assert_eq!(server_404.str("url.scheme").as_deref(), Some("https"));
+    assert_child(server_404, client_404);
+    // Nothing came from the ciphertext.
+    assert_clean(&agent);
+}
+
+/// Python loads OpenSSL after the agent attached; four threads make
+/// requests at once, one connection each: every span gets its own
+/// request's response, none swapped or merged.
+#[test]
+fn python_urllib_over_https_from_concurrent_threads() {
+    require_root();
+    const THREADS: usize = 4;
+    const REQUESTS: usize = 5;
+    let root = TempDir::new("tls-python");
+    for t in 0..THREADS {
+        for n in 0..REQUESTS {
+            let name = format!("f{t}-{n}.txt");
+            std::fs::write(root.0.join(&name), name.repeat(t + n + 1)).unwrap();
+        }
+    }
+    let port = free_port();
+    let nginx = Nginx::start_tls(&root.0, port);
+    let base = format!("https://127.0.0.1:{port}");
+    let mut client = Fixture::start(
+        Command::new("python3")
+            .arg(fixture("https_client.py"))
+            .args([&base, &THREADS.to_string(), &REQUESTS.to_string()]),
+    );
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid(), client.pid()], &collector, &[]);
+    client.send_line("go");
+    assert_eq!(client.read_line().trim(), "DONE");
+    let total = THREADS * REQUESTS;
+    let spans = collector.wait_for(2 * total, Duration::from_secs(10), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(
+        spans.len(),
+        2 * total,
+        "{}\n{}",
+        summary(&spans),
+        agent.stderr()
+    );
+    let mut client_threads = std::collections::HashSet::new();
+    for s in &spans {
+        let (t, n, path) = {
+            let url = s
+                .str(if s.is_server() {
+                    "url.path"
+                } else {
+                    "url.full"
+                })
+                .unwrap();
+            let name = url.rsplit('/').next().unwrap().to_owned();
+            let (t, n) = name
+                .trim_start_matches('f')
+                .trim_end_matches(".txt")
+                .split_once('-')
+                .unwrap();
+            (
+                t.parse::<usize>().unwrap(),
+                n.parse::<usize>().unwrap(),
+                name,
+            )
+        };
+        // The response's size is the one this request's file has.
+        assert_eq!(
+            s.int("http.response.body.size"),
+            Some((path.len() * (t + n + 1)) as i64),
+            "{}",
+            summary(&spans)
+        );
+        assert_eq!(s.int("http.response.status_code"), Some(200));
+        if s.is_client() {
+            assert_eq!(
+                s.str("url.full").as_deref(),
+                Some(format!("{base}/{path}").as_str())
+            );
+            client_threads.insert(s.int("thread.id"));
+        } else {
+            assert_eq!(s.str("url.scheme").as_deref(), Some("https"));
+        }
+    }
+    assert_eq!(
+        client_threads.len(),
+        THREADS,
+        "one client thread per worker"
+    );
+    assert_clean(&agent);
+}
