@@ -122,6 +122,10 @@ struct Conn {
     ends: Endpoints,
     state: State,
     last_ns: u64,
+    /// A database connection switching to TLS (the server accepted an
+    /// SSLRequest): its ciphertext segments so far, until the plaintext
+    /// comes from the TLS library and the protocol goes on inside it.
+    tls_wait: Option<u32>,
 }
 
 pub struct Tracker {
@@ -499,6 +503,7 @@ impl Tracker {
                 },
                 state,
                 last_ns: at_ns,
+                tls_wait: None,
             },
         );
     }
@@ -513,30 +518,38 @@ impl Tracker {
             // Ciphertext: the plaintext comes from the TLS library.
             return;
         }
-        match &mut conn.state {
-            State::Tls { segments, .. } => {
-                *segments += 1;
-                if *segments > MAX_TLS_WAIT_SEGMENTS {
-                    conn.state = State::Ignored;
-                    Stats::inc(&self.stats.connections_tls_unhooked);
-                    self.evict.push(key);
-                    self.forget_fd(key);
-                }
+        // Ciphertext before any plaintext: count it, and give up on TLS
+        // the agent cannot see into.
+        let waited = match (&mut conn.tls_wait, &mut conn.state) {
+            (Some(n), _) | (None, State::Tls { segments: n, .. }) => {
+                *n += 1;
+                Some(*n)
+            }
+            _ => None,
+        };
+        if let Some(n) = waited {
+            if n > MAX_TLS_WAIT_SEGMENTS {
+                conn.state = State::Ignored;
+                conn.tls_wait = None;
+                Stats::inc(&self.stats.connections_tls_unhooked);
+                self.evict.push(key);
+                self.forget_fd(key);
+            }
+            return;
+        }
+        // A TLS record where a protocol's first bytes were expected: wait
+        // for the plaintext rather than give the connection up.
+        if tls::looks_like_record(seg.bytes) {
+            let role = match &conn.state {
+                State::Outgoing => Some(Some(Role::Client)),
+                State::Http(h) if h.is_fresh() => Some(Some(h.role)),
+                State::Detecting { .. } => Some(None),
+                _ => None,
+            };
+            if let Some(role) = role {
+                conn.state = State::Tls { role, segments: 1 };
                 return;
             }
-            // A TLS record where a protocol's first bytes were expected:
-            // wait for the plaintext rather than give the connection up.
-            state if tls::looks_like_record(seg.bytes) => {
-                let role = match state {
-                    State::Outgoing => Some(Role::Client),
-                    State::Http(h) if h.is_fresh() => Some(h.role),
-                    State::Detecting { .. } => None,
-                    _ => return self.feed(key, tid, egress, seg),
-                };
-                *state = State::Tls { role, segments: 1 };
-                return;
-            }
-            _ => {}
         }
         self.feed(key, tid, egress, seg);
     }
@@ -550,6 +563,7 @@ impl Tracker {
         let conn = self.conn(key, seg.stamp.exit_ns);
         if !conn.ends.tls {
             conn.ends.tls = true;
+            conn.tls_wait = None;
             let state = std::mem::replace(&mut conn.state, State::Ignored);
             conn.state = match state {
                 State::Tls {
@@ -561,6 +575,15 @@ impl Tracker {
                     ..
                 } => State::Outgoing,
                 State::Tls { role: None, .. } => State::Detecting { segments: 0 },
+                // A database that switched to TLS goes on inside it.
+                State::Pg(mut p) => {
+                    p.tls_started();
+                    State::Pg(p)
+                }
+                State::Mysql(mut m) => {
+                    m.tls_started();
+                    State::Mysql(m)
+                }
                 other => other,
             };
         }
@@ -572,6 +595,7 @@ impl Tracker {
             ends: Endpoints::default(),
             state: State::Detecting { segments: 0 },
             last_ns: at_ns,
+            tls_wait: None,
         });
         conn.last_ns = at_ns;
         conn
@@ -601,7 +625,7 @@ impl Tracker {
             && postgres::starts_messages(postgres::Direction::Frontend, seg.bytes, seg.len);
         if let State::GreetingHeader { header, at } = conn.state {
             let mut whole = header.to_vec();
-            whole.extend_from_slice(&seg.bytes[..seg.bytes.len().min(64)]);
+            whole.extend_from_slice(&seg.bytes[..seg.bytes.len().min(256)]);
             if egress || !mysql::looks_like_greeting(&whole) {
                 conn.state = State::Ignored;
                 self.ignore(key);
@@ -616,11 +640,13 @@ impl Tracker {
             let stats = &self.stats;
             m.feed(false, tid, head, SpanContext::root, stats);
             conn.state = State::Mysql(Box::new(m));
+            self.deepen.push(key);
         }
         if let State::Outgoing = conn.state {
             conn.state = match store {
                 // The server speaks first.
                 None if !egress && mysql::looks_like_greeting(seg.bytes) => {
+                    self.deepen.push(key);
                     State::Mysql(Box::new(MysqlConn::new(sql)))
                 }
                 None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
@@ -631,7 +657,13 @@ impl Tracker {
                     return;
                 }
                 Some(new) => State::Db(Box::new(new().seen_from_start())),
-                None if pg_startup => State::Pg(Box::new(PgConn::new(sql))),
+                None if pg_startup => {
+                    // The probes decide this themselves from the same
+                    // bytes, except when they cannot see them whole
+                    // (a startup written with writev): ask anyway.
+                    self.deepen.push(key);
+                    State::Pg(Box::new(PgConn::new(sql)))
+                }
                 None if pg_query => {
                     self.deepen.push(key);
                     State::Pg(Box::new(PgConn::mid_stream(sql)))
@@ -688,10 +720,7 @@ impl Tracker {
             if !readable {
                 // The server accepted TLS: the startup comes again, as
                 // plaintext from the TLS library.
-                conn.state = State::Tls {
-                    role: Some(Role::Client),
-                    segments: 0,
-                };
+                conn.tls_wait = Some(0);
             }
             return;
         }
@@ -707,10 +736,13 @@ impl Tracker {
             );
             collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
             if !readable {
-                conn.state = State::Tls {
-                    role: Some(Role::Client),
-                    segments: 0,
-                };
+                if m.is_compressed() {
+                    conn.state = State::Ignored;
+                    self.ignore(key);
+                } else {
+                    // TLS: the login comes as plaintext from the library.
+                    conn.tls_wait = Some(0);
+                }
             }
             return;
         }

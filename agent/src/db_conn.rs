@@ -170,6 +170,7 @@ pub struct DbConn {
 struct CommandSink<'a, F: FnMut() -> SpanContext> {
     pending: &'a mut VecDeque<Call>,
     finished: &'a mut Vec<Call>,
+    owed: &'a mut u32,
     namespace: &'a mut Option<Arc<str>>,
     context: F,
     tid: u32,
@@ -205,6 +206,8 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
                 oldest.outcome = Outcome::ResponseLost;
                 Stats::inc(&self.stats.db_pipeline_overflow);
                 self.finished.push(oldest);
+                // Its reply still comes, first: skip it, not pair it.
+                *self.owed += 1;
             }
         }
         let namespace = self.namespace.clone();
@@ -329,11 +332,14 @@ impl DbConn {
             // reply starts a message.
             if self.framers.replies_lost() && self.pending.is_empty() {
                 self.framers.resync_replies();
+                // What was owed was in the lost bytes, or never comes.
+                self.owed = 0;
             }
             let was_lost = self.framers.commands_lost();
             let mut sink = CommandSink {
                 pending: &mut self.pending,
                 finished: &mut self.finished,
+                owed: &mut self.owed,
                 namespace: &mut self.namespace,
                 context,
                 tid,

@@ -26,7 +26,7 @@ use std::{
 
 use zerospan_protocols::{
     http1::{Segment, Stamp},
-    mysql::{self, command, Direction, Framer, Packet, MORE_RESULTS_EXISTS},
+    mysql::{self, caps, command, Direction, Framer, Packet, CURSOR_EXISTS, MORE_RESULTS_EXISTS},
     resp::Reply,
 };
 
@@ -80,8 +80,10 @@ enum Kind {
     Prepare(Arc<Operation>),
     /// A change of database, effective on OK.
     InitDb(String),
-    /// Answered but not traced (ping, reset, statistics…).
+    /// Answered but not traced (ping, reset, fetch…), walked like a query.
     Silent,
+    /// Answered by one packet of text (`COM_STATISTICS`).
+    SilentText,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,17 @@ pub struct MysqlConn {
     continued: bool,
     /// The server agreed to switch to TLS.
     encrypted: bool,
+    /// The server's capabilities, from its greeting.
+    server_caps: u32,
+    /// Both sides send query attributes before a query's text (MySQL 8).
+    query_attributes: bool,
+    /// Both sides compress: the packets inside cannot be read.
+    compressed: bool,
+    /// The client's login was read (not just an SSL request).
+    logged_in: bool,
+    /// The client is sending a LOAD DATA LOCAL file: its packets are data,
+    /// whatever their sequence numbers, until an empty one.
+    infile: bool,
     last_at: Stamp,
 }
 
@@ -135,12 +148,28 @@ impl MysqlConn {
             user: None,
             continued: false,
             encrypted: false,
+            server_caps: 0,
+            query_attributes: false,
+            compressed: false,
+            logged_in: false,
+            infile: false,
             last_at: Stamp::default(),
         }
     }
 
     pub fn last_at(&self) -> Stamp {
         self.last_at
+    }
+
+    /// The TLS the client asked for is up: the full login comes next, as
+    /// plaintext.
+    pub fn tls_started(&mut self) {
+        self.encrypted = false;
+    }
+
+    /// The session is compressed (unreadable packets): not worth following.
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
     }
 
     pub fn oldest_pending(&self) -> Option<u64> {
@@ -186,7 +215,7 @@ impl MysqlConn {
                 self.recover_tail(seg, stats);
             }
         }
-        !self.encrypted
+        !self.encrypted && !self.compressed
     }
 
     fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
@@ -231,20 +260,28 @@ impl MysqlConn {
     ) {
         match self.phase {
             Phase::Greeting => {}
-            Phase::Login => {
-                if p.seq == 1 {
+            // The login answers the greeting (sequence 1), or follows an
+            // SSL request inside TLS (sequence 2); later packets of the
+            // phase are authentication exchanges.
+            Phase::Login if !self.logged_in => {
+                if p.seq == 1 || p.seq == 2 {
                     let login = mysql::login(p.body);
+                    self.logged_in = !login.ssl_request;
                     if login.ssl_request {
                         self.encrypted = true;
                     }
+                    let both = login.caps & self.server_caps;
+                    self.query_attributes = both & caps::QUERY_ATTRIBUTES != 0;
+                    self.compressed = both & caps::COMPRESS != 0;
                     self.namespace = login.database.map(Into::into);
                     if self.opts.user {
                         self.user = login.user.map(Into::into);
                     }
                 }
             }
-            // Sequence numbers above 0 continue a command (file data for
-            // LOAD DATA LOCAL, long payloads).
+            Phase::Login => {}
+            Phase::Commands if self.infile => self.infile = p.len > 0,
+            // Sequence numbers above 0 continue a command (long payloads).
             Phase::Commands if p.seq != 0 => {}
             Phase::Commands => {
                 let Some((&cmd, rest)) = p.body.split_first() else {
@@ -252,8 +289,12 @@ impl MysqlConn {
                 };
                 let kind = match cmd {
                     command::QUERY => {
-                        let text = String::from_utf8_lossy(rest);
-                        let op = Operation::sql(&text, self.opts.sanitize);
+                        let op = match mysql::query_sql(rest, self.query_attributes) {
+                            Some(sql) => {
+                                Operation::sql(&String::from_utf8_lossy(sql), self.opts.sanitize)
+                            }
+                            None => Arc::default(),
+                        };
                         Kind::Call(self.new_call(op, tid, p.first_at, context()))
                     }
                     command::STMT_EXECUTE => {
@@ -281,9 +322,19 @@ impl MysqlConn {
                         return;
                     }
                     command::QUIT | command::STMT_SEND_LONG_DATA => return,
+                    command::STATISTICS => Kind::SilentText,
                     _ => Kind::Silent,
                 };
+                // Column definitions (COM_FIELD_LIST) or rows (a cursor's
+                // COM_STMT_FETCH) up to an EOF, with no column count first.
+                let expect = match cmd {
+                    command::FIELD_LIST | command::STMT_FETCH => Expect::Rows,
+                    _ => Expect::First,
+                };
                 self.push(kind, stats);
+                if let Some(last) = self.pending.back_mut() {
+                    last.expect = expect;
+                }
             }
         }
     }
@@ -297,6 +348,7 @@ impl MysqlConn {
         match self.phase {
             Phase::Greeting => match mysql::greeting(p.body) {
                 Some(g) if p.seq == 0 => {
+                    self.server_caps = g.caps;
                     self.system = if g.version.contains("MariaDB") {
                         "mariadb"
                     } else {
@@ -335,7 +387,7 @@ impl MysqlConn {
         let done = match head.expect {
             Expect::First | Expect::NextResult => match (&head.kind, first) {
                 (_, Some(0xff)) => Some(error_reply(p.body)),
-                (Kind::Silent, _) => Some(Reply::Ok),
+                (Kind::SilentText, _) => Some(Reply::Ok),
                 (Kind::Prepare(op), Some(0x00)) => match mysql::prepare_ok(p.body) {
                     Some((id, columns, params)) => {
                         if self.statements.len() < MAX_STATEMENTS
@@ -368,6 +420,7 @@ impl MysqlConn {
                 // LOAD DATA LOCAL: the client sends the file, then OK comes.
                 (_, Some(0xfb)) => {
                     head.expect = Expect::NextResult;
+                    self.infile = true;
                     None
                 }
                 _ => match mysql::lenenc(p.body) {
@@ -403,6 +456,12 @@ impl MysqlConn {
             // Whether EOF packets are deprecated need not be known: a
             // classic EOF is exactly 5 bytes, the OK that replaces it at
             // least 7, and a row cannot start with 0xfe unless it is 16 MiB.
+            // A statement executed with a cursor: no rows until fetched.
+            Expect::AfterColumns
+                if eof && mysql::eof_status(p.body).unwrap_or(0) & CURSOR_EXISTS != 0 =>
+            {
+                Some(Reply::Ok)
+            }
             Expect::AfterColumns if eof => {
                 head.expect = Expect::Rows;
                 None
@@ -814,6 +873,50 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             0
         );
+    }
+
+    /// LOAD DATA LOCAL: file packets count sequence numbers up through 0;
+    /// none is a command.
+    #[test]
+    fn load_data_local_file_packets_are_not_commands() {
+        let mut r = Run::connect(false);
+        r.send(&query("LOAD DATA LOCAL INFILE 'f' INTO TABLE t"));
+        r.recv(&packet(1, b"\xfbf"));
+        for i in 0..300u32 {
+            r.send(&packet((2 + i) as u8, b"\x03SELECT looks like a command"));
+        }
+        r.send(&packet(46, b""));
+        r.recv(&ok(47));
+        r.send(&query("SELECT 1"));
+        r.recv(&result_set(1));
+        let got = r.spans();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|c| c.1 == Some(Reply::Ok)));
+        assert!(r.c.pending.is_empty());
+    }
+
+    /// A cursor: the execute's answer ends after the column definitions;
+    /// COM_STMT_FETCH brings the rows.
+    #[test]
+    fn cursors_and_fetches_pair() {
+        let mut r = Run::connect(false);
+        r.send(&packet(
+            0,
+            &[command::STMT_EXECUTE, 1, 0, 0, 0, 1, 1, 0, 0, 0],
+        ));
+        let mut resp = packet(1, &[1]);
+        resp.extend(packet(2, b"\x03def\0\0\0\x01x\0"));
+        resp.extend(packet(3, &[0xfe, 0, 0, 0x42, 0]));
+        r.recv(&resp);
+        assert_eq!(r.c.finished.len(), 1);
+        r.send(&packet(0, &[command::STMT_FETCH, 1, 0, 0, 0, 10, 0, 0, 0]));
+        let mut rows = packet(1, b"\x00\x00\x01x");
+        rows.extend(packet(2, &[0xfe, 0, 0, 0x82, 0]));
+        r.recv(&rows);
+        r.send(&query("SELECT 1"));
+        r.recv(&result_set(1));
+        assert_eq!(r.c.finished.len(), 2);
+        assert!(r.c.pending.is_empty());
     }
 
     #[test]

@@ -127,6 +127,12 @@ impl PgConn {
         }
     }
 
+    /// The TLS the server agreed to is up: what follows is the plaintext,
+    /// starting with the startup packet again.
+    pub fn tls_started(&mut self) {
+        self.encrypted = false;
+    }
+
     pub fn last_at(&self) -> Stamp {
         self.last_at
     }
@@ -151,7 +157,10 @@ impl PgConn {
     ) -> bool {
         self.last_at = seg.stamp;
         if egress {
+            // Only with nothing waiting: answers to what was sent in the
+            // lost bytes could still be on their way.
             if self.front.is_lost()
+                && self.units.is_empty()
                 && postgres::starts_messages(Direction::Frontend, seg.bytes, seg.len)
             {
                 self.front.resync();
@@ -281,6 +290,15 @@ impl PgConn {
         match m.tag {
             Tag::EncryptionAnswer(b'N') => {}
             Tag::EncryptionAnswer(_) => self.encrypted = true,
+            // COPY FROM STDIN in an extended batch: the server ignores the
+            // Sync sent with the batch (the one after CopyDone ends it).
+            Tag::Typed(b'G')
+                if self.owed == 0
+                    && matches!(self.units.front(), Some(Unit::Execute(_)))
+                    && matches!(self.units.get(1), Some(Unit::Sync)) =>
+            {
+                self.units.remove(1);
+            }
             Tag::Typed(b'C' | b'I' | b's') if self.owed == 0 => {
                 if let Some(Unit::Execute(_)) = self.units.front() {
                     if let Some(Unit::Execute(mut c)) = self.units.pop_front() {
@@ -363,20 +381,29 @@ impl PgConn {
         self.back.resync();
         Stats::inc(&stats.db_resyncs);
         let cycles = self.units.iter().filter(|u| u.ends_at_ready()).count();
+        // Calls in the cycle the read ends: up to the first unit that a
+        // ReadyForQuery ends.
         let calls = self
             .units
             .iter()
+            .scan(false, |past, u| {
+                let before = !*past;
+                *past |= u.ends_at_ready();
+                before.then_some(u)
+            })
             .filter(|u| matches!(u, Unit::Query(_) | Unit::Execute(_)))
             .count();
         let how = postgres::message_before_ready(seg.bytes).map(|(t, body)| match t {
             b'E' => Reply::Error(postgres::error_code(body).unwrap_or_else(|| "_OTHER".into())),
             _ => Reply::Ok,
         });
-        // Exactly one cycle with one call waiting, and nothing owed: this
-        // read ends that call, and says how.
+        // Exactly one cycle waiting, holding at most one call, and nothing
+        // owed: this read ends that cycle, and says how. Calls sent after
+        // it (without a Sync of their own yet) keep waiting.
         if self.owed == 0 && cycles == 1 && calls <= 1 {
             self.batch_error = None;
             while let Some(unit) = self.units.pop_front() {
+                let last = unit.ends_at_ready();
                 if let Unit::Query(mut c) | Unit::Execute(mut c) = unit {
                     match &how {
                         Some(reply) => c.reply = Some(reply.clone()),
@@ -384,6 +411,9 @@ impl PgConn {
                     }
                     c.end_at = seg.stamp;
                     self.finished.push(c);
+                }
+                if last {
+                    break;
                 }
             }
             return;
@@ -594,6 +624,36 @@ mod tests {
         resp.extend(ready());
         r.recv(&resp);
         assert_eq!(r.c.finished[3].reply, Some(Reply::Ok));
+    }
+
+    /// COPY in an extended batch: the Sync sent with the batch is ignored
+    /// by the server; the one after CopyDone ends it.
+    #[test]
+    fn extended_copy_does_not_shift_later_pairs() {
+        let mut r = connected();
+        let mut batch = msg(b'P', b"\0COPY tasks FROM STDIN\0\0\0");
+        batch.extend(execute(""));
+        batch.extend(msg(b'S', b""));
+        r.send(&batch);
+        let mut resp = msg(b'1', b"");
+        resp.extend(msg(b'2', b""));
+        resp.extend(msg(b'G', b"\0\0\0"));
+        r.recv(&resp);
+        let mut data = msg(b'd', b"x\n");
+        data.extend(msg(b'c', b""));
+        data.extend(msg(b'S', b""));
+        r.send(&data);
+        let mut resp = msg(b'C', b"COPY 1\0");
+        resp.extend(ready());
+        r.recv(&resp);
+        r.send(&msg(b'Q', b"SELECT 1\0"));
+        let mut resp = error("42601");
+        resp.extend(ready());
+        r.recv(&resp);
+        let got = r.spans();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, Some(Reply::Ok));
+        assert_eq!(got[1].1, Some(Reply::Error("42601".into())));
     }
 
     #[test]

@@ -331,7 +331,9 @@ impl Probes {
         let k = ((key.tgid as u64) << 32) | key.fd as u32 as u64;
         if let Ok(mut info) = self.socks.get(&k, 0) {
             if info.conn_id == key.conn_id {
-                info.flags |= sock_flags::DEEP_READS;
+                // Its writes are requests, as on sockets the probes saw
+                // connect.
+                info.flags |= sock_flags::DEEP_READS | sock_flags::OUTGOING;
                 // BPF_EXIST: never resurrect an entry closed meanwhile.
                 let _ = self.socks.insert(k, info, 2);
             }

@@ -22,7 +22,9 @@ pub mod caps {
     pub const CONNECT_WITH_DB: u32 = 0x0000_0008;
     pub const PROTOCOL_41: u32 = 0x0000_0200;
     pub const SSL: u32 = 0x0000_0800;
+    pub const COMPRESS: u32 = 0x0000_0020;
     pub const SECURE_CONNECTION: u32 = 0x0000_8000;
+    pub const QUERY_ATTRIBUTES: u32 = 0x0800_0000;
     pub const PLUGIN_AUTH_LENENC_DATA: u32 = 0x0020_0000;
     pub const DEPRECATE_EOF: u32 = 0x0100_0000;
 }
@@ -39,6 +41,27 @@ pub mod command {
     pub const STMT_EXECUTE: u8 = 0x17;
     pub const STMT_SEND_LONG_DATA: u8 = 0x18;
     pub const STMT_CLOSE: u8 = 0x19;
+    pub const FIELD_LIST: u8 = 0x04;
+    pub const STATISTICS: u8 = 0x09;
+    pub const STMT_FETCH: u8 = 0x1c;
+}
+
+/// Server status flag: a cursor was opened; rows come with COM_STMT_FETCH.
+pub const CURSOR_EXISTS: u16 = 0x0040;
+
+/// A `COM_QUERY`'s SQL text, past the query attributes MySQL 8.0.23+
+/// clients send when both sides support them (a count of parameters, a
+/// count of parameter sets; none here in practice). `None` when parameters
+/// precede the text, which is then not worth decoding.
+pub fn query_sql(rest: &[u8], attributes: bool) -> Option<&[u8]> {
+    // SQL never starts with NUL, so `00 01` can only be an empty
+    // attribute block, whether or not the capability was seen.
+    if attributes || rest.starts_with(&[0, 1]) {
+        let (params, a) = lenenc(rest)?;
+        let (_sets, b) = lenenc(rest.get(a..)?)?;
+        return (params == 0).then(|| rest.get(a + b..)).flatten();
+    }
+    Some(rest)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,7 +377,9 @@ pub fn looks_like_command(bytes: &[u8], len: u64) -> bool {
     if bytes.len() < 6 || bytes[3] != 0 || u64::from(le24(bytes)) + 4 != len {
         return false;
     }
-    let sql = &bytes[5..];
+    let Some(sql) = query_sql(&bytes[5..], false) else {
+        return false;
+    };
     matches!(bytes[4], command::QUERY | command::STMT_PREPARE)
         && sql
             .iter()
@@ -388,8 +413,15 @@ pub fn last_packet(bytes: &[u8]) -> Option<(u8, &[u8])> {
     (0..n.saturating_sub(4)).rev().take(64).find_map(|p| {
         let len = le24(&bytes[p..]) as usize;
         let body = &bytes[p + 4..];
-        (p + 4 + len == n && len > 0 && matches!(body[0], 0x00 | 0xfe | 0xff) && len < 64)
-            .then_some((bytes[p + 3], body))
+        // The ends of long results: EOF (or the OK in its place) and ERR
+        // with its SQL-state marker. Not a bare OK: binary rows start with
+        // 0x00 too.
+        let end = match body[0] {
+            0xfe => len == 5 || len >= 7,
+            0xff => body.get(3) == Some(&b'#'),
+            _ => false,
+        };
+        (p + 4 + len == n && end && len < 64).then_some((bytes[p + 3], body))
     })
 }
 
@@ -514,6 +546,11 @@ mod tests {
         assert!(!looks_like_command(&packet(0, b"\x03SELECT 1"), 14));
         assert!(!looks_like_command(&packet(1, b"\x03SELECT 1"), 13));
         assert!(!looks_like_command(b"GET / HTTP/1.1\r\n", 16));
+        // MySQL 8's empty query-attribute block before the SQL.
+        assert!(looks_like_command(&packet(0, b"\x03\x00\x01SELECT 1"), 15));
+        assert_eq!(query_sql(b"\x00\x01SELECT 1", true), Some(&b"SELECT 1"[..]));
+        assert_eq!(query_sql(b"SELECT 1", false), Some(&b"SELECT 1"[..]));
+        assert_eq!(query_sql(b"\x01\x01\x00", true), None);
         assert_eq!(lenenc(&[0xfc, 0x10, 0x27]), Some((10_000, 3)));
         assert_eq!(lenenc(&[0xff]), None);
         assert_eq!(
@@ -528,6 +565,8 @@ mod tests {
         tail.extend(packet(200, &[0xfe, 0, 0, 0x22, 0]));
         assert_eq!(last_packet(&tail), Some((200, &[0xfe, 0, 0, 0x22, 0][..])));
         assert_eq!(last_packet(b"\x05\0\0\x07abc"), None);
+        // A short binary row is not an end.
+        assert_eq!(last_packet(&packet(9, &[0, 0, 5, b'h', b'e'])), None);
     }
 
     #[test]

@@ -422,7 +422,7 @@ pub fn looks_like_query_start(bytes: &[u8], len: u64) -> bool {
 pub fn starts_messages(dir: Direction, bytes: &[u8], len: u64) -> bool {
     let mut pos = 0usize;
     let mut seen = 0;
-    while pos + 5 <= bytes.len() && seen < 64 {
+    while pos + 5 <= bytes.len() && seen < 4096 {
         let Some(n) = be32(&bytes[pos + 1..]) else {
             return false;
         };

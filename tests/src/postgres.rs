@@ -42,6 +42,15 @@ fn bindir() -> PathBuf {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// The server with TLS on (a fresh self-signed certificate).
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let (uid, gid) = postgres_ids();
         let dir = TempDir::new("pg");
         chown(&dir.0, Some(uid), Some(gid)).unwrap();
@@ -61,12 +70,40 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let mut tls_args = Vec::new();
+        if tls {
+            let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+                .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl req failed");
+            for f in [&cert, &key] {
+                chown(f, Some(uid), Some(gid)).unwrap();
+            }
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            tls_args = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", cert.display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         let child = Command::new(bin.join("postgres"))
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(&dir.0)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(&tls_args)
             .uid(uid)
             .gid(gid)
             .stdout(Stdio::null())

@@ -194,3 +194,59 @@ fn python_urllib_over_https_from_concurrent_threads() {
     );
     assert_clean(&agent);
 }
+
+/// PostgreSQL with `sslmode=require`: the SSLRequest is accepted, the
+/// startup and every query go inside TLS, and the spans are the ones the
+/// plaintext protocol gives.
+#[test]
+fn postgresql_with_sslmode_require() {
+    require_root();
+    let pg = zerospan_tests::Postgres::start_tls();
+    pg.exec("postgres", "CREATE DATABASE shop");
+    let collector = Collector::start();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=shop sslmode=require",
+        pg.port
+    );
+    let sql = "CREATE TABLE t (id int PRIMARY KEY, secret text); \
+               INSERT INTO t VALUES (1, 'secret'); \
+               SELECT secret FROM t WHERE id = 1; \
+               SELECT * FROM nope;";
+    let args = [
+        "--otlp-endpoint",
+        collector.grpc_endpoint.as_str(),
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=0",
+        conninfo.as_str(),
+        "-c",
+        "SHOW ssl",
+        "-c",
+        sql,
+    ];
+    let mut agent = Agent::start(&args, &[]);
+    assert!(
+        agent.wait(Duration::from_secs(30)).success(),
+        "{}",
+        agent.stderr()
+    );
+    let mut spans = collector.wait_for(2, Duration::from_secs(10), |_| true);
+    spans.sort_by_key(|s| s.span.start_time_unix_nano);
+    let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    // psql sends each -c as one simple query.
+    assert_eq!(names, ["SHOW", "CREATE"], "{}", agent.stderr());
+    for s in &spans {
+        assert_eq!(s.str("db.system.name").as_deref(), Some("postgresql"));
+        assert_eq!(s.str("db.namespace").as_deref(), Some("shop"));
+        assert_eq!(s.int("server.port"), Some(i64::from(pg.port)));
+    }
+    assert!(!spans[0].has("error.type"));
+    // The second query text holds four statements; the last one fails.
+    assert_eq!(spans[1].str("error.type").as_deref(), Some("42P01"));
+    assert!(!spans[1].str("db.query.text").unwrap().contains("secret'"));
+    assert_clean(&agent);
+    assert_eq!(agent.stat("db_desyncs"), Some(0));
+}
