@@ -13,7 +13,7 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use zerospan_common::{counter, sock_flags, SockInfo, MAX_CAPTURE};
+use zerospan_common::{counter, sock_flags, traced, SockInfo, MAX_CAPTURE};
 
 use crate::{events::ConnKey, procfs, tls_hooks::TlsHooks};
 
@@ -260,12 +260,18 @@ impl Probes {
     /// Hooks the TLS libraries `pid` maps (and its executable, for a
     /// statically linked OpenSSL) that are not hooked yet.
     pub fn hook_tls(&mut self, pid: u32) {
-        self.tls.hook_process(&mut self.ebpf, pid);
+        if self.tls.hook_process(&mut self.ebpf, pid) {
+            // A statically linked OpenSSL is Node.js's, on memory buffers:
+            // the probes attribute its reads by the thread's last read.
+            if let Ok(flags) = self.traced.get(&pid, 0) {
+                let _ = self.traced.insert(pid, flags | traced::MEMORY_BIO, 0);
+            }
+        }
     }
 
     /// Starts tracing a process.
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.traced.insert(pid, 1, 0).with_context(|| {
+        self.traced.insert(pid, traced::YES, 0).with_context(|| {
             format!("adding pid {pid} to the traced set (is --max-processes too small?)")
         })
     }

@@ -107,10 +107,19 @@ impl TlsHooks {
 
     /// Hooks what `pid` maps now: its TLS libraries, and its executable
     /// (Node.js links OpenSSL statically and exports its functions).
-    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+    /// Returns whether the executable itself holds TLS functions.
+    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) -> bool {
         for path in candidates(pid) {
             self.hook(ebpf, &path);
         }
+        self.hooked(Path::new(&format!("/proc/{pid}/exe")))
+    }
+
+    fn hooked(&self, path: &Path) -> bool {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| self.files.get(&(m.dev(), m.ino())))
+            .is_some_and(|links| !links.is_empty())
     }
 
     /// Detaches everything (side by side, like the tracepoints).

@@ -41,6 +41,16 @@ pub mod direction {
     pub const EGRESS: u8 = 1;
 }
 
+/// Bits of a traced process's value in the probes' `TRACED` map.
+pub mod traced {
+    /// The process is traced.
+    pub const YES: u8 = 1;
+    /// Its TLS library works on memory buffers (Node.js, Python's
+    /// asyncio): no syscall nests in a library call, so a read's plaintext
+    /// belongs to the socket the thread last read from.
+    pub const MEMORY_BIO: u8 = 2;
+}
+
 /// Where a data event's bytes were seen.
 pub mod source {
     /// In a read/write syscall on the socket.

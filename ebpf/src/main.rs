@@ -23,8 +23,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use zerospan_common::{
-    counter, direction, kind, origin, sock_flags, source, ConnEvent, DataEvent, EventHeader,
-    ProcEvent, SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
+    counter, direction, kind, origin, sock_flags, source, traced, ConnEvent, DataEvent,
+    EventHeader, ProcEvent, SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES,
+    REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -70,6 +71,10 @@ static CONNECTING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 /// what the return probe needs, and the socket a nested syscall names.
 #[map]
 static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+
+/// The socket each thread of a `MEMORY_BIO` process last read from.
+#[map]
+static LAST_READ: HashMap<u64, i32> = HashMap::with_max_entries(16384, 0);
 
 /// The socket each TLS library object was last seen with, for calls that
 /// make no syscall (data already decrypted in the library's buffer).
@@ -379,9 +384,19 @@ fn is_mysql_greeting(ptr: u64, moved: u64) -> bool {
 /// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
 #[inline(always)]
 fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
-    let Some((pid_tgid, tgid, _)) = traced_tgid() else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only copy of a plain value.
+    let Some(flags) = (unsafe { TRACED.get(&tgid) }).copied() else {
         return;
     };
+    if dir == direction::INGRESS && flags & traced::MEMORY_BIO != 0 {
+        let fd = arg(ctx, 0) as i32;
+        // SAFETY: read-only lookup of a plain value.
+        if unsafe { SOCKS.get(&sock_key(tgid, fd)) }.is_some() {
+            let _ = LAST_READ.insert(&pid_tgid, &fd, 0);
+        }
+    }
     // SAFETY: helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(args) = data_args(
@@ -764,19 +779,34 @@ fn tls_exit(ctx: &RetProbeContext) {
         _pad: 0,
         ssl: call.ssl,
     };
-    let fd = if call.fd >= 0 {
-        let _ = SSL_FDS.insert(&key, &call.fd, 0);
-        call.fd
+    // SAFETY: read-only copies of plain values.
+    let known = unsafe { SSL_FDS.get(&key) }.copied();
+    let last_read = if call.direction == direction::INGRESS {
+        unsafe { LAST_READ.get(&pid_tgid) }.copied()
     } else {
-        // SAFETY: read-only copy of a plain value.
-        match unsafe { SSL_FDS.get(&key) } {
-            Some(fd) => *fd,
-            None => {
-                bump(counter::TLS_UNATTRIBUTED);
-                return;
-            }
-        }
+        None
     };
+    let fd = if call.fd >= 0 {
+        call.fd
+    } else if let Some(fd) = last_read {
+        // A memory-buffer library: the data came from the socket the
+        // thread just read.
+        fd
+    } else if let Some(fd) = known {
+        fd
+    } else {
+        bump(counter::TLS_UNATTRIBUTED);
+        // No syscall nests in this process's TLS calls: from now on its
+        // threads' reads are remembered (see `enter_data`).
+        if let Some(flags) = TRACED.get_ptr_mut(&tgid) {
+            // SAFETY: map values stay valid for the program's run.
+            unsafe { *flags |= traced::MEMORY_BIO };
+        }
+        return;
+    };
+    if known != Some(fd) {
+        let _ = SSL_FDS.insert(&key, &fd, 0);
+    }
     if call.direction == direction::EGRESS && call.emitted != 0 {
         return; // sent from its nested write
     }
@@ -1102,7 +1132,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let _ = TRACED.insert(&child, &1, 0);
+    let _ = TRACED.insert(&child, &traced::YES, 0);
     proc_event(kind::PROC_FORK, tgid, tid, child);
     0
 }

@@ -72,16 +72,7 @@ impl Postgres {
         let port = free_port();
         let mut tls_args = Vec::new();
         if tls {
-            let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-            let out = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-                .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl req failed");
+            let (cert, key) = crate::procs::self_signed_cert(&dir.0);
             for f in [&cert, &key] {
                 chown(f, Some(uid), Some(gid)).unwrap();
             }

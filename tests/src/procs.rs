@@ -250,6 +250,26 @@ impl Drop for Fixture {
     }
 }
 
+/// A fresh self-signed certificate for `localhost` and its key, made with
+/// the openssl command line in `dir`: (cert.pem, key.pem).
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed with nginx by cargo xtask setup");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
 /// A port nothing listens on at the moment.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -311,26 +331,13 @@ impl Nginx {
         Nginx::start_with(root, &format!("listen 127.0.0.1:{port};"), port)
     }
 
-    /// nginx serving HTTPS with a fresh self-signed certificate (made with
-    /// the openssl command line into `root`).
+    /// nginx serving HTTPS with a fresh self-signed certificate.
     pub fn start_tls(root: &Path, port: u16) -> Nginx {
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
-            .arg(root.join("key.pem"))
-            .arg("-out")
-            .arg(root.join("cert.pem"))
-            .output()
-            .expect("openssl is installed with nginx by cargo xtask setup");
-        assert!(
-            out.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (cert, key) = self_signed_cert(root);
         let listen = format!(
-            "listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; \
-             ssl_certificate_key {d}/key.pem;",
-            d = root.display()
+            "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+            cert.display(),
+            key.display()
         );
         Nginx::start_with(root, &listen, port)
     }

@@ -250,3 +250,110 @@ fn postgresql_with_sslmode_require() {
     assert_clean(&agent);
     assert_eq!(agent.stat("db_desyncs"), Some(0));
 }
+
+/// Node.js: OpenSSL is linked into the node binary and works on memory
+/// buffers, so no syscall nests in its calls; reads are attributed to the
+/// socket the thread last read. SERVER spans, exact.
+#[test]
+fn node_https_server_through_its_own_openssl() {
+    require_root();
+    let dir = TempDir::new("tls-node");
+    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
+    let server = Fixture::start(
+        Command::new("node")
+            .arg(fixture("https_server.js"))
+            .arg(&cert)
+            .arg(&key),
+    );
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
+    let base = format!("https://127.0.0.1:{}", server.port);
+    // A first request, not asserted: a Node.js whose OpenSSL is a shared
+    // library is recognised as working on memory buffers only by it.
+    zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}/warm-up")]);
+    for path in ["/a", "/b", "/missing"] {
+        zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}{path}")]);
+    }
+    let spans = collector.wait_for(3, Duration::from_secs(10), |s| {
+        s.str("url.path").as_deref() != Some("/warm-up")
+    });
+    assert!(agent.stop().success());
+    let mut paths: Vec<(String, i64)> = spans
+        .iter()
+        .map(|s| {
+            assert!(s.is_server());
+            assert_eq!(s.str("url.scheme").as_deref(), Some("https"));
+            assert_eq!(s.int("server.port"), Some(i64::from(server.port)));
+            assert_eq!(
+                s.res_str("process.executable.name").as_deref(),
+                Some("node")
+            );
+            (
+                s.str("url.path").unwrap(),
+                s.int("http.response.status_code").unwrap(),
+            )
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/a".to_owned(), 200),
+            ("/b".to_owned(), 200),
+            ("/missing".to_owned(), 404)
+        ],
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(agent.stat("http_desyncs"), Some(0));
+}
+
+/// GnuTLS (`gnutls_record_send`/`recv`), through gnutls-cli.
+#[test]
+fn gnutls_client_spans() {
+    require_root();
+    let root = TempDir::new("tls-gnutls");
+    std::fs::write(root.0.join("index.html"), "hello gnutls\n").unwrap();
+    let port = free_port();
+    let _nginx = Nginx::start_tls(&root.0, port);
+    let request = root.0.join("request.txt");
+    std::fs::write(
+        &request,
+        format!("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    let collector = Collector::start();
+    let script = format!(
+        "gnutls-cli --insecure --logfile=/dev/null -p {port} 127.0.0.1 < {} > /dev/null 2>&1",
+        request.display()
+    );
+    let args = [
+        "--otlp-endpoint",
+        collector.grpc_endpoint.as_str(),
+        "--",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
+    let mut agent = Agent::start(&args, &[]);
+    assert!(
+        agent.wait(Duration::from_secs(30)).success(),
+        "{}",
+        agent.stderr()
+    );
+    let spans = collector.wait_for(1, Duration::from_secs(10), |_| true);
+    assert_eq!(spans.len(), 1, "{}\n{}", summary(&spans), agent.stderr());
+    let s = &spans[0];
+    assert!(s.is_client());
+    assert_eq!(
+        s.str("url.full").as_deref(),
+        Some(format!("https://127.0.0.1:{port}/index.html").as_str())
+    );
+    assert_eq!(s.int("http.response.status_code"), Some(200));
+    assert_eq!(s.int("http.response.body.size"), Some(13));
+    assert_eq!(
+        s.res_str("process.executable.name").as_deref(),
+        Some("gnutls-cli")
+    );
+    assert_clean(&agent);
+}

@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client",
     "mariadb-server",
     "mariadb-client",
+    // TLS tests: certificates, and a GnuTLS client.
+    "openssl",
+    "gnutls-bin",
     "memcached",
 ];
 
@@ -193,6 +196,13 @@ fn setup() -> Result<()> {
                 "--disable-pip-version-check",
             ])
             .args(PIP_PACKAGES))?;
+    }
+    // Node.js for the TLS test of a statically linked OpenSSL: machines of
+    // this kind come with NodeSource's build; elsewhere Debian's will do.
+    if !succeeds(Command::new("node").arg("--version")) {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // Debian starts nginx on install; the tests and the benchmark run their own.
     if succeeds(Command::new("pgrep").args(["-x", "nginx"])) {
