@@ -177,10 +177,10 @@ fn collect_http(
 ) {
     let role = h.role;
     for mut exchange in h.book.finished.drain(..) {
-        unlink(linker, key, role, ends, &exchange);
         if let Some(ctx) = linker.take_adopted(&exchange.ctx.span_id) {
             exchange.ctx = ctx;
         }
+        unlink(linker, key, role, ends, &exchange);
         out.push(Finished {
             tgid: key.tgid,
             role,

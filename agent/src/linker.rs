@@ -270,6 +270,9 @@ impl Linker {
     /// A server exchange ended: it can no longer be anyone's parent.
     pub fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
         self.forget_orphan(&ctx.span_id);
+        // Taken already when the exchange was collected; dropped here when
+        // it ends any other way.
+        self.adopted.remove(&ctx.span_id);
         if let Some(v) = self.serving.get_mut(&(conn.tgid, tid)) {
             v.retain(|c| c.span_id != ctx.span_id);
             if v.is_empty() {

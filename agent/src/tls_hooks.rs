@@ -22,15 +22,17 @@ use aya::{
 /// `SSL_write(ssl, buf, num)` and GnuTLS's `gnutls_record_send(session,
 /// data, size)` take the same arguments and return the bytes moved, so
 /// they share programs; the `_ex` forms report the count through a pointer.
+/// Return probes come first: attached to a live process, an entry probe
+/// without its return probe would leave a call open.
 const HOOKS: &[(&str, &[&str])] = &[
-    ("tls_write", &["SSL_write", "gnutls_record_send"]),
     ("tls_write_ret", &["SSL_write", "gnutls_record_send"]),
-    ("tls_read", &["SSL_read", "gnutls_record_recv"]),
+    ("tls_write", &["SSL_write", "gnutls_record_send"]),
     ("tls_read_ret", &["SSL_read", "gnutls_record_recv"]),
-    ("tls_write_ex", &["SSL_write_ex"]),
+    ("tls_read", &["SSL_read", "gnutls_record_recv"]),
     ("tls_write_ex_ret", &["SSL_write_ex"]),
-    ("tls_read_ex", &["SSL_read_ex"]),
+    ("tls_write_ex", &["SSL_write_ex"]),
     ("tls_read_ex_ret", &["SSL_read_ex"]),
+    ("tls_read_ex", &["SSL_read_ex"]),
 ];
 
 /// Where distributions keep the libraries, hooked at start so that a

@@ -70,16 +70,23 @@ static CONNECTING: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 /// TLS library calls in progress (`SSL_read`, `SSL_write`…), by pid_tgid:
 /// what the return probe needs, and the socket a nested syscall names.
 #[map]
-static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// The socket each thread of a `MEMORY_BIO` process last read from.
 #[map]
-static LAST_READ: HashMap<u64, i32> = HashMap::with_max_entries(16384, 0);
+static LAST_READ: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(16384, 0);
 
 /// The socket each TLS library object was last seen with, for calls that
 /// make no syscall (data already decrypted in the library's buffer).
 #[map]
-static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+static SSL_FDS: LruHashMap<SslKey, SockRef> = LruHashMap::with_max_entries(65536, 0);
+
+/// Plaintext bytes of each TLS library object already sent ahead of what
+/// its writes reported done: a write that failed or moved less after its
+/// nested syscall had sent it all is retried with the same bytes, which
+/// must not be sent twice.
+#[map]
+static TLS_CREDIT: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Syscall arguments stashed at entry for the matching exit, keyed by pid_tgid.
 #[map]
@@ -159,6 +166,15 @@ struct TlsCall {
     /// A write's plaintext was already sent, from its nested syscall.
     emitted: u8,
     _pad: [u8; 2],
+}
+
+/// A socket as it was when seen: the fd alone could since name another.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockRef {
+    fd: i32,
+    _pad: u32,
+    conn_id: u64,
 }
 
 #[repr(C)]
@@ -393,8 +409,13 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     if dir == direction::INGRESS && flags & traced::MEMORY_BIO != 0 {
         let fd = arg(ctx, 0) as i32;
         // SAFETY: read-only lookup of a plain value.
-        if unsafe { SOCKS.get(&sock_key(tgid, fd)) }.is_some() {
-            let _ = LAST_READ.insert(&pid_tgid, &fd, 0);
+        if let Some(sock) = unsafe { SOCKS.get(&sock_key(tgid, fd)) } {
+            let r = SockRef {
+                fd,
+                _pad: 0,
+                conn_id: sock.conn_id,
+            };
+            let _ = LAST_READ.insert(&pid_tgid, &r, 0);
         }
     }
     // SAFETY: helper has no preconditions.
@@ -728,8 +749,13 @@ fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
     let call = TlsCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
-        // An int for OpenSSL: the register's upper half is not part of it.
-        num: ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff,
+        // An int for SSL_read/SSL_write: the register's upper half is not
+        // part of it. A size_t for the _ex forms.
+        num: if ex {
+            ctx.arg::<u64>(2).unwrap_or(0)
+        } else {
+            ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff
+        },
         count_ptr: if ex {
             ctx.arg::<u64>(3).unwrap_or(0)
         } else {
@@ -742,9 +768,29 @@ fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
         emitted: 0,
         _pad: [0; 2],
     };
-    if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        bump(counter::ARGS_MAP_FULL);
+    // A call already open on this thread is the outer one of a nested
+    // pair (TLS through a TLS proxy): the inner one's bytes are the
+    // plaintext, the outer's are ciphertext. Keep the inner, unless the
+    // open one is stale (its return probe never ran).
+    // SAFETY: read-only copy of a plain value.
+    if let Some(open) = unsafe { TLS_CALLS.get(&pid_tgid) } {
+        if call.ts_enter.saturating_sub(open.ts_enter) < STALE_TLS_CALL_NS {
+            return;
+        }
     }
+    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+}
+
+/// A TLS call open longer than this lost its return probe.
+const STALE_TLS_CALL_NS: u64 = 30_000_000_000;
+
+/// The socket `r` names, if it still is that connection.
+#[inline(always)]
+fn still_open(tgid: u32, r: Option<SockRef>) -> Option<i32> {
+    let r = r?;
+    // SAFETY: read-only lookup of a plain value.
+    let sock = unsafe { SOCKS.get(&sock_key(tgid, r.fd)) }?;
+    (sock.conn_id == r.conn_id).then_some(r.fd)
 }
 
 #[inline(always)]
@@ -755,44 +801,58 @@ fn tls_exit(ctx: &RetProbeContext) {
         return;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    // OpenSSL returns an int: the upper half of the register is not part
-    // of it (-1 arrives as 0xffffffff). GnuTLS returns a ssize_t, but
-    // never more than a record, so its low half is the whole value.
-    let ret = i64::from(ctx.ret::<i32>());
-    let moved = if call.count_ptr != 0 {
-        if ret != 1 {
-            return;
-        }
-        // SAFETY: bpf_probe_read_user validates the user pointer.
-        unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
-    } else if ret > 0 {
-        ret as u64
-    } else {
-        return;
-    };
-    if moved == 0 || call.buf == 0 {
-        return;
-    }
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
         tgid,
         _pad: 0,
         ssl: call.ssl,
     };
+    // OpenSSL returns an int: the upper half of the register is not part
+    // of it (-1 arrives as 0xffffffff). GnuTLS returns a ssize_t, but
+    // never more than a record, so its low half is the whole value.
+    let ret = i64::from(ctx.ret::<i32>());
+    let moved = if call.count_ptr != 0 {
+        if ret == 1 {
+            // SAFETY: bpf_probe_read_user validates the user pointer.
+            unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        0
+    };
+    if call.direction == direction::EGRESS && call.emitted != 0 {
+        // Sent from its nested write, all `num` bytes of it; what the call
+        // did not report done will be written again.
+        if call.num > moved {
+            // SAFETY: read-only copy of a plain value.
+            let owed = unsafe { TLS_CREDIT.get(&key) }.copied().unwrap_or(0);
+            let _ = TLS_CREDIT.insert(&key, &(owed + (call.num - moved)), 0);
+        }
+        if call.fd >= 0 {
+            remember_socket(tgid, &key, call.fd);
+        }
+        return;
+    }
+    if moved == 0 || call.buf == 0 {
+        return;
+    }
     // SAFETY: read-only copies of plain values.
-    let known = unsafe { SSL_FDS.get(&key) }.copied();
+    let known = still_open(tgid, unsafe { SSL_FDS.get(&key) }.copied());
     let last_read = if call.direction == direction::INGRESS {
-        unsafe { LAST_READ.get(&pid_tgid) }.copied()
+        still_open(tgid, unsafe { LAST_READ.get(&pid_tgid) }.copied())
     } else {
         None
     };
     let fd = if call.fd >= 0 {
         call.fd
+    } else if let Some(fd) = known {
+        fd
     } else if let Some(fd) = last_read {
         // A memory-buffer library: the data came from the socket the
         // thread just read.
-        fd
-    } else if let Some(fd) = known {
         fd
     } else {
         bump(counter::TLS_UNATTRIBUTED);
@@ -805,12 +865,23 @@ fn tls_exit(ctx: &RetProbeContext) {
         return;
     };
     if known != Some(fd) {
-        let _ = SSL_FDS.insert(&key, &fd, 0);
+        remember_socket(tgid, &key, fd);
     }
-    if call.direction == direction::EGRESS && call.emitted != 0 {
-        return; // sent from its nested write
+    emit_plaintext(pid_tgid, tgid, fd, &call, 0, moved);
+}
+
+/// Remembers that the library object `key` works on socket `fd`.
+#[inline(always)]
+fn remember_socket(tgid: u32, key: &SslKey, fd: i32) {
+    // SAFETY: read-only lookup of a plain value.
+    if let Some(sock) = unsafe { SOCKS.get(&sock_key(tgid, fd)) } {
+        let r = SockRef {
+            fd,
+            _pad: 0,
+            conn_id: sock.conn_id,
+        };
+        let _ = SSL_FDS.insert(key, &r, 0);
     }
-    emit_plaintext(pid_tgid, tgid, fd, &call, moved);
 }
 
 /// The first write syscall nested in a TLS library write returned: send
@@ -828,14 +899,32 @@ fn tls_nested_write(pid_tgid: u64, tgid: u32, fd: i32) {
     call.emitted = 1;
     let copy = *call;
     // A library write moves all it was asked to, or fails and is retried
-    // with the same bytes (OpenSSL without partial writes, GnuTLS).
-    emit_plaintext(pid_tgid, tgid, fd, &copy, copy.num);
+    // with the same bytes (OpenSSL without partial writes, GnuTLS): the
+    // bytes a failed or short attempt already sent are skipped.
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: copy.ssl,
+    };
+    let mut skip = 0;
+    // SAFETY: read-only copy of a plain value.
+    if let Some(owed) = unsafe { TLS_CREDIT.get(&key) }.copied() {
+        skip = if owed < copy.num { owed } else { copy.num };
+        if owed > skip {
+            let _ = TLS_CREDIT.insert(&key, &(owed - skip), 0);
+        } else {
+            let _ = TLS_CREDIT.remove(&key);
+        }
+    }
+    if skip < copy.num {
+        emit_plaintext(pid_tgid, tgid, fd, &copy, skip, copy.num - skip);
+    }
 }
 
 /// Sends `moved` plaintext bytes of a TLS library call as data of socket
 /// `fd`.
 #[inline(always)]
-fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, moved: u64) {
+fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, moved: u64) {
     let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) else {
         bump(counter::TLS_UNATTRIBUTED);
         return;
@@ -851,7 +940,7 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, moved: u64)
             == sock_flags::OUTGOING
     {
         sock.flags |= sock_flags::FIRST_TLS_WRITE_SEEN;
-        if is_pg_startup(call.buf, moved) {
+        if is_pg_startup(call.buf + skip, moved) {
             sock.flags |= sock_flags::DEEP_READS;
         }
     }
@@ -873,9 +962,9 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, moved: u64)
     // SAFETY: helper has no preconditions.
     hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
     if deep {
-        emit_chunks(&hdr, call.buf, moved);
+        emit_chunks(&hdr, call.buf + skip, moved);
     } else {
-        emit_segment(&hdr, call.buf, moved);
+        emit_segment(&hdr, call.buf + skip, moved);
     }
 }
 
@@ -1155,6 +1244,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = TRACED.remove(&tid);
     }
     let _ = LATE.remove(&tid);
+    let pid_tgid = ((tgid as u64) << 32) | tid as u64;
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    let _ = LAST_READ.remove(&pid_tgid);
     // SAFETY: a load-time constant, then a checked read of the record.
     let offset = unsafe { ptr::read_volatile(&EXIT_GROUP_DEAD_OFFSET) } as usize;
     // Kernels without `group_dead` fire this per thread: the leader's exit

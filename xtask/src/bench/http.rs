@@ -1,5 +1,7 @@
-//! HTTP: wrk against nginx (one worker), without and then with the agent
-//! tracing nginx, in alternating rounds.
+//! HTTP and HTTPS: wrk against nginx (one worker), without and then with
+//! the agent tracing nginx, in alternating rounds. Over HTTPS the
+//! plaintext comes from uprobes on OpenSSL, so the difference in nginx's
+//! own CPU per request is what the probes cost it.
 
 use std::{
     fs,
@@ -12,9 +14,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::harness::{libc_kill, median, stat_value, AgentRun, Attached};
+use super::harness::{cpu_seconds, libc_kill, median, stat_value, AgentRun, Attached};
 
 const PORT: u16 = 18080;
+const TLS_PORT: u16 = 18443;
 const DURATION_S: u32 = 10;
 const ROUNDS: u32 = 3;
 const CONNECTIONS: u32 = 16;
@@ -62,7 +65,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
     Ok(w)
 }
 
-fn wrk(seconds: u32) -> Result<Wrk> {
+fn wrk(url: &str, seconds: u32) -> Result<Wrk> {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -70,10 +73,17 @@ fn wrk(seconds: u32) -> Result<Wrk> {
             &format!("-d{seconds}s"),
             "--latency",
         ])
-        .arg(format!("http://127.0.0.1:{PORT}/index.html"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// CPU seconds nginx's worker used while `f` ran, and `f`'s result.
+fn with_worker_cpu<T>(worker: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = cpu_seconds(worker);
+    let out = f()?;
+    Ok((out, cpu_seconds(worker) - before))
 }
 
 fn start_nginx(dir: &Path) -> Result<Child> {
@@ -81,13 +91,32 @@ fn start_nginx(dir: &Path) -> Result<Child> {
         dir.join("index.html"),
         "<html><body>zerospan bench</body></html>\n",
     )?;
+    let d = dir.display().to_string();
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-subj", "/CN=localhost", "-days", "1"])
+        .args([
+            "-keyout",
+            &format!("{d}/key.pem"),
+            "-out",
+            &format!("{d}/cert.pem"),
+        ])
+        .output()
+        .context("making a certificate with openssl")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let conf = format!(
         "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-           server {{ listen 127.0.0.1:{PORT}; root {d}; }} }}\n",
-        d = dir.display()
+           server {{ listen 127.0.0.1:{PORT}; root {d}; }}\n\
+           server {{ listen 127.0.0.1:{TLS_PORT} ssl; ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem; root {d}; }} }}\n"
     );
     fs::write(dir.join("nginx.conf"), conf)?;
     let child = Command::new("nginx")
@@ -95,11 +124,13 @@ fn start_nginx(dir: &Path) -> Result<Child> {
         .spawn()
         .context("starting nginx")?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nginx did not start listening on {PORT}");
+    for port in [PORT, TLS_PORT] {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start listening on {port}");
+            }
+            thread::sleep(Duration::from_millis(50));
         }
-        thread::sleep(Duration::from_millis(50));
     }
     Ok(child)
 }
@@ -108,7 +139,8 @@ pub fn run(root: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("zerospan-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let mut nginx = start_nginx(&dir)?;
-    let result = measure(root, &nginx);
+    let result =
+        measure(root, &nginx, "http", PORT).and_then(|()| measure(root, &nginx, "https", TLS_PORT));
     // SIGTERM, not SIGKILL: the master must take its worker down with it.
     // SAFETY: signalling our own child.
     unsafe { libc_kill(nginx.id() as i32, 15) };
@@ -117,22 +149,40 @@ pub fn run(root: &Path) -> Result<()> {
     result
 }
 
-fn measure(root: &Path, nginx: &Child) -> Result<()> {
-    eprintln!("bench: warming up");
-    wrk(2)?;
+/// The worker nginx's master started.
+fn worker_of(master: u32) -> Result<u32> {
+    let children = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))?;
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("nginx has no worker")
+}
+
+fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
+    let url = format!("{scheme}://127.0.0.1:{port}/index.html");
+    let worker = worker_of(nginx.id())?;
+    eprintln!("bench: {scheme}: warming up");
+    wrk(&url, 2)?;
     // Baseline and traced rounds alternate, so drift on a shared machine
     // hits both sides alike; medians are reported.
     let mut base = Vec::new();
     let mut traced = Vec::new();
     let mut runs: Vec<AgentRun> = Vec::new();
+    let (mut base_cpu, mut traced_cpu) = (0.0, 0.0);
     for round in 1..=ROUNDS {
-        eprintln!("bench: http round {round}/{ROUNDS}: baseline, {DURATION_S}s");
-        base.push(wrk(DURATION_S)?);
-        eprintln!("bench: http round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
+        eprintln!("bench: {scheme} round {round}/{ROUNDS}: baseline, {DURATION_S}s");
+        let (w, cpu) = with_worker_cpu(worker, || wrk(&url, DURATION_S))?;
+        base.push(w);
+        base_cpu += cpu;
+        eprintln!("bench: {scheme} round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
         let attached = Attached::start(root, nginx.id())?;
-        traced.push(wrk(DURATION_S)?);
+        let (w, cpu) = with_worker_cpu(worker, || wrk(&url, DURATION_S))?;
+        traced.push(w);
+        traced_cpu += cpu;
         runs.push(attached.finish()?);
     }
+    let base_requests: u64 = base.iter().map(|w| w.requests).sum();
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
     let traced_requests: u64 = traced.iter().map(|w| w.requests).sum();
@@ -148,8 +198,8 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     println!(
-        "zerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker), \
-         {ROUNDS} alternating rounds, medians; {cores} cores"
+        "\nzerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker) \
+         over {scheme}, {ROUNDS} alternating rounds, medians; {cores} cores"
     );
     println!(
         "{:<28}{:>14}{:>14}{:>10}",
@@ -166,6 +216,17 @@ fn measure(root: &Path, nginx: &Child) -> Result<()> {
     println!(
         "agent CPU seconds per 100k requests: {:.3}",
         cpu / (traced_requests as f64 / 100_000.0)
+    );
+    // The probes run in nginx's own context: what they cost shows in its
+    // CPU per request.
+    let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
+    let (b, t) = (
+        per_request_us(base_cpu, base_requests),
+        per_request_us(traced_cpu, traced_requests),
+    );
+    println!(
+        "nginx worker CPU per request: {b:.2} µs baseline, {t:.2} µs traced: the probes cost {:.2} µs",
+        t - b
     );
     println!("agent peak RSS: {rss:.1} MiB");
     println!(
