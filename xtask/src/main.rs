@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "wrk",
     "python3",
+    "python3-pip",
     "redis-server",
     "redis-tools",
     "postgresql",
@@ -62,7 +63,8 @@ fn usage() -> ! {
          build   build the probes and the agent: target/release/zerospan\n\
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
-         bench   set up, build, and measure overhead with wrk against nginx\n\
+         bench   set up, build, and measure overhead: wrk against nginx (http, https),\n\
+                 redis-benchmark, pgbench (root)\n\
          fuzz    fuzz each parser for SECS seconds (default 60)"
     );
     std::process::exit(2)
@@ -194,6 +196,9 @@ fn setup() -> Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                // Debian's own python3 is "externally managed" (PEP 668);
+                // these are test dependencies of a development machine.
+                "--break-system-packages",
             ])
             .args(PIP_PACKAGES))?;
     }
