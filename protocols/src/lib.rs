@@ -9,6 +9,7 @@ mod lines;
 pub mod memcache;
 pub mod mysql;
 pub mod postgres;
+mod prefixed;
 pub mod resp;
 pub mod sql;
 pub mod tls;

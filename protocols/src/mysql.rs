@@ -10,7 +10,10 @@
 //!
 //! Pure: bytes in, [`Packet`]s out; memory bounded by [`MAX_KEEP`].
 
-use crate::http1::{Segment, Stamp};
+use crate::{
+    http1::{Segment, Stamp},
+    prefixed::{Header, Walk},
+};
 
 /// Most bytes of one payload kept (a query's text).
 pub const MAX_KEEP: usize = 4096;
@@ -96,124 +99,61 @@ pub struct Packet<'a> {
     pub last_at: Stamp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Header { have: usize },
-    Body { remaining: u64 },
-    Lost,
+/// MySQL's headers: a 3-byte little-endian length and a sequence number.
+#[derive(Debug)]
+struct Headers {
+    dir: Direction,
+}
+
+impl Header for Headers {
+    fn header_len(&self) -> usize {
+        4
+    }
+
+    fn body(&mut self, h: &[u8]) -> Option<(u64, usize)> {
+        Some((u64::from(le24(h)), keep_limit(self.dir)))
+    }
 }
 
 /// Frames one direction of one MySQL connection.
 #[derive(Debug)]
 pub struct Framer {
-    state: State,
-    header: [u8; 4],
-    keep: Vec<u8>,
-    keep_max: usize,
-    cut: bool,
-    first_at: Stamp,
+    walk: Walk,
+    headers: Headers,
 }
 
 impl Framer {
     pub fn new(dir: Direction) -> Self {
         Framer {
-            state: State::Header { have: 0 },
-            header: [0; 4],
-            keep: Vec::new(),
-            keep_max: keep_limit(dir),
-            cut: false,
-            first_at: Stamp::default(),
+            walk: Walk::new(),
+            headers: Headers { dir },
         }
     }
 
     pub fn is_lost(&self) -> bool {
-        self.state == State::Lost
+        self.walk.is_lost()
     }
 
     /// Gives up: the owner knows the stream can no longer be followed.
     pub fn lose(&mut self) {
-        self.state = State::Lost;
-        self.keep.clear();
+        self.walk.lose();
     }
 
     /// Starts over: the caller knows a packet begins with the next byte.
     pub fn resync(&mut self) {
-        self.state = State::Header { have: 0 };
-        self.keep.clear();
+        self.walk.resync();
     }
 
     pub fn feed(&mut self, seg: Segment<'_>, mut on_packet: impl FnMut(Packet<'_>)) {
-        let captured = seg.bytes.len().min(seg.len as usize);
-        let bytes = &seg.bytes[..captured];
-        let mut pos = 0;
-        while pos < bytes.len() {
-            match self.state {
-                State::Lost => return,
-                State::Header { have } => {
-                    let take = (4 - have).min(bytes.len() - pos);
-                    self.header[have..have + take].copy_from_slice(&bytes[pos..pos + take]);
-                    if have == 0 {
-                        self.first_at = seg.stamp;
-                    }
-                    pos += take;
-                    if have + take < 4 {
-                        self.state = State::Header { have: have + take };
-                        continue;
-                    }
-                    self.keep.clear();
-                    self.cut = false;
-                    self.state = State::Body {
-                        remaining: u64::from(le24(&self.header)),
-                    };
-                    if le24(&self.header) == 0 {
-                        self.finish(seg.stamp, &mut on_packet);
-                    }
-                }
-                State::Body { remaining } => {
-                    let take = remaining.min((bytes.len() - pos) as u64) as usize;
-                    let room = self.keep_max.saturating_sub(self.keep.len());
-                    self.keep
-                        .extend_from_slice(&bytes[pos..pos + take.min(room)]);
-                    pos += take;
-                    self.state = State::Body {
-                        remaining: remaining - take as u64,
-                    };
-                    if remaining == take as u64 {
-                        self.finish(seg.stamp, &mut on_packet);
-                    }
-                }
-            }
-        }
-        let unseen = seg.len.saturating_sub(captured as u64);
-        if unseen == 0 {
-            return;
-        }
-        match self.state {
-            State::Body { remaining } if unseen <= remaining => {
-                if self.keep.len() < self.keep_max {
-                    self.cut = true;
-                }
-                self.state = State::Body {
-                    remaining: remaining - unseen,
-                };
-                if remaining == unseen {
-                    self.finish(seg.stamp, &mut on_packet);
-                }
-            }
-            State::Lost => {}
-            _ => self.lose(),
-        }
-    }
-
-    fn finish(&mut self, at: Stamp, on_packet: &mut impl FnMut(Packet<'_>)) {
-        self.state = State::Header { have: 0 };
-        on_packet(Packet {
-            seq: self.header[3],
-            len: le24(&self.header),
-            body: &self.keep,
-            cut: self.cut,
-            first_at: self.first_at,
-            last_at: at,
+        self.walk.feed(&mut self.headers, seg, |_, w| {
+            on_packet(Packet {
+                seq: w.header[3],
+                len: le24(w.header),
+                body: w.body,
+                cut: w.cut,
+                first_at: w.first_at,
+                last_at: w.last_at,
+            });
         });
     }
 }

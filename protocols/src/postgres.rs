@@ -10,7 +10,10 @@
 //!
 //! Pure: bytes in, [`Message`]s out; memory bounded by [`MAX_KEEP`].
 
-use crate::http1::{Segment, Stamp};
+use crate::{
+    http1::{Segment, Stamp},
+    prefixed::{Header, Walk},
+};
 
 /// Most bytes of one message body kept (a query's text).
 pub const MAX_KEEP: usize = 4096;
@@ -78,34 +81,51 @@ fn valid_type(dir: Direction, t: u8) -> bool {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Collecting a header (`have` bytes of it so far).
-    Header {
-        have: usize,
-    },
-    /// Inside a body, `remaining` bytes to go.
-    Body {
-        remaining: u64,
-    },
-    Lost,
+/// What decides where PostgreSQL's headers are: startup-phase packets have
+/// no type byte, and the answer to an encryption request is one byte.
+#[derive(Debug)]
+struct Headers {
+    dir: Direction,
+    /// The next message is a startup-phase packet (no type byte).
+    startup_next: bool,
+    /// The next byte is the answer to an encryption request.
+    answer_next: bool,
+}
+
+impl Header for Headers {
+    fn header_len(&self) -> usize {
+        if self.answer_next {
+            1
+        } else if self.startup_next {
+            4
+        } else {
+            5
+        }
+    }
+
+    fn body(&mut self, h: &[u8]) -> Option<(u64, usize)> {
+        let (tag, len) = match h.len() {
+            1 => return Some((0, 0)),
+            4 => {
+                let len = be32(h)?;
+                (8..=MAX_STARTUP).contains(&len).then_some(())?;
+                (Tag::Startup, len)
+            }
+            _ => {
+                let len = be32(&h[1..])?;
+                (valid_type(self.dir, h[0]) && (4..=MAX_MESSAGE).contains(&len)).then_some(())?;
+                (Tag::Typed(h[0]), len)
+            }
+        };
+        Some((u64::from(len - 4), keep_limit(self.dir, tag)))
+    }
 }
 
 /// Frames one direction of one PostgreSQL connection.
 #[derive(Debug)]
 pub struct Framer {
-    dir: Direction,
-    state: State,
-    header: [u8; 5],
-    /// The next message is a startup-phase packet (no type byte).
-    startup_next: bool,
-    /// The next byte is the answer to an encryption request.
-    answer_next: bool,
-    tag: Tag,
-    keep: Vec<u8>,
-    keep_max: usize,
-    cut: bool,
-    first_at: Stamp,
+    walk: Walk,
+    headers: Headers,
 }
 
 impl Framer {
@@ -113,167 +133,66 @@ impl Framer {
     /// with a startup packet.
     pub fn new(dir: Direction) -> Self {
         Framer {
-            dir,
-            state: State::Header { have: 0 },
-            header: [0; 5],
-            startup_next: dir == Direction::Frontend,
-            answer_next: false,
-            tag: Tag::Typed(0),
-            keep: Vec::new(),
-            keep_max: 0,
-            cut: false,
-            first_at: Stamp::default(),
+            walk: Walk::new(),
+            headers: Headers {
+                dir,
+                startup_next: dir == Direction::Frontend,
+                answer_next: false,
+            },
         }
     }
 
     /// A framer joining a connection already past its startup.
     pub fn mid_stream(dir: Direction) -> Self {
         let mut f = Framer::new(dir);
-        f.startup_next = false;
+        f.headers.startup_next = false;
         f
     }
 
     pub fn is_lost(&self) -> bool {
-        self.state == State::Lost
+        self.walk.is_lost()
     }
 
     /// Starts over: the caller knows a message begins with the next byte.
     pub fn resync(&mut self) {
-        self.state = State::Header { have: 0 };
-        self.answer_next = false;
-        self.keep.clear();
+        self.walk.resync();
+        self.headers.answer_next = false;
     }
 
     /// The client asked for encryption: the server's next byte answers it
     /// (backend framer).
     pub fn expect_encryption_answer(&mut self) {
-        self.answer_next = true;
+        self.headers.answer_next = true;
     }
 
     /// Gives up: the owner knows the stream can no longer be followed.
     pub fn lose(&mut self) {
-        self.state = State::Lost;
-        self.keep.clear();
+        self.walk.lose();
     }
 
     pub fn feed(&mut self, seg: Segment<'_>, mut on_message: impl FnMut(Message<'_>)) {
-        let captured = seg.bytes.len().min(seg.len as usize);
-        let bytes = &seg.bytes[..captured];
-        let mut pos = 0;
-        while pos < bytes.len() {
-            match self.state {
-                State::Lost => return,
-                State::Header { have } => {
-                    if have == 0 && self.answer_next {
-                        self.answer_next = false;
-                        on_message(Message {
-                            tag: Tag::EncryptionAnswer(bytes[pos]),
-                            body: &[],
-                            cut: false,
-                            first_at: seg.stamp,
-                            last_at: seg.stamp,
-                        });
-                        pos += 1;
-                        continue;
-                    }
-                    let need = if self.startup_next { 4 } else { 5 };
-                    let take = (need - have).min(bytes.len() - pos);
-                    self.header[have..have + take].copy_from_slice(&bytes[pos..pos + take]);
-                    if have == 0 {
-                        self.first_at = seg.stamp;
-                    }
-                    pos += take;
-                    if have + take < need {
-                        self.state = State::Header { have: have + take };
-                        continue;
-                    }
-                    if !self.start_body() {
-                        self.lose();
-                        return;
-                    }
-                    if self.state == (State::Body { remaining: 0 }) {
-                        self.finish(seg.stamp, &mut on_message);
-                    }
+        self.walk.feed(&mut self.headers, seg, |headers, w| {
+            let tag = match w.header.len() {
+                1 => {
+                    headers.answer_next = false;
+                    Tag::EncryptionAnswer(w.header[0])
                 }
-                State::Body { remaining } => {
-                    let take = remaining.min((bytes.len() - pos) as u64) as usize;
-                    let room = self.keep_max.saturating_sub(self.keep.len());
-                    self.keep
-                        .extend_from_slice(&bytes[pos..pos + take.min(room)]);
-                    pos += take;
-                    self.state = State::Body {
-                        remaining: remaining - take as u64,
-                    };
-                    if remaining == take as u64 {
-                        self.finish(seg.stamp, &mut on_message);
-                    }
+                4 => {
+                    // Encryption requests are followed by another startup
+                    // packet.
+                    let code = be32(w.body).unwrap_or(0);
+                    headers.startup_next = code == SSL_REQUEST || code == GSSENC_REQUEST;
+                    Tag::Startup
                 }
-            }
-        }
-        let unseen = seg.len.saturating_sub(captured as u64);
-        if unseen == 0 {
-            return;
-        }
-        match self.state {
-            State::Body { remaining } if unseen <= remaining => {
-                if self.keep.len() < self.keep_max {
-                    self.cut = true;
-                }
-                self.state = State::Body {
-                    remaining: remaining - unseen,
-                };
-                if remaining == unseen {
-                    self.finish(seg.stamp, &mut on_message);
-                }
-            }
-            State::Lost => {}
-            // A header, or a body's end and what follows, went uncaptured.
-            _ => self.lose(),
-        }
-    }
-
-    /// Validates a complete header and enters its body.
-    fn start_body(&mut self) -> bool {
-        let h = self.header;
-        let (tag, len) = if self.startup_next {
-            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-            if !(8..=MAX_STARTUP).contains(&len) {
-                return false;
-            }
-            (Tag::Startup, len)
-        } else {
-            if !valid_type(self.dir, h[0]) {
-                return false;
-            }
-            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-            if !(4..=MAX_MESSAGE).contains(&len) {
-                return false;
-            }
-            (Tag::Typed(h[0]), len)
-        };
-        self.tag = tag;
-        self.keep.clear();
-        self.cut = false;
-        self.keep_max = keep_limit(self.dir, tag);
-        self.state = State::Body {
-            remaining: u64::from(len - 4),
-        };
-        true
-    }
-
-    fn finish(&mut self, at: Stamp, on_message: &mut impl FnMut(Message<'_>)) {
-        if self.tag == Tag::Startup {
-            // Encryption requests are followed by another startup packet.
-            let code = be32(&self.keep).unwrap_or(0);
-            self.startup_next = code == SSL_REQUEST || code == GSSENC_REQUEST;
-        }
-        self.state = State::Header { have: 0 };
-        on_message(Message {
-            tag: self.tag,
-            body: &self.keep,
-            cut: self.cut,
-            first_at: self.first_at,
-            last_at: at,
+                _ => Tag::Typed(w.header[0]),
+            };
+            on_message(Message {
+                tag,
+                body: w.body,
+                cut: w.cut,
+                first_at: w.first_at,
+                last_at: w.last_at,
+            });
         });
     }
 }
