@@ -53,7 +53,12 @@ struct EventPath {
     /// Processes that exec'd since the last tick: their TLS libraries are
     /// looked for again once the loader has mapped them.
     tls_rescan: Vec<u32>,
+    /// The last process looked at by the round-robin rescan.
+    tls_cursor: u32,
 }
+
+/// Traced processes whose maps are looked at again on each tick.
+const TLS_RESCAN_PER_TICK: usize = 8;
 
 impl EventPath {
     fn handle(&mut self, raw: &[u8]) {
@@ -128,6 +133,27 @@ impl EventPath {
         }
     }
 
+    /// Libraries a process loads long after it started (a dlopen from its
+    /// own directory) are found by looking at every traced process's maps
+    /// again, a few at a time.
+    fn rescan_some_for_tls(&mut self) {
+        let mut pids = self.registry.live_pids();
+        if pids.is_empty() {
+            return;
+        }
+        pids.sort_unstable();
+        let start = pids.partition_point(|&p| p <= self.tls_cursor);
+        for &pid in pids
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(TLS_RESCAN_PER_TICK.min(pids.len()))
+        {
+            self.probes.hook_tls(pid);
+            self.tls_cursor = pid;
+        }
+    }
+
     fn process_gone(&mut self, pid: u32) {
         self.registry.exited(pid);
         self.tracker.process_exited(pid);
@@ -195,6 +221,7 @@ impl EventPath {
         for pid in std::mem::take(&mut self.tls_rescan) {
             self.probes.hook_tls(pid);
         }
+        self.rescan_some_for_tls();
         for pid in self.registry.live_pids() {
             if !procfs::is_alive(pid) {
                 self.process_gone(pid);
@@ -369,6 +396,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         listeners: HashMap::new(),
         sampler: cfg.sampler,
         tls_rescan: Vec::new(),
+        tls_cursor: 0,
     };
     let mut child = None;
     match &cfg.target {

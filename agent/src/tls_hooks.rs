@@ -131,18 +131,66 @@ impl TlsHooks {
 }
 
 /// The files in `pid`'s memory that may hold TLS functions, as paths this
-/// agent can open (through `/proc/PID/root`, so containers' files too).
+/// agent can open: through `/proc/PID/root` (containers' files too), or
+/// `/proc/PID/map_files` for a library replaced on disk since it was
+/// loaded (an upgrade), whose old file only the mapping still reaches.
 fn candidates(pid: u32) -> Vec<PathBuf> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let mut out: Vec<PathBuf> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.contains("libssl.so") || p.contains("libgnutls.so"))
-        .map(|p| root.join(p.trim_start_matches('/')))
-        .collect();
+    let mut out: Vec<PathBuf> = maps.lines().filter_map(|l| tls_library(pid, l)).collect();
     out.push(PathBuf::from(format!("/proc/{pid}/exe")));
     out.sort();
     out.dedup();
     out
+}
+
+/// The path to hook for one line of `/proc/PID/maps`, if it maps a TLS
+/// library (`libssl.so.3`, a wheel's `libssl-1a2b3c.so.3`, `libgnutls.so.30`).
+fn tls_library(pid: u32, line: &str) -> Option<PathBuf> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let path = fields.nth(4)?.trim_start();
+    let name = path.rsplit('/').next()?;
+    if !(name.starts_with("libssl") || name.starts_with("libgnutls")) || !name.contains(".so") {
+        return None;
+    }
+    Some(match path.strip_suffix(" (deleted)") {
+        Some(_) => PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
+        None => PathBuf::from(format!("/proc/{pid}/root{path}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_name_the_libraries_to_hook() {
+        let line =
+            |path: &str| format!("7f3a549c6000-7f3a549e0000 r-xp 00000000 08:01 1234    {path}");
+        assert_eq!(
+            tls_library(7, &line("/usr/lib/x86_64-linux-gnu/libssl.so.3")),
+            Some(PathBuf::from(
+                "/proc/7/root/usr/lib/x86_64-linux-gnu/libssl.so.3"
+            ))
+        );
+        assert_eq!(
+            tls_library(
+                7,
+                &line("/venv/lib/python3.11/site-packages/x.libs/libssl-1a2b.so.3")
+            ),
+            Some(PathBuf::from(
+                "/proc/7/root/venv/lib/python3.11/site-packages/x.libs/libssl-1a2b.so.3"
+            ))
+        );
+        assert_eq!(
+            tls_library(7, &line("/usr/lib/libgnutls.so.30.34.3 (deleted)")),
+            Some(PathBuf::from("/proc/7/map_files/7f3a549c6000-7f3a549e0000"))
+        );
+        assert_eq!(tls_library(7, &line("/usr/lib/libcrypto.so.3")), None);
+        assert_eq!(tls_library(7, &line("/usr/bin/libssl-notes.txt")), None);
+        assert_eq!(
+            tls_library(7, "7f3a549c6000-7f3a549e0000 rw-p 00000000 00:00 0"),
+            None
+        );
+    }
 }
