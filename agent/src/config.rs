@@ -24,6 +24,12 @@ OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG are ho
 With no exporter configured, each trace is printed to stdout as a tree."
 )]
 pub struct Args {
+    /// Read options from this YAML file (keys as the long options, with `_`:
+    /// `capture_bytes: 2048`). Each option can also be set as ZEROSPAN_<KEY>.
+    /// The command line beats the environment, which beats the file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Trace this running process, its threads, its existing children and
     /// everything it forks from now on. Repeatable.
     #[arg(long = "pid", value_name = "PID")]
@@ -142,10 +148,16 @@ impl Config {
             (false, false) => bail!("give either --pid or -- COMMAND, not both"),
         };
         if !(1..=4096).contains(&args.capture_bytes) {
-            bail!("--capture-bytes must be between 1 and 4096");
+            bail!(
+                "capture_bytes (--capture-bytes) must be between 1 and 4096, not {}",
+                args.capture_bytes
+            );
         }
         if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
-            bail!("--ring-buffer-mib must be a power of two, at most 1024");
+            bail!(
+                "ring_buffer_mib (--ring-buffer-mib) must be a power of two, at most 1024, not {}",
+                args.ring_buffer_mib
+            );
         }
         let protocol = args
             .otlp_protocol
@@ -181,7 +193,10 @@ impl Config {
                 "http/json" => {
                     bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf")
                 }
-                other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
+                other => bail!(
+                    "unknown OTLP protocol {other:?} (from --otlp-protocol, ZEROSPAN_OTLP_PROTOCOL or \
+                     OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL); use grpc or http/protobuf"
+                ),
             });
         }
         if let Some(path) = args.traces_file {

@@ -23,14 +23,19 @@ mod process;
 mod procfs;
 #[cfg(test)]
 mod replay;
+mod settings;
 mod spans;
 mod stats;
 mod tls_hooks;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 fn main() -> std::process::ExitCode {
-    let args = config::Args::parse();
+    let matches = config::Args::command().get_matches();
+    let mut args = match config::Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     if args.mode == Some(config::Mode::Doctor) {
         let ready = doctor::report(&doctor::run_checks());
         return if ready {
@@ -40,7 +45,12 @@ fn main() -> std::process::ExitCode {
         };
     }
     logger::init(args.verbose);
-    let cfg = match config::Config::resolve(args, |k| std::env::var(k).ok()) {
+    let env = |k: &str| std::env::var(k).ok();
+    if let Err(e) = settings::layer(&mut args, &matches, env) {
+        eprintln!("zerospan: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let cfg = match config::Config::resolve(args, env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zerospan: {e:#}");
