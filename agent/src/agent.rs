@@ -23,6 +23,7 @@ use crate::{
     config::{Config, Target},
     conntrack::{Limits, Tracker},
     db_conn::SqlOptions,
+    discovery::{Candidate, Selectors},
     events::{self, Event},
     export,
     probes::Probes,
@@ -55,7 +56,17 @@ struct EventPath {
     tls_rescan: Vec<u32>,
     /// The last process looked at by the round-robin rescan.
     tls_cursor: u32,
+    /// What to trace by selectors, when the agent discovers processes.
+    selectors: Option<Selectors>,
+    /// Processes that exec'd recently and may yet listen on a selected
+    /// port, until when to look.
+    port_watch: Vec<(u32, u64)>,
 }
+
+/// How long after its exec a process is looked at for selected ports.
+const PORT_WATCH_NS: u64 = 30_000_000_000;
+/// Most processes watched for ports at once.
+const MAX_PORT_WATCH: usize = 1024;
 
 /// Traced processes whose maps are looked at again on each tick.
 const TLS_RESCAN_PER_TICK: usize = 8;
@@ -122,6 +133,7 @@ impl EventPath {
                 child,
                 comm,
             } => self.registry.fork(parent, child, &comm),
+            Event::ExecSeen { pid } => self.exec_seen(pid),
             Event::Exec { pid, comm } => {
                 self.registry.exec(pid, &comm);
                 // Its executable now; its libraries once the loader has
@@ -130,6 +142,55 @@ impl EventPath {
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
+        }
+    }
+
+    /// An untraced process exec'd: trace it if a selector matches what it
+    /// now is. A port selector may match only once it listens, so it is
+    /// looked at again on the next ticks.
+    fn exec_seen(&mut self, pid: u32) {
+        let Some(selectors) = self.selectors.clone() else {
+            return;
+        };
+        self.consider(pid, &selectors, false);
+        if selectors.wants_ports() && !self.registry.is_live(pid) {
+            let until = Clock::now_ktime_ns() + PORT_WATCH_NS;
+            if self.port_watch.len() < MAX_PORT_WATCH {
+                self.port_watch.push((pid, until));
+            }
+        }
+    }
+
+    /// Traces `pid` if the selectors match it now.
+    fn consider(&mut self, pid: u32, selectors: &Selectors, with_ports: bool) {
+        let Some(c) = Candidate::read(pid, with_ports) else {
+            return;
+        };
+        if !selectors.matches(&c) {
+            return;
+        }
+        match self.attach_pid(pid) {
+            Ok(()) => log::info!("tracing pid {pid} ({}): it matches a selector", c.exe),
+            Err(e) => log::warn!("cannot trace pid {pid} ({}): {e:#}", c.exe),
+        }
+    }
+
+    /// Processes that exec'd a moment ago, looked at again for the ports
+    /// they have started to listen on.
+    fn watch_ports(&mut self) {
+        let Some(selectors) = self.selectors.clone() else {
+            return;
+        };
+        let now = Clock::now_ktime_ns();
+        let watch = std::mem::take(&mut self.port_watch);
+        for (pid, until) in watch {
+            if self.registry.is_live(pid) || now > until || !procfs::is_alive(pid) {
+                continue;
+            }
+            self.consider(pid, &selectors, true);
+            if !self.registry.is_live(pid) {
+                self.port_watch.push((pid, until));
+            }
         }
     }
 
@@ -222,6 +283,7 @@ impl EventPath {
             self.probes.hook_tls(pid);
         }
         self.rescan_some_for_tls();
+        self.watch_ports();
         for pid in self.registry.live_pids() {
             if !procfs::is_alive(pid) {
                 self.process_gone(pid);
@@ -397,6 +459,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sampler: cfg.sampler,
         tls_rescan: Vec::new(),
         tls_cursor: 0,
+        selectors: match &cfg.target {
+            Target::Discover { selectors, .. } => Some(selectors.clone()),
+            _ => None,
+        },
+        port_watch: Vec::new(),
     };
     let mut child = None;
     match &cfg.target {
@@ -412,7 +479,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             log::info!("tracing {:?} (pid {})", argv.join(" "), c.id().unwrap_or(0));
             child = Some(c);
         }
+        Target::Discover { pids, selectors } => {
+            for pid in procfs::with_descendants(pids) {
+                path.attach_pid(pid)?;
+            }
+            for pid in procfs::all_pids() {
+                if !path.registry.is_live(pid) {
+                    path.consider(pid, selectors, selectors.wants_ports());
+                }
+            }
+            log::info!(
+                "tracing {} process(es) now, and every process that matches the selectors as it starts",
+                path.registry.live_pids().len()
+            );
+        }
     }
+    let daemon = matches!(cfg.target, Target::Discover { .. });
 
     // SAFETY: the ring buffer owns its map fd until it is dropped with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -436,7 +518,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 path.tick();
-                if !path.registry.any_live() {
+                if !daemon && !path.registry.any_live() {
                     break "every traced process has exited";
                 }
             }

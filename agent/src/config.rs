@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
+use crate::discovery::Selectors;
 use crate::export::{self, SinkConfig};
 use crate::probes::ProbeSettings;
 use crate::process::ResourceDefaults;
@@ -34,6 +35,31 @@ pub struct Args {
     /// everything it forks from now on. Repeatable.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Trace every process whose executable path matches this glob (`*`,
+    /// `?`), running now or started later. Repeatable.
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exe: Vec<String>,
+
+    /// Trace every process whose command line matches this regex.
+    /// Repeatable.
+    #[arg(long = "cmdline", value_name = "REGEX")]
+    pub cmdline: Vec<String>,
+
+    /// Trace every process listening on this port or range (`8000-8099`).
+    /// Repeatable.
+    #[arg(long = "port", value_name = "PORT[-PORT]")]
+    pub port: Vec<String>,
+
+    /// Never trace processes whose executable path matches this glob, even
+    /// when a selector matches them. Repeatable.
+    #[arg(long = "exclude-exe", value_name = "GLOB")]
+    pub exclude_exe: Vec<String>,
+
+    /// Never trace processes whose command line matches this regex.
+    /// Repeatable.
+    #[arg(long = "exclude-cmdline", value_name = "REGEX")]
+    pub exclude_cmdline: Vec<String>,
 
     /// OTLP collector URL [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
@@ -115,6 +141,12 @@ pub enum Mode {
 pub enum Target {
     Pids(Vec<u32>),
     Command(Vec<String>),
+    /// Processes found by selectors, now and as they start, plus any pids
+    /// given; the agent runs until stopped.
+    Discover {
+        pids: Vec<u32>,
+        selectors: Selectors,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -141,10 +173,27 @@ impl Config {
     /// Resolves arguments against the environment (`env` looks a name up).
     pub fn resolve(args: Args, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let selectors = Selectors::new(
+            &args.exe,
+            &args.cmdline,
+            &args.port,
+            &args.exclude_exe,
+            &args.exclude_cmdline,
+        )?;
         let target = match (args.pids.is_empty(), args.command.is_empty()) {
+            _ if selectors.any() && !args.command.is_empty() => {
+                bail!("give selectors (--exe, --cmdline, --port) or -- COMMAND, not both")
+            }
+            _ if selectors.any() => Target::Discover {
+                pids: args.pids,
+                selectors,
+            },
             (false, true) => Target::Pids(args.pids),
             (true, false) => Target::Command(args.command),
-            (true, true) => bail!("nothing to trace: give --pid PID or -- COMMAND (see --help)"),
+            (true, true) => bail!(
+                "nothing to trace: give --pid PID, a selector (--exe, --cmdline, --port) \
+                 or -- COMMAND (see --help)"
+            ),
             (false, false) => bail!("give either --pid or -- COMMAND, not both"),
         };
         if !(1..=4096).contains(&args.capture_bytes) {
@@ -212,9 +261,11 @@ impl Config {
                 .unwrap_or_default(),
             host_name: crate::procfs::host_name(),
         };
+        let discover = matches!(target, Target::Discover { .. });
         Ok(Config {
             target,
             probes: ProbeSettings {
+                discover,
                 capture_bytes: args.capture_bytes,
                 max_connections: args.max_connections,
                 max_processes: args.max_processes,

@@ -50,6 +50,10 @@ pub enum Event<'a> {
         child: u32,
         comm: String,
     },
+    /// An untraced process exec'd (discovery by selectors).
+    ExecSeen {
+        pid: u32,
+    },
     Exec {
         pid: u32,
         comm: String,
@@ -150,6 +154,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 local: socket_addr(c.family, c.peer_port, &c.peer_addr),
             }
         }
+        kind::EXEC_SEEN => Event::ExecSeen { pid: h.tgid },
         kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
             let p: ProcEvent = read(buf)?;
             match h.kind {

@@ -11,6 +11,7 @@ mod clock;
 mod config;
 mod conntrack;
 mod db_conn;
+mod discovery;
 mod doctor;
 mod events;
 mod export;

@@ -52,6 +52,8 @@ const TRACEPOINTS: &[(&str, &str)] = &[
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSettings {
+    /// Report untraced processes' execs (discovery by selectors).
+    pub discover: bool,
     pub capture_bytes: u32,
     pub max_connections: u32,
     pub max_processes: u32,
@@ -203,6 +205,7 @@ impl Probes {
         let exit_group_dead = field_offset("sched/sched_process_exit", "group_dead").unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &capture, true)
+            .override_global("DISCOVER", &u8::from(s.discover), true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)

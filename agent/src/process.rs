@@ -173,6 +173,10 @@ impl Registry {
         self.live.iter().copied().collect()
     }
 
+    pub fn is_live(&self, pid: u32) -> bool {
+        self.live.contains(&pid)
+    }
+
     pub fn any_live(&self) -> bool {
         !self.live.is_empty()
     }

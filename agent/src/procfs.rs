@@ -202,6 +202,16 @@ pub fn with_descendants(roots: &[u32]) -> Vec<u32> {
     out
 }
 
+/// Every process now, by its `/proc` entry.
+pub fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn is_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }

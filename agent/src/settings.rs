@@ -35,6 +35,24 @@ fn boolean(v: &str) -> Result<bool, String> {
     }
 }
 
+/// A list: one item per line (a YAML list), or comma-separated.
+fn list(v: &str) -> Vec<String> {
+    v.split(['\n', ','])
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A list of regular expressions, which may hold commas: one per line.
+fn lines(v: &str) -> Vec<String> {
+    v.lines()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn text(v: &str) -> Result<String, String> {
     let v = v.trim();
     if v.is_empty() {
@@ -49,11 +67,50 @@ const SETTINGS: &[Setting] = &[
         key: "pids",
         arg: "pids",
         apply: |a, v| {
-            a.pids = v
-                .split([',', ' '])
-                .filter(|p| !p.is_empty())
-                .map(number)
+            a.pids = list(v)
+                .iter()
+                .map(|p| number(p))
                 .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "exe",
+        arg: "exe",
+        apply: |a, v| {
+            a.exe = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "cmdline",
+        arg: "cmdline",
+        apply: |a, v| {
+            a.cmdline = lines(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "port",
+        arg: "port",
+        apply: |a, v| {
+            a.port = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "exclude_exe",
+        arg: "exclude_exe",
+        apply: |a, v| {
+            a.exclude_exe = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "exclude_cmdline",
+        arg: "exclude_cmdline",
+        apply: |a, v| {
+            a.exclude_cmdline = lines(v);
             Ok(())
         },
     },
@@ -176,8 +233,7 @@ pub fn env_name(key: &str) -> String {
     format!("ZEROSPAN_{}", key.to_ascii_uppercase())
 }
 
-/// A YAML file's options as text, by key. Lists (of pids) become
-/// comma-separated text.
+/// A YAML file's options as text, by key. Lists become one item per line.
 fn read_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let raw = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
@@ -206,7 +262,7 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
                 .iter()
                 .map(|i| scalar(i).ok_or(()))
                 .collect::<Result<Vec<_>, _>>()
-                .map(|v| v.join(",")),
+                .map(|v| v.join("\n")),
             other => scalar(other).ok_or(()),
         }
         .map_err(|()| anyhow::anyhow!("{}: {key}: unsupported value {v:?}", path.display()))?;
@@ -297,6 +353,7 @@ mod tests {
     const FILE: &str = "\
 # zerospan.yaml
 pids: [10, 11]
+cmdline: ['python3 .*app\\.py', 'gunicorn (a|b),c']
 capture_bytes: 2048
 otlp_endpoint: http://file:4317
 redact_query: false
@@ -307,6 +364,7 @@ db_user: yes
     fn command_line_beats_environment_beats_file_beats_defaults() {
         let a = layered(&[], &[], Some(FILE)).unwrap();
         assert_eq!(a.pids, [10, 11]);
+        assert_eq!(a.cmdline, ["python3 .*app\\.py", "gunicorn (a|b),c"]);
         assert_eq!(a.capture_bytes, 2048);
         assert_eq!(a.otlp_endpoint.as_deref(), Some("http://file:4317"));
         assert!(a.no_redact_query && a.db_user);

@@ -31,6 +31,9 @@ pub mod kind {
     /// ([`super::ConnEvent`], the address in its `peer_*` fields; the
     /// header's `conn_id` is 0: the fd's current connection is meant).
     pub const CONN_LOCAL: u8 = 7;
+    /// A process that is not traced exec'd a new image, reported only when
+    /// the agent discovers processes by selectors ([`super::ProcEvent`]).
+    pub const EXEC_SEEN: u8 = 8;
 }
 
 /// Data direction, from the traced process's point of view.

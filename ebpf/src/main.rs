@@ -44,6 +44,12 @@ static FORK_CHILD_PID_OFFSET: u32 = 20;
 #[no_mangle]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
 
+/// Report the execs of processes that are not traced, for the agent to
+/// match against its selectors (set at load time when it has any). Execs
+/// are rare; each costs one ring-buffer record.
+#[no_mangle]
+static DISCOVER: u8 = 0;
+
 /// Bytes of each buffer to copy; the agent overrides it at load time.
 #[no_mangle]
 static CAPTURE_BYTES: u32 = 1024;
@@ -1229,6 +1235,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let Some((_, tgid, tid)) = traced_tgid() else {
+        // SAFETY: a load-time constant.
+        if unsafe { ptr::read_volatile(&DISCOVER) } != 0 {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let tgid = (pid_tgid >> 32) as u32;
+            proc_event(kind::EXEC_SEEN, tgid, pid_tgid as u32, tgid);
+        }
         return 0;
     };
     proc_event(kind::PROC_EXEC, tgid, tid, tgid);

@@ -1,0 +1,243 @@
+//! Which processes to trace, by what they are rather than by pid: an
+//! executable path glob, a command-line regex, a listening port. A process
+//! matching any selector is traced unless an exclusion matches it;
+//! exclusions win. The agent itself and OpenTelemetry collectors are never
+//! traced. Matching is pure over a [`Candidate`]; reading `/proc` is the
+//! caller's.
+
+use std::{net::SocketAddr, ops::RangeInclusive};
+
+use anyhow::{bail, Context as _};
+use regex_lite::Regex;
+
+use crate::procfs;
+
+/// What the selectors look at.
+#[derive(Debug, Default)]
+pub struct Candidate {
+    pub pid: u32,
+    /// The executable's path (`/proc/PID/exe`), or its name when the link
+    /// cannot be read.
+    pub exe: String,
+    /// Arguments joined by spaces.
+    pub cmdline: String,
+    /// Ports it listens on.
+    pub ports: Vec<u16>,
+}
+
+impl Candidate {
+    /// Reads a live process; `None` once it has gone. Listening ports are
+    /// read only when `with_ports` (it costs a walk of its fds).
+    pub fn read(pid: u32, with_ports: bool) -> Option<Candidate> {
+        let meta = procfs::process_meta(pid)?;
+        let ports = if with_ports {
+            let table = procfs::tcp_sockets(pid);
+            procfs::socket_fds(pid)
+                .into_iter()
+                .filter_map(|(_, inode)| table.get(&inode))
+                .filter(|row| row.state == procfs::TCP_LISTEN)
+                .map(|row: &procfs::TcpRow| SocketAddr::port(&row.local))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Candidate {
+            pid,
+            exe: meta.executable_path.unwrap_or(meta.executable_name),
+            cmdline: meta.command_line,
+            ports,
+        })
+    }
+}
+
+/// Executables never traced: the agent, and OpenTelemetry collectors
+/// (tracing the exporter's own traffic would feed back into itself).
+const NEVER: &[&str] = &["*/zerospan", "*/otelcol*", "*/otel-collector*"];
+
+#[derive(Clone, Debug, Default)]
+pub struct Selectors {
+    exe: Vec<String>,
+    cmdline: Vec<Regex>,
+    ports: Vec<RangeInclusive<u16>>,
+    exclude_exe: Vec<String>,
+    exclude_cmdline: Vec<Regex>,
+}
+
+/// `*` any run of characters, `?` any one; everything else literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Backtracking over the last `*` only: linear for practical patterns.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn parse_ports(spec: &str) -> anyhow::Result<RangeInclusive<u16>> {
+    let num = |s: &str| -> anyhow::Result<u16> {
+        s.trim()
+            .parse()
+            .with_context(|| format!("port {s:?} is not a number from 0 to 65535"))
+    };
+    let range = match spec.split_once('-') {
+        Some((a, b)) => num(a)?..=num(b)?,
+        None => {
+            let p = num(spec)?;
+            p..=p
+        }
+    };
+    if range.is_empty() {
+        bail!("port range {spec:?} is empty");
+    }
+    Ok(range)
+}
+
+fn regex(what: &str, r: &str) -> anyhow::Result<Regex> {
+    Regex::new(r).with_context(|| format!("{what} {r:?} is not a valid regular expression"))
+}
+
+impl Selectors {
+    pub fn new(
+        exe: &[String],
+        cmdline: &[String],
+        ports: &[String],
+        exclude_exe: &[String],
+        exclude_cmdline: &[String],
+    ) -> anyhow::Result<Self> {
+        Ok(Selectors {
+            exe: exe.to_vec(),
+            cmdline: cmdline
+                .iter()
+                .map(|r| regex("--cmdline", r))
+                .collect::<Result<_, _>>()?,
+            ports: ports
+                .iter()
+                .map(|p| parse_ports(p))
+                .collect::<Result<_, _>>()?,
+            exclude_exe: exclude_exe.to_vec(),
+            exclude_cmdline: exclude_cmdline
+                .iter()
+                .map(|r| regex("--exclude-cmdline", r))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether any selector was given (else the agent traces only what it
+    /// is pointed at).
+    pub fn any(&self) -> bool {
+        !self.exe.is_empty() || !self.cmdline.is_empty() || !self.ports.is_empty()
+    }
+
+    /// Whether matching needs the candidate's listening ports.
+    pub fn wants_ports(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    pub fn excluded(&self, c: &Candidate) -> bool {
+        c.pid == std::process::id()
+            || NEVER.iter().any(|g| glob_match(g, &c.exe))
+            || self.exclude_exe.iter().any(|g| glob_match(g, &c.exe))
+            || self.exclude_cmdline.iter().any(|r| r.is_match(&c.cmdline))
+    }
+
+    pub fn matches(&self, c: &Candidate) -> bool {
+        if self.excluded(c) {
+            return false;
+        }
+        self.exe.iter().any(|g| glob_match(g, &c.exe))
+            || self.cmdline.iter().any(|r| r.is_match(&c.cmdline))
+            || c.ports
+                .iter()
+                .any(|p| self.ports.iter().any(|r| r.contains(p)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(exe: &str, cmdline: &str, ports: &[u16]) -> Candidate {
+        Candidate {
+            pid: 4242,
+            exe: exe.into(),
+            cmdline: cmdline.into(),
+            ports: ports.to_vec(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*/python3*", "/usr/bin/python3.11"));
+        assert!(glob_match("/usr/sbin/nginx", "/usr/sbin/nginx"));
+        assert!(glob_match("*ngin?", "/usr/sbin/nginx"));
+        assert!(!glob_match("*/nginx", "/usr/sbin/nginx-debug"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYbZc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn selectors_and_exclusions() {
+        let s = Selectors::new(
+            &["*/python3*".into()],
+            &["gunicorn .*app:".into()],
+            &["8000-8099".into(), "5432".into()],
+            &["*/python3.9".into()],
+            &["--no-trace".into()],
+        )
+        .unwrap();
+        assert!(s.any() && s.wants_ports());
+        assert!(s.matches(&cand("/usr/bin/python3.11", "python3 x.py", &[])));
+        assert!(!s.matches(&cand("/usr/bin/python3.9", "python3 x.py", &[])));
+        assert!(s.matches(&cand("/usr/bin/env", "gunicorn -w 2 app:app", &[])));
+        assert!(s.matches(&cand(
+            "/usr/lib/postgresql/15/bin/postgres",
+            "postgres",
+            &[5432]
+        )));
+        assert!(s.matches(&cand("/opt/svc", "svc", &[8042])));
+        assert!(!s.matches(&cand("/opt/svc", "svc", &[9000])));
+        // Exclusions win.
+        assert!(!s.matches(&cand(
+            "/usr/bin/python3.11",
+            "python3 x.py --no-trace",
+            &[8000]
+        )));
+        // Never the agent, never a collector.
+        assert!(!s.matches(&cand("/usr/local/bin/zerospan", "zerospan", &[8000])));
+        assert!(!s.matches(&cand(
+            "/usr/bin/otelcol-contrib",
+            "otelcol-contrib",
+            &[8001]
+        )));
+    }
+
+    #[test]
+    fn bad_selectors_say_which() {
+        let e = Selectors::new(&[], &["(".into()], &[], &[], &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("--cmdline \"(\""), "{e:#}");
+        let e = Selectors::new(&[], &[], &["90-80".into()], &[], &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("empty"), "{e:#}");
+        let e = Selectors::new(&[], &[], &["http".into()], &[], &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("\"http\""), "{e:#}");
+    }
+}
