@@ -119,7 +119,16 @@ pub struct Args {
     #[arg(long)]
     pub db_user: bool,
 
-    /// More logging (-v: debug).
+    /// Least important log records written (error, warn, info, debug,
+    /// trace).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+
+    /// Log records as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub log_format: crate::logger::Format,
+
+    /// More logging: -v debug, -vv trace.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

@@ -45,12 +45,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         };
     }
-    logger::init(args.verbose);
     let env = |k: &str| std::env::var(k).ok();
     if let Err(e) = settings::layer(&mut args, &matches, env) {
         eprintln!("zerospan: {e:#}");
         return std::process::ExitCode::from(2);
     }
+    logger::init(args.log_level, args.verbose, args.log_format);
     let cfg = match config::Config::resolve(args, env) {
         Ok(c) => c,
         Err(e) => {

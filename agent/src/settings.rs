@@ -219,6 +219,29 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "log_level",
+        arg: "log_level",
+        apply: |a, v| {
+            a.log_level = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("expected error, warn, info, debug or trace, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_format",
+        arg: "log_format",
+        apply: |a, v| {
+            a.log_format = match v.trim() {
+                "text" => crate::logger::Format::Text,
+                "json" => crate::logger::Format::Json,
+                _ => return Err(format!("expected text or json, got {v:?}")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
         key: "db_user",
         arg: "db_user",
         apply: |a, v| {

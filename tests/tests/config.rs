@@ -54,6 +54,35 @@ fn file_and_environment_configure_a_real_run() {
     drop(server);
 }
 
+/// `--log-format json`: every line the agent logs is a JSON object.
+#[test]
+fn json_logs_one_object_per_line() {
+    require_root();
+    let dir = TempDir::new("config-json");
+    let file = dir.0.join("zerospan.yaml");
+    std::fs::write(
+        &file,
+        "log_format: json
+log_level: info
+",
+    )
+    .unwrap();
+    let out = Command::new(agent_binary())
+        .args(["--config", &file.display().to_string(), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 3, "{err}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["ts"].is_number() && v["level"].is_string() && v["message"].is_string());
+    }
+    assert!(err.contains("\"message\":\"stats: events_read="), "{err}");
+}
+
 #[test]
 fn bad_configuration_stops_the_agent_naming_key_and_value() {
     let dir = TempDir::new("config-bad");
@@ -85,4 +114,8 @@ fn bad_configuration_stops_the_agent_naming_key_and_value() {
     let (code, err) = run(&["--pid", "1"], &[("ZEROSPAN_MAX_CONNECTIONS", "many")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("ZEROSPAN_MAX_CONNECTIONS=\"many\""), "{err}");
+
+    let (code, err) = run(&["--pid", "1"], &[("ZEROSPAN_LOG_LEVEL", "chatty")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ZEROSPAN_LOG_LEVEL=\"chatty\""), "{err}");
 }
