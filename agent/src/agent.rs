@@ -419,6 +419,7 @@ fn command_meta(argv: &[String]) -> ProcessMeta {
         executable_name: exe,
         executable_path: None,
         command_line: argv.join(" "),
+        container: Default::default(),
         service_name: std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|s| !s.is_empty()),

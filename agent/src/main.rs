@@ -10,6 +10,7 @@ mod agent;
 mod clock;
 mod config;
 mod conntrack;
+mod container;
 mod db_conn;
 mod discovery;
 mod doctor;

@@ -94,6 +94,12 @@ pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Res
     if let Some(path) = &meta.executable_path {
         attrs.push(("process.executable.path".into(), path.as_str().into()));
     }
+    if let Some(id) = &meta.container.id {
+        attrs.push(("container.id".into(), id.as_str().into()));
+    }
+    if let Some(uid) = &meta.container.pod_uid {
+        attrs.push(("k8s.pod.uid".into(), uid.as_str().into()));
+    }
     for (k, v) in &d.attributes {
         if !attrs.iter().any(|(have, _)| have == k) {
             attrs.push((k.clone(), v.as_str().into()));
@@ -197,6 +203,7 @@ fn comm_meta(comm: &str) -> ProcessMeta {
         executable_name: comm.to_owned(),
         executable_path: None,
         command_line: comm.to_owned(),
+        container: Default::default(),
         service_name: None,
     }
 }
@@ -210,6 +217,7 @@ mod tests {
             executable_name: "python3".into(),
             executable_path: Some("/usr/bin/python3".into()),
             command_line: "python3 -m http.server".into(),
+            container: Default::default(),
             service_name: None,
         }
     }

@@ -1,0 +1,63 @@
+//! `container.id` from the cgroup, with no container runtime: the test puts
+//! a real server in a cgroup named as docker names its containers', and its
+//! spans carry the id.
+
+use std::{path::PathBuf, time::Duration};
+
+use zerospan_tests::{curl, require_root, Agent, Collector, Fixture, TempDir};
+
+/// A cgroup v2 directory that removes itself, its processes moved out.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let root = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect(
+            "no cgroup2 file system is mounted: this test needs one to stand in for a \
+             container runtime",
+        );
+    PathBuf::from(root)
+}
+
+#[test]
+fn spans_of_a_containerised_process_carry_its_container_id() {
+    require_root();
+    let id = "4a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d";
+    let dir = TempDir::new("container");
+    std::fs::write(dir.0.join("index.html"), "in a box\n").unwrap();
+    let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let group = Cgroup(
+        cgroup2_root()
+            .join(format!("zerospan-test-{}", std::process::id()))
+            .join(format!("docker-{id}.scope")),
+    );
+    std::fs::create_dir_all(&group.0).unwrap();
+    std::fs::write(group.0.join("cgroup.procs"), server.pid().to_string()).unwrap();
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
+    curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{}/index.html", server.port),
+    ]);
+    let spans = collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), 1, "{}", agent.stderr());
+    assert_eq!(spans[0].res_str("container.id").as_deref(), Some(id));
+    // Out of the cgroup before it is removed.
+    drop(server);
+    std::thread::sleep(Duration::from_millis(200));
+}
