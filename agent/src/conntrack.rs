@@ -932,6 +932,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::seg;
 
     fn limits() -> Limits {
         Limits {
@@ -941,17 +942,6 @@ mod tests {
             sql: SqlOptions {
                 sanitize: true,
                 user: false,
-            },
-        }
-    }
-
-    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
-        Segment {
-            bytes,
-            len: bytes.len() as u64,
-            stamp: Stamp {
-                enter_ns: t,
-                exit_ns: t + 1,
             },
         }
     }

@@ -400,17 +400,7 @@ impl DbConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
-        Segment {
-            bytes,
-            len: bytes.len() as u64,
-            stamp: Stamp {
-                enter_ns: t,
-                exit_ns: t + 1,
-            },
-        }
-    }
+    use crate::test_support::seg;
 
     fn names(calls: &[Call]) -> Vec<(String, Option<Reply>, Outcome)> {
         calls

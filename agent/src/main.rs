@@ -28,6 +28,8 @@ mod replay;
 mod settings;
 mod spans;
 mod stats;
+#[cfg(test)]
+mod test_support;
 mod tls_hooks;
 
 use clap::{CommandFactory as _, FromArgMatches as _};

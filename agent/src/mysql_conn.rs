@@ -581,23 +581,12 @@ fn use_target(op: &Operation) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::seg;
 
     fn opts(sanitize: bool) -> SqlOptions {
         SqlOptions {
             sanitize,
             user: true,
-        }
-    }
-    use zerospan_protocols::mysql::caps;
-
-    fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
-        Segment {
-            bytes,
-            len: bytes.len() as u64,
-            stamp: Stamp {
-                enter_ns: t,
-                exit_ns: t + 1,
-            },
         }
     }
 

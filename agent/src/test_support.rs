@@ -1,0 +1,16 @@
+//! What the agent's unit tests share.
+
+use zerospan_protocols::http1::{Segment, Stamp};
+
+/// `bytes`, all captured, as one syscall that entered at `t` and returned
+/// a nanosecond later.
+pub fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
+    Segment {
+        bytes,
+        len: bytes.len() as u64,
+        stamp: Stamp {
+            enter_ns: t,
+            exit_ns: t + 1,
+        },
+    }
+}
