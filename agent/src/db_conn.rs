@@ -8,7 +8,11 @@
 //! reply stream resynchronises when the client next writes a command after
 //! everything it sent was answered or given up.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+    sync::Arc,
+};
 
 use zerospan_protocols::{
     http1::{Segment, Stamp},
@@ -85,6 +89,24 @@ impl Operation {
     }
 }
 
+/// Most prepared statements (and, for PostgreSQL, named portals) one SQL
+/// connection remembers; past it, new names are not remembered (counted).
+pub const MAX_STATEMENTS: usize = 256;
+
+/// Remembers `name → op` unless the map is full of other names.
+pub fn remember<K: Hash + Eq>(
+    map: &mut HashMap<K, Arc<Operation>>,
+    name: K,
+    op: Arc<Operation>,
+    stats: &Stats,
+) {
+    if map.len() >= MAX_STATEMENTS && !map.contains_key(&name) {
+        Stats::inc(&stats.db_statements_not_remembered);
+        return;
+    }
+    map.insert(name, op);
+}
+
 /// One command and what came back.
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -101,6 +123,30 @@ pub struct Call {
     pub reply: Option<Reply>,
     pub outcome: Outcome,
     pub tid: u32,
+}
+
+impl Call {
+    /// A call just sent, not answered yet.
+    pub fn sent(
+        ctx: SpanContext,
+        op: Arc<Operation>,
+        namespace: Option<Arc<str>>,
+        user: Option<Arc<str>>,
+        tid: u32,
+        at: Stamp,
+    ) -> Self {
+        Call {
+            ctx,
+            op,
+            namespace,
+            user,
+            sent_at: at,
+            end_at: at,
+            reply: None,
+            outcome: Outcome::Complete,
+            tid,
+        }
+    }
 }
 
 /// Which store, and its two framers.
@@ -215,17 +261,14 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
             // Commands after it, pipelined or not, run in that database.
             *self.namespace = Some(index.to_string().into());
         }
-        self.pending.push_back(Call {
-            ctx: (self.context)(),
-            op: Arc::new(Operation::command(&command)),
+        self.pending.push_back(Call::sent(
+            (self.context)(),
+            Arc::new(Operation::command(&command)),
             namespace,
-            user: None,
-            sent_at: at,
-            end_at: at,
-            reply: None,
-            outcome: Outcome::Complete,
-            tid: self.tid,
-        });
+            None,
+            self.tid,
+            at,
+        ));
     }
 }
 

@@ -31,15 +31,13 @@ use zerospan_protocols::{
 };
 
 use crate::{
-    db_conn::{Call, Operation, SqlOptions},
+    db_conn::{remember, Call, Operation, SqlOptions},
     spans::{context::SpanContext, http::Outcome},
     stats::Stats,
 };
 
 /// Most commands one connection may have waiting.
 const MAX_PENDING: usize = 1024;
-/// Most prepared statements remembered per connection.
-const MAX_STATEMENTS: usize = 256;
 
 #[derive(Debug)]
 enum Phase {
@@ -219,17 +217,7 @@ impl MysqlConn {
     }
 
     fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
-        Call {
-            ctx,
-            op,
-            namespace: self.namespace.clone(),
-            user: self.user.clone(),
-            sent_at: at,
-            end_at: at,
-            reply: None,
-            outcome: Outcome::Complete,
-            tid,
-        }
+        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), tid, at)
     }
 
     fn push(&mut self, kind: Kind, stats: &Stats) {
@@ -390,13 +378,7 @@ impl MysqlConn {
                 (Kind::SilentText, _) => Some(Reply::Ok),
                 (Kind::Prepare(op), Some(0x00)) => match mysql::prepare_ok(p.body) {
                     Some((id, columns, params)) => {
-                        if self.statements.len() < MAX_STATEMENTS
-                            || self.statements.contains_key(&id)
-                        {
-                            self.statements.insert(id, op.clone());
-                        } else {
-                            Stats::inc(&stats.db_statements_not_remembered);
-                        }
+                        remember(&mut self.statements, id, op.clone(), stats);
                         let left = u64::from(columns) + u64::from(params);
                         if left == 0 {
                             Some(Reply::Ok)

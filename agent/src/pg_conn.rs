@@ -31,16 +31,13 @@ use zerospan_protocols::{
 };
 
 use crate::{
-    db_conn::{Call, Operation, SqlOptions},
+    db_conn::{remember, Call, Operation, SqlOptions},
     spans::{context::SpanContext, http::Outcome},
     stats::Stats,
 };
 
 /// Most calls one connection may have waiting (pipelines).
 const MAX_PENDING: usize = 1024;
-/// Most named prepared statements, and named portals, remembered per
-/// connection; past it, new names are not remembered (and counted).
-const MAX_STATEMENTS: usize = 256;
 
 /// Something the client sent that the server will answer.
 #[derive(Debug)]
@@ -82,20 +79,6 @@ pub struct PgConn {
     /// The server agreed to encrypt: from here on the bytes are TLS.
     encrypted: bool,
     last_at: Stamp,
-}
-
-/// Remembers `name → op` unless the map is full of other names.
-fn remember(
-    map: &mut HashMap<String, Arc<Operation>>,
-    name: String,
-    op: Arc<Operation>,
-    stats: &Stats,
-) {
-    if map.len() >= MAX_STATEMENTS && !map.contains_key(&name) {
-        Stats::inc(&stats.db_statements_not_remembered);
-        return;
-    }
-    map.insert(name, op);
 }
 
 impl PgConn {
@@ -193,17 +176,7 @@ impl PgConn {
     }
 
     fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
-        Call {
-            ctx,
-            op,
-            namespace: self.namespace.clone(),
-            user: self.user.clone(),
-            sent_at: at,
-            end_at: at,
-            reply: None,
-            outcome: Outcome::Complete,
-            tid,
-        }
+        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), tid, at)
     }
 
     fn push(&mut self, unit: Unit, stats: &Stats) {
