@@ -123,6 +123,11 @@ impl EventPath {
                 self.tracker.open(key, how, peer, local, at_ns);
             }
             Event::ConnClose { key, .. } => self.tracker.close(key),
+            Event::Context {
+                key,
+                egress,
+                chosen,
+            } => self.tracker.chosen(key, egress, chosen),
             Event::ConnLocal { tgid, fd, local } => {
                 if let Some(local) = local {
                     self.tracker.local_known(tgid, fd, local);
@@ -291,6 +296,11 @@ impl EventPath {
         }
         self.emit();
         self.registry.prune();
+        self.copy_kernel_counters();
+    }
+
+    /// The probes' counters into the agent's, as totals so far.
+    fn copy_kernel_counters(&self) {
         let c = self.probes.counters();
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
@@ -314,6 +324,22 @@ impl EventPath {
         set(
             &self.stats.kernel_tls_unattributed,
             c[counter::TLS_UNATTRIBUTED as usize],
+        );
+        set(
+            &self.stats.kernel_context_injected,
+            c[counter::INJECTED as usize],
+        );
+        set(
+            &self.stats.kernel_context_had_header,
+            c[counter::INJECT_HAD_HEADER as usize],
+        );
+        set(
+            &self.stats.kernel_context_gave_up,
+            c[counter::INJECT_GAVE_UP as usize],
+        );
+        set(
+            &self.stats.kernel_context_failed,
+            c[counter::INJECT_FAILED as usize],
         );
     }
 
@@ -539,6 +565,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     while path.drain(ring.get_mut()) == MAX_EVENTS_PER_DRAIN {}
     path.tracker.close_all();
     path.emit();
+    // Since the last tick, the probes may have counted more.
+    path.copy_kernel_counters();
     let EventPath { probes, spans, .. } = path;
     drop(spans);
     // Dropping the probes detaches every program.

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::discovery::Selectors;
 use crate::export::{self, SinkConfig};
-use crate::probes::ProbeSettings;
+use crate::probes::{ProbeSettings, PropagationSettings};
 use crate::process::ResourceDefaults;
 use crate::spans::sampler::Sampler;
 
@@ -119,6 +119,18 @@ pub struct Args {
     #[arg(long)]
     pub db_user: bool,
 
+    /// Write a W3C `traceparent` header into the plaintext HTTP/1 requests
+    /// traced processes send, so the next hop joins the trace (`headers`),
+    /// or never change a byte (`off`).
+    #[arg(long, value_enum, default_value = "headers", value_name = "MODE")]
+    pub context_propagation: Propagation,
+
+    /// The cgroup (v2) whose processes' requests may carry the header;
+    /// default: the whole cgroup v2 hierarchy. Traced processes outside it
+    /// are traced, but their requests are sent unchanged.
+    #[arg(long, value_name = "PATH")]
+    pub propagation_cgroup: Option<PathBuf>,
+
     /// Least important log records written (error, warn, info, debug,
     /// trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
@@ -144,6 +156,13 @@ pub struct Args {
 pub enum Mode {
     /// Check whether this host can run the agent, and say what to fix.
     Doctor,
+}
+
+/// `--context-propagation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Propagation {
+    Off,
+    Headers,
 }
 
 #[derive(Clone, Debug)]
@@ -271,6 +290,17 @@ impl Config {
             host_name: crate::procfs::host_name(),
         };
         let discover = matches!(target, Target::Discover { .. });
+        let sampler = Sampler::from_env(
+            env("OTEL_TRACES_SAMPLER").as_deref(),
+            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )?;
+        let propagation = match args.context_propagation {
+            Propagation::Off => None,
+            Propagation::Headers => Some(PropagationSettings {
+                cgroup: args.propagation_cgroup,
+                sample_bound: sampler.root.bound(),
+            }),
+        };
         Ok(Config {
             target,
             probes: ProbeSettings {
@@ -282,6 +312,7 @@ impl Config {
                     .ring_buffer_mib
                     .checked_mul(1 << 20)
                     .context("ring buffer too large")?,
+                propagation,
             },
             export: export::Settings {
                 sinks,
@@ -297,10 +328,7 @@ impl Config {
             db_user: args.db_user,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
-            sampler: Sampler::from_env(
-                env("OTEL_TRACES_SAMPLER").as_deref(),
-                env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
-            )?,
+            sampler,
         })
     }
 }

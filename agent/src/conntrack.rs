@@ -14,7 +14,7 @@ use std::sync::Arc;
 use zerospan_common::origin;
 
 use crate::db_conn::{self, DbConn, SqlOptions};
-use crate::events::ConnKey;
+use crate::events::{Chosen, ConnKey};
 use crate::linker::Linker;
 use crate::mysql_conn::MysqlConn;
 use crate::pg_conn::PgConn;
@@ -85,6 +85,8 @@ struct Book {
     /// Responses still owed to requests that timed out: HTTP/1 answers in
     /// order, so the next ones to arrive are theirs, not later requests'.
     owed_responses: u32,
+    /// Request heads framed so far.
+    requests_seen: u32,
 }
 
 enum State {
@@ -154,14 +156,24 @@ struct Linking<'a> {
 }
 
 impl Linking<'_> {
-    fn start(&mut self, tid: u32, head: &Head, stats: &Stats) -> SpanContext {
+    /// `index`: the request's number on the connection; `at`: the syscall
+    /// that moved its first bytes.
+    fn start(
+        &mut self,
+        tid: u32,
+        head: &Head,
+        index: u32,
+        at: Stamp,
+        stats: &Stats,
+    ) -> SpanContext {
         match self.role {
             Role::Server => self
                 .linker
-                .server_started(self.key, tid, head, self.ends, stats),
-            Role::Client => self
-                .linker
-                .client_started(self.key, tid, head, self.ends, stats),
+                .server_started(self.key, tid, head, self.ends, at, stats),
+            Role::Client => {
+                self.linker
+                    .client_started(self.key, tid, head, self.ends, (index, at), stats)
+            }
         }
     }
 }
@@ -229,7 +241,11 @@ impl Sink for RequestSink<'_, '_> {
             }
             Stats::inc(&self.stats.http_pipeline_overflow);
         }
-        let ctx = self.linking.start(self.book.tid, &head, self.stats);
+        let index = self.book.requests_seen;
+        self.book.requests_seen += 1;
+        let ctx = self
+            .linking
+            .start(self.book.tid, &head, index, at, self.stats);
         self.book.pending.push_back(Exchange {
             ctx,
             request: head,
@@ -784,6 +800,14 @@ impl Tracker {
         }
     }
 
+    /// The probes chose ids for a request on `key` (they wrote a
+    /// `traceparent` into it, or will give them to its thread's calls).
+    pub fn chosen(&mut self, key: ConnKey, egress: bool, chosen: Chosen) {
+        if self.conns.contains_key(&key) {
+            self.linker.chosen(key, egress, chosen);
+        }
+    }
+
     /// The probes reported the local address of `(tgid, fd)`'s outgoing
     /// connection (see `inet_sock_set_state` in the probes).
     pub fn local_known(&mut self, tgid: u32, fd: i32, local: SocketAddr) {
@@ -806,6 +830,7 @@ impl Tracker {
 
     pub fn close(&mut self, key: ConnKey) {
         self.forget_fd(key);
+        self.linker.connection_closed(key);
         if let Some(conn) = self.conns.remove(&key) {
             if matches!(conn.state, State::Tls { .. }) {
                 // Encrypted from start to end, and no plaintext ever came.

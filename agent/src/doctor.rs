@@ -10,6 +10,8 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
 };
 
+use crate::procfs;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Ok,
@@ -103,13 +105,6 @@ fn exists(p: &str) -> bool {
     Path::new(p).exists()
 }
 
-fn mounted(fs_type: &str, mounts: &str) -> Option<String> {
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&fs_type)).then(|| f.get(1).map(|s| s.to_string()))?
-    })
-}
-
 fn supported(r: Result<bool, impl fmt::Debug>) -> (bool, String) {
     match r {
         Ok(true) => (true, "supported".into()),
@@ -143,7 +138,7 @@ pub fn run_checks() -> Vec<Check> {
         )
     });
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    out.push(match mounted("tracefs", &mounts) {
+    out.push(match procfs::mounted("tracefs", &mounts) {
         Some(at) => check("tracefs", Verdict::Ok, format!("mounted at {at}"), None),
         None => check(
             "tracefs",
@@ -152,7 +147,7 @@ pub fn run_checks() -> Vec<Check> {
             Some("the agent mounts it at start (needs CAP_SYS_ADMIN), or: mount -t tracefs tracefs /sys/kernel/tracing"),
         ),
     });
-    out.push(match mounted("bpf", &mounts) {
+    out.push(match procfs::mounted("bpf", &mounts) {
         Some(at) => check("bpffs", Verdict::Ok, format!("mounted at {at}"), None),
         None => check(
             "bpffs",
@@ -161,7 +156,7 @@ pub fn run_checks() -> Vec<Check> {
             Some("the agent mounts it at start (needs CAP_SYS_ADMIN), or: mount -t bpf bpf /sys/fs/bpf"),
         ),
     });
-    out.push(match mounted("tracefs", &mounts) {
+    out.push(match procfs::mounted("tracefs", &mounts) {
         None => check(
             "syscall tracepoints",
             Verdict::Warn,
@@ -192,7 +187,8 @@ pub fn run_checks() -> Vec<Check> {
         .filter(|(bit, _, _, admin_will_do)| !(has(*bit) || *admin_will_do && has(CAP_SYS_ADMIN)))
         .map(|(_, name, why, _)| format!("{name} ({why})"))
         .collect();
-    let mounts_missing = mounted("tracefs", &mounts).is_none() || mounted("bpf", &mounts).is_none();
+    let mounts_missing =
+        procfs::mounted("tracefs", &mounts).is_none() || procfs::mounted("bpf", &mounts).is_none();
     out.push(if !missing.is_empty() {
         check(
             "capabilities",
@@ -280,7 +276,7 @@ pub fn run_checks() -> Vec<Check> {
         },
         None,
     ));
-    let cgroup2 = mounted("cgroup2", &mounts);
+    let cgroup2 = procfs::mounted("cgroup2", &mounts);
     let (skmsg, skmsg_found) = supported(is_program_supported(ProgramType::SkMsg));
     let (sockops, _) = supported(is_program_supported(ProgramType::SockOps));
     out.push(match cgroup2 {
@@ -294,13 +290,13 @@ pub fn run_checks() -> Vec<Check> {
             "cgroup v2 + sk_msg",
             Verdict::Warn,
             format!("cgroup2 at {at}; sk_msg {skmsg_found}"),
-            Some("outgoing traceparent injection (coming) needs sockops and sk_msg programs"),
+            Some("outgoing traceparent injection (--context-propagation=headers) needs sockops and sk_msg programs"),
         ),
         None => check(
             "cgroup v2 + sk_msg",
             Verdict::Warn,
             "no cgroup2 mount",
-            Some("outgoing traceparent injection (coming) needs cgroup v2"),
+            Some("outgoing traceparent injection (--context-propagation=headers) needs cgroup v2"),
         ),
     });
     out
@@ -341,9 +337,9 @@ mod tests {
         assert_eq!(effective_caps("nothing"), None);
         let mounts = "tracefs /sys/kernel/tracing tracefs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
         assert_eq!(
-            mounted("tracefs", mounts).as_deref(),
+            procfs::mounted("tracefs", mounts).as_deref(),
             Some("/sys/kernel/tracing")
         );
-        assert_eq!(mounted("cgroup2", mounts), None);
+        assert_eq!(procfs::mounted("cgroup2", mounts), None);
     }
 }

@@ -6,7 +6,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use zerospan_common::{kind, ConnEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE};
+use zerospan_common::{
+    context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE,
+};
 
 /// Identifies one connection: fd numbers are reused, `conn_id` is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,6 +63,40 @@ pub enum Event<'a> {
     Exit {
         pid: u32,
     },
+    /// Ids the probes chose for a request (see [`Chosen`]).
+    Context {
+        key: ConnKey,
+        egress: bool,
+        chosen: Chosen,
+    },
+}
+
+/// The trace context the probes gave a request: for an outgoing request,
+/// the `traceparent` they wrote into it; for a server request, the ids
+/// they handed to the calls its thread makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chosen {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero for a root.
+    pub parent_id: [u8; 8],
+    pub sampled: bool,
+    pub origin: Origin,
+    /// Outgoing: which request on the connection, counted from its start.
+    pub request: u32,
+    /// When it was chosen: inside the write of an outgoing request; the
+    /// exit time of the read that holds a server request's head.
+    pub at_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A new trace.
+    New,
+    /// The request's own valid `traceparent`.
+    Header,
+    /// The server request the writing thread was serving.
+    Thread,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +191,26 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             }
         }
         kind::EXEC_SEEN => Event::ExecSeen { pid: h.tgid },
+        kind::CONTEXT => {
+            let c: ContextEvent = read(buf)?;
+            Event::Context {
+                key,
+                egress: h.direction == zerospan_common::direction::EGRESS,
+                chosen: Chosen {
+                    trace_id: c.trace_id,
+                    span_id: c.span_id,
+                    parent_id: c.parent_id,
+                    sampled: c.sampled & 1 == 1,
+                    origin: match c.origin {
+                        context_origin::HEADER => Origin::Header,
+                        context_origin::THREAD => Origin::Thread,
+                        _ => Origin::New,
+                    },
+                    request: c.request,
+                    at_ns: h.ts_exit_ns,
+                },
+            }
+        }
         kind::PROC_FORK | kind::PROC_EXEC | kind::PROC_EXIT => {
             let p: ProcEvent = read(buf)?;
             match h.kind {

@@ -22,16 +22,29 @@
 //! its span id and taking the caller's trace, unless it already has
 //! children (who carry its old trace id).
 //!
+//! With `--context-propagation=headers` the probes choose some ids
+//! themselves, because they must exist when the bytes leave: the span id
+//! of every request they write a `traceparent` into, and the ids of the
+//! server requests whose threads make those calls ([`Chosen`]). Those
+//! span ids are always kept. So is their trace, unless the rules above
+//! find a parent the probes could not see (a same-host caller over TLS,
+//! a read the probes did not look at); then the local tree stays right
+//! and only the next hop's link is lost.
+//!
 //! No I/O here. The local address of a client connection comes from the
 //! probes (`sock:inet_sock_set_state`), through the connection's endpoints
 //! or [`Linker::client_local_known`] when it arrives later.
 
-use std::{cell::Cell, collections::HashMap, net::SocketAddr};
+use std::{
+    cell::Cell,
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
-use zerospan_protocols::http1::Head;
+use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::{
-    events::ConnKey,
+    events::{Chosen, ConnKey, Origin},
     spans::context::{parse_traceparent, SpanContext},
     spans::http::Endpoints,
     stats::Stats,
@@ -66,6 +79,12 @@ pub struct Linker {
     orphan_by_peer: HashMap<SocketAddr, [u8; 8]>,
     /// New contexts of adopted server spans, taken when they end.
     adopted: HashMap<[u8; 8], SpanContext>,
+    /// Ids the probes chose for outgoing requests not framed yet, by
+    /// connection, in request order.
+    chosen_requests: HashMap<ConnKey, VecDeque<Chosen>>,
+    /// Ids the probes chose for the server request whose head is in the
+    /// read that ended at `Chosen::at_ns`.
+    chosen_server: HashMap<ConnKey, Chosen>,
 }
 
 /// Most orphans kept; past it new ones are not adoptable.
@@ -80,6 +99,13 @@ fn push_bounded<T>(v: &mut Vec<T>, item: T) {
         v.remove(0);
     }
     v.push(item);
+}
+
+fn push_bounded_deque<T>(v: &mut VecDeque<T>, item: T) {
+    if v.len() >= MAX_PER_KEY {
+        v.pop_front();
+    }
+    v.push_back(item);
 }
 
 /// The context a `traceparent` on this head gives, if it has a valid one.
@@ -98,25 +124,94 @@ fn from_header(head: &Head, stats: &Stats) -> Option<SpanContext> {
 }
 
 impl Linker {
-    /// A traced process read a request on `conn`, on thread `tid`.
+    /// The probes chose ids for a request on `conn` (see [`Chosen`]).
+    pub fn chosen(&mut self, conn: ConnKey, egress: bool, chosen: Chosen) {
+        if egress {
+            push_bounded_deque(self.chosen_requests.entry(conn).or_default(), chosen);
+        } else {
+            self.chosen_server.insert(conn, chosen);
+        }
+    }
+
+    /// The ids the probes chose for request number `index` of `conn`,
+    /// written at `at`. Entries for earlier requests are stale: the
+    /// agent did not frame them.
+    fn take_chosen_request(
+        &mut self,
+        conn: ConnKey,
+        index: u32,
+        at: Stamp,
+        stats: &Stats,
+    ) -> Option<Chosen> {
+        let queue = self.chosen_requests.get_mut(&conn)?;
+        while queue.front().is_some_and(|c| c.request < index) {
+            queue.pop_front();
+            Stats::inc(&stats.context_chosen_unmatched);
+        }
+        let found = queue.front().filter(|c| c.request == index).copied();
+        if found.is_some() {
+            queue.pop_front();
+        }
+        if queue.is_empty() {
+            self.chosen_requests.remove(&conn);
+        }
+        // Chosen inside the write that carried the head, or not for it.
+        let found = found?;
+        if found.at_ns < at.enter_ns || found.at_ns > at.exit_ns {
+            Stats::inc(&stats.context_chosen_unmatched);
+            return None;
+        }
+        Some(found)
+    }
+
+    /// A traced process read a request on `conn`, on thread `tid`, in the
+    /// read that moved its first bytes at `at`.
     pub fn server_started(
         &mut self,
         conn: ConnKey,
         tid: u32,
         head: &Head,
         ends: Endpoints,
+        at: Stamp,
         stats: &Stats,
     ) -> SpanContext {
-        let linked = from_header(head, stats).or_else(|| {
-            let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
-            Stats::inc(&stats.context_linked_same_host);
-            Some(SpanContext::child_of(parent))
-        });
-        let ctx = match linked {
-            Some(ctx) => ctx,
-            None => {
-                let ctx = SpanContext::root();
-                self.add_orphan(&ctx, (conn.tgid, tid), ends);
+        let chosen = self
+            .chosen_server
+            .remove(&conn)
+            .filter(|c| c.at_ns == at.exit_ns);
+        let header = from_header(head, stats);
+        let ctx = match chosen {
+            Some(k) if k.origin == Origin::Header => {
+                let agrees = header
+                    .as_ref()
+                    .is_some_and(|h| h.trace_id == k.trace_id && h.parent_span_id == k.parent_id);
+                if !agrees {
+                    Stats::inc(&stats.context_chosen_disagreed);
+                }
+                SpanContext {
+                    trace_id: k.trace_id,
+                    span_id: k.span_id,
+                    parent_span_id: k.parent_id,
+                    trace_state: header.map(|h| h.trace_state).unwrap_or_default(),
+                    remote_sampled: Some(k.sampled),
+                }
+            }
+            _ => {
+                let linked = header.or_else(|| {
+                    let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
+                    Stats::inc(&stats.context_linked_same_host);
+                    Some(SpanContext::child_of(parent))
+                });
+                let mut ctx = linked.clone().unwrap_or_else(SpanContext::root);
+                if let Some(k) = chosen {
+                    ctx.span_id = k.span_id;
+                    if linked.is_none() {
+                        ctx.trace_id = k.trace_id;
+                    }
+                }
+                if linked.is_none() {
+                    self.add_orphan(&ctx, (conn.tgid, tid), ends);
+                }
                 ctx
             }
         };
@@ -220,16 +315,23 @@ impl Linker {
         }
     }
 
-    /// A traced process wrote a request on `conn`, on thread `tid`.
+    /// A traced process wrote request number `index` of `conn` (counted
+    /// from the connection's start), on thread `tid`, in the write at `at`.
     pub fn client_started(
         &mut self,
         conn: ConnKey,
         tid: u32,
         head: &Head,
         ends: Endpoints,
+        (index, at): (u32, Stamp),
         stats: &Stats,
     ) -> SpanContext {
-        let ctx = from_header(head, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats));
+        let ctx = match self.take_chosen_request(conn, index, at, stats) {
+            Some(k) => self.injected_call(conn, tid, &k, stats),
+            None => {
+                from_header(head, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
+            }
+        };
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
             push_bounded(
@@ -246,6 +348,38 @@ impl Linker {
             }
         }
         ctx
+    }
+
+    /// The context of a call the probes wrote `traceparent` into: their
+    /// span id; the parent the agent sees on the thread if it has one;
+    /// else the server request the probes named, if the agent knows it is
+    /// still in flight on that thread (never a parent that has ended); else
+    /// a root of the probes' trace, which the next hop joins.
+    fn injected_call(&self, conn: ConnKey, tid: u32, k: &Chosen, stats: &Stats) -> SpanContext {
+        let local = self.call_on_thread(conn, tid, stats);
+        if local.parent_span_id != [0; 8] {
+            return SpanContext {
+                span_id: k.span_id,
+                ..local
+            };
+        }
+        let named = (k.origin == Origin::Thread)
+            .then(|| self.serving.get(&(conn.tgid, tid)))
+            .flatten()
+            .and_then(|v| v.iter().find(|c| c.span_id == k.parent_id));
+        match named {
+            Some(parent) => SpanContext {
+                span_id: k.span_id,
+                ..SpanContext::child_of(parent)
+            },
+            None => SpanContext {
+                trace_id: k.trace_id,
+                span_id: k.span_id,
+                parent_span_id: [0; 8],
+                trace_state: String::new(),
+                remote_sampled: None,
+            },
+        }
     }
 
     /// The context of a call made on thread `tid` that carries no header of
@@ -294,8 +428,16 @@ impl Linker {
         }
     }
 
+    /// A connection closed: ids chosen for it are no one's any more.
+    pub fn connection_closed(&mut self, conn: ConnKey) {
+        self.chosen_requests.remove(&conn);
+        self.chosen_server.remove(&conn);
+    }
+
     /// Forgets everything of a process that is gone.
     pub fn process_exited(&mut self, tgid: u32) {
+        self.chosen_requests.retain(|k, _| k.tgid != tgid);
+        self.chosen_server.retain(|k, _| k.tgid != tgid);
         self.serving.retain(|(t, _), _| *t != tgid);
         let gone: Vec<[u8; 8]> = self
             .orphans
@@ -316,7 +458,14 @@ impl Linker {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use super::*;
+
+    const AT: Stamp = Stamp {
+        enter_ns: 0,
+        exit_ns: 0,
+    };
 
     fn key(tgid: u32, fd: i32) -> ConnKey {
         ConnKey {
@@ -352,14 +501,21 @@ mod tests {
         let stats = Stats::default();
         let mut l = Linker::default();
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let ctx = l.server_started(key(1, 3), 1, &head(Some(tp)), ends(None, None), &stats);
+        let ctx = l.server_started(key(1, 3), 1, &head(Some(tp)), ends(None, None), AT, &stats);
         assert_eq!(ctx.trace_id[0], 0x4b);
         assert_eq!(
             ctx.parent_span_id,
             [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
         );
         assert_eq!(ctx.remote_sampled, Some(false));
-        let bad = l.server_started(key(1, 4), 2, &head(Some("00-zz")), ends(None, None), &stats);
+        let bad = l.server_started(
+            key(1, 4),
+            2,
+            &head(Some("00-zz")),
+            ends(None, None),
+            AT,
+            &stats,
+        );
         assert_eq!(bad.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -373,16 +529,30 @@ mod tests {
     fn a_client_call_on_the_serving_thread_is_its_child_unless_ambiguous() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        let server = l.server_started(key(1, 3), 7, &head(None), ends(None, None), &stats);
-        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), &stats);
+        let server = l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
+        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), (0, AT), &stats);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, server.span_id);
         // Another thread of the same process: no parent.
-        let other = l.client_started(key(1, 10), 8, &head(None), ends(None, None), &stats);
+        let other = l.client_started(
+            key(1, 10),
+            8,
+            &head(None),
+            ends(None, None),
+            (0, AT),
+            &stats,
+        );
         assert_eq!(other.parent_span_id, [0; 8]);
         // Two requests in flight on thread 7: cannot know, stays a root.
-        let _second = l.server_started(key(1, 4), 7, &head(None), ends(None, None), &stats);
-        let unknown = l.client_started(key(1, 11), 7, &head(None), ends(None, None), &stats);
+        let _second = l.server_started(key(1, 4), 7, &head(None), ends(None, None), AT, &stats);
+        let unknown = l.client_started(
+            key(1, 11),
+            7,
+            &head(None),
+            ends(None, None),
+            (0, AT),
+            &stats,
+        );
         assert_eq!(unknown.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -392,17 +562,105 @@ mod tests {
         );
         // Once the first ends, the second is the only one again.
         l.server_finished(key(1, 3), 7, &server);
-        let after = l.client_started(key(1, 12), 7, &head(None), ends(None, None), &stats);
+        let after = l.client_started(
+            key(1, 12),
+            7,
+            &head(None),
+            ends(None, None),
+            (0, AT),
+            &stats,
+        );
         assert_eq!(after.parent_span_id, _second.span_id);
+    }
+
+    fn chosen(origin: Origin, request: u32, at_ns: u64, span: u8, parent: u8) -> Chosen {
+        Chosen {
+            trace_id: [7; 16],
+            span_id: [span; 8],
+            parent_id: [parent; 8],
+            sampled: true,
+            origin,
+            request,
+            at_ns,
+        }
+    }
+
+    #[test]
+    fn ids_the_probes_chose_are_the_spans_ids() {
+        let stats = Stats::default();
+        let mut l = Linker::default();
+        let tp = "00-07070707070707070707070707070707-0909090909090909-01";
+        let read = Stamp {
+            enter_ns: 10,
+            exit_ns: 20,
+        };
+        // The server request, with the probes' reading of its header.
+        l.chosen(key(1, 3), false, chosen(Origin::Header, 0, 20, 1, 9));
+        let server = l.server_started(
+            key(1, 3),
+            7,
+            &head(Some(tp)),
+            ends(None, None),
+            read,
+            &stats,
+        );
+        assert_eq!(server.span_id, [1; 8]);
+        assert_eq!(server.parent_span_id, [9; 8]);
+        assert_eq!(server.remote_sampled, Some(true));
+        assert_eq!(stats.context_chosen_disagreed.load(Relaxed), 0);
+        // Its call, with the header the probes wrote: their span id, under
+        // the server span.
+        l.chosen(key(1, 5), true, chosen(Origin::Thread, 0, 35, 2, 1));
+        let write = Stamp {
+            enter_ns: 30,
+            exit_ns: 40,
+        };
+        let call = l.client_started(
+            key(1, 5),
+            7,
+            &head(None),
+            ends(None, None),
+            (0, write),
+            &stats,
+        );
+        assert_eq!(call.span_id, [2; 8]);
+        assert_eq!(call.parent_span_id, server.span_id);
+        assert_eq!(call.trace_id, server.trace_id);
+        // Ids chosen for a request the agent framed as another (index 2
+        // before 1), or in another write, are not used.
+        l.chosen(key(1, 5), true, chosen(Origin::New, 1, 55, 3, 0));
+        l.chosen(key(1, 5), true, chosen(Origin::New, 2, 99, 4, 0));
+        let later = Stamp {
+            enter_ns: 50,
+            exit_ns: 60,
+        };
+        let third = l.client_started(
+            key(1, 5),
+            7,
+            &head(None),
+            ends(None, None),
+            (2, later),
+            &stats,
+        );
+        assert_ne!(third.span_id, [3; 8]);
+        assert_ne!(third.span_id, [4; 8]);
+        assert_eq!(stats.context_chosen_unmatched.load(Relaxed), 2);
     }
 
     #[test]
     fn an_sdk_traceparent_on_a_client_request_wins() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        l.server_started(key(1, 3), 7, &head(None), ends(None, None), &stats);
+        l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), ends(None, None), &stats);
+        let client = l.client_started(
+            key(1, 9),
+            7,
+            &head(Some(tp)),
+            ends(None, None),
+            (0, AT),
+            &stats,
+        );
         assert_eq!(client.trace_id[0], 0x4b);
         assert_eq!(client.parent_span_id[1], 0xf0);
     }
@@ -419,6 +677,7 @@ mod tests {
             1,
             &head(None),
             ends(Some("127.0.0.1:8000"), None),
+            (0, AT),
             &stats,
         );
         l.client_local_known(
@@ -432,6 +691,7 @@ mod tests {
             1,
             &head(None),
             ends(Some("127.0.0.1:8000"), Some("127.0.0.1:40002")),
+            (0, AT),
             &stats,
         );
         let server = l.server_started(
@@ -439,6 +699,7 @@ mod tests {
             2,
             &head(None),
             ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
+            AT,
             &stats,
         );
         assert_eq!(server.trace_id, caller.trace_id);
@@ -448,6 +709,7 @@ mod tests {
             3,
             &head(None),
             ends(Some("127.0.0.1:40002"), Some("0.0.0.0:8000")),
+            AT,
             &stats,
         );
         assert_eq!(other.parent_span_id, bystander.span_id);
@@ -457,6 +719,7 @@ mod tests {
             4,
             &head(None),
             ends(Some("127.0.0.1:40009"), Some("0.0.0.0:8000")),
+            AT,
             &stats,
         );
         assert_eq!(stranger.parent_span_id, [0; 8]);
@@ -467,6 +730,7 @@ mod tests {
             5,
             &head(None),
             ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
+            AT,
             &stats,
         );
         assert_eq!(late.parent_span_id, [0; 8]);

@@ -23,6 +23,7 @@ mod pg_conn;
 mod probes;
 mod process;
 mod procfs;
+mod propagation;
 #[cfg(test)]
 mod replay;
 mod settings;

@@ -15,7 +15,8 @@ use aya::{
 };
 use zerospan_common::{counter, sock_flags, traced, SockInfo, MAX_CAPTURE};
 
-use crate::{events::ConnKey, procfs, tls_hooks::TlsHooks};
+pub use crate::propagation::PropagationSettings;
+use crate::{events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
 
 /// Every program in the object, with its tracepoint category.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -50,7 +51,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("sched", "sched_process_exit"),
 ];
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProbeSettings {
     /// Report untraced processes' execs (discovery by selectors).
     pub discover: bool,
@@ -58,6 +59,8 @@ pub struct ProbeSettings {
     pub max_connections: u32,
     pub max_processes: u32,
     pub ring_buffer_bytes: u32,
+    /// `Some` to write `traceparent` into outgoing HTTP/1 requests.
+    pub propagation: Option<PropagationSettings>,
 }
 
 pub struct Probes {
@@ -203,7 +206,25 @@ impl Probes {
             .context("reading the sched_process_fork record layout from tracefs")?;
         // Absent on older kernels: the probe then uses the leader's exit.
         let exit_group_dead = field_offset("sched/sched_process_exit", "group_dead").unwrap_or(0);
+        // Checked before loading: the probes must know whether to choose ids.
+        let propagation = match &s.propagation {
+            None => None,
+            Some(p) => match propagation::cgroup_dir(p.cgroup.as_ref()) {
+                Ok(dir) => Some((dir, p.sample_bound)),
+                Err(e) if p.cgroup.is_none() => {
+                    log::warn!("context propagation is off: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let (propagate, sample_bound) = match &propagation {
+            Some((_, bound)) => (1u8, *bound),
+            None => (0u8, u64::MAX),
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global("PROPAGATE", &propagate, true)
+            .override_global("SAMPLE_BOUND", &sample_bound, true)
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("DISCOVER", &u8::from(s.discover), true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
@@ -243,6 +264,10 @@ impl Probes {
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         log::info!("attached {} tracepoints", TRACEPOINTS.len());
+        if let Some((dir, _)) = &propagation {
+            propagation::attach(&mut ebpf, dir)
+                .context("context propagation (--context-propagation=off runs without it)")?;
+        }
         crate::tls_hooks::load(&mut ebpf)?;
         let mut tls = TlsHooks::default();
         tls.hook_system_libraries(&mut ebpf);

@@ -228,6 +228,14 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
+/// Where a filesystem of `fs_type` is mounted, from `/proc/mounts` text.
+pub fn mounted(fs_type: &str, mounts: &str) -> Option<String> {
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&fs_type)).then(|| f.get(1).map(|s| s.to_string()))?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,6 +242,26 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "context_propagation",
+        arg: "context_propagation",
+        apply: |a, v| {
+            a.context_propagation = match v.trim() {
+                "headers" => crate::config::Propagation::Headers,
+                "off" => crate::config::Propagation::Off,
+                _ => return Err(format!("expected headers or off, got {v:?}")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "propagation_cgroup",
+        arg: "propagation_cgroup",
+        apply: |a, v| {
+            a.propagation_cgroup = Some(text(v)?.into());
+            Ok(())
+        },
+    },
+    Setting {
         key: "db_user",
         arg: "db_user",
         apply: |a, v| {

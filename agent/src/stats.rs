@@ -83,6 +83,23 @@ counters! {
     /// Server spans linked to the traced client span at the other end of
     /// their connection, on this host.
     context_linked_same_host,
+    /// `traceparent` headers the probes wrote into outgoing requests.
+    kernel_context_injected,
+    /// Outgoing requests that already carried a `traceparent` (an
+    /// instrumented application): sent unchanged.
+    kernel_context_had_header,
+    /// Traced connections whose requests the probes stopped following
+    /// (not HTTP/1, a head split across writes, chunked or upgraded
+    /// bodies, pipelining): sent unchanged from then on.
+    kernel_context_gave_up,
+    /// Requests the kernel could not grow for the header: sent unchanged.
+    kernel_context_failed,
+    /// Ids the probes chose for a request the agent did not frame as that
+    /// request (its framing lost sync): not used.
+    context_chosen_unmatched,
+    /// Server requests whose `traceparent` the probes and the agent read
+    /// differently; the probes' reading was kept (the next hop has it).
+    context_chosen_disagreed,
     /// Spans built.
     spans_created,
     /// Spans left out by the sampler (OTEL_TRACES_SAMPLER).

@@ -34,6 +34,11 @@ pub mod kind {
     /// A process that is not traced exec'd a new image, reported only when
     /// the agent discovers processes by selectors ([`super::ProcEvent`]).
     pub const EXEC_SEEN: u8 = 8;
+    /// Trace context the probes chose for a request ([`super::ContextEvent`]):
+    /// egress, the `traceparent` they wrote into an outgoing request; ingress,
+    /// the context of the server request that starts in the next data event
+    /// of the same socket with the same `ts_exit_ns`.
+    pub const CONTEXT: u8 = 9;
 }
 
 /// Data direction, from the traced process's point of view.
@@ -132,6 +137,34 @@ pub struct ConnEvent {
     pub peer_addr: [u8; 16],
 }
 
+/// Where a [`ContextEvent`]'s trace came from.
+pub mod context_origin {
+    /// A new trace the probes started.
+    pub const NEW: u8 = 0;
+    /// The request's own valid `traceparent` header.
+    pub const HEADER: u8 = 1;
+    /// The server request the writing thread was serving.
+    pub const THREAD: u8 = 2;
+}
+
+/// The trace context the probes gave a request (see [`kind::CONTEXT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContextEvent {
+    pub header: EventHeader,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero when the span is a root.
+    pub parent_id: [u8; 8],
+    /// Egress: which request on the connection (0 for the first), counted
+    /// by the probes from the connection's start.
+    pub request: u32,
+    pub sampled: u8,
+    /// One of [`context_origin`].
+    pub origin: u8,
+    pub _pad: [u8; 2],
+}
+
 /// A process lifecycle change of a traced process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -214,7 +247,20 @@ pub mod counter {
     /// Plaintext from a TLS library call whose socket was not known (no
     /// syscall nested in it, and the library object never seen with one).
     pub const TLS_UNATTRIBUTED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A `traceparent` header was written into an outgoing request.
+    pub const INJECTED: u32 = 5;
+    /// An outgoing request already carried a `traceparent` (an
+    /// instrumented application): left as it was.
+    pub const INJECT_HAD_HEADER: u32 = 6;
+    /// A traced connection's bytes stopped being understood as HTTP/1
+    /// requests (not HTTP, a head split across writes, chunked or upgraded
+    /// bodies, more pipelined requests than followed): it is left alone
+    /// from then on.
+    pub const INJECT_GAVE_UP: u32 = 7;
+    /// The kernel refused to grow a message for the header: sent unchanged,
+    /// and the connection left alone from then on.
+    pub const INJECT_FAILED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

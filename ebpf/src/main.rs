@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+mod propagate;
+
 use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
@@ -530,6 +532,11 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
             unsafe { (*sock).flags |= sock_flags::FIRST_READ_SEEN | deep };
         }
     }
+    if args.buf == Buf::Plain && dir == direction::INGRESS {
+        propagate::server_request_read(pid_tgid, args.fd, args.conn_id, args.ptr, moved, now);
+    } else if dir == direction::EGRESS && args.deep == 0 {
+        propagate::server_response_written(pid_tgid as u32, args.fd);
+    }
     match args.buf {
         Buf::Tls => tls_nested_write(pid_tgid, tgid, args.fd),
         Buf::Plain if args.deep != 0 => emit_chunks(&hdr, args.ptr, moved),
@@ -967,6 +974,21 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, 
     hdr.ts_enter_ns = call.ts_enter;
     // SAFETY: helper has no preconditions.
     hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    if sock.flags & sock_flags::OUTGOING == 0 {
+        if call.direction == direction::INGRESS {
+            let conn_id = sock.conn_id;
+            propagate::server_request_read(
+                pid_tgid,
+                fd,
+                conn_id,
+                call.buf + skip,
+                moved,
+                hdr.ts_exit_ns,
+            );
+        } else {
+            propagate::server_response_written(pid_tgid as u32, fd);
+        }
+    }
     if deep {
         emit_chunks(&hdr, call.buf + skip, moved);
     } else {
@@ -1279,6 +1301,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
 
 /// Learns the source address the kernel picked for a traced `connect`, so
 /// that the server end of the same connection, if it is traced too, can be
@@ -1311,6 +1334,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         return 0;
     }
+    if newstate == TCP_CLOSE {
+        propagate::connection_closed(skaddr);
+    }
     if oldstate != TCP_SYN_SENT {
         return 0;
     }
@@ -1339,6 +1365,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         addr = unsafe { ctx.read_at::<[u8; 16]>(40) }.unwrap_or([0; 16]);
     }
     let tgid = (owner >> 32) as u32;
+    propagate::connection_established(skaddr, tgid, owner as u32 as i32);
     let mut hdr = header(kind::CONN_LOCAL, 0, tgid, 0, owner as u32 as i32, 0);
     // SAFETY: helper has no preconditions.
     hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };

@@ -71,8 +71,15 @@ fn pump(mut r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
 
 impl Agent {
     /// Starts the agent and waits until its probes are attached and tracing.
+    ///
+    /// Without `--context-propagation` or `--propagation-cgroup` in `args`,
+    /// header injection is off: its default would attach to the machine's
+    /// root cgroup, and tests only ever attach to cgroups of their own.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut cmd = Command::new(agent_binary());
+        if !args.iter().any(|a| a.contains("propagation")) {
+            cmd.arg("--context-propagation=off");
+        }
         cmd.args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_SERVICE_NAME")

@@ -64,6 +64,7 @@ fn json_logs_one_object_per_line() {
         &file,
         "log_format: json
 log_level: info
+context_propagation: off
 ",
     )
     .unwrap();

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "gnutls-bin",
     "memcached",
+    // `ip netns` and veth: two network namespaces stand in for two hosts.
+    "iproute2",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

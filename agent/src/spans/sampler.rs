@@ -66,6 +66,17 @@ impl Sampler {
 }
 
 impl Root {
+    /// The same decision as a bound for the probes, which start traces
+    /// themselves when they write `traceparent` headers: keep when the
+    /// trace id's last 8 bytes are below it, and `u64::MAX` keeps all.
+    pub fn bound(&self) -> u64 {
+        match *self {
+            Root::AlwaysOn => u64::MAX,
+            Root::AlwaysOff => 0,
+            Root::TraceIdRatio { bound, .. } => bound,
+        }
+    }
+
     fn ratio(ratio: f64) -> Self {
         // 2^64 * ratio, saturating: ratio 1.0 keeps everything.
         let bound = if ratio >= 1.0 {
