@@ -85,8 +85,6 @@ struct Book {
     /// Responses still owed to requests that timed out: HTTP/1 answers in
     /// order, so the next ones to arrive are theirs, not later requests'.
     owed_responses: u32,
-    /// Request heads framed so far.
-    requests_seen: u32,
 }
 
 enum State {
@@ -156,24 +154,15 @@ struct Linking<'a> {
 }
 
 impl Linking<'_> {
-    /// `index`: the request's number on the connection; `at`: the syscall
-    /// that moved its first bytes.
-    fn start(
-        &mut self,
-        tid: u32,
-        head: &Head,
-        index: u32,
-        at: Stamp,
-        stats: &Stats,
-    ) -> SpanContext {
+    /// `at`: the syscall that moved the head's first bytes.
+    fn start(&mut self, tid: u32, head: &Head, at: Stamp, stats: &Stats) -> SpanContext {
         match self.role {
             Role::Server => self
                 .linker
                 .server_started(self.key, tid, head, self.ends, at, stats),
-            Role::Client => {
-                self.linker
-                    .client_started(self.key, tid, head, self.ends, (index, at), stats)
-            }
+            Role::Client => self
+                .linker
+                .client_started(self.key, tid, head, self.ends, at, stats),
         }
     }
 }
@@ -241,11 +230,7 @@ impl Sink for RequestSink<'_, '_> {
             }
             Stats::inc(&self.stats.http_pipeline_overflow);
         }
-        let index = self.book.requests_seen;
-        self.book.requests_seen += 1;
-        let ctx = self
-            .linking
-            .start(self.book.tid, &head, index, at, self.stats);
+        let ctx = self.linking.start(self.book.tid, &head, at, self.stats);
         self.book.pending.push_back(Exchange {
             ctx,
             request: head,

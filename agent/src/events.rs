@@ -82,8 +82,6 @@ pub struct Chosen {
     pub parent_id: [u8; 8],
     pub sampled: bool,
     pub origin: Origin,
-    /// Outgoing: which request on the connection, counted from its start.
-    pub request: u32,
     /// When it was chosen: inside the write of an outgoing request; the
     /// exit time of the read that holds a server request's head.
     pub at_ns: u64,
@@ -206,7 +204,6 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                         context_origin::THREAD => Origin::Thread,
                         _ => Origin::New,
                     },
-                    request: c.request,
                     at_ns: h.ts_exit_ns,
                 },
             }

@@ -133,35 +133,23 @@ impl Linker {
         }
     }
 
-    /// The ids the probes chose for request number `index` of `conn`,
-    /// written at `at`. Entries for earlier requests are stale: the
-    /// agent did not frame them.
-    fn take_chosen_request(
-        &mut self,
-        conn: ConnKey,
-        index: u32,
-        at: Stamp,
-        stats: &Stats,
-    ) -> Option<Chosen> {
+    /// The ids the probes chose for the request whose head `conn` wrote
+    /// at `at`: chosen inside that write, or not for it. Older ones were
+    /// chosen for heads the agent did not frame (its framing lost sync).
+    fn take_chosen_request(&mut self, conn: ConnKey, at: Stamp, stats: &Stats) -> Option<Chosen> {
         let queue = self.chosen_requests.get_mut(&conn)?;
-        while queue.front().is_some_and(|c| c.request < index) {
+        while queue.front().is_some_and(|c| c.at_ns < at.enter_ns) {
             queue.pop_front();
             Stats::inc(&stats.context_chosen_unmatched);
         }
-        let found = queue.front().filter(|c| c.request == index).copied();
+        let found = queue.front().filter(|c| c.at_ns <= at.exit_ns).copied();
         if found.is_some() {
             queue.pop_front();
         }
         if queue.is_empty() {
             self.chosen_requests.remove(&conn);
         }
-        // Chosen inside the write that carried the head, or not for it.
-        let found = found?;
-        if found.at_ns < at.enter_ns || found.at_ns > at.exit_ns {
-            Stats::inc(&stats.context_chosen_unmatched);
-            return None;
-        }
-        Some(found)
+        found
     }
 
     /// A traced process read a request on `conn`, on thread `tid`, in the
@@ -315,18 +303,18 @@ impl Linker {
         }
     }
 
-    /// A traced process wrote request number `index` of `conn` (counted
-    /// from the connection's start), on thread `tid`, in the write at `at`.
+    /// A traced process wrote a request on `conn`, on thread `tid`, in the
+    /// write at `at`.
     pub fn client_started(
         &mut self,
         conn: ConnKey,
         tid: u32,
         head: &Head,
         ends: Endpoints,
-        (index, at): (u32, Stamp),
+        at: Stamp,
         stats: &Stats,
     ) -> SpanContext {
-        let ctx = match self.take_chosen_request(conn, index, at, stats) {
+        let ctx = match self.take_chosen_request(conn, at, stats) {
             Some(k) => self.injected_call(conn, tid, &k, stats),
             None => {
                 from_header(head, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
@@ -351,10 +339,11 @@ impl Linker {
     }
 
     /// The context of a call the probes wrote `traceparent` into: their
-    /// span id; the parent the agent sees on the thread if it has one;
-    /// else the server request the probes named, if the agent knows it is
-    /// still in flight on that thread (never a parent that has ended); else
-    /// a root of the probes' trace, which the next hop joins.
+    /// span id; the parent the agent sees on the thread if there is one;
+    /// else a root of the probes' trace, which the next hop joins. (The
+    /// probes remember only the last request a thread read; where the
+    /// agent sees none or several in flight, their choice could name a
+    /// wrong parent, so it is not used.)
     fn injected_call(&self, conn: ConnKey, tid: u32, k: &Chosen, stats: &Stats) -> SpanContext {
         let local = self.call_on_thread(conn, tid, stats);
         if local.parent_span_id != [0; 8] {
@@ -363,22 +352,12 @@ impl Linker {
                 ..local
             };
         }
-        let named = (k.origin == Origin::Thread)
-            .then(|| self.serving.get(&(conn.tgid, tid)))
-            .flatten()
-            .and_then(|v| v.iter().find(|c| c.span_id == k.parent_id));
-        match named {
-            Some(parent) => SpanContext {
-                span_id: k.span_id,
-                ..SpanContext::child_of(parent)
-            },
-            None => SpanContext {
-                trace_id: k.trace_id,
-                span_id: k.span_id,
-                parent_span_id: [0; 8],
-                trace_state: String::new(),
-                remote_sampled: None,
-            },
+        SpanContext {
+            trace_id: k.trace_id,
+            span_id: k.span_id,
+            parent_span_id: [0; 8],
+            trace_state: String::new(),
+            remote_sampled: None,
         }
     }
 
@@ -530,29 +509,15 @@ mod tests {
         let stats = Stats::default();
         let mut l = Linker::default();
         let server = l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
-        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), (0, AT), &stats);
+        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), AT, &stats);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, server.span_id);
         // Another thread of the same process: no parent.
-        let other = l.client_started(
-            key(1, 10),
-            8,
-            &head(None),
-            ends(None, None),
-            (0, AT),
-            &stats,
-        );
+        let other = l.client_started(key(1, 10), 8, &head(None), ends(None, None), AT, &stats);
         assert_eq!(other.parent_span_id, [0; 8]);
         // Two requests in flight on thread 7: cannot know, stays a root.
         let _second = l.server_started(key(1, 4), 7, &head(None), ends(None, None), AT, &stats);
-        let unknown = l.client_started(
-            key(1, 11),
-            7,
-            &head(None),
-            ends(None, None),
-            (0, AT),
-            &stats,
-        );
+        let unknown = l.client_started(key(1, 11), 7, &head(None), ends(None, None), AT, &stats);
         assert_eq!(unknown.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -562,25 +527,17 @@ mod tests {
         );
         // Once the first ends, the second is the only one again.
         l.server_finished(key(1, 3), 7, &server);
-        let after = l.client_started(
-            key(1, 12),
-            7,
-            &head(None),
-            ends(None, None),
-            (0, AT),
-            &stats,
-        );
+        let after = l.client_started(key(1, 12), 7, &head(None), ends(None, None), AT, &stats);
         assert_eq!(after.parent_span_id, _second.span_id);
     }
 
-    fn chosen(origin: Origin, request: u32, at_ns: u64, span: u8, parent: u8) -> Chosen {
+    fn chosen(origin: Origin, at_ns: u64, span: u8, parent: u8) -> Chosen {
         Chosen {
             trace_id: [7; 16],
             span_id: [span; 8],
             parent_id: [parent; 8],
             sampled: true,
             origin,
-            request,
             at_ns,
         }
     }
@@ -590,18 +547,15 @@ mod tests {
         let stats = Stats::default();
         let mut l = Linker::default();
         let tp = "00-07070707070707070707070707070707-0909090909090909-01";
-        let read = Stamp {
-            enter_ns: 10,
-            exit_ns: 20,
-        };
+        let stamp = |enter_ns, exit_ns| Stamp { enter_ns, exit_ns };
         // The server request, with the probes' reading of its header.
-        l.chosen(key(1, 3), false, chosen(Origin::Header, 0, 20, 1, 9));
+        l.chosen(key(1, 3), false, chosen(Origin::Header, 20, 1, 9));
         let server = l.server_started(
             key(1, 3),
             7,
             &head(Some(tp)),
             ends(None, None),
-            read,
+            stamp(10, 20),
             &stats,
         );
         assert_eq!(server.span_id, [1; 8]);
@@ -610,41 +564,46 @@ mod tests {
         assert_eq!(stats.context_chosen_disagreed.load(Relaxed), 0);
         // Its call, with the header the probes wrote: their span id, under
         // the server span.
-        l.chosen(key(1, 5), true, chosen(Origin::Thread, 0, 35, 2, 1));
-        let write = Stamp {
-            enter_ns: 30,
-            exit_ns: 40,
-        };
+        l.chosen(key(1, 5), true, chosen(Origin::Thread, 35, 2, 1));
         let call = l.client_started(
             key(1, 5),
             7,
             &head(None),
             ends(None, None),
-            (0, write),
+            stamp(30, 40),
             &stats,
         );
         assert_eq!(call.span_id, [2; 8]);
         assert_eq!(call.parent_span_id, server.span_id);
         assert_eq!(call.trace_id, server.trace_id);
-        // Ids chosen for a request the agent framed as another (index 2
-        // before 1), or in another write, are not used.
-        l.chosen(key(1, 5), true, chosen(Origin::New, 1, 55, 3, 0));
-        l.chosen(key(1, 5), true, chosen(Origin::New, 2, 99, 4, 0));
-        let later = Stamp {
-            enter_ns: 50,
-            exit_ns: 60,
-        };
+        // Ids chosen for a write the agent did not frame as a request are
+        // dropped; ids chosen in a later write wait for it.
+        l.chosen(key(1, 5), true, chosen(Origin::New, 45, 3, 0));
+        l.chosen(key(1, 5), true, chosen(Origin::New, 99, 4, 0));
         let third = l.client_started(
             key(1, 5),
             7,
             &head(None),
             ends(None, None),
-            (2, later),
+            stamp(50, 60),
             &stats,
         );
         assert_ne!(third.span_id, [3; 8]);
         assert_ne!(third.span_id, [4; 8]);
-        assert_eq!(stats.context_chosen_unmatched.load(Relaxed), 2);
+        assert_eq!(stats.context_chosen_unmatched.load(Relaxed), 1);
+        l.server_finished(key(1, 3), 7, &server);
+        let fourth = l.client_started(
+            key(1, 5),
+            7,
+            &head(None),
+            ends(None, None),
+            stamp(90, 100),
+            &stats,
+        );
+        assert_eq!(fourth.span_id, [4; 8]);
+        // Not serving anything the agent saw: a root of the probes' trace.
+        assert_eq!(fourth.trace_id, [7; 16]);
+        assert_eq!(fourth.parent_span_id, [0; 8]);
     }
 
     #[test]
@@ -653,14 +612,7 @@ mod tests {
         let mut l = Linker::default();
         l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = l.client_started(
-            key(1, 9),
-            7,
-            &head(Some(tp)),
-            ends(None, None),
-            (0, AT),
-            &stats,
-        );
+        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), ends(None, None), AT, &stats);
         assert_eq!(client.trace_id[0], 0x4b);
         assert_eq!(client.parent_span_id[1], 0xf0);
     }
@@ -677,7 +629,7 @@ mod tests {
             1,
             &head(None),
             ends(Some("127.0.0.1:8000"), None),
-            (0, AT),
+            AT,
             &stats,
         );
         l.client_local_known(
@@ -691,7 +643,7 @@ mod tests {
             1,
             &head(None),
             ends(Some("127.0.0.1:8000"), Some("127.0.0.1:40002")),
-            (0, AT),
+            AT,
             &stats,
         );
         let server = l.server_started(

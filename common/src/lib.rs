@@ -156,13 +156,10 @@ pub struct ContextEvent {
     pub span_id: [u8; 8],
     /// All zero when the span is a root.
     pub parent_id: [u8; 8],
-    /// Egress: which request on the connection (0 for the first), counted
-    /// by the probes from the connection's start.
-    pub request: u32,
     pub sampled: u8,
     /// One of [`context_origin`].
     pub origin: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// A process lifecycle change of a traced process.

@@ -1281,6 +1281,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = ((tgid as u64) << 32) | tid as u64;
     let _ = TLS_CALLS.remove(&pid_tgid);
     let _ = LAST_READ.remove(&pid_tgid);
+    propagate::thread_exited(tid);
     // SAFETY: a load-time constant, then a checked read of the record.
     let offset = unsafe { ptr::read_volatile(&EXIT_GROUP_DEAD_OFFSET) } as usize;
     // Kernels without `group_dead` fire this per thread: the leader's exit

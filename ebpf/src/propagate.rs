@@ -51,10 +51,6 @@ const MASK: u32 = WINDOW - 1;
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`
 const TP_LEN: u32 = 70;
 
-/// Request heads followed in one message (pipelining); past that the
-/// connection is left alone.
-const HEADS_PER_MESSAGE: u32 = 1;
-
 mod mode {
     /// Established; waiting for `sock_ops` to add it to `TX_SOCKS`.
     pub const READY: u8 = 1;
@@ -72,10 +68,8 @@ struct TxState {
     fd: i32,
     /// Body bytes of the last request still to come.
     body_left: u64,
-    /// Request heads seen so far.
-    requests: u32,
     mode: u8,
-    _pad: [u8; 3],
+    _pad: [u8; 7],
 }
 
 /// The server request a thread is serving, as the probes identified it.
@@ -126,9 +120,8 @@ pub fn connection_established(skaddr: u64, tgid: u32, fd: i32) {
         tgid,
         fd,
         body_left: 0,
-        requests: 0,
         mode: mode::READY,
-        _pad: [0; 3],
+        _pad: [0; 7],
     };
     let _ = TX.insert(&skaddr, &st, 0);
 }
@@ -193,6 +186,9 @@ mod seen {
 /// once rather than once per way out of it.
 #[repr(C)]
 pub struct Scan {
+    /// Who scans now: the slot is per CPU, and a program that is preempted
+    /// mid-scan may find another's results here when it resumes.
+    owner: u64,
     len: u32,
     line_start: u32,
     /// Just past the request line's `\n`; 0 until found.
@@ -368,9 +364,18 @@ fn parse_traceparent(s: &mut Scan, from: u32) -> Option<()> {
         return None;
     }
     let version = hex_byte(s, v)?;
-    let after = at(s, v + 55);
-    let ends = matches!(after, b'\r' | b' ' | b'\t');
-    if version == 0xff || (version == 0 && !ends) || (!ends && after != b'-') {
+    // The value ends at the line's end, after optional whitespace; a later
+    // version may append fields after a '-'.
+    let mut end = v + 55;
+    for _ in 0..8 {
+        let c = at(s, end);
+        if c != b' ' && c != b'\t' {
+            break;
+        }
+        end += 1;
+    }
+    let ends = matches!(at(s, end), b'\r' | b'\n');
+    if version == 0xff || (version == 0 && !ends) || (!ends && at(s, v + 55) != b'-') {
         return None;
     }
     let mut any = 0u8;
@@ -440,6 +445,15 @@ unsafe extern "C" fn scan_byte(index: u64, ctx: *mut c_void) -> i64 {
         newline(s, p);
     }
     0
+}
+
+/// A fresh owner tag for a scan.
+#[inline(always)]
+fn new_owner() -> u64 {
+    // SAFETY: helpers with no preconditions.
+    unsafe {
+        ((generated::bpf_get_prandom_u32() as u64) << 32) | generated::bpf_get_prandom_u32() as u64
+    }
 }
 
 /// Scans the first `len` bytes of `s.data`.
@@ -520,7 +534,7 @@ fn sampled(trace_id: &[u8; 16]) -> u8 {
 }
 
 #[inline(always)]
-fn report(dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64, ts: u64, request: u32, ids: &Ids) {
+fn report(dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64, ts: u64, ids: &Ids) {
     let mut hdr = header(kind::CONTEXT, dir, tgid, tid, fd, conn_id);
     hdr.ts_enter_ns = ts;
     hdr.ts_exit_ns = ts;
@@ -529,10 +543,9 @@ fn report(dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64, ts: u64, request:
         trace_id: ids.trace_id,
         span_id: ids.span_id,
         parent_id: ids.parent_id,
-        request,
         sampled: ids.sampled,
         origin: ids.origin,
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
 }
 
@@ -569,8 +582,10 @@ pub fn server_request_read(pid_tgid: u64, fd: i32, conn_id: u64, ptr: u64, moved
     } else {
         WINDOW
     };
+    let owner = new_owner();
     // SAFETY: `scan` is this CPU's slot; `len <= WINDOW`.
     let r = unsafe {
+        (*scan).owner = owner;
         generated::bpf_probe_read_user((*scan).data.as_mut_ptr().cast(), len, ptr as *const c_void)
     };
     if r != 0 {
@@ -579,7 +594,7 @@ pub fn server_request_read(pid_tgid: u64, fd: i32, conn_id: u64, ptr: u64, moved
     scan_head(scan, len);
     // SAFETY: as above.
     let s = unsafe { &*scan };
-    if !is_request(s) {
+    if s.owner != owner || !is_request(s) {
         return;
     }
     let from_header = if s.flags & seen::TRACEPARENT_VALID != 0 {
@@ -618,7 +633,7 @@ pub fn server_request_read(pid_tgid: u64, fd: i32, conn_id: u64, ptr: u64, moved
         _pad: [0; 2],
     };
     let _ = SERVING.insert(&tid, &ctx, 0);
-    report(direction::INGRESS, tgid, tid, fd, conn_id, ts, 0, &ids);
+    report(direction::INGRESS, tgid, tid, fd, conn_id, ts, &ids);
 }
 
 /// A traced thread wrote on accepted socket `fd`: if that answers the
@@ -630,6 +645,15 @@ pub fn server_response_written(tid: u32, fd: i32) {
     }
     // SAFETY: read-only copy of a plain value.
     if unsafe { SERVING.get(&tid) }.is_some_and(|c| c.fd == fd) {
+        let _ = SERVING.remove(&tid);
+    }
+}
+
+/// A traced thread exited: its id may be reused by a thread that serves
+/// nothing.
+#[inline(always)]
+pub fn thread_exited(tid: u32) {
+    if enabled() {
         let _ = SERVING.remove(&tid);
     }
 }
@@ -690,9 +714,21 @@ fn header_line(ids: &Ids) -> [u8; TP_LEN as usize] {
     line
 }
 
-/// Inserts `line` at `off` of the message.
+/// Inserts `line` at `off` of the message, which must follow the request
+/// line's `\r\n` (checked in the message itself, not only in the copy).
 #[inline(always)]
 fn insert(ctx: &SkMsgContext, off: u32, line: &[u8; TP_LEN as usize]) -> Result<(), ()> {
+    // SAFETY: helper on this program's own context.
+    if unsafe { generated::bpf_msg_pull_data(ctx.msg, off - 2, off, 0) } != 0 {
+        return Err(());
+    }
+    let data = ctx.data() as *const u8;
+    // SAFETY: checked against data_end, as the verifier demands.
+    unsafe {
+        if data.add(2) > ctx.data_end() as *const u8 || *data != b'\r' || *data.add(1) != b'\n' {
+            return Err(());
+        }
+    }
     ctx.push_data(off, TP_LEN, 0).map_err(|_| ())?;
     // SAFETY: helper on this program's own context.
     let r = unsafe { generated::bpf_msg_pull_data(ctx.msg, off, off + TP_LEN, 0) };
@@ -738,65 +774,74 @@ fn follow(ctx: &SkMsgContext) {
     }
     let mut size = ctx.size();
     let mut pos: u32 = 0;
-    for _ in 0..HEADS_PER_MESSAGE {
-        if st.body_left > 0 {
-            let rest = (size - pos) as u64;
-            if st.body_left >= rest {
-                st.body_left -= rest;
-                return;
-            }
-            pos += st.body_left as u32;
-            st.body_left = 0;
-        }
-        if pos >= size {
-            return;
-        }
-        let Some(head) = look_at_head(ctx, pos, size) else {
-            give_up(st, counter::INJECT_GAVE_UP);
-            return;
-        };
-        let mut grown = 0;
-        if head.has_traceparent {
-            bump(counter::INJECT_HAD_HEADER);
-        } else {
-            let ids = client_ids(pid_tgid as u32);
-            if insert(ctx, pos + head.line_end, &header_line(&ids)).is_err() {
-                give_up(st, counter::INJECT_FAILED);
-                return;
-            }
-            grown = TP_LEN;
-            size += TP_LEN;
-            bump(counter::INJECTED);
-            // SAFETY: helper has no preconditions.
-            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-            // Looked up now: on loopback a connection is established
-            // before `connect` returns and the probes track it.
-            // SAFETY: read-only lookup of a plain value.
-            let conn_id = unsafe { SOCKS.get(&sock_key(st.tgid, st.fd)) }.map_or(0, |s| s.conn_id);
-            report(
-                direction::EGRESS,
-                st.tgid,
-                pid_tgid as u32,
-                st.fd,
-                conn_id,
-                now,
-                st.requests,
-                &ids,
-            );
-        }
-        st.requests += 1;
-        st.body_left = head.content_length;
-        pos += head.head_end + grown;
-        if head.open_ended {
-            // Chunked or upgraded: where the next request starts is not
-            // known from here.
-            give_up(st, counter::INJECT_GAVE_UP);
-            return;
-        }
+    // The rest of a body begun in earlier messages.
+    if !past_body(st, &mut pos, size) {
+        return;
     }
-    if pos < size {
+    let Some(head) = look_at_head(ctx, pos, size) else {
+        give_up(st, counter::INJECT_GAVE_UP);
+        return;
+    };
+    let mut grown = 0;
+    if head.has_traceparent {
+        bump(counter::INJECT_HAD_HEADER);
+    } else {
+        let ids = client_ids(pid_tgid as u32);
+        if insert(ctx, pos + head.line_end, &header_line(&ids)).is_err() {
+            give_up(st, counter::INJECT_FAILED);
+            return;
+        }
+        grown = TP_LEN;
+        size += TP_LEN;
+        bump(counter::INJECTED);
+        // SAFETY: helper has no preconditions.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        // Looked up now: on loopback a connection is established before
+        // `connect` returns and the probes track it.
+        // SAFETY: read-only lookup of a plain value.
+        let conn_id = unsafe { SOCKS.get(&sock_key(st.tgid, st.fd)) }.map_or(0, |s| s.conn_id);
+        report(
+            direction::EGRESS,
+            st.tgid,
+            pid_tgid as u32,
+            st.fd,
+            conn_id,
+            now,
+            &ids,
+        );
+    }
+    if head.open_ended {
+        // Chunked or upgraded: where the next request starts is not known
+        // from here.
+        give_up(st, counter::INJECT_GAVE_UP);
+        return;
+    }
+    st.body_left = head.content_length;
+    pos += head.head_end + grown;
+    // The body, whole or begun, in the same message (a head and a small
+    // body are often written together).
+    if past_body(st, &mut pos, size) && pos < size {
+        // A second request in the same message: one head per message is
+        // what the verifier lets us follow.
         give_up(st, counter::INJECT_GAVE_UP);
     }
+}
+
+/// Moves `pos` past the body bytes still owed. False when the message
+/// ends inside the body.
+#[inline(always)]
+fn past_body(st: &mut TxState, pos: &mut u32, size: u32) -> bool {
+    if *pos >= size {
+        return false;
+    }
+    let rest = (size - *pos) as u64;
+    if st.body_left >= rest {
+        st.body_left -= rest;
+        return false;
+    }
+    *pos += st.body_left as u32;
+    st.body_left = 0;
+    *pos < size
 }
 
 #[inline(always)]
@@ -835,8 +880,10 @@ fn look_at_head(ctx: &SkMsgContext, pos: u32, size: u32) -> Option<Head> {
         return None;
     }
     let scan = HEAD_BUF.get_ptr_mut(0)?;
+    let owner = new_owner();
     // SAFETY: `scan` is this CPU's slot; `avail <= WINDOW`.
     let r = unsafe {
+        (*scan).owner = owner;
         generated::bpf_probe_read_kernel(
             (*scan).data.as_mut_ptr().cast(),
             avail,
@@ -849,7 +896,7 @@ fn look_at_head(ctx: &SkMsgContext, pos: u32, size: u32) -> Option<Head> {
     scan_head(scan, avail);
     // SAFETY: as above.
     let s = unsafe { &*scan };
-    if !is_request(s) || s.head_end == 0 || s.flags & seen::BAD != 0 {
+    if s.owner != owner || !is_request(s) || s.head_end == 0 || s.flags & seen::BAD != 0 {
         return None;
     }
     Some(Head {

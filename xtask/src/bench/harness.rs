@@ -31,6 +31,11 @@ pub struct Attached {
 impl Attached {
     /// Starts the receiver and the agent on `pid`; returns once tracing.
     pub fn start(root: &Path, pid: u32) -> Result<Attached> {
+        Self::start_with(root, pid, &[])
+    }
+
+    /// As [`Attached::start`], with more agent options.
+    pub fn start_with(root: &Path, pid: u32, options: &[&str]) -> Result<Attached> {
         let mut sink = Command::new(root.join("target/release/otlp-sink"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -48,6 +53,7 @@ impl Attached {
         let mut agent = Command::new(&bin)
             .args(["--pid", &pid.to_string()])
             .args(["--otlp-endpoint", &endpoint])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,8 +209,13 @@ pub fn baseline(script: &str) -> Result<String> {
 
 /// Runs `script` under a gate, traced by the agent.
 pub fn traced(root: &Path, script: &str) -> Result<(String, AgentRun)> {
+    traced_with(root, script, &[])
+}
+
+/// As [`traced`], with more agent options.
+pub fn traced_with(root: &Path, script: &str, options: &[&str]) -> Result<(String, AgentRun)> {
     let mut g = Gated::spawn(script)?;
-    let attached = Attached::start(root, g.pid())?;
+    let attached = Attached::start_with(root, g.pid(), options)?;
     let out = g.run()?;
     let run = attached.finish()?;
     g.end();

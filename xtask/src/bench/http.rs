@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::harness::{cpu_seconds, libc_kill, median, stat_value, AgentRun, Attached};
+use super::harness::{
+    baseline, cpu_seconds, libc_kill, median, stat_value, traced_with, AgentRun, Attached,
+};
 
 const PORT: u16 = 18080;
 const TLS_PORT: u16 = 18443;
@@ -139,8 +141,9 @@ pub fn run(root: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("zerospan-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let mut nginx = start_nginx(&dir)?;
-    let result =
-        measure(root, &nginx, "http", PORT).and_then(|()| measure(root, &nginx, "https", TLS_PORT));
+    let result = measure(root, &nginx, "http", PORT)
+        .and_then(|()| measure(root, &nginx, "https", TLS_PORT))
+        .and_then(|()| measure_injection(root));
     // SIGTERM, not SIGKILL: the master must take its worker down with it.
     // SAFETY: signalling our own child.
     unsafe { libc_kill(nginx.id() as i32, 15) };
@@ -240,6 +243,50 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
     for (i, r) in runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
+    Ok(())
+}
+
+/// What writing `traceparent` into requests costs the client: wrk is the
+/// traced process here (nginx is not), with propagation off and on, and
+/// without the agent, in alternating rounds.
+fn measure_injection(root: &Path) -> Result<()> {
+    let script = format!(
+        "wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s --latency http://127.0.0.1:{PORT}/index.html"
+    );
+    let (mut base, mut off, mut on) = (Vec::new(), Vec::new(), Vec::new());
+    let mut injected = 0;
+    for round in 1..=ROUNDS {
+        eprintln!("bench: injection round {round}/{ROUNDS}: wrk alone, {DURATION_S}s");
+        base.push(parse_wrk(&baseline(&script)?)?);
+        eprintln!("bench: injection round {round}/{ROUNDS}: wrk traced, propagation off");
+        let (out, _) = traced_with(root, &script, &["--context-propagation=off"])?;
+        off.push(parse_wrk(&out)?);
+        eprintln!("bench: injection round {round}/{ROUNDS}: wrk traced, propagation on");
+        let (out, run) = traced_with(root, &script, &["--context-propagation=headers"])?;
+        injected += stat_value(&run.stats, "kernel_context_injected");
+        on.push(parse_wrk(&out)?);
+    }
+    let on_requests: u64 = on.iter().map(|w| w.requests).sum();
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
+    println!(
+        "\nzerospan benchmark: traceparent injection, wrk (traced) -t2 -c{CONNECTIONS} \
+         -d{DURATION_S}s against nginx over http, {ROUNDS} alternating rounds, medians"
+    );
+    println!(
+        "{:<20}{:>12}{:>16}{:>15}{:>10}",
+        "", "wrk alone", "propagation off", "propagation on", "on/off"
+    );
+    for (name, f) in [
+        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
+        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
+        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
+    ] {
+        let (b, x, y) = (med(&base, f), med(&off, f), med(&on, f));
+        println!("{name:<20}{b:>12.3}{x:>16.3}{y:>15.3}{:>10.3}", y / x);
+    }
+    println!(
+        "headers written: {injected} (requests wrk completed with propagation on: {on_requests})"
+    );
     Ok(())
 }
 
