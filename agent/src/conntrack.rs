@@ -126,6 +126,8 @@ struct Conn {
     /// SSLRequest): its ciphertext segments so far, until the plaintext
     /// comes from the TLS library and the protocol goes on inside it.
     tls_wait: Option<u32>,
+    /// A handshake record's header read alone, waiting for its body.
+    record_header: Option<[u8; 5]>,
 }
 
 pub struct Tracker {
@@ -501,10 +503,12 @@ impl Tracker {
                     peer,
                     local,
                     tls: false,
+                    tls_version: None,
                 },
                 state,
                 last_ns: at_ns,
                 tls_wait: None,
+                record_header: None,
             },
         );
     }
@@ -529,6 +533,21 @@ impl Tracker {
             _ => None,
         };
         if let Some(n) = waited {
+            if conn.ends.tls_version.is_none() {
+                conn.ends.tls_version = match (conn.record_header.take(), seg.bytes) {
+                    // GnuTLS reads a record's header, then its body.
+                    (Some(header), body) => {
+                        let mut whole = header.to_vec();
+                        whole.extend_from_slice(&body[..body.len().min(1024)]);
+                        tls::server_hello_version(&whole)
+                    }
+                    (None, &[22, 3, a, b, c]) => {
+                        conn.record_header = Some([22, 3, a, b, c]);
+                        None
+                    }
+                    (None, bytes) => tls::server_hello_version(bytes),
+                };
+            }
             if n > MAX_TLS_WAIT_SEGMENTS {
                 conn.state = State::Ignored;
                 conn.tls_wait = None;
@@ -597,6 +616,7 @@ impl Tracker {
             state: State::Detecting { segments: 0 },
             last_ns: at_ns,
             tls_wait: None,
+            record_header: None,
         });
         conn.last_ns = at_ns;
         conn

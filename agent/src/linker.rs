@@ -472,6 +472,7 @@ mod tests {
             peer: peer.map(addr),
             local: local.map(addr),
             tls: false,
+            tls_version: None,
         }
     }
 

@@ -92,6 +92,12 @@ fn curl_and_nginx_over_https() {
     );
     // Both ends traced on one host: the server span is the client's child.
     assert_child(server_ok, client_ok);
+    // The version the server chose, from its ServerHello, on both ends
+    // (nginx 1.22, Debian 12's, offers TLS 1.3 only when configured to).
+    for s in [client_ok, server_ok] {
+        assert_eq!(s.str("tls.protocol.name").as_deref(), Some("tls"));
+        assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.2"));
+    }
 
     let client_404 = find(false, "/missing");
     assert_eq!(
@@ -288,6 +294,8 @@ fn node_https_server_through_its_own_openssl() {
                 s.res_str("process.executable.name").as_deref(),
                 Some("node")
             );
+            // Node's OpenSSL and curl's agree on TLS 1.3.
+            assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.3"));
             (
                 s.str("url.path").unwrap(),
                 s.int("http.response.status_code").unwrap(),
@@ -355,5 +363,6 @@ fn gnutls_client_spans() {
         s.res_str("process.executable.name").as_deref(),
         Some("gnutls-cli")
     );
+    assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.2"));
     assert_clean(&agent);
 }

@@ -55,6 +55,8 @@ pub struct Endpoints {
     pub local: Option<SocketAddr>,
     /// The connection is TLS (its plaintext came from the TLS library).
     pub tls: bool,
+    /// The TLS version the server chose, read from its ServerHello.
+    pub tls_version: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -240,6 +242,10 @@ pub fn build_span(
             (SpanKind::Client, x.request_at.enter_ns)
         }
     };
+    if let (true, Some(v)) = (ends.tls, ends.tls_version) {
+        attrs.push(("tls.protocol.name", "tls".into()));
+        attrs.push(("tls.protocol.version", v.into()));
+    }
     attrs.push(("network.protocol.name", "http".into()));
     // The thread that read the request (server) or wrote it (client).
     attrs.push(("thread.id", i64::from(x.tid).into()));
@@ -330,6 +336,7 @@ mod tests {
             peer: Some("127.0.0.1:40000".parse().unwrap()),
             local: Some("0.0.0.0:8000".parse().unwrap()),
             tls: false,
+            tls_version: None,
         }
     }
 
@@ -368,11 +375,18 @@ mod tests {
             peer: Some("[::1]:8080".parse().unwrap()),
             local: None,
             tls: false,
+            tls_version: None,
         };
         let s = build_span(&x, Role::Client, e, &Clock::identity(), opts, resource());
         // The same call over TLS.
-        let tls = Endpoints { tls: true, ..e };
+        let tls = Endpoints {
+            tls: true,
+            tls_version: Some("1.3"),
+            ..e
+        };
         let s2 = build_span(&x, Role::Client, tls, &Clock::identity(), opts, resource());
+        assert_eq!(s2.attr("tls.protocol.version"), Some(&"1.3".into()));
+        assert_eq!(s.attr("tls.protocol.version"), None);
         assert_eq!(
             s2.attr("url.full"),
             Some(&"https://[::1]:8080/api?key=REDACTED".into())
