@@ -33,6 +33,9 @@ const HOOKS: &[(&str, &[&str])] = &[
     ("tls_write_ex", &["SSL_write_ex"]),
     ("tls_read_ex_ret", &["SSL_read_ex"]),
     ("tls_read_ex", &["SSL_read_ex"]),
+    // Entry only: where a connection's plaintext goes before its first
+    // read or write names it.
+    ("tls_set_fd", &["SSL_set_fd"]),
 ];
 
 /// Where distributions keep the libraries, hooked at start so that a
@@ -77,6 +80,7 @@ impl TlsHooks {
             return 0;
         }
         let mut links = Vec::new();
+        let mut hooked = 0;
         for (name, symbols) in HOOKS {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;
@@ -87,11 +91,13 @@ impl TlsHooks {
                 if let Ok(link) = prog.attach(*symbol, path, UProbeScope::AllProcesses) {
                     if let Ok(link) = prog.take_link(link) {
                         links.push(link);
+                        // Functions, not probes: a return probe's entry
+                        // twin counts for both.
+                        hooked += usize::from(!name.ends_with("_ret"));
                     }
                 }
             }
         }
-        let hooked = links.len() / 2;
         if hooked > 0 {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }

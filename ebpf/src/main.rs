@@ -1018,6 +1018,27 @@ tls_probe!(tls_read, tls_read_ret, direction::INGRESS, false);
 tls_probe!(tls_write_ex, tls_write_ex_ret, direction::EGRESS, true);
 tls_probe!(tls_read_ex, tls_read_ex_ret, direction::INGRESS, true);
 
+/// `SSL_set_fd(ssl, fd)`: the socket a library object will work on, known
+/// before its first read. A TLS 1.3 server's first `SSL_read` can find the
+/// request already buffered, read along with the handshake, so that no
+/// syscall nests in it to name the socket.
+#[uprobe]
+pub fn tls_set_fd(ctx: ProbeContext) -> u32 {
+    let Some((_, tgid, _)) = traced_tgid() else {
+        return 0;
+    };
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+    };
+    let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32;
+    if key.ssl != 0 && fd >= 0 {
+        remember_socket(tgid, &key, fd);
+    }
+    0
+}
+
 // ---- connection lifecycle ---------------------------------------------------
 
 /// Reads an inet sockaddr: (family, port in host order, address bytes).
