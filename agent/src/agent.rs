@@ -137,7 +137,10 @@ impl EventPath {
                 parent,
                 child,
                 comm,
-            } => self.registry.fork(parent, child, &comm),
+            } => {
+                Stats::inc(&self.stats.processes_forked);
+                self.registry.fork(parent, child, &comm);
+            }
             Event::ExecSeen { pid } => self.exec_seen(pid),
             Event::Exec { pid, comm } => {
                 self.registry.exec(pid, &comm);
@@ -299,8 +302,20 @@ impl EventPath {
         self.copy_kernel_counters();
     }
 
-    /// The probes' counters into the agent's, as totals so far.
+    /// The probes' counters into the agent's, as totals so far, and the
+    /// gauges of what is traced now.
     fn copy_kernel_counters(&self) {
+        let gauge = |a: &std::sync::atomic::AtomicU64, v: usize| {
+            a.store(v as u64, std::sync::atomic::Ordering::Relaxed)
+        };
+        gauge(
+            &self.stats.traced_processes,
+            self.registry.live_pids().len(),
+        );
+        gauge(
+            &self.stats.kernel_traced_entries,
+            self.probes.traced_entries(),
+        );
         let c = self.probes.counters();
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)

@@ -388,6 +388,11 @@ impl Probes {
         let _ = self.traced.remove(&tgid);
     }
 
+    /// Processes and threads in the probes' traced map.
+    pub fn traced_entries(&self) -> usize {
+        self.traced.keys().filter(Result::is_ok).count()
+    }
+
     /// Totals of the probes' loss counters, indexed by [`counter`].
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0u64; counter::COUNT as usize];

@@ -100,6 +100,13 @@ counters! {
     /// Server requests whose `traceparent` the probes and the agent read
     /// differently; the probes' reading was kept (the next hop has it).
     context_chosen_disagreed,
+    /// Children traced processes forked (traced too, from their start).
+    processes_forked,
+    /// Processes traced now (a gauge, as of the last tick).
+    traced_processes,
+    /// Entries in the probes' traced-process map now: processes and
+    /// threads (a gauge, as of the last tick).
+    kernel_traced_entries,
     /// Spans built.
     spans_created,
     /// Spans left out by the sampler (OTEL_TRACES_SAMPLER).
