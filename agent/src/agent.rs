@@ -140,6 +140,7 @@ impl EventPath {
             } => {
                 Stats::inc(&self.stats.processes_forked);
                 self.registry.fork(parent, child, &comm);
+                self.probes.fork(parent, child);
             }
             Event::ExecSeen { pid } => self.exec_seen(pid),
             Event::Exec { pid, comm } => {

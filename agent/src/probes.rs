@@ -374,8 +374,19 @@ impl Probes {
         }
     }
 
-    /// Drops a dead process's sockets: exit closes fds without close(2).
+    /// A traced process forked: its child maps the same TLS libraries.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        self.tls.inherit(parent, child);
+    }
+
+    /// Drops a dead process's sockets (exit closes fds without close(2))
+    /// and releases the TLS probes only it needed.
     pub fn forget_process(&mut self, tgid: u32) {
+        let links = self.tls.release_process(tgid);
+        if !links.is_empty() {
+            // Each detach waits for an RCU grace period.
+            let _ = std::thread::Builder::new().spawn(move || drop(links));
+        }
         let keys: Vec<u64> = self
             .socks
             .keys()

@@ -4,7 +4,7 @@
 //! every process that maps the file; the programs filter by traced tgid).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -62,22 +62,35 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The library files hooked so far, by (device, inode), with their links.
+/// A file looked at for TLS functions: its probes (none if it has no such
+/// functions), and the traced processes that map it.
+struct File {
+    path: PathBuf,
+    links: Vec<UProbeLink>,
+    users: HashSet<u32>,
+    /// A system library hooked at start: kept for processes that load it
+    /// later, whoever maps it now.
+    system: bool,
+}
+
+/// The files looked at so far, by (device, inode); what each traced
+/// process maps. A file no traced process maps any more is released: its
+/// probes detach, and a process that maps it later has it looked at again.
 #[derive(Default)]
 pub struct TlsHooks {
-    files: HashMap<(u64, u64), Vec<UProbeLink>>,
+    files: HashMap<(u64, u64), File>,
+    by_pid: HashMap<u32, HashSet<(u64, u64)>>,
 }
 
 impl TlsHooks {
     /// Hooks the TLS functions `path` holds, unless its file was looked at
-    /// before. Returns how many functions were newly hooked.
-    pub fn hook(&mut self, ebpf: &mut Ebpf, path: &Path) -> usize {
-        let Ok(meta) = std::fs::metadata(path) else {
-            return 0;
-        };
+    /// before; `pid` (if any) maps it. Returns the file's id.
+    fn hook(&mut self, ebpf: &mut Ebpf, path: &Path, pid: Option<u32>) -> Option<(u64, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
         let id = (meta.dev(), meta.ino());
-        if self.files.contains_key(&id) {
-            return 0;
+        if let Some(file) = self.files.get_mut(&id) {
+            file.users.extend(pid);
+            return Some(id);
         }
         let mut links = Vec::new();
         let mut hooked = 0;
@@ -102,37 +115,84 @@ impl TlsHooks {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }
         // Remembered even when empty: an executable without TLS functions
-        // is not searched again.
-        self.files.insert(id, links);
-        hooked
+        // is not searched again while a traced process maps it.
+        self.files.insert(
+            id,
+            File {
+                path: path.to_owned(),
+                links,
+                users: pid.into_iter().collect(),
+                system: pid.is_none(),
+            },
+        );
+        Some(id)
     }
 
     pub fn hook_system_libraries(&mut self, ebpf: &mut Ebpf) {
         for path in SYSTEM_LIBRARIES {
-            self.hook(ebpf, Path::new(path));
+            self.hook(ebpf, Path::new(path), None);
         }
+    }
+
+    /// A traced process forked: its child maps what it maps.
+    pub fn inherit(&mut self, parent: u32, child: u32) {
+        let Some(ids) = self.by_pid.get(&parent).cloned() else {
+            return;
+        };
+        for id in &ids {
+            if let Some(file) = self.files.get_mut(id) {
+                file.users.insert(child);
+            }
+        }
+        self.by_pid.insert(child, ids);
+    }
+
+    /// A traced process is gone: the files only it mapped are released.
+    /// Returns their probes, to be dropped (each detach waits for an RCU
+    /// grace period: not on the event path).
+    pub fn release_process(&mut self, pid: u32) -> Vec<UProbeLink> {
+        let mut links = Vec::new();
+        for id in self.by_pid.remove(&pid).unwrap_or_default() {
+            let Some(file) = self.files.get_mut(&id) else {
+                continue;
+            };
+            file.users.remove(&pid);
+            if file.users.is_empty() && !file.system {
+                let file = self.files.remove(&id).expect("present");
+                if !file.links.is_empty() {
+                    log::info!(
+                        "released the TLS probes in {}: no traced process maps it",
+                        file.path.display()
+                    );
+                }
+                links.extend(file.links);
+            }
+        }
+        links
     }
 
     /// Hooks what `pid` maps now: its TLS libraries, and its executable
     /// (Node.js links OpenSSL statically and exports its functions).
     /// Returns whether the executable itself holds TLS functions.
     pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) -> bool {
+        let mut exe_hooked = false;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         for path in candidates(pid) {
-            self.hook(ebpf, &path);
+            let Some(id) = self.hook(ebpf, &path, Some(pid)) else {
+                continue;
+            };
+            self.by_pid.entry(pid).or_default().insert(id);
+            if path == exe {
+                exe_hooked = self.files.get(&id).is_some_and(|f| !f.links.is_empty());
+            }
         }
-        self.hooked(Path::new(&format!("/proc/{pid}/exe")))
-    }
-
-    fn hooked(&self, path: &Path) -> bool {
-        std::fs::metadata(path)
-            .ok()
-            .and_then(|m| self.files.get(&(m.dev(), m.ino())))
-            .is_some_and(|links| !links.is_empty())
+        exe_hooked
     }
 
     /// Detaches everything (side by side, like the tracepoints).
     pub fn take_links(&mut self) -> Vec<UProbeLink> {
-        self.files.drain().flat_map(|(_, links)| links).collect()
+        self.by_pid.clear();
+        self.files.drain().flat_map(|(_, f)| f.links).collect()
     }
 }
 

@@ -367,3 +367,67 @@ fn gnutls_client_spans() {
     assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.2"));
     assert_clean(&agent);
 }
+
+/// Waits until the agent's log holds `text`.
+fn wait_logged(agent: &Agent, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !agent.stderr().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never logged {text:?}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TLS library only one traced process mapped (here Node.js's
+/// executable) loses its probes when that process exits, and is hooked
+/// again for the next one, whose spans still come.
+#[test]
+fn probes_leave_a_library_no_traced_process_maps() {
+    require_root();
+    let dir = TempDir::new("tls-release");
+    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"https_server\.js",
+        ],
+        &[],
+    );
+    let node = || {
+        Fixture::start(
+            Command::new("node")
+                .arg(fixture("https_server.js"))
+                .arg(&cert)
+                .arg(&key),
+        )
+    };
+    for path in ["/first", "/second"] {
+        let server = node();
+        let pid = server.pid();
+        wait_logged(&agent, &format!("TLS functions in /proc/{pid}/exe"));
+        let base = format!("https://127.0.0.1:{}", server.port);
+        zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}/warm-up")]);
+        zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}{path}")]);
+        let spans = collector.wait_for(1, Duration::from_secs(10), |s| {
+            s.str("url.path").as_deref() == Some(path)
+        });
+        assert_eq!(spans.len(), 1, "{path}: {}", agent.stderr());
+        assert_eq!(
+            spans[0].res_int("process.pid"),
+            Some(i64::from(server.pid()))
+        );
+        drop(server);
+        // Hooked again for the second server (nothing was left cached).
+        wait_logged(
+            &agent,
+            &format!("released the TLS probes in /proc/{pid}/exe: no traced process maps it"),
+        );
+    }
+    assert!(agent.stop().success());
+}
