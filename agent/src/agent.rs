@@ -147,7 +147,7 @@ impl EventPath {
                 self.registry.exec(pid, &comm);
                 // Its executable now; its libraries once the loader has
                 // mapped them (next tick).
-                self.probes.hook_tls(pid);
+                self.probes.exec(pid);
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
@@ -298,6 +298,7 @@ impl EventPath {
                 self.process_gone(pid);
             }
         }
+        self.probes.release_unused_tls();
         self.emit();
         self.registry.prune();
         self.copy_kernel_counters();
@@ -317,6 +318,9 @@ impl EventPath {
             &self.stats.kernel_traced_entries,
             self.probes.traced_entries(),
         );
+        let (files, processes) = self.probes.tls_counts();
+        gauge(&self.stats.tls_files_hooked, files);
+        gauge(&self.stats.tls_processes_known, processes);
         let c = self.probes.counters();
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)

@@ -297,6 +297,27 @@ impl Probes {
         }
     }
 
+    /// A traced process exec'd: it maps its new image's files now.
+    pub fn exec(&mut self, pid: u32) {
+        self.tls.forget_process(pid);
+        self.hook_tls(pid);
+    }
+
+    /// Detaches the TLS probes of files no traced process maps any more.
+    pub fn release_unused_tls(&mut self) {
+        let traced: Vec<u32> = self.traced.keys().filter_map(Result::ok).collect();
+        let links = self.tls.release_unused(&traced);
+        if !links.is_empty() {
+            // Each detach waits for an RCU grace period: not here.
+            let _ = std::thread::Builder::new().spawn(move || drop(links));
+        }
+    }
+
+    /// TLS files with probes, and processes known to map any.
+    pub fn tls_counts(&self) -> (usize, usize) {
+        self.tls.counts()
+    }
+
     /// Starts tracing a process.
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
         self.traced.insert(pid, traced::YES, 0).with_context(|| {
@@ -379,14 +400,10 @@ impl Probes {
         self.tls.inherit(parent, child);
     }
 
-    /// Drops a dead process's sockets (exit closes fds without close(2))
-    /// and releases the TLS probes only it needed.
+    /// Drops a dead process's sockets (exit closes fds without close(2));
+    /// the TLS libraries only it mapped become candidates for release.
     pub fn forget_process(&mut self, tgid: u32) {
-        let links = self.tls.release_process(tgid);
-        if !links.is_empty() {
-            // Each detach waits for an RCU grace period.
-            let _ = std::thread::Builder::new().spawn(move || drop(links));
-        }
+        self.tls.forget_process(tgid);
         let keys: Vec<u64> = self
             .socks
             .keys()

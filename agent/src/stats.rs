@@ -100,8 +100,13 @@ counters! {
     /// Server requests whose `traceparent` the probes and the agent read
     /// differently; the probes' reading was kept (the next hop has it).
     context_chosen_disagreed,
-    /// Children traced processes forked (traced too, from their start).
+    /// Processes and threads that traced processes started (traced too,
+    /// from their start).
     processes_forked,
+    /// Library and executable files with TLS probes now (a gauge).
+    tls_files_hooked,
+    /// Traced processes known to map a file looked at for TLS (a gauge).
+    tls_processes_known,
     /// Processes traced now (a gauge, as of the last tick).
     traced_processes,
     /// Entries in the probes' traced-process map now: processes and

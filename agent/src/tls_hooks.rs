@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -35,7 +36,7 @@ const HOOKS: &[(&str, &[&str])] = &[
     ("tls_read_ex", &["SSL_read_ex"]),
     // Entry only: where a connection's plaintext goes before its first
     // read or write names it.
-    ("tls_set_fd", &["SSL_set_fd"]),
+    ("tls_set_fd", &["SSL_set_fd", "gnutls_transport_set_int2"]),
 ];
 
 /// Where distributions keep the libraries, hooked at start so that a
@@ -63,7 +64,7 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 /// A file looked at for TLS functions: its probes (none if it has no such
-/// functions), and the traced processes that map it.
+/// functions), and the traced processes known to map it.
 struct File {
     path: PathBuf,
     links: Vec<UProbeLink>,
@@ -71,11 +72,27 @@ struct File {
     /// A system library hooked at start: kept for processes that load it
     /// later, whoever maps it now.
     system: bool,
+    /// Since when no known user maps it.
+    unused_since: Option<Instant>,
 }
 
+/// How long a hooked file stays hooked with no traced process mapping it:
+/// the next process that runs the same program, or `dlopen`s the same
+/// library, finds it still hooked.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(10);
+
+/// Files without TLS functions remembered (so that an executable run again
+/// and again is not searched again); past it they are forgotten.
+const MAX_FILES: usize = 4096;
+
+/// Traced processes whose maps are read to make sure nobody uses a file
+/// before its probes go; with more, files stay hooked.
+const MAX_CHECKED: usize = 512;
+
 /// The files looked at so far, by (device, inode); what each traced
-/// process maps. A file no traced process maps any more is released: its
-/// probes detach, and a process that maps it later has it looked at again.
+/// process maps. A hooked file no traced process has mapped for
+/// [`RELEASE_AFTER`] is released: its probes detach, and a process that
+/// maps it later has it looked at again.
 #[derive(Default)]
 pub struct TlsHooks {
     files: HashMap<(u64, u64), File>,
@@ -89,7 +106,10 @@ impl TlsHooks {
         let meta = std::fs::metadata(path).ok()?;
         let id = (meta.dev(), meta.ino());
         if let Some(file) = self.files.get_mut(&id) {
-            file.users.extend(pid);
+            if let Some(pid) = pid {
+                file.users.insert(pid);
+                file.unused_since = None;
+            }
             return Some(id);
         }
         let mut links = Vec::new();
@@ -123,6 +143,7 @@ impl TlsHooks {
                 links,
                 users: pid.into_iter().collect(),
                 system: pid.is_none(),
+                unused_since: None,
             },
         );
         Some(id)
@@ -142,33 +163,71 @@ impl TlsHooks {
         for id in &ids {
             if let Some(file) = self.files.get_mut(id) {
                 file.users.insert(child);
+                file.unused_since = None;
             }
         }
         self.by_pid.insert(child, ids);
     }
 
-    /// A traced process is gone: the files only it mapped are released.
-    /// Returns their probes, to be dropped (each detach waits for an RCU
-    /// grace period: not on the event path).
-    pub fn release_process(&mut self, pid: u32) -> Vec<UProbeLink> {
-        let mut links = Vec::new();
+    /// A traced process is gone, or replaced its image (exec): it no
+    /// longer maps what it did.
+    pub fn forget_process(&mut self, pid: u32) {
         for id in self.by_pid.remove(&pid).unwrap_or_default() {
-            let Some(file) = self.files.get_mut(&id) else {
-                continue;
-            };
-            file.users.remove(&pid);
-            if file.users.is_empty() && !file.system {
-                let file = self.files.remove(&id).expect("present");
-                if !file.links.is_empty() {
-                    log::info!(
-                        "released the TLS probes in {}: no traced process maps it",
-                        file.path.display()
-                    );
+            if let Some(file) = self.files.get_mut(&id) {
+                file.users.remove(&pid);
+                if file.users.is_empty() {
+                    file.unused_since = Some(Instant::now());
                 }
-                links.extend(file.links);
             }
         }
+    }
+
+    /// Detaches the probes of files no traced process has mapped for
+    /// [`RELEASE_AFTER`]. Before that, `traced` (every traced pid, from the
+    /// probes' own map) is checked through `/proc`: a process whose fork
+    /// the agent missed still counts. Returns the probes, to be dropped
+    /// off the event path (each detach waits for an RCU grace period).
+    pub fn release_unused(&mut self, traced: &[u32]) -> Vec<UProbeLink> {
+        let due: Vec<(u64, u64)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| {
+                !f.system
+                    && !f.links.is_empty()
+                    && f.unused_since.is_some_and(|t| t.elapsed() >= RELEASE_AFTER)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut links = Vec::new();
+        for id in due {
+            if traced.len() > MAX_CHECKED {
+                break;
+            }
+            if let Some(&pid) = traced.iter().find(|&&pid| maps_file(pid, id)) {
+                let file = self.files.get_mut(&id).expect("present");
+                file.users.insert(pid);
+                file.unused_since = None;
+                self.by_pid.entry(pid).or_default().insert(id);
+                continue;
+            }
+            let file = self.files.remove(&id).expect("present");
+            log::info!(
+                "released the TLS probes in {}: no traced process maps it",
+                file.path.display()
+            );
+            links.extend(file.links);
+        }
+        if self.files.len() > MAX_FILES {
+            self.files
+                .retain(|_, f| f.system || !f.links.is_empty() || !f.users.is_empty());
+        }
         links
+    }
+
+    /// Files with probes, and processes known to map any: gauges.
+    pub fn counts(&self) -> (usize, usize) {
+        let hooked = self.files.values().filter(|f| !f.links.is_empty()).count();
+        (hooked, self.by_pid.len())
     }
 
     /// Hooks what `pid` maps now: its TLS libraries, and its executable
@@ -194,6 +253,24 @@ impl TlsHooks {
         self.by_pid.clear();
         self.files.drain().flat_map(|(_, f)| f.links).collect()
     }
+}
+
+/// Does `pid` map the file `(dev, ino)`, as its executable or a mapping?
+fn maps_file(pid: u32, (dev, ino): (u64, u64)) -> bool {
+    if std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+    {
+        return true;
+    }
+    // /proc/PID/maps names the device as major:minor in hex.
+    let wanted = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let ino = ino.to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace().skip(3);
+            f.next() == Some(wanted.as_str()) && f.next() == Some(ino.as_str())
+        })
 }
 
 /// The files in `pid`'s memory that may hold TLS functions, as paths this
@@ -228,6 +305,25 @@ fn tls_library(pid: u32, line: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_maps_its_executable_and_libraries_and_nothing_else() {
+        let me = std::process::id();
+        let id = |p: &str| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        assert!(maps_file(me, id("/proc/self/exe")));
+        // A library this test binary maps, found through /proc/PID/maps.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("libc.so"))
+            .expect("libc is mapped");
+        assert!(maps_file(me, id(libc)));
+        assert!(!maps_file(me, id("/etc/hostname")));
+    }
 
     #[test]
     fn maps_lines_name_the_libraries_to_hook() {

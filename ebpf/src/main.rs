@@ -1018,7 +1018,8 @@ tls_probe!(tls_read, tls_read_ret, direction::INGRESS, false);
 tls_probe!(tls_write_ex, tls_write_ex_ret, direction::EGRESS, true);
 tls_probe!(tls_read_ex, tls_read_ex_ret, direction::INGRESS, true);
 
-/// `SSL_set_fd(ssl, fd)`: the socket a library object will work on, known
+/// `SSL_set_fd(ssl, fd)` (and GnuTLS's `gnutls_transport_set_int2(session,
+/// recv_fd, send_fd)`): the socket a library object will work on, known
 /// before its first read. A TLS 1.3 server's first `SSL_read` can find the
 /// request already buffered, read along with the handshake, so that no
 /// syscall nests in it to name the socket.
@@ -1033,8 +1034,16 @@ pub fn tls_set_fd(ctx: ProbeContext) -> u32 {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
     };
     let fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32;
-    if key.ssl != 0 && fd >= 0 {
+    if key.ssl == 0 {
+        return 0;
+    }
+    // SAFETY: read-only lookup of a plain value.
+    if fd >= 0 && unsafe { SOCKS.get(&sock_key(tgid, fd)) }.is_some() {
         remember_socket(tgid, &key, fd);
+    } else {
+        // Not a socket we track: whatever an earlier object at this
+        // address used is not this one's.
+        let _ = SSL_FDS.remove(&key);
     }
     0
 }

@@ -17,8 +17,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Gauges from the stats line the agent logs on SIGUSR1 (as of its last
-/// tick, so wait for one first).
-fn gauges(agent: &Agent) -> (u64, u64) {
+/// tick, so wait for one first): processes traced, entries in the probes'
+/// traced map, processes the TLS hooks know.
+fn gauges(agent: &Agent) -> (u64, u64, u64) {
     std::thread::sleep(Duration::from_millis(1500));
     let before = agent.stderr().matches("stats: ").count();
     // SAFETY: signalling our own child.
@@ -29,11 +30,11 @@ fn gauges(agent: &Agent) -> (u64, u64) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let gauge = |key: &str| agent.stat(key).unwrap_or_else(|| panic!("no {key}"));
     (
-        agent.stat("traced_processes").expect("traced_processes"),
-        agent
-            .stat("kernel_traced_entries")
-            .expect("kernel_traced_entries"),
+        gauge("traced_processes"),
+        gauge("kernel_traced_entries"),
+        gauge("tls_processes_known"),
     )
 }
 
@@ -50,15 +51,15 @@ fn ten_thousand_short_lived_processes_leave_memory_flat() {
     let agent = Agent::for_pids(&[churner.pid()], &collector, &[]);
 
     churn(&mut churner, 1000);
-    let (traced, entries) = gauges(&agent);
+    let gauges_warm = gauges(&agent);
     let rss_warm = rss_kib(agent.pid());
     // Only the churner is left: every child was forgotten on exit.
-    assert_eq!((traced, entries), (1, 1), "{}", agent.stderr());
+    assert_eq!(gauges_warm, (1, 1, 1), "{}", agent.stderr());
 
     churn(&mut churner, 10_000);
-    let (traced, entries) = gauges(&agent);
+    let gauges_after = gauges(&agent);
     let rss_after = rss_kib(agent.pid());
-    assert_eq!((traced, entries), (1, 1), "{}", agent.stderr());
+    assert_eq!(gauges_after, (1, 1, 1), "{}", agent.stderr());
     // They were traced, each of them, and then let go.
     assert_eq!(agent.stat("processes_forked"), Some(11_000));
     assert!(
