@@ -307,60 +307,39 @@ impl EventPath {
     /// The probes' counters into the agent's, as totals so far, and the
     /// gauges of what is traced now.
     fn copy_kernel_counters(&self) {
-        let gauge = |a: &std::sync::atomic::AtomicU64, v: usize| {
-            a.store(v as u64, std::sync::atomic::Ordering::Relaxed)
-        };
-        gauge(
-            &self.stats.traced_processes,
-            self.registry.live_pids().len(),
-        );
-        gauge(
-            &self.stats.kernel_traced_entries,
-            self.probes.traced_entries(),
-        );
-        let (files, processes) = self.probes.tls_counts();
-        gauge(&self.stats.tls_files_hooked, files);
-        gauge(&self.stats.tls_processes_known, processes);
-        let c = self.probes.counters();
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
         };
-        set(
-            &self.stats.kernel_ringbuf_full,
-            c[counter::RINGBUF_FULL as usize],
-        );
-        set(
-            &self.stats.kernel_args_map_full,
-            c[counter::ARGS_MAP_FULL as usize],
-        );
-        set(
-            &self.stats.kernel_sock_map_full,
-            c[counter::SOCK_MAP_FULL as usize],
-        );
-        set(
-            &self.stats.kernel_read_user_failed,
-            c[counter::READ_USER_FAILED as usize],
-        );
-        set(
-            &self.stats.kernel_tls_unattributed,
-            c[counter::TLS_UNATTRIBUTED as usize],
-        );
-        set(
-            &self.stats.kernel_context_injected,
-            c[counter::INJECTED as usize],
-        );
-        set(
-            &self.stats.kernel_context_had_header,
-            c[counter::INJECT_HAD_HEADER as usize],
-        );
-        set(
-            &self.stats.kernel_context_gave_up,
-            c[counter::INJECT_GAVE_UP as usize],
-        );
-        set(
-            &self.stats.kernel_context_failed,
-            c[counter::INJECT_FAILED as usize],
-        );
+        let (files, processes) = self.probes.tls_counts();
+        for (gauge, value) in [
+            (
+                &self.stats.traced_processes,
+                self.registry.live_pids().len(),
+            ),
+            (
+                &self.stats.kernel_traced_entries,
+                self.probes.traced_entries(),
+            ),
+            (&self.stats.tls_files_hooked, files),
+            (&self.stats.tls_processes_known, processes),
+        ] {
+            set(gauge, value as u64);
+        }
+        let c = self.probes.counters();
+        let st = &self.stats;
+        for (stat, index) in [
+            (&st.kernel_ringbuf_full, counter::RINGBUF_FULL),
+            (&st.kernel_args_map_full, counter::ARGS_MAP_FULL),
+            (&st.kernel_sock_map_full, counter::SOCK_MAP_FULL),
+            (&st.kernel_read_user_failed, counter::READ_USER_FAILED),
+            (&st.kernel_tls_unattributed, counter::TLS_UNATTRIBUTED),
+            (&st.kernel_context_injected, counter::INJECTED),
+            (&st.kernel_context_had_header, counter::INJECT_HAD_HEADER),
+            (&st.kernel_context_gave_up, counter::INJECT_GAVE_UP),
+            (&st.kernel_context_failed, counter::INJECT_FAILED),
+        ] {
+            set(stat, c[index as usize]);
+        }
     }
 
     /// Starts tracing a running process and the sockets it already holds.

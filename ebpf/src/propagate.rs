@@ -214,13 +214,14 @@ fn at(s: &Scan, i: u32) -> u8 {
     s.data[idx as usize]
 }
 
-/// Does the line at `from` start with `name` (ASCII case-insensitive)?
+/// Do the bytes at `from` spell `text`? `fold` is 0x20 to compare ASCII
+/// letters case-insensitively (`text` in lowercase; ':' and '-' are
+/// unchanged by it), 0 to compare exactly.
 #[inline(always)]
-fn is_name(s: &Scan, from: u32, name: &[u8]) -> bool {
+fn spells(s: &Scan, from: u32, text: &[u8], fold: u8) -> bool {
     let mut k = 0;
-    while k < name.len() {
-        // ASCII lowercase; ':' and '-' are unchanged by it.
-        if at(s, from + k as u32) | 0x20 != name[k] {
+    while k < text.len() {
+        if at(s, from + k as u32) | fold != text[k] {
             return false;
         }
         k += 1;
@@ -228,16 +229,10 @@ fn is_name(s: &Scan, from: u32, name: &[u8]) -> bool {
     true
 }
 
+/// Does the line at `from` start with header `name` (lowercase)?
 #[inline(always)]
-fn is_exactly(s: &Scan, from: u32, text: &[u8]) -> bool {
-    let mut k = 0;
-    while k < text.len() {
-        if at(s, from + k as u32) != text[k] {
-            return false;
-        }
-        k += 1;
-    }
-    true
+fn is_name(s: &Scan, from: u32, name: &[u8]) -> bool {
+    spells(s, from, name, 0x20)
 }
 
 /// The first 8 bytes at `from`, lowercased, as a big-endian number.
@@ -271,8 +266,8 @@ fn request_line(s: &mut Scan, p: u32) {
     }
     let ok = method >= 3
         && p >= method + 12
-        && !is_exactly(s, 0, b"CONNECT ")
-        && is_exactly(s, p - 10, b" HTTP/1.")
+        && !spells(s, 0, b"CONNECT ", 0)
+        && spells(s, p - 10, b" HTTP/1.", 0)
         && at(s, p - 2).is_ascii_digit()
         && at(s, p - 1) == b'\r';
     if !ok {
@@ -611,16 +606,7 @@ pub fn server_request_read(pid_tgid: u64, fd: i32, conn_id: u64, ptr: u64, moved
     } else {
         None
     };
-    let ids = from_header.unwrap_or_else(|| {
-        let trace_id = new_trace_id();
-        Ids {
-            sampled: sampled(&trace_id),
-            trace_id,
-            span_id: new_span_id(),
-            parent_id: [0; 8],
-            origin: context_origin::NEW,
-        }
-    });
+    let ids = from_header.unwrap_or_else(new_root);
     let tid = pid_tgid as u32;
     // SAFETY: read-only copy of a plain value.
     let busy = unsafe { SERVING.get(&tid) }.is_some_and(|c| c.fd != fd);
@@ -676,6 +662,12 @@ fn client_ids(tid: u32) -> Ids {
             };
         }
     }
+    new_root()
+}
+
+/// A new trace, sampled as the agent's root sampler would.
+#[inline(always)]
+fn new_root() -> Ids {
     let trace_id = new_trace_id();
     Ids {
         sampled: sampled(&trace_id),
