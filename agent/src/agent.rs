@@ -25,7 +25,7 @@ use crate::{
     db_conn::SqlOptions,
     discovery::{Candidate, Selectors},
     events::{self, Event},
-    export,
+    export, metrics,
     probes::Probes,
     process::Registry,
     procfs::{self, ProcessMeta},
@@ -49,6 +49,8 @@ struct EventPath {
     spans: mpsc::Sender<Span>,
     http: spans::http::Options,
     sampler: Sampler,
+    /// RED metrics, when served (`--prometheus-port`).
+    metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
     /// Processes that exec'd since the last tick: their TLS libraries are
@@ -263,6 +265,10 @@ impl EventPath {
     /// Samples, then queues for export without ever waiting.
     fn send(&mut self, span: Span) {
         Stats::inc(&self.stats.spans_created);
+        // Before sampling: the metrics count every request.
+        if let Some(m) = &self.metrics {
+            m.lock().expect("not poisoned").observe(&span);
+        }
         if !self.sampler.keeps(&span.trace_id, span.remote_sampled) {
             Stats::inc(&self.stats.spans_sampled_out);
             return;
@@ -459,6 +465,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let stats = Arc::new(Stats::default());
     let (span_tx, pipeline) = export::start(&cfg.export, stats.clone())?;
+    let metrics = match cfg.prometheus_port {
+        Some(port) => {
+            let shared = metrics::Shared::default();
+            metrics::serve(port, shared.clone(), stats.clone()).await?;
+            Some(shared)
+        }
+        None => None,
+    };
     let (probes, ring) = Probes::load(&cfg.probes)?;
     let mut path = EventPath {
         probes,
@@ -483,6 +497,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         listeners: HashMap::new(),
         sampler: cfg.sampler,
+        metrics,
         tls_rescan: Vec::new(),
         tls_cursor: 0,
         selectors: match &cfg.target {

@@ -131,6 +131,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub propagation_cgroup: Option<PathBuf>,
 
+    /// Serve span-derived RED metrics and the agent's own counters for
+    /// Prometheus at :PORT/metrics (on every address).
+    #[arg(long, value_name = "PORT")]
+    pub prometheus_port: Option<u16>,
+
     /// Least important log records written (error, warn, info, debug,
     /// trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
@@ -189,6 +194,7 @@ pub struct Config {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub sampler: Sampler,
+    pub prometheus_port: Option<u16>,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -329,6 +335,7 @@ impl Config {
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
             sampler,
+            prometheus_port: args.prometheus_port,
         })
     }
 }

@@ -18,6 +18,7 @@ mod events;
 mod export;
 mod linker;
 mod logger;
+mod metrics;
 mod mysql_conn;
 mod pg_conn;
 mod probes;

@@ -262,6 +262,14 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "prometheus_port",
+        arg: "prometheus_port",
+        apply: |a, v| {
+            a.prometheus_port = Some(number(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "db_user",
         arg: "db_user",
         apply: |a, v| {
