@@ -119,6 +119,7 @@ const HTTP_CLIENT: &[&str] = &[
     "server.port",
     "network.protocol.version",
 ];
+/// Not the server's address: database peers are IPs, which churn (pods).
 const DB_CLIENT: &[&str] = &[
     "db.system.name",
     "db.operation.name",
@@ -126,8 +127,6 @@ const DB_CLIENT: &[&str] = &[
     "db.namespace",
     "db.response.status_code",
     "error.type",
-    "server.address",
-    "server.port",
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -175,8 +174,14 @@ fn label(v: &Value) -> String {
 }
 
 impl Registry {
-    /// Records what `span` says about its request.
+    /// Records what `span` says about its request. Requests whose outcome
+    /// is not known (still in flight when the agent stopped, a response
+    /// that could not be read) are left out rather than counted as
+    /// successes.
     pub fn observe(&mut self, span: &Span) {
+        if span.attr("zerospan.incomplete").is_some() {
+            return;
+        }
         let seconds = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
         let service = span
             .resource
@@ -188,10 +193,8 @@ impl Registry {
             for k in keys {
                 if let Some(v) = span.attr(k) {
                     l.push((k, label(v)));
-                } else if *k == "error.type" {
-                    if let Status::Error(e) = &span.status {
-                        l.push((k, e.clone()));
-                    }
+                } else if *k == "error.type" && matches!(span.status, Status::Error(_)) {
+                    l.push((k, "_OTHER".to_owned()));
                 }
             }
             l
@@ -308,14 +311,25 @@ pub async fn serve(port: u16, registry: Shared, stats: Arc<Stats>) -> anyhow::Re
         .await
         .with_context(|| format!("--prometheus-port {port}: cannot listen"))?;
     log::info!("serving Prometheus metrics on :{port}/metrics");
+    // A scraper or two at a time; more connections are closed at once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
+            let mut sock = match listener.accept().await {
+                Ok((sock, _)) => sock,
+                Err(_) => {
+                    // Out of file descriptors, say: not a busy loop.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue;
             };
             let registry = registry.clone();
             let stats = stats.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut head = [0u8; 2048];
                 let n = match tokio::time::timeout(
                     std::time::Duration::from_secs(5),
@@ -339,7 +353,12 @@ pub async fn serve(port: u16, registry: Shared, stats: Arc<Stats>) -> anyhow::Re
                     "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                         .to_owned()
                 };
-                let _ = sock.write_all(response.as_bytes()).await;
+                // A client that does not read is not waited for.
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    sock.write_all(response.as_bytes()),
+                )
+                .await;
             });
         }
     });
@@ -388,6 +407,15 @@ mod tests {
         )), "{text}");
         // Paths never become labels.
         assert!(!text.contains("secret"), "{text}");
+        // Requests of unknown outcome are not counted.
+        let mut stopped = server(200, 5);
+        stopped
+            .attributes
+            .push(("zerospan.incomplete", "agent_stopped".into()));
+        r.observe(&stopped);
+        assert!(r.render(&Stats::default()).contains(&format!(
+            "http_server_request_duration_seconds_count{{{base},http_response_status_code=\"200\"}} 3"
+        )));
         assert!(text.contains("# TYPE zerospan_spans_created_total counter"));
         assert!(text.contains("# TYPE zerospan_traced_processes gauge"));
     }
@@ -402,5 +430,9 @@ mod tests {
         assert_eq!(series.len(), MAX_SERIES + 1);
         let overflow = vec![("otel.metric.overflow", "true".to_owned())];
         assert_eq!(series[&overflow].count, 50);
+        let text = r.render(&Stats::default());
+        assert!(text.contains(
+            "http_server_request_duration_seconds_count{otel_metric_overflow=\"true\"} 50"
+        ));
     }
 }
