@@ -61,6 +61,12 @@ pub struct Args {
     #[arg(long = "exclude-cmdline", value_name = "REGEX")]
     pub exclude_cmdline: Vec<String>,
 
+    /// Trace only processes in containers (their cgroup is named by a
+    /// container runtime). With other selectors, it narrows them; alone,
+    /// it selects every containerised process.
+    #[arg(long)]
+    pub containers_only: bool,
+
     /// OTLP collector URL [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -213,10 +219,11 @@ impl Config {
             &args.port,
             &args.exclude_exe,
             &args.exclude_cmdline,
-        )?;
+        )?
+        .containers_only(args.containers_only);
         let target = match (args.pids.is_empty(), args.command.is_empty()) {
             _ if selectors.any() && !args.command.is_empty() => {
-                bail!("give selectors (--exe, --cmdline, --port) or -- COMMAND, not both")
+                bail!("give selectors (--exe, --cmdline, --port, --containers-only) or -- COMMAND, not both")
             }
             _ if selectors.any() => Target::Discover {
                 pids: args.pids,

@@ -23,6 +23,8 @@ pub struct Candidate {
     pub cmdline: String,
     /// Ports it listens on.
     pub ports: Vec<u16>,
+    /// It runs in a container (its cgroup is named by a container runtime).
+    pub in_container: bool,
 }
 
 impl Candidate {
@@ -41,11 +43,13 @@ impl Candidate {
         } else {
             Vec::new()
         };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         Some(Candidate {
             pid,
             exe: meta.executable_path.unwrap_or(meta.executable_name),
             cmdline: meta.command_line,
             ports,
+            in_container: crate::container::parse(&cgroup).id.is_some(),
         })
     }
 }
@@ -61,6 +65,8 @@ pub struct Selectors {
     ports: Vec<RangeInclusive<u16>>,
     exclude_exe: Vec<String>,
     exclude_cmdline: Vec<Regex>,
+    /// Only processes in containers (`--containers-only`).
+    containers_only: bool,
 }
 
 /// `*` any run of characters, `?` any one; everything else literal.
@@ -138,12 +144,24 @@ impl Selectors {
                 .iter()
                 .map(|r| regex("--exclude-cmdline", r))
                 .collect::<Result<_, _>>()?,
+            containers_only: false,
         })
+    }
+
+    /// Restricts the selection to processes in containers; alone, it
+    /// selects every one of them.
+    pub fn containers_only(mut self, yes: bool) -> Self {
+        self.containers_only = yes;
+        self
     }
 
     /// Whether any selector was given (else the agent traces only what it
     /// is pointed at).
     pub fn any(&self) -> bool {
+        self.any_positive() || self.containers_only
+    }
+
+    fn any_positive(&self) -> bool {
         !self.exe.is_empty() || !self.cmdline.is_empty() || !self.ports.is_empty()
     }
 
@@ -160,8 +178,11 @@ impl Selectors {
     }
 
     pub fn matches(&self, c: &Candidate) -> bool {
-        if self.excluded(c) {
+        if self.excluded(c) || (self.containers_only && !c.in_container) {
             return false;
+        }
+        if !self.any_positive() {
+            return self.containers_only;
         }
         self.exe.iter().any(|g| glob_match(g, &c.exe))
             || self.cmdline.iter().any(|r| r.is_match(&c.cmdline))
@@ -181,7 +202,28 @@ mod tests {
             exe: exe.into(),
             cmdline: cmdline.into(),
             ports: ports.to_vec(),
+            in_container: false,
         }
+    }
+
+    #[test]
+    fn containers_only_restricts_and_alone_selects_every_container() {
+        let inside = Candidate {
+            in_container: true,
+            ..cand("/usr/bin/python3.11", "python3 app.py", &[])
+        };
+        let outside = cand("/usr/bin/python3.11", "python3 app.py", &[]);
+        let s = Selectors::new(&["*/python3*".into()], &[], &[], &[], &[])
+            .unwrap()
+            .containers_only(true);
+        assert!(s.matches(&inside) && !s.matches(&outside));
+        let alone = Selectors::new(&[], &[], &[], &[], &[])
+            .unwrap()
+            .containers_only(true);
+        assert!(alone.any());
+        assert!(alone.matches(&inside) && !alone.matches(&outside));
+        let none = Selectors::new(&[], &[], &[], &[], &[]).unwrap();
+        assert!(!none.any());
     }
 
     #[test]

@@ -115,6 +115,14 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "containers_only",
+        arg: "containers_only",
+        apply: |a, v| {
+            a.containers_only = boolean(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "otlp_endpoint",
         arg: "otlp_endpoint",
         apply: |a, v| {

@@ -2,7 +2,7 @@
 //! a real server in a cgroup named as docker names its containers', and its
 //! spans carry the id.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use zerospan_tests::{curl, require_root, Agent, Collector, Fixture, TempDir};
 
@@ -59,5 +59,82 @@ fn spans_of_a_containerised_process_carry_its_container_id() {
     assert_eq!(spans[0].res_str("container.id").as_deref(), Some(id));
     // Out of the cgroup before it is removed.
     drop(server);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// `--containers-only` narrows a selector to containerised processes: of
+/// two servers started the same way, only the one in a container's cgroup
+/// is traced.
+#[test]
+fn containers_only_narrows_a_selector_to_containers() {
+    require_root();
+    let id = "5b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e";
+    let dir = TempDir::new("containers-only");
+    std::fs::write(dir.0.join("index.html"), "boxed or not\n").unwrap();
+    let group = Cgroup(
+        cgroup2_root()
+            .join(format!("zerospan-only-{}", std::process::id()))
+            .join(format!("docker-{id}.scope")),
+    );
+    std::fs::create_dir_all(&group.0).unwrap();
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"http_server\.py .* containers-only-test",
+            "--containers-only",
+        ],
+        &[],
+    );
+    let server_py = zerospan_tests::procs::fixture("http_server.py");
+    let root = dir.0.display().to_string();
+    // In the container's cgroup before it execs the server.
+    let inside = Fixture::start(Command::new("sh").args([
+        "-c",
+        &format!(
+            "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {root} containers-only-test",
+            group.0.display(),
+            server_py.display()
+        ),
+    ]));
+    // The same server, the same marker, outside any container.
+    let outside = Fixture::start(Command::new("python3").args([
+        &server_py.display().to_string(),
+        "127.0.0.1",
+        &root,
+        "containers-only-test",
+    ]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent
+        .stderr()
+        .contains(&format!("tracing pid {} ", inside.pid()))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for f in [&inside, &outside] {
+        curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{}/index.html", f.port),
+        ]);
+    }
+    collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.stop().success());
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 1, "{}", agent.stderr());
+    assert_eq!(
+        spans[0].res_int("process.pid"),
+        Some(i64::from(inside.pid()))
+    );
+    assert_eq!(spans[0].res_str("container.id").as_deref(), Some(id));
+    assert!(!agent
+        .stderr()
+        .contains(&format!("tracing pid {} ", outside.pid())));
+    drop(inside);
     std::thread::sleep(Duration::from_millis(200));
 }
