@@ -345,52 +345,48 @@ fn traceparent(s: &mut Scan, ls: u32) {
     }
 }
 
+/// Past up to 8 spaces and tabs from `from`.
 #[inline(always)]
-fn parse_traceparent(s: &mut Scan, from: u32) -> Option<()> {
-    let mut v = from;
+fn past_blanks(s: &Scan, from: u32) -> u32 {
+    let mut i = from;
     for _ in 0..8 {
-        let c = at(s, v);
+        let c = at(s, i);
         if c != b' ' && c != b'\t' {
             break;
         }
-        v += 1;
+        i += 1;
     }
+    i
+}
+
+/// `N` bytes of lowercase hex at `from`; `None` if malformed or all zero
+/// (an invalid trace or span id).
+#[inline(always)]
+fn nonzero_id<const N: usize>(s: &Scan, from: u32) -> Option<[u8; N]> {
+    let mut id = [0u8; N];
+    let mut any = 0u8;
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = hex_byte(s, from + 2 * i as u32)?;
+        any |= *byte;
+    }
+    (any != 0).then_some(id)
+}
+
+#[inline(always)]
+fn parse_traceparent(s: &mut Scan, from: u32) -> Option<()> {
+    let v = past_blanks(s, from);
     if at(s, v + 2) != b'-' || at(s, v + 35) != b'-' || at(s, v + 52) != b'-' {
         return None;
     }
     let version = hex_byte(s, v)?;
     // The value ends at the line's end, after optional whitespace; a later
     // version may append fields after a '-'.
-    let mut end = v + 55;
-    for _ in 0..8 {
-        let c = at(s, end);
-        if c != b' ' && c != b'\t' {
-            break;
-        }
-        end += 1;
-    }
-    let ends = matches!(at(s, end), b'\r' | b'\n');
+    let ends = matches!(at(s, past_blanks(s, v + 55)), b'\r' | b'\n');
     if version == 0xff || (version == 0 && !ends) || (!ends && at(s, v + 55) != b'-') {
         return None;
     }
-    let mut any = 0u8;
-    for i in 0..16u32 {
-        let b = hex_byte(s, v + 3 + 2 * i)?;
-        s.tp_trace_id[i as usize] = b;
-        any |= b;
-    }
-    if any == 0 {
-        return None;
-    }
-    any = 0;
-    for i in 0..8u32 {
-        let b = hex_byte(s, v + 36 + 2 * i)?;
-        s.tp_parent_id[i as usize] = b;
-        any |= b;
-    }
-    if any == 0 {
-        return None;
-    }
+    s.tp_trace_id = nonzero_id::<16>(s, v + 3)?;
+    s.tp_parent_id = nonzero_id::<8>(s, v + 36)?;
     s.tp_sampled = (hex_byte(s, v + 53)? & 1) as u32;
     Some(())
 }

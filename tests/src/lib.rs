@@ -12,4 +12,6 @@ pub mod procs;
 pub use collector::{assert_child, hex, Collector, FlatSpan};
 pub use mariadb::Mariadb;
 pub use postgres::Postgres;
-pub use procs::{curl, curl_user_agent, require_root, Agent, Fixture, Nginx, RedisServer, TempDir};
+pub use procs::{
+    curl, curl_user_agent, require_root, Agent, Cgroup, Fixture, Nginx, RedisServer, TempDir,
+};

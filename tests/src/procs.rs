@@ -154,6 +154,20 @@ impl Agent {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
     }
 
+    /// Waits until the agent's log holds `text`; panics with the log after
+    /// `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never logged {text:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for the agent to exit on its own (every traced process gone).
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -418,5 +432,38 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A cgroup v2 directory a test makes under the hierarchy's root, removed
+/// on drop with the parents the test made for it (its processes must have
+/// left by then).
+pub struct Cgroup {
+    pub dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Cgroup {
+    /// Makes `relative` under the cgroup v2 root; `needed_for` says in the
+    /// failure why the test cannot run without cgroup v2.
+    pub fn new(relative: &str, needed_for: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no cgroup2 file system is mounted: {needed_for}"));
+        let root = PathBuf::from(root);
+        let dir = root.join(relative);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cgroup { dir, root }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in self.dir.ancestors().take_while(|d| *d != self.root) {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }

@@ -2,34 +2,9 @@
 //! a real server in a cgroup named as docker names its containers', and its
 //! spans carry the id.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use zerospan_tests::{curl, require_root, Agent, Collector, Fixture, TempDir};
-
-/// A cgroup v2 directory that removes itself, its processes moved out.
-struct Cgroup(PathBuf);
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let root = mounts
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect(
-            "no cgroup2 file system is mounted: this test needs one to stand in for a \
-             container runtime",
-        );
-    PathBuf::from(root)
-}
+use zerospan_tests::{curl, require_root, Agent, Cgroup, Collector, Fixture, TempDir};
 
 #[test]
 fn spans_of_a_containerised_process_carry_its_container_id() {
@@ -38,13 +13,11 @@ fn spans_of_a_containerised_process_carry_its_container_id() {
     let dir = TempDir::new("container");
     std::fs::write(dir.0.join("index.html"), "in a box\n").unwrap();
     let server = Fixture::http_server("127.0.0.1", &dir.0, &[]);
-    let group = Cgroup(
-        cgroup2_root()
-            .join(format!("zerospan-test-{}", std::process::id()))
-            .join(format!("docker-{id}.scope")),
+    let group = Cgroup::new(
+        &format!("zerospan-test-{}/docker-{id}.scope", std::process::id()),
+        "this test needs one to stand in for a container runtime",
     );
-    std::fs::create_dir_all(&group.0).unwrap();
-    std::fs::write(group.0.join("cgroup.procs"), server.pid().to_string()).unwrap();
+    std::fs::write(group.dir.join("cgroup.procs"), server.pid().to_string()).unwrap();
     let collector = Collector::start();
     let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
     curl(&[
@@ -71,12 +44,10 @@ fn containers_only_narrows_a_selector_to_containers() {
     let id = "5b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e";
     let dir = TempDir::new("containers-only");
     std::fs::write(dir.0.join("index.html"), "boxed or not\n").unwrap();
-    let group = Cgroup(
-        cgroup2_root()
-            .join(format!("zerospan-only-{}", std::process::id()))
-            .join(format!("docker-{id}.scope")),
+    let group = Cgroup::new(
+        &format!("zerospan-only-{}/docker-{id}.scope", std::process::id()),
+        "this test needs one to stand in for a container runtime",
     );
-    std::fs::create_dir_all(&group.0).unwrap();
     let collector = Collector::start();
     let mut agent = Agent::start(
         &[
@@ -95,7 +66,7 @@ fn containers_only_narrows_a_selector_to_containers() {
         "-c",
         &format!(
             "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {root} containers-only-test",
-            group.0.display(),
+            group.dir.display(),
             server_py.display()
         ),
     ]));
@@ -106,14 +77,10 @@ fn containers_only_narrows_a_selector_to_containers() {
         &root,
         "containers-only-test",
     ]));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent
-        .stderr()
-        .contains(&format!("tracing pid {} ", inside.pid()))
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", agent.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_for_log(
+        &format!("tracing pid {} ", inside.pid()),
+        Duration::from_secs(10),
+    );
     for f in [&inside, &outside] {
         curl(&[
             "-s",

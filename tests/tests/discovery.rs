@@ -2,10 +2,7 @@
 //! exclusion that wins, and a listening port, for processes that start
 //! after the agent (found at exec, through the probes).
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use zerospan_tests::{
     curl, procs::free_port, require_root, Agent, Collector, Fixture, FlatSpan, TempDir,
@@ -20,15 +17,7 @@ fn servers_of(spans: &[FlatSpan], pid: u32) -> usize {
 
 /// Waits until the agent says it traces `pid`.
 fn wait_traced(agent: &Agent, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.stderr().contains(&format!("tracing pid {pid} ")) {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} was not picked up:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_for_log(&format!("tracing pid {pid} "), Duration::from_secs(10));
 }
 
 #[test]

@@ -11,7 +11,8 @@ use std::{
 };
 
 use zerospan_tests::{
-    assert_child, hex, procs::fixture, require_root, Agent, Collector, Fixture, FlatSpan, TempDir,
+    assert_child, hex, procs::fixture, require_root, Agent, Cgroup, Collector, Fixture, FlatSpan,
+    TempDir,
 };
 
 /// Two network namespaces, `a` (10.201.N.1) and `b` (10.201.N.2), joined by
@@ -77,36 +78,10 @@ impl Drop for Hosts {
     }
 }
 
-/// A cgroup v2 directory of the test's own, removed on drop.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new() -> Cgroup {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .expect(
-                "no cgroup2 file system is mounted: header injection needs one (sockops \
-                 programs attach to a cgroup v2)",
-            );
-        let dir = Path::new(root).join(format!("zerospan-propagation-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Cgroup(dir)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// `program` in network namespace `ns`, and in `cgroup` if given.
 fn in_ns(ns: &str, cgroup: Option<&Cgroup>, env: &[(&str, &str)], program: &[&str]) -> Fixture {
     let enter = cgroup
-        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.0.display()))
+        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.dir.display()))
         .unwrap_or_default();
     let script = format!("{enter}exec ip netns exec {ns} \"$@\"");
     Fixture::start(
@@ -190,7 +165,10 @@ fn span_at<'a>(spans: &'a [FlatSpan], pid: u32, path: &str, server: bool) -> &'a
 fn the_next_host_gets_a_traceparent_and_the_same_bytes_otherwise() {
     require_root();
     let hosts = Hosts::new();
-    let cgroup = Cgroup::new();
+    let cgroup = Cgroup::new(
+        &format!("zerospan-propagation-{}", std::process::id()),
+        "header injection needs one (sockops programs attach to a cgroup v2)",
+    );
     let dir = TempDir::new("propagation");
     let recv_dir = dir.0.join("received");
     let sent_dir = dir.0.join("sent");
@@ -254,7 +232,7 @@ fn the_next_host_gets_a_traceparent_and_the_same_bytes_otherwise() {
             "--pid",
             &client.pid().to_string(),
             "--propagation-cgroup",
-            &cgroup.0.display().to_string(),
+            &cgroup.dir.display().to_string(),
             "--otlp-endpoint",
             &collector.grpc_endpoint,
         ],
@@ -277,9 +255,13 @@ fn the_next_host_gets_a_traceparent_and_the_same_bytes_otherwise() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&warm_up.stdout), "ok");
 
-    // A request from outside (untraced curl, on host A) to the service.
+    // A request from outside (untraced curl, on host A) to the service, in
+    // a trace begun upstream: the probes read this header to give the
+    // service's call its trace. Blanks around the value are allowed.
+    let upstream = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let out = Command::new("ip")
         .args(["netns", "exec", &hosts.a, "curl", "-s"])
+        .args(["-H", &format!("traceparent:  {upstream} ")])
         .arg(format!("http://127.0.0.1:{}/chain", service.port))
         .output()
         .unwrap();
@@ -338,6 +320,10 @@ fn the_next_host_gets_a_traceparent_and_the_same_bytes_otherwise() {
         .expect("the service's call reached B");
     let (chain_tp, _) = split_injected(chain);
     assert_eq!(chain_tp.len(), 1, "{chain_tp:?}");
+    assert!(
+        chain_tp[0].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "the upstream trace goes on to B: {chain_tp:?}"
+    );
 
     // Every inserted header names the client span A's agent exported.
     let client_spans: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
@@ -376,12 +362,16 @@ fn the_next_host_gets_a_traceparent_and_the_same_bytes_otherwise() {
     assert_eq!(hex(&sdk.span.parent_span_id), "b7ad6b7169203331");
     assert_eq!(hex(&sdk.span.trace_id), "0af7651916cd43dd8448eb211c80319c");
 
-    // The chain: A's server span → A's client span → B's server span, one
-    // trace, though B's agent saw nothing but the header.
+    // The chain: upstream → A's server span → A's client span → B's server
+    // span, one trace, though B's agent saw nothing but the header.
     let a_server = span_at(&spans, service.pid(), "/chain", true);
     let a_client = span_at(&spans, service.pid(), "/chain", false);
     let b_server = span_at(&spans, callee.pid(), "/chain", true);
-    assert!(a_server.span.parent_span_id.is_empty());
+    assert_eq!(
+        hex(&a_server.span.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(hex(&a_server.span.parent_span_id), "00f067aa0ba902b7");
     assert_child(a_client, a_server);
     assert_child(b_server, a_client);
 

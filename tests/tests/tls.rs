@@ -368,19 +368,6 @@ fn gnutls_client_spans() {
     assert_clean(&agent);
 }
 
-/// Waits until the agent's log holds `text`.
-fn wait_logged(agent: &Agent, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !agent.stderr().contains(text) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never logged {text:?}:\n{}",
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A TLS library only one traced process mapped (here Node.js's
 /// executable) loses its probes some seconds after that process exits,
 /// and is hooked again for the next one, whose spans still come.
@@ -412,7 +399,10 @@ fn probes_leave_a_library_no_traced_process_maps() {
     for path in ["/first", "/second"] {
         let server = node();
         let pid = server.pid();
-        wait_logged(&agent, &format!("TLS functions in /proc/{pid}/exe"));
+        agent.wait_for_log(
+            &format!("TLS functions in /proc/{pid}/exe"),
+            Duration::from_secs(30),
+        );
         let base = format!("https://127.0.0.1:{}", server.port);
         zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}/warm-up")]);
         zerospan_tests::curl(&["-sk", "-o", "/dev/null", &format!("{base}{path}")]);
@@ -426,9 +416,9 @@ fn probes_leave_a_library_no_traced_process_maps() {
         );
         drop(server);
         // Hooked again for the second server (nothing was left cached).
-        wait_logged(
-            &agent,
+        agent.wait_for_log(
             &format!("released the TLS probes in /proc/{pid}/exe: no traced process maps it"),
+            Duration::from_secs(30),
         );
     }
     assert!(agent.stop().success());
