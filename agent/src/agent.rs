@@ -249,7 +249,7 @@ impl EventPath {
                 f.role,
                 f.ends,
                 &self.clock,
-                self.http,
+                &self.http,
                 resource,
             );
             self.send(span);
@@ -465,13 +465,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let stats = Arc::new(Stats::default());
     let (span_tx, pipeline) = export::start(&cfg.export, stats.clone())?;
-    let metrics = match cfg.prometheus_port {
-        Some(port) => {
-            let shared = metrics::Shared::default();
-            metrics::serve(port, shared.clone(), stats.clone()).await?;
-            Some(shared)
-        }
-        None => None,
+    let metrics = (cfg.prometheus_port.is_some() || cfg.metrics_export.is_some())
+        .then(|| metrics::shared(cfg.max_routes));
+    if let (Some(port), Some(shared)) = (cfg.prometheus_port, &metrics) {
+        metrics::prometheus::serve(port, shared.clone(), stats.clone()).await?;
+    }
+    let metrics_exporter = match (cfg.metrics_export.clone(), &metrics) {
+        (Some(settings), Some(shared)) => Some(metrics::otlp::start(
+            settings,
+            shared.clone(),
+            stats.clone(),
+            cfg.resource.metrics_resource(),
+        )?),
+        _ => None,
     };
     let (probes, ring) = Probes::load(&cfg.probes)?;
     let mut path = EventPath {
@@ -494,6 +500,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         spans: span_tx,
         http: spans::http::Options {
             redact_query: cfg.redact_query,
+            routes: Arc::new(cfg.routes.clone()),
         },
         listeners: HashMap::new(),
         sampler: cfg.sampler,
@@ -587,6 +594,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     drop(probes);
     drop(ring);
     pipeline.shutdown().await;
+    if let Some(exporter) = metrics_exporter {
+        exporter.shutdown().await;
+    }
     log::info!("stats: {}", stats.render());
     Ok(())
 }

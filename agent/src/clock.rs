@@ -36,6 +36,11 @@ impl Clock {
         (ktime_ns as i128 + self.offset_ns).max(0) as u64
     }
 
+    /// Wall time now, in Unix nanoseconds.
+    pub fn unix_now_ns() -> u64 {
+        clock_ns(libc::CLOCK_REALTIME).max(0) as u64
+    }
+
     /// Current CLOCK_MONOTONIC, comparable with the probes' stamps.
     pub fn now_ktime_ns() -> u64 {
         clock_ns(libc::CLOCK_MONOTONIC) as u64

@@ -137,6 +137,19 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub propagation_cgroup: Option<PathBuf>,
 
+    /// A route template, like `/users/{id}` or `/static/**`: a server
+    /// request whose path matches gets `http.route` and is named
+    /// `METHOD ROUTE`. `{name}` and `*` match one segment, a final `**` any
+    /// number. Repeatable; the first match wins.
+    #[arg(long = "http-route", value_name = "PATTERN")]
+    pub http_route: Vec<String>,
+
+    /// Distinct `http.route` values the metrics keep per service; paths
+    /// that match no pattern are templated by guess (ids become `{id}`),
+    /// and past this many, collapsed into `_OTHER`.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_routes: usize,
+
     /// Serve span-derived RED metrics and the agent's own counters for
     /// Prometheus at :PORT/metrics (on every address).
     #[arg(long, value_name = "PORT")]
@@ -195,12 +208,17 @@ pub struct Config {
     pub export: export::Settings,
     pub resource: ResourceDefaults,
     pub redact_query: bool,
+    pub routes: crate::spans::route::Routes,
+    pub max_routes: usize,
     pub sanitize_sql: bool,
     pub db_user: bool,
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub sampler: Sampler,
     pub prometheus_port: Option<u16>,
+    /// OTLP metrics export, when there is an OTLP collector and
+    /// `OTEL_METRICS_EXPORTER` is not `none`.
+    pub metrics_export: Option<crate::metrics::otlp::Settings>,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -249,46 +267,43 @@ impl Config {
                 args.ring_buffer_mib
             );
         }
+        let otlp_endpoint = args.otlp_endpoint;
         let protocol = args
             .otlp_protocol
+            .clone()
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
             .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .unwrap_or_else(|| "grpc".into());
-        let headers = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
-            .map(|h| parse_key_values(&h))
-            .unwrap_or_default();
-        // A signal-specific endpoint is used as given; a base endpoint gets
-        // the signal path appended (OTLP exporter spec).
-        let endpoint = match (
-            args.otlp_endpoint,
-            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        ) {
-            (Some(e), _) => Some((e, false)),
-            (None, Some(e)) => Some((e, true)),
-            (None, None) => env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)),
-        };
         let mut sinks = Vec::new();
-        if let Some((endpoint, exact)) = endpoint {
-            sinks.push(match protocol.as_str() {
-                "grpc" => SinkConfig::OtlpGrpc { endpoint, headers },
-                "http/protobuf" => SinkConfig::OtlpHttp {
-                    endpoint: if exact {
-                        endpoint
-                    } else {
-                        export::http_traces_url(&endpoint)
-                    },
-                    headers,
-                },
-                "http/json" => {
-                    bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf")
-                }
-                other => bail!(
-                    "unknown OTLP protocol {other:?} (from --otlp-protocol, ZEROSPAN_OTLP_PROTOCOL or \
-                     OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL); use grpc or http/protobuf"
-                ),
-            });
+        if let Some(sink) = otlp_sink(&env, "TRACES", otlp_endpoint.clone(), &protocol)? {
+            sinks.push(sink);
         }
+        let metrics_export = match env("OTEL_METRICS_EXPORTER").as_deref() {
+            None | Some("otlp") => {
+                let protocol = args
+                    .otlp_protocol
+                    .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"))
+                    .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                    .unwrap_or_else(|| "grpc".into());
+                let interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
+                    None => Duration::from_secs(60),
+                    Some(ms) => match ms.trim().parse::<u64>() {
+                        Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                        _ => bail!(
+                            "OTEL_METRIC_EXPORT_INTERVAL must be a positive number of \
+                             milliseconds, not {ms:?}"
+                        ),
+                    },
+                };
+                otlp_sink(&env, "METRICS", otlp_endpoint, &protocol)?
+                    .map(|sink| crate::metrics::otlp::Settings { sink, interval })
+            }
+            Some("none") => None,
+            Some(other) => bail!(
+                "OTEL_METRICS_EXPORTER={other:?} is not supported; use otlp (the default) or none \
+                 (Prometheus is --prometheus-port)"
+            ),
+        };
         if let Some(path) = args.traces_file {
             sinks.push(SinkConfig::JsonFile(path));
         }
@@ -337,14 +352,60 @@ impl Config {
             },
             resource,
             redact_query: !args.no_redact_query,
+            routes: crate::spans::route::Routes::parse(&args.http_route)?,
+            max_routes: args.max_routes,
             sanitize_sql: !args.no_sanitize_sql,
             db_user: args.db_user,
             max_connections: args.max_connections as usize,
             request_timeout: Duration::from_secs(args.request_timeout.max(1)),
             sampler,
             prometheus_port: args.prometheus_port,
+            metrics_export,
         })
     }
+}
+
+/// The OTLP exporter of one signal (`TRACES` or `METRICS`), if an endpoint
+/// is set. A signal-specific endpoint (`OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`)
+/// is used as given; a base endpoint (the flag, or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`) gets the signal's path appended for
+/// HTTP (OTLP exporter spec).
+fn otlp_sink(
+    env: &impl Fn(&str) -> Option<String>,
+    signal: &str,
+    flag: Option<String>,
+    protocol: &str,
+) -> anyhow::Result<Option<SinkConfig>> {
+    let endpoint = match (flag, env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))) {
+        (Some(e), _) => Some((e, false)),
+        (None, Some(e)) => Some((e, true)),
+        (None, None) => env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false)),
+    };
+    let Some((endpoint, exact)) = endpoint else {
+        return Ok(None);
+    };
+    let headers = env(&format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+        .map(|h| parse_key_values(&h))
+        .unwrap_or_default();
+    Ok(Some(match protocol {
+        "grpc" => SinkConfig::OtlpGrpc { endpoint, headers },
+        "http/protobuf" => SinkConfig::OtlpHttp {
+            endpoint: match (exact, signal) {
+                (true, _) => endpoint,
+                (false, "TRACES") => export::http_traces_url(&endpoint),
+                (false, _) => export::http_metrics_url(&endpoint),
+            },
+            headers,
+        },
+        "http/json" => {
+            bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf")
+        }
+        other => bail!(
+            "unknown OTLP protocol {other:?} (from --otlp-protocol, ZEROSPAN_OTLP_PROTOCOL or \
+             OTEL_EXPORTER_OTLP_[{signal}_]PROTOCOL); use grpc or http/protobuf"
+        ),
+    }))
 }
 
 #[cfg(test)]
@@ -417,6 +478,73 @@ mod tests {
         assert!(
             matches!(&c.export.sinks[0], SinkConfig::OtlpHttp { endpoint, .. } if endpoint == "http://c/custom")
         );
+    }
+
+    #[test]
+    fn metrics_go_to_the_same_collector_unless_told_otherwise() {
+        let c = resolve(
+            &["--pid", "1"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "k=v"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics_export,
+            Some(crate::metrics::otlp::Settings {
+                sink: SinkConfig::OtlpHttp {
+                    endpoint: "http://c:4318/v1/metrics".into(),
+                    headers: vec![("k".into(), "v".into())],
+                },
+                interval: Duration::from_millis(1500),
+            })
+        );
+        let c = resolve(
+            &["--pid", "1", "--otlp-endpoint", "http://c:4317"],
+            &[
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ],
+        )
+        .unwrap();
+        // The flag names the collector of both; its protocol flag (unset
+        // here) would too, but the metrics protocol variable still applies.
+        assert!(matches!(
+            c.metrics_export.unwrap().sink,
+            SinkConfig::OtlpHttp { endpoint, .. } if endpoint == "http://c:4317/v1/metrics"
+        ));
+        let off = resolve(
+            &["--pid", "1", "--otlp-endpoint", "http://c:4317"],
+            &[("OTEL_METRICS_EXPORTER", "none")],
+        )
+        .unwrap();
+        assert_eq!(off.metrics_export, None);
+        // Only a traces endpoint: metrics have nowhere to go.
+        let traces_only = resolve(
+            &["--pid", "1"],
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317")],
+        )
+        .unwrap();
+        assert_eq!(traces_only.metrics_export, None);
+        for (key, value, says) in [
+            (
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                "soon",
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            ("OTEL_METRICS_EXPORTER", "prometheus", "--prometheus-port"),
+        ] {
+            let e = resolve(
+                &["--pid", "1", "--otlp-endpoint", "http://c:4317"],
+                &[(key, value)],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(says) && e.contains(value), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,21 @@ pub struct ResourceDefaults {
     pub host_name: String,
 }
 
+impl ResourceDefaults {
+    /// What every metric resource carries: the host, and what
+    /// `OTEL_RESOURCE_ATTRIBUTES` gives (`service.name` aside, which each
+    /// resource has its own of).
+    pub fn metrics_resource(&self) -> Vec<(String, Value)> {
+        let mut attrs = vec![("host.name".to_owned(), self.host_name.as_str().into())];
+        for (k, v) in &self.attributes {
+            if k != "service.name" && k != "host.name" {
+                attrs.push((k.clone(), v.as_str().into()));
+            }
+        }
+        attrs
+    }
+}
+
 pub struct Registry {
     defaults: ResourceDefaults,
     /// Metadata and resource by pid, for live and recently exited processes.

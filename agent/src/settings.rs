@@ -270,6 +270,22 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "http_route",
+        arg: "http_route",
+        apply: |a, v| {
+            a.http_route = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "max_routes",
+        arg: "max_routes",
+        apply: |a, v| {
+            a.max_routes = number(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "prometheus_port",
         arg: "prometheus_port",
         apply: |a, v| {

@@ -125,6 +125,11 @@ counters! {
     spans_dropped_export,
     /// Failed export attempts (each retried with back-off).
     export_failures,
+    /// OTLP metric exports delivered.
+    metrics_exported,
+    /// OTLP metric exports that failed. Nothing is lost: every export
+    /// carries the totals since start, so the next one catches up.
+    metrics_export_failures,
 }
 
 impl Stats {

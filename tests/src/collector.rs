@@ -10,14 +10,22 @@ use std::{
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value, KeyValue},
+    metrics::v1::{metric::Data, number_data_point},
     trace::v1::Span,
 };
 use prost::Message as _;
+use tonic::codegen::Service as _;
 
 /// What the receiver keeps: every request, or (for the benchmark, where
 /// millions of spans arrive) only their count.
@@ -26,6 +34,9 @@ struct Received {
     keep: bool,
     requests: Vec<(&'static str, ExportTraceServiceRequest)>,
     span_count: u64,
+    /// The newest metrics export per transport: each carries every total.
+    metrics: Vec<(&'static str, ExportMetricsServiceRequest)>,
+    metric_exports: u64,
 }
 
 impl Received {
@@ -39,6 +50,12 @@ impl Received {
         if self.keep {
             self.requests.push((transport, req));
         }
+    }
+
+    fn add_metrics(&mut self, transport: &'static str, req: ExportMetricsServiceRequest) {
+        self.metric_exports += 1;
+        self.metrics.retain(|(t, _)| *t != transport);
+        self.metrics.push((transport, req));
     }
 }
 
@@ -57,6 +74,93 @@ impl TraceService for Service {
         self.store.lock().unwrap().add("grpc", request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.store
+            .lock()
+            .unwrap()
+            .add_metrics("grpc", request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// One data point of a metric, with its resource's `service.name`.
+#[derive(Clone, Debug)]
+pub struct MetricPoint {
+    pub service: String,
+    pub attributes: Vec<KeyValue>,
+    /// Histograms: count and per-bucket counts (not cumulative).
+    pub count: u64,
+    pub bucket_counts: Vec<u64>,
+    pub explicit_bounds: Vec<f64>,
+    /// Sums and gauges.
+    pub value: Option<i64>,
+}
+
+impl MetricPoint {
+    pub fn str(&self, key: &str) -> Option<String> {
+        as_string(value_of(&self.attributes, key))
+    }
+    pub fn int(&self, key: &str) -> Option<i64> {
+        as_int(value_of(&self.attributes, key))
+    }
+}
+
+fn metric_points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<MetricPoint> {
+    let mut out = Vec::new();
+    for rm in &req.resource_metrics {
+        let resource = rm
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or_default();
+        let service = as_string(value_of(resource, "service.name")).unwrap_or_default();
+        for m in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+            if m.name != name {
+                continue;
+            }
+            let number =
+                |attributes: &[KeyValue], v: &Option<number_data_point::Value>| MetricPoint {
+                    service: service.clone(),
+                    attributes: attributes.to_vec(),
+                    count: 0,
+                    bucket_counts: Vec::new(),
+                    explicit_bounds: Vec::new(),
+                    value: match v {
+                        Some(number_data_point::Value::AsInt(n)) => Some(*n),
+                        _ => None,
+                    },
+                };
+            match &m.data {
+                Some(Data::Histogram(h)) => out.extend(h.data_points.iter().map(|p| MetricPoint {
+                    service: service.clone(),
+                    attributes: p.attributes.clone(),
+                    count: p.count,
+                    bucket_counts: p.bucket_counts.clone(),
+                    explicit_bounds: p.explicit_bounds.clone(),
+                    value: None,
+                })),
+                Some(Data::Sum(sum)) => out.extend(
+                    sum.data_points
+                        .iter()
+                        .map(|p| number(&p.attributes, &p.value)),
+                ),
+                Some(Data::Gauge(g)) => out.extend(
+                    g.data_points
+                        .iter()
+                        .map(|p| number(&p.attributes, &p.value)),
+                ),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// A span with the resource it was reported under.
@@ -178,22 +282,29 @@ async fn http_export(
     store: Store,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let ok_path = req.uri().path() == "/v1/traces";
+    let path = req.uri().path().to_owned();
     let ok_type = req
         .headers()
         .get("content-type")
         .is_some_and(|v| v == "application/x-protobuf");
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let status = match (ok_path, ok_type, body) {
-        (true, true, Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
+    let status = match (path.as_str(), ok_type, body) {
+        ("/v1/traces", true, Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
             Ok(r) => {
                 store.lock().unwrap().add("http", r);
                 200
             }
             Err(_) => 400,
         },
-        (false, _, _) => 404,
-        _ => 415,
+        ("/v1/metrics", true, Ok(bytes)) => match ExportMetricsServiceRequest::decode(bytes) {
+            Ok(r) => {
+                store.lock().unwrap().add_metrics("http", r);
+                200
+            }
+            Err(_) => 400,
+        },
+        ("/v1/traces" | "/v1/metrics", _, _) => 415,
+        _ => 404,
     };
     Ok(hyper::Response::builder()
         .status(status)
@@ -255,22 +366,33 @@ impl Collector {
                         });
                     }
                 });
-                // tonic's Router needs axum; the generated service is a
-                // plain tower service, so hyper's HTTP/2 server runs it.
-                let svc = TraceServiceServer::new(Service { store: s });
+                // tonic's Router needs axum; the generated services are
+                // plain tower services, so hyper's HTTP/2 server runs them,
+                // routed by the gRPC path.
+                let traces = TraceServiceServer::new(Service { store: s.clone() });
+                let metrics = MetricsServiceServer::new(Service { store: s });
                 loop {
                     let Ok((stream, _)) = grpc.accept().await else {
                         continue;
                     };
-                    let svc = svc.clone();
+                    let (traces, metrics) = (traces.clone(), metrics.clone());
+                    let svc = hyper::service::service_fn(move |r: hyper::Request<_>| {
+                        let (mut traces, mut metrics) = (traces.clone(), metrics.clone());
+                        async move {
+                            const METRICS: &str =
+                                "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
+                            if r.uri().path().starts_with(METRICS) {
+                                metrics.call(r).await
+                            } else {
+                                traces.call(r).await
+                            }
+                        }
+                    });
                     tokio::spawn(async move {
                         let _ = hyper::server::conn::http2::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
                         )
-                        .serve_connection(
-                            hyper_util::rt::TokioIo::new(stream),
-                            hyper_util::service::TowerToHyperService::new(svc),
-                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
                     });
                 }
@@ -296,6 +418,23 @@ impl Collector {
             .requests
             .iter()
             .flat_map(|(t, r)| flatten(t, r))
+            .collect()
+    }
+
+    /// Metric exports received, over any transport.
+    pub fn metric_exports(&self) -> u64 {
+        self.store.lock().unwrap().metric_exports
+    }
+
+    /// The points of metric `name` in the newest export over `transport`
+    /// (`grpc` or `http`).
+    pub fn metric(&self, transport: &str, name: &str) -> Vec<MetricPoint> {
+        let store = self.store.lock().unwrap();
+        store
+            .metrics
+            .iter()
+            .filter(|(t, _)| *t == transport)
+            .flat_map(|(_, req)| metric_points(req, name))
             .collect()
     }
 

@@ -3,15 +3,18 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tonic::{metadata::MetadataMap, transport::Channel, Code};
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
+    trace::v1::trace_service_client::TraceServiceClient,
+};
+use tonic::{metadata::MetadataMap, transport::Channel, Code, Status};
 
 use super::{otlp, ExportError};
 use crate::spans::Span;
 
 #[derive(Clone)]
 pub struct Grpc {
-    client: TraceServiceClient<Channel>,
+    channel: Channel,
     metadata: MetadataMap,
 }
 
@@ -32,37 +35,44 @@ impl Grpc {
                 .with_context(|| format!("invalid value for OTLP header {k:?}"))?;
             metadata.insert(key, value);
         }
-        Ok(Grpc {
-            client: TraceServiceClient::new(channel),
-            metadata,
-        })
+        Ok(Grpc { channel, metadata })
     }
 
     pub async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
         let mut req = tonic::Request::new(otlp::request(batch));
         *req.metadata_mut() = self.metadata.clone();
-        match self.client.export(req).await {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                // OTLP/gRPC: these codes mean "try again later".
-                let retry = matches!(
-                    status.code(),
-                    Code::Cancelled
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::OutOfRange
-                        | Code::Unavailable
-                        | Code::DataLoss
-                        | Code::ResourceExhausted
-                        | Code::Unknown
-                );
-                let msg = format!("{}: {}", status.code(), status.message());
-                Err(if retry {
-                    ExportError::Retryable(msg)
-                } else {
-                    ExportError::Fatal(msg)
-                })
-            }
-        }
+        let mut client = TraceServiceClient::new(self.channel.clone());
+        client.export(req).await.map(drop).map_err(classify)
+    }
+
+    pub async fn export_metrics(
+        &mut self,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<(), ExportError> {
+        let mut req = tonic::Request::new(request);
+        *req.metadata_mut() = self.metadata.clone();
+        let mut client = MetricsServiceClient::new(self.channel.clone());
+        client.export(req).await.map(drop).map_err(classify)
+    }
+}
+
+/// OTLP/gRPC: these codes mean "try again later".
+fn classify(status: Status) -> ExportError {
+    let retry = matches!(
+        status.code(),
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+            | Code::Unknown
+    );
+    let msg = format!("{}: {}", status.code(), status.message());
+    if retry {
+        ExportError::Retryable(msg)
+    } else {
+        ExportError::Fatal(msg)
     }
 }

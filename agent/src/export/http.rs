@@ -23,16 +23,26 @@ pub struct Http {
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL; traces go to `/v1/traces`.
 pub fn traces_url(endpoint: &str) -> String {
+    signal_url(endpoint, "traces")
+}
+
+/// ... and metrics to `/v1/metrics`.
+pub fn metrics_url(endpoint: &str) -> String {
+    signal_url(endpoint, "metrics")
+}
+
+fn signal_url(endpoint: &str, signal: &str) -> String {
     let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
+    let path = format!("/v1/{signal}");
+    if base.ends_with(&path) {
         base.to_owned()
     } else {
-        format!("{base}/v1/traces")
+        format!("{base}{path}")
     }
 }
 
 impl Http {
-    /// `endpoint` is the full traces URL (see [`traces_url`]).
+    /// `endpoint` is the full URL of one signal (see [`traces_url`]).
     pub fn new(endpoint: &str, headers: &[(String, String)]) -> anyhow::Result<Self> {
         let uri: hyper::Uri = endpoint
             .parse()
@@ -63,7 +73,11 @@ impl Http {
     }
 
     pub async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
-        let body = otlp::request(batch).encode_to_vec();
+        self.post(otlp::request(batch).encode_to_vec()).await
+    }
+
+    /// Posts one encoded export request.
+    pub async fn post(&mut self, body: Vec<u8>) -> Result<(), ExportError> {
         let mut req = hyper::Request::post(self.uri.clone())
             .header("content-type", "application/x-protobuf")
             .body(Full::new(Bytes::from(body)))
@@ -101,6 +115,10 @@ mod tests {
         assert_eq!(
             super::traces_url("http://c/v1/traces"),
             "http://c/v1/traces"
+        );
+        assert_eq!(
+            super::metrics_url("http://c:4318/"),
+            "http://c:4318/v1/metrics"
         );
     }
 }

@@ -11,9 +11,9 @@
 
 mod console;
 mod file;
-mod grpc;
-mod http;
-pub use http::traces_url as http_traces_url;
+pub mod grpc;
+pub mod http;
+pub use http::{metrics_url as http_metrics_url, traces_url as http_traces_url};
 pub mod otlp;
 
 use std::{
@@ -71,7 +71,7 @@ pub struct Settings {
 
 enum Sink {
     Grpc(grpc::Grpc),
-    Http(http::Http),
+    Http(Box<http::Http>),
     File(file::JsonFile),
     Console(console::Console),
 }
@@ -83,7 +83,7 @@ impl Sink {
                 Sink::Grpc(grpc::Grpc::new(endpoint, headers)?)
             }
             SinkConfig::OtlpHttp { endpoint, headers } => {
-                Sink::Http(http::Http::new(endpoint, headers)?)
+                Sink::Http(Box::new(http::Http::new(endpoint, headers)?))
             }
             SinkConfig::JsonFile(path) => Sink::File(file::JsonFile::new(path)?),
             SinkConfig::Console => Sink::Console(console::Console),

@@ -59,10 +59,12 @@ pub struct Endpoints {
     pub tls_version: Option<&'static str>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Replace query-string values with `REDACTED`.
     pub redact_query: bool,
+    /// Route patterns: a server request that matches one gets `http.route`.
+    pub routes: std::sync::Arc<super::route::Routes>,
 }
 
 const KNOWN_METHODS: [&str; 9] = [
@@ -139,13 +141,13 @@ pub fn build_span(
     role: Role,
     ends: Endpoints,
     clock: &Clock,
-    opts: Options,
+    opts: &Options,
     resource: Arc<Resource>,
 ) -> Span {
     let req = &x.request;
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
     let method_known = KNOWN_METHODS.contains(&req.method.as_str());
-    let name = if method_known {
+    let mut name = if method_known {
         req.method.clone()
     } else {
         "HTTP".to_owned()
@@ -169,6 +171,10 @@ pub fn build_span(
         Role::Server => {
             let (path, q) = split_target(&req.target);
             attrs.push(("url.path", path.into()));
+            if let Some(route) = opts.routes.matching(path) {
+                attrs.push(("http.route", route.into()));
+                name = format!("{name} {route}");
+            }
             if let Some(q) = q {
                 attrs.push(("url.query", query(q).into()));
             }
@@ -343,16 +349,20 @@ mod tests {
     #[test]
     fn server_span_attributes() {
         let x = exchange("GET", "/a/b?token=s3cret&x", Some("localhost:8000"), 503);
-        let opts = Options { redact_query: true };
+        let opts = Options {
+            redact_query: true,
+            ..Options::default()
+        };
         let s = build_span(
             &x,
             Role::Server,
             ends(),
             &Clock::identity(),
-            opts,
+            &opts,
             resource(),
         );
         assert_eq!(s.name, "GET");
+        assert_eq!(s.attr("http.route"), None, "no pattern, no route");
         assert_eq!(s.kind, SpanKind::Server);
         assert_eq!(s.attr("url.path"), Some(&"/a/b".into()));
         assert_eq!(s.attr("url.query"), Some(&"token=REDACTED&x".into()));
@@ -370,21 +380,24 @@ mod tests {
     #[test]
     fn client_span_builds_a_redacted_url() {
         let x = exchange("POST", "/api?key=abc", None, 404);
-        let opts = Options { redact_query: true };
+        let opts = Options {
+            redact_query: true,
+            ..Options::default()
+        };
         let e = Endpoints {
             peer: Some("[::1]:8080".parse().unwrap()),
             local: None,
             tls: false,
             tls_version: None,
         };
-        let s = build_span(&x, Role::Client, e, &Clock::identity(), opts, resource());
+        let s = build_span(&x, Role::Client, e, &Clock::identity(), &opts, resource());
         // The same call over TLS.
         let tls = Endpoints {
             tls: true,
             tls_version: Some("1.3"),
             ..e
         };
-        let s2 = build_span(&x, Role::Client, tls, &Clock::identity(), opts, resource());
+        let s2 = build_span(&x, Role::Client, tls, &Clock::identity(), &opts, resource());
         assert_eq!(s2.attr("tls.protocol.version"), Some(&"1.3".into()));
         assert_eq!(s.attr("tls.protocol.version"), None);
         assert_eq!(
@@ -408,15 +421,13 @@ mod tests {
         let mut x = exchange("PURGE", "/", Some("h"), 200);
         x.response = None;
         x.outcome = Outcome::TimedOut;
-        let opts = Options {
-            redact_query: false,
-        };
+        let opts = Options::default();
         let s = build_span(
             &x,
             Role::Server,
             ends(),
             &Clock::identity(),
-            opts,
+            &opts,
             resource(),
         );
         assert_eq!(s.name, "HTTP");
@@ -427,6 +438,36 @@ mod tests {
         );
         assert_eq!(s.attr("error.type"), Some(&"timeout".into()));
         assert_eq!(s.attr("server.port"), Some(&80.into()));
+    }
+
+    #[test]
+    fn a_matching_route_pattern_names_the_span() {
+        let x = exchange("GET", "/users/42?x=1", Some("h"), 200);
+        let opts = Options {
+            redact_query: true,
+            routes: std::sync::Arc::new(
+                crate::spans::route::Routes::parse(&["/users/{id}".into()]).unwrap(),
+            ),
+        };
+        let s = build_span(
+            &x,
+            Role::Server,
+            ends(),
+            &Clock::identity(),
+            &opts,
+            resource(),
+        );
+        assert_eq!(s.name, "GET /users/{id}");
+        assert_eq!(s.attr("http.route"), Some(&"/users/{id}".into()));
+        let client = build_span(
+            &x,
+            Role::Client,
+            ends(),
+            &Clock::identity(),
+            &opts,
+            resource(),
+        );
+        assert_eq!(client.name, "GET", "http.route is a server attribute");
     }
 
     #[test]

@@ -8,11 +8,12 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod redact;
+pub mod route;
 pub mod sampler;
 
 use std::sync::Arc;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Value {
     Str(String),
     Int(i64),

@@ -1,0 +1,437 @@
+//! RED metrics derived from spans, kept as cumulative histograms, and
+//! read out two ways: a Prometheus scrape ([`prometheus`],
+//! `--prometheus-port`) and periodic OTLP export ([`otlp`]).
+//!
+//! Every span is observed before sampling, so the metrics count every
+//! request even when traces are sampled. Attributes are the OpenTelemetry
+//! semantic conventions' for each metric, minus anything unbounded: no raw
+//! paths (only `http.route`, itself bounded by [`crate::spans::route`]),
+//! no peer ports. Each metric keeps at most [`MAX_SERIES`] attribute sets;
+//! past that, observations go to one series marked
+//! `otel.metric.overflow="true"`, as the OpenTelemetry SDKs do.
+
+pub mod otlp;
+pub mod prometheus;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use crate::spans::{route, Span, SpanKind, Status, Value};
+
+/// Attribute sets kept per metric.
+pub const MAX_SERIES: usize = 1000;
+
+/// Bucket bounds for durations, in seconds: the semantic conventions'
+/// advice for HTTP and database durations.
+const SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Bucket bounds for body sizes, in bytes.
+const BYTES: &[f64] = &[
+    0.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+];
+
+/// Counters in [`crate::stats::Stats`] that are gauges (a value now, not a
+/// total).
+pub const GAUGES: &[&str] = &[
+    "traced_processes",
+    "kernel_traced_entries",
+    "tls_files_hooked",
+    "tls_processes_known",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    HttpServerDuration,
+    HttpServerRequestSize,
+    HttpServerResponseSize,
+    HttpClientDuration,
+    HttpClientRequestSize,
+    HttpClientResponseSize,
+    DbClientDuration,
+}
+
+/// What a metric is called and measured in.
+pub struct Description {
+    /// The semantic conventions' name.
+    pub name: &'static str,
+    /// UCUM unit, as OTLP carries it.
+    pub unit: &'static str,
+    pub help: &'static str,
+    pub bounds: &'static [f64],
+}
+
+impl Metric {
+    pub fn describe(self) -> Description {
+        let (name, unit, help, bounds) = match self {
+            Metric::HttpServerDuration => (
+                "http.server.request.duration",
+                "s",
+                "Duration of HTTP server requests.",
+                SECONDS,
+            ),
+            Metric::HttpServerRequestSize => (
+                "http.server.request.body.size",
+                "By",
+                "Size of HTTP server request bodies.",
+                BYTES,
+            ),
+            Metric::HttpServerResponseSize => (
+                "http.server.response.body.size",
+                "By",
+                "Size of HTTP server response bodies.",
+                BYTES,
+            ),
+            Metric::HttpClientDuration => (
+                "http.client.request.duration",
+                "s",
+                "Duration of HTTP client requests.",
+                SECONDS,
+            ),
+            Metric::HttpClientRequestSize => (
+                "http.client.request.body.size",
+                "By",
+                "Size of HTTP client request bodies.",
+                BYTES,
+            ),
+            Metric::HttpClientResponseSize => (
+                "http.client.response.body.size",
+                "By",
+                "Size of HTTP client response bodies.",
+                BYTES,
+            ),
+            Metric::DbClientDuration => (
+                "db.client.operation.duration",
+                "s",
+                "Duration of database client operations.",
+                SECONDS,
+            ),
+        };
+        Description {
+            name,
+            unit,
+            help,
+            bounds,
+        }
+    }
+}
+
+/// Attributes each kind of span contributes, by semantic-convention name.
+const HTTP_SERVER: &[&str] = &[
+    "http.request.method",
+    "http.route",
+    "url.scheme",
+    "http.response.status_code",
+    "error.type",
+    "network.protocol.version",
+];
+const HTTP_CLIENT: &[&str] = &[
+    "http.request.method",
+    "http.response.status_code",
+    "error.type",
+    "server.address",
+    "server.port",
+    "network.protocol.version",
+];
+/// Not the server's address: database peers are IPs, which churn (pods).
+const DB_CLIENT: &[&str] = &[
+    "db.system.name",
+    "db.operation.name",
+    "db.collection.name",
+    "db.namespace",
+    "db.response.status_code",
+    "error.type",
+];
+
+/// An attribute set. The first is always `service.name`, which OTLP
+/// carries in the resource and Prometheus as a label.
+pub type Labels = Vec<(&'static str, Value)>;
+
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last bucket is
+    /// everything above the highest bound.
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        Histogram {
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// The `http.route` of a server request whose path matched no configured
+/// pattern: a guessed template while the service has fewer than `max`,
+/// then `_OTHER` for templates not seen before.
+struct GuessedRoutes {
+    max: usize,
+    by_service: HashMap<Value, HashSet<String>>,
+}
+
+/// What unknown paths collapse into past the bound.
+pub const OTHER_ROUTE: &str = "_OTHER";
+
+impl GuessedRoutes {
+    fn route(&mut self, service: &Value, path: &str) -> String {
+        let template = route::guess(path);
+        let seen = self.by_service.entry(service.clone()).or_default();
+        if seen.contains(&template) {
+            return template;
+        }
+        if seen.len() < self.max {
+            seen.insert(template.clone());
+            return template;
+        }
+        OTHER_ROUTE.to_owned()
+    }
+}
+
+/// Histograms by metric and attribute set, counted since `start_unix_ns`.
+pub struct Registry {
+    series: HashMap<Metric, HashMap<Labels, Histogram>>,
+    routes: GuessedRoutes,
+    pub start_unix_ns: u64,
+}
+
+/// Shared between the event path, which records, and the readers.
+pub type Shared = Arc<Mutex<Registry>>;
+
+pub fn shared(max_routes: usize) -> Shared {
+    Arc::new(Mutex::new(Registry::new(
+        crate::clock::Clock::unix_now_ns(),
+        max_routes,
+    )))
+}
+
+impl Registry {
+    pub fn new(start_unix_ns: u64, max_routes: usize) -> Self {
+        Registry {
+            series: HashMap::new(),
+            routes: GuessedRoutes {
+                max: max_routes,
+                by_service: HashMap::new(),
+            },
+            start_unix_ns,
+        }
+    }
+
+    /// Records what `span` says about its request. Requests whose outcome
+    /// is not known (still in flight when the agent stopped, a response
+    /// that could not be read) are left out rather than counted as
+    /// successes.
+    pub fn observe(&mut self, span: &Span) {
+        if span.attr("zerospan.incomplete").is_some() {
+            return;
+        }
+        let seconds = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let service = span
+            .resource
+            .get("service.name")
+            .cloned()
+            .unwrap_or_else(|| Value::Str(String::new()));
+        let labels_of = |keys: &[&'static str]| -> Labels {
+            let mut l: Labels = vec![("service.name", service.clone())];
+            for k in keys {
+                if let Some(v) = span.attr(k) {
+                    l.push((k, v.clone()));
+                } else if *k == "error.type" && matches!(span.status, Status::Error(_)) {
+                    l.push((k, "_OTHER".into()));
+                }
+            }
+            l
+        };
+        let size = |key: &str| match span.attr(key) {
+            Some(Value::Int(n)) => Some(*n as f64),
+            _ => None,
+        };
+        if span.attr("db.system.name").is_some() {
+            self.record(Metric::DbClientDuration, labels_of(DB_CLIENT), seconds);
+            return;
+        }
+        let (duration, request, response, labels) = match span.kind {
+            SpanKind::Server => {
+                let mut labels = labels_of(HTTP_SERVER);
+                let guessed = match span.attr("url.path") {
+                    Some(Value::Str(path)) if span.attr("http.route").is_none() => {
+                        Some(self.routes.route(&service, path))
+                    }
+                    _ => None,
+                };
+                if let Some(route) = guessed {
+                    // After the method, where a configured route would be.
+                    labels.insert(2, ("http.route", route.into()));
+                }
+                (
+                    Metric::HttpServerDuration,
+                    Metric::HttpServerRequestSize,
+                    Metric::HttpServerResponseSize,
+                    labels,
+                )
+            }
+            SpanKind::Client => (
+                Metric::HttpClientDuration,
+                Metric::HttpClientRequestSize,
+                Metric::HttpClientResponseSize,
+                labels_of(HTTP_CLIENT),
+            ),
+        };
+        if let Some(n) = size("http.request.body.size") {
+            self.record(request, labels.clone(), n);
+        }
+        if let Some(n) = size("http.response.body.size") {
+            self.record(response, labels.clone(), n);
+        }
+        self.record(duration, labels, seconds);
+    }
+
+    fn record(&mut self, metric: Metric, labels: Labels, v: f64) {
+        let bounds = metric.describe().bounds;
+        let series = self.series.entry(metric).or_default();
+        let labels = if series.contains_key(&labels) || series.len() < MAX_SERIES {
+            labels
+        } else {
+            vec![("otel.metric.overflow", "true".into())]
+        };
+        series
+            .entry(labels)
+            .or_insert_with(|| Histogram::new(bounds))
+            .observe(bounds, v);
+    }
+
+    /// Every metric with its series, in a stable order.
+    pub fn families(&self) -> Vec<(Metric, Vec<(&Labels, &Histogram)>)> {
+        let mut out: Vec<_> = self
+            .series
+            .iter()
+            .map(|(m, by_labels)| {
+                let mut rows: Vec<_> = by_labels.iter().collect();
+                rows.sort_by(|a, b| a.0.cmp(b.0));
+                (*m, rows)
+            })
+            .collect();
+        out.sort_by_key(|(m, _)| *m);
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::spans::test_span;
+
+    pub fn server(status: i64, millis: u64) -> Span {
+        let mut s = test_span(1, 0, "GET");
+        s.start_unix_ns = 0;
+        s.end_unix_ns = millis * 1_000_000;
+        s.attributes = vec![
+            ("http.request.method", "GET".into()),
+            ("url.path", "/secret/123".into()),
+            ("url.scheme", "http".into()),
+            ("http.response.status_code", status.into()),
+            ("http.response.body.size", 1500.into()),
+        ];
+        s
+    }
+
+    #[test]
+    fn requests_of_unknown_outcome_are_not_counted() {
+        let mut r = Registry::new(0, 100);
+        r.observe(&server(200, 5));
+        let mut stopped = server(200, 5);
+        stopped
+            .attributes
+            .push(("zerospan.incomplete", "agent_stopped".into()));
+        r.observe(&stopped);
+        let families = r.families();
+        assert_eq!(families[0].1[0].1.count, 1);
+    }
+
+    #[test]
+    fn a_value_above_every_bound_lands_in_the_last_bucket() {
+        let mut r = Registry::new(0, 100);
+        r.observe(&server(200, 60_000));
+        let (_, rows) = &r.families()[0];
+        let h = rows[0].1;
+        assert_eq!(h.buckets.len(), SECONDS.len() + 1);
+        assert_eq!(h.buckets[SECONDS.len()], 1);
+    }
+
+    fn path(p: &str) -> Span {
+        let mut s = server(200, 1);
+        s.attributes[1].1 = p.into();
+        s
+    }
+
+    fn routes(r: &Registry) -> Vec<(String, u64)> {
+        r.series[&Metric::HttpServerDuration]
+            .iter()
+            .map(|(labels, h)| {
+                let route = labels.iter().find(|(k, _)| *k == "http.route");
+                (format!("{:?}", route.map(|(_, v)| v)), h.count)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn unmatched_paths_are_templated_then_collapsed_past_the_bound() {
+        let mut r = Registry::new(0, 2);
+        for p in [
+            "/users/1",
+            "/users/2",
+            "/users/3/cart",
+            "/about",
+            "/users/4",
+        ] {
+            r.observe(&path(p));
+        }
+        assert_eq!(
+            routes(&r),
+            vec![
+                ("Some(Str(\"/users/{id}\"))".into(), 3),
+                ("Some(Str(\"/users/{id}/cart\"))".into(), 1),
+                ("Some(Str(\"_OTHER\"))".into(), 1),
+            ],
+            "the third template is past the bound of 2"
+        );
+        // A configured route is kept as the span has it, past the bound.
+        let mut routed = path("/orders/7");
+        routed.attributes.push(("http.route", "/orders/{n}".into()));
+        r.observe(&routed);
+        assert!(routes(&r).contains(&("Some(Str(\"/orders/{n}\"))".into(), 1)));
+    }
+
+    #[test]
+    fn past_the_bound_series_overflow_into_one() {
+        let mut r = Registry::new(0, 100);
+        for status in 0..(MAX_SERIES as i64 + 50) {
+            r.observe(&server(status, 1));
+        }
+        let series = &r.series[&Metric::HttpServerDuration];
+        assert_eq!(series.len(), MAX_SERIES + 1);
+        let overflow: Labels = vec![("otel.metric.overflow", "true".into())];
+        assert_eq!(series[&overflow].count, 50);
+    }
+}
