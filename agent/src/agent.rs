@@ -25,7 +25,7 @@ use crate::{
     db_conn::SqlOptions,
     discovery::{Candidate, Selectors},
     events::{self, Event},
-    export, metrics,
+    export, k8s, metrics,
     probes::Probes,
     process::Registry,
     procfs::{self, ProcessMeta},
@@ -49,6 +49,10 @@ struct EventPath {
     spans: mpsc::Sender<Span>,
     http: spans::http::Options,
     sampler: Sampler,
+    /// This node's pods, when the Kubernetes API is used.
+    pods: Option<k8s::Shared>,
+    /// The pods' generation the last rescan saw.
+    pods_seen: u64,
     /// RED metrics, when served (`--prometheus-port`).
     metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
@@ -174,7 +178,7 @@ impl EventPath {
 
     /// Traces `pid` if the selectors match it now.
     fn consider(&mut self, pid: u32, selectors: &Selectors, with_ports: bool) {
-        let Some(c) = Candidate::read(pid, with_ports) else {
+        let Some(c) = Candidate::read(pid, with_ports, self.pods.as_deref()) else {
             return;
         };
         if !selectors.matches(&c) {
@@ -183,6 +187,34 @@ impl EventPath {
         match self.attach_pid(pid) {
             Ok(()) => log::info!("tracing pid {pid} ({}): it matches a selector", c.exe),
             Err(e) => log::warn!("cannot trace pid {pid} ({}): {e:#}", c.exe),
+        }
+    }
+
+    /// When the node's pods changed, untraced processes in the containers of
+    /// pods now known are looked at again: a pod reaches the API's watch a
+    /// moment after its processes start, and pod criteria need it.
+    fn rescan_for_pods(&mut self) {
+        let (Some(selectors), Some(pods)) = (self.selectors.clone(), self.pods.clone()) else {
+            return;
+        };
+        let generation = pods.generation();
+        if !selectors.needs_pods() || generation == self.pods_seen {
+            return;
+        }
+        self.pods_seen = generation;
+        for pid in procfs::all_pids() {
+            if self.registry.is_live(pid) {
+                continue;
+            }
+            let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+                continue;
+            };
+            let known = crate::container::parse(&cgroup)
+                .id
+                .is_some_and(|id| pods.lookup(&id).is_some());
+            if known {
+                self.consider(pid, &selectors, selectors.wants_ports());
+            }
         }
     }
 
@@ -299,6 +331,7 @@ impl EventPath {
         }
         self.rescan_some_for_tls();
         self.watch_ports();
+        self.rescan_for_pods();
         for pid in self.registry.live_pids() {
             if !procfs::is_alive(pid) {
                 self.process_gone(pid);
@@ -440,6 +473,21 @@ fn spawn_gated(argv: &[String], path: &mut EventPath) -> anyhow::Result<tokio::p
     })
 }
 
+/// Pod criteria judge processes by their pods: the first scan waits a
+/// little for the API's list of this node's pods.
+async fn wait_for_pods(pods: &k8s::Pods) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pods.is_synced() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !pods.is_synced() {
+        log::warn!(
+            "the Kubernetes API has not listed this node's pods after 10 s; processes in \
+             containers are judged without their pods until it does"
+        );
+    }
+}
+
 /// What we know of a command we start before it execs.
 fn command_meta(argv: &[String]) -> ProcessMeta {
     let exe = std::path::Path::new(&argv[0])
@@ -479,6 +527,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
+    let pods = cfg
+        .k8s
+        .clone()
+        .map(|settings| k8s::watch::start(settings, stats.clone()));
     let (probes, ring) = Probes::load(&cfg.probes)?;
     let mut path = EventPath {
         probes,
@@ -494,7 +546,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             stats.clone(),
         ),
-        registry: Registry::new(cfg.resource.clone()),
+        registry: Registry::new(cfg.resource.clone(), pods.clone()),
+        pods: pods.clone(),
+        pods_seen: 0,
         clock: Clock::new(),
         stats: stats.clone(),
         spans: span_tx,
@@ -508,7 +562,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tls_rescan: Vec::new(),
         tls_cursor: 0,
         selectors: match &cfg.target {
-            Target::Discover { selectors, .. } => Some(selectors.clone()),
+            Target::Discover { selectors, .. } => Some((**selectors).clone()),
             _ => None,
         },
         port_watch: Vec::new(),
@@ -528,6 +582,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             child = Some(c);
         }
         Target::Discover { pids, selectors } => {
+            if let Some(pods) = pods.as_ref().filter(|_| selectors.needs_pods()) {
+                wait_for_pods(pods).await;
+                path.pods_seen = pods.generation();
+            }
             for pid in procfs::with_descendants(pids) {
                 path.attach_pid(pid)?;
             }

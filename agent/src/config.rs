@@ -19,9 +19,11 @@ use crate::spans::sampler::Sampler;
     version,
     override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]\n       zerospan doctor",
     args_conflicts_with_subcommands = true,
-    after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, \
-OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SERVICE_NAME, \
-OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG are honoured.\n\
+    after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, \
+OTEL_EXPORTER_OTLP_HEADERS (and their _TRACES_ and _METRICS_ forms), OTEL_SERVICE_NAME, \
+OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_METRICS_EXPORTER \
+and OTEL_METRIC_EXPORT_INTERVAL are honoured; KUBECONFIG or the in-cluster service account \
+for the Kubernetes API.\n\
 With no exporter configured, each trace is printed to stdout as a tree."
 )]
 pub struct Args {
@@ -66,6 +68,37 @@ pub struct Args {
     /// it selects every containerised process.
     #[arg(long)]
     pub containers_only: bool,
+
+    /// Trace only processes in pods of this namespace (a glob; repeatable).
+    /// Kubernetes criteria of different kinds must all hold; with other
+    /// selectors, they narrow them, alone they select.
+    #[arg(long = "k8s-namespace", value_name = "GLOB")]
+    pub k8s_namespace: Vec<String>,
+
+    /// ... whose pod has this label (KEY=VALUE; repeatable).
+    #[arg(long = "k8s-pod-label", value_name = "KEY=VALUE")]
+    pub k8s_pod_label: Vec<String>,
+
+    /// ... whose pod this workload owns: NAME or KIND/NAME, NAME a glob,
+    /// KIND deployment, replicaset, statefulset, daemonset, job or cronjob
+    /// (repeatable).
+    #[arg(long = "k8s-owner", value_name = "[KIND/]NAME")]
+    pub k8s_owner: Vec<String>,
+
+    /// Never trace processes in pods of this namespace (a glob; repeatable).
+    #[arg(long = "exclude-k8s-namespace", value_name = "GLOB")]
+    pub exclude_k8s_namespace: Vec<String>,
+
+    /// Read pod names, owners and labels from the Kubernetes API (a watch
+    /// of this node's pods): `auto` does when running in a pod or with
+    /// KUBECONFIG set.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub k8s_metadata: K8sMetadata,
+
+    /// This node's name, to watch only its pods [default: the host name].
+    /// In a DaemonSet, set it from the Downward API (spec.nodeName).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_node_name: Option<String>,
 
     /// OTLP collector URL [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
@@ -182,6 +215,14 @@ pub enum Mode {
     Doctor,
 }
 
+/// `--k8s-metadata`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum K8sMetadata {
+    Auto,
+    On,
+    Off,
+}
+
 /// `--context-propagation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Propagation {
@@ -197,7 +238,7 @@ pub enum Target {
     /// given; the agent runs until stopped.
     Discover {
         pids: Vec<u32>,
-        selectors: Selectors,
+        selectors: Box<Selectors>,
     },
 }
 
@@ -219,6 +260,8 @@ pub struct Config {
     /// OTLP metrics export, when there is an OTLP collector and
     /// `OTEL_METRICS_EXPORTER` is not `none`.
     pub metrics_export: Option<crate::metrics::otlp::Settings>,
+    /// The pod watch, when the Kubernetes API is used.
+    pub k8s: Option<crate::k8s::watch::Settings>,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -238,14 +281,39 @@ impl Config {
             &args.exclude_exe,
             &args.exclude_cmdline,
         )?
-        .containers_only(args.containers_only);
+        .containers_only(args.containers_only)
+        .pods(crate::k8s::select::PodSelectors::new(
+            &args.k8s_namespace,
+            &args.k8s_pod_label,
+            &args.k8s_owner,
+            &args.exclude_k8s_namespace,
+        )?);
+        let k8s = match args.k8s_metadata {
+            K8sMetadata::Off => None,
+            K8sMetadata::On => Some(()),
+            K8sMetadata::Auto => (env("KUBERNETES_SERVICE_HOST").is_some()
+                || env("KUBECONFIG").is_some())
+            .then_some(()),
+        }
+        .map(|()| crate::k8s::watch::Settings {
+            node_name: args
+                .k8s_node_name
+                .clone()
+                .unwrap_or_else(crate::procfs::host_name),
+        });
+        if selectors.needs_pods() && k8s.is_none() {
+            bail!(
+                "--k8s-namespace, --k8s-pod-label, --k8s-owner and --exclude-k8s-namespace need the \
+                 Kubernetes API: run the agent in a pod, or set KUBECONFIG (or --k8s-metadata on)"
+            );
+        }
         let target = match (args.pids.is_empty(), args.command.is_empty()) {
             _ if selectors.any() && !args.command.is_empty() => {
-                bail!("give selectors (--exe, --cmdline, --port, --containers-only) or -- COMMAND, not both")
+                bail!("give selectors (--exe, --cmdline, --port, --containers-only, --k8s-…) or -- COMMAND, not both")
             }
             _ if selectors.any() => Target::Discover {
                 pids: args.pids,
-                selectors,
+                selectors: Box::new(selectors),
             },
             (false, true) => Target::Pids(args.pids),
             (true, false) => Target::Command(args.command),
@@ -361,6 +429,7 @@ impl Config {
             sampler,
             prometheus_port: args.prometheus_port,
             metrics_export,
+            k8s,
         })
     }
 }

@@ -5,12 +5,15 @@
 //! traced. Matching is pure over a [`Candidate`]; reading `/proc` is the
 //! caller's.
 
-use std::{net::SocketAddr, ops::RangeInclusive};
+use std::{net::SocketAddr, ops::RangeInclusive, sync::Arc};
 
 use anyhow::{bail, Context as _};
 use regex_lite::Regex;
 
-use crate::procfs;
+use crate::{
+    k8s::{select::PodSelectors, PodMeta, Pods},
+    procfs,
+};
 
 /// What the selectors look at.
 #[derive(Debug, Default)]
@@ -25,12 +28,17 @@ pub struct Candidate {
     pub ports: Vec<u16>,
     /// It runs in a container (its cgroup is named by a container runtime).
     pub in_container: bool,
+    /// Its container's pod, when the Kubernetes API has told of it.
+    pub pod: Option<Arc<PodMeta>>,
+    /// The API has listed this node's pods: a container whose pod is not
+    /// known yet is waited for, not judged without it.
+    pub pods_synced: bool,
 }
 
 impl Candidate {
     /// Reads a live process; `None` once it has gone. Listening ports are
     /// read only when `with_ports` (it costs a walk of its fds).
-    pub fn read(pid: u32, with_ports: bool) -> Option<Candidate> {
+    pub fn read(pid: u32, with_ports: bool, pods: Option<&Pods>) -> Option<Candidate> {
         let meta = procfs::process_meta(pid)?;
         let ports = if with_ports {
             let table = procfs::tcp_sockets(pid);
@@ -43,13 +51,18 @@ impl Candidate {
         } else {
             Vec::new()
         };
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let pod = match (pods, &meta.container.id) {
+            (Some(pods), Some(id)) => pods.lookup(id),
+            _ => None,
+        };
         Some(Candidate {
             pid,
+            in_container: meta.container.id.is_some(),
             exe: meta.executable_path.unwrap_or(meta.executable_name),
             cmdline: meta.command_line,
             ports,
-            in_container: crate::container::parse(&cgroup).id.is_some(),
+            pod,
+            pods_synced: pods.is_some_and(Pods::is_synced),
         })
     }
 }
@@ -67,6 +80,8 @@ pub struct Selectors {
     exclude_cmdline: Vec<Regex>,
     /// Only processes in containers (`--containers-only`).
     containers_only: bool,
+    /// Only processes in pods that match (`--k8s-…`).
+    pods: PodSelectors,
 }
 
 /// `*` any run of characters, `?` any one; everything else literal.
@@ -145,7 +160,20 @@ impl Selectors {
                 .map(|r| regex("--exclude-cmdline", r))
                 .collect::<Result<_, _>>()?,
             containers_only: false,
+            pods: PodSelectors::default(),
         })
+    }
+
+    /// Restricts the selection to processes in matching pods; alone, it
+    /// selects every one of them.
+    pub fn pods(mut self, pods: PodSelectors) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// Whether matching needs the Kubernetes API.
+    pub fn needs_pods(&self) -> bool {
+        self.pods.needs_api()
     }
 
     /// Restricts the selection to processes in containers; alone, it
@@ -158,7 +186,7 @@ impl Selectors {
     /// Whether any selector was given (else the agent traces only what it
     /// is pointed at).
     pub fn any(&self) -> bool {
-        self.any_positive() || self.containers_only
+        self.any_positive() || self.containers_only || self.pods.any()
     }
 
     fn any_positive(&self) -> bool {
@@ -175,14 +203,23 @@ impl Selectors {
             || NEVER.iter().any(|g| glob_match(g, &c.exe))
             || self.exclude_exe.iter().any(|g| glob_match(g, &c.exe))
             || self.exclude_cmdline.iter().any(|r| r.is_match(&c.cmdline))
+            || c.pod.as_ref().is_some_and(|p| self.pods.excluded(p))
     }
 
     pub fn matches(&self, c: &Candidate) -> bool {
         if self.excluded(c) || (self.containers_only && !c.in_container) {
             return false;
         }
+        if self.pods.any() && !c.pod.as_ref().is_some_and(|p| self.pods.matches(p)) {
+            return false;
+        }
+        // Its pod may be excluded: wait until the API tells (a moment after
+        // the container starts). Unsynced, the API is down: trace it.
+        if self.pods.needs_api() && c.in_container && c.pod.is_none() && c.pods_synced {
+            return false;
+        }
         if !self.any_positive() {
-            return self.containers_only;
+            return self.containers_only || self.pods.any();
         }
         self.exe.iter().any(|g| glob_match(g, &c.exe))
             || self.cmdline.iter().any(|r| r.is_match(&c.cmdline))
@@ -203,7 +240,58 @@ mod tests {
             cmdline: cmdline.into(),
             ports: ports.to_vec(),
             in_container: false,
+            pod: None,
+            pods_synced: false,
         }
+    }
+
+    #[test]
+    fn pod_criteria_narrow_other_selectors_and_alone_select() {
+        let pod = |name: &str| {
+            crate::k8s::pod::containers(&crate::k8s::pod::tests::fixture(name))
+                .remove(0)
+                .1
+        };
+        let checkout = Candidate {
+            in_container: true,
+            pod: Some(Arc::new(pod("pod-deployment-containerd"))),
+            ..cand("/usr/bin/python3.11", "python3 app.py", &[])
+        };
+        let db = Candidate {
+            in_container: true,
+            pod: Some(Arc::new(pod("pod-statefulset-crio"))),
+            ..cand("/usr/lib/postgresql/15/bin/postgres", "postgres", &[])
+        };
+        // In a container, its pod not yet known.
+        let unknown = Candidate {
+            in_container: true,
+            ..cand("/usr/bin/python3.11", "python3 app.py", &[])
+        };
+        let pods = |ns: &[&str], exclude: &[&str]| {
+            let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            PodSelectors::new(&v(ns), &[], &[], &v(exclude)).unwrap()
+        };
+        let alone = Selectors::new(&[], &[], &[], &[], &[])
+            .unwrap()
+            .pods(pods(&["shop"], &[]));
+        assert!(alone.any() && alone.needs_pods());
+        assert!(alone.matches(&checkout) && alone.matches(&db) && !alone.matches(&unknown));
+        let python_in_shop = Selectors::new(&["*/python3*".into()], &[], &[], &[], &[])
+            .unwrap()
+            .pods(pods(&["shop"], &[]));
+        assert!(python_in_shop.matches(&checkout) && !python_in_shop.matches(&db));
+        // An excluded namespace wins over an exe selector.
+        let not_shop = Selectors::new(&["*".into()], &[], &[], &[], &[])
+            .unwrap()
+            .pods(pods(&[], &["shop"]));
+        assert!(!not_shop.matches(&checkout) && not_shop.matches(&unknown));
+        // Once the API has listed the node's pods, an unknown pod is
+        // waited for rather than traced past its exclusions.
+        let waiting = Candidate {
+            pods_synced: true,
+            ..unknown
+        };
+        assert!(!not_shop.matches(&waiting));
     }
 
     #[test]

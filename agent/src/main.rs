@@ -16,6 +16,7 @@ mod discovery;
 mod doctor;
 mod events;
 mod export;
+mod k8s;
 mod linker;
 mod logger;
 mod metrics;

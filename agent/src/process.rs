@@ -5,6 +5,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::k8s::{self, PodMeta};
 use crate::procfs::{self, ProcessMeta};
 use crate::spans::{Resource, Value};
 
@@ -33,10 +34,21 @@ impl ResourceDefaults {
     }
 }
 
+/// What the registry knows of one process.
+struct Known {
+    meta: ProcessMeta,
+    resource: Arc<Resource>,
+    /// Its pod as of `pods_generation`, when it runs in a container.
+    pod: Option<Arc<PodMeta>>,
+    pods_generation: u64,
+}
+
 pub struct Registry {
     defaults: ResourceDefaults,
+    /// This node's pods, when the Kubernetes API is used.
+    pods: Option<k8s::Shared>,
     /// Metadata and resource by pid, for live and recently exited processes.
-    known: HashMap<u32, (ProcessMeta, Arc<Resource>)>,
+    known: HashMap<u32, Known>,
     /// Processes still running that the agent traces.
     live: HashSet<u32>,
 }
@@ -75,8 +87,15 @@ fn percent_decode(s: &str) -> String {
 
 /// Builds a process's resource. Precedence for `service.name`: the agent's
 /// `OTEL_SERVICE_NAME`, then the process's own, then `service.name` from
-/// `OTEL_RESOURCE_ATTRIBUTES`, then the executable name.
-pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Resource {
+/// the agent's `OTEL_RESOURCE_ATTRIBUTES`, then what its pod declares
+/// (annotation, `app.kubernetes.io/name`), its workload's name, then the
+/// executable name (the OpenTelemetry Operator's order).
+pub fn build_resource(
+    pid: u32,
+    meta: &ProcessMeta,
+    d: &ResourceDefaults,
+    pod: Option<&PodMeta>,
+) -> Resource {
     let from_attrs = d
         .attributes
         .iter()
@@ -86,6 +105,7 @@ pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Res
         .clone()
         .or_else(|| meta.service_name.clone())
         .or(from_attrs)
+        .or_else(|| pod.and_then(PodMeta::service_name).map(str::to_owned))
         .unwrap_or_else(|| meta.executable_name.clone());
     let mut attrs: Vec<(String, Value)> = vec![
         ("service.name".into(), service.into()),
@@ -112,8 +132,17 @@ pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Res
     if let Some(id) = &meta.container.id {
         attrs.push(("container.id".into(), id.as_str().into()));
     }
-    if let Some(uid) = &meta.container.pod_uid {
-        attrs.push(("k8s.pod.uid".into(), uid.as_str().into()));
+    match pod {
+        Some(pod) => attrs.extend(
+            pod.attributes()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into())),
+        ),
+        None => {
+            if let Some(uid) = &meta.container.pod_uid {
+                attrs.push(("k8s.pod.uid".into(), uid.as_str().into()));
+            }
+        }
     }
     for (k, v) in &d.attributes {
         if !attrs.iter().any(|(have, _)| have == k) {
@@ -127,17 +156,38 @@ pub fn build_resource(pid: u32, meta: &ProcessMeta, d: &ResourceDefaults) -> Res
 }
 
 impl Registry {
-    pub fn new(defaults: ResourceDefaults) -> Self {
+    pub fn new(defaults: ResourceDefaults, pods: Option<k8s::Shared>) -> Self {
         Registry {
             defaults,
+            pods,
             known: HashMap::new(),
             live: HashSet::new(),
         }
     }
 
+    /// The pod of a process's container, and the index version it is from.
+    fn pod_of(&self, meta: &ProcessMeta) -> (Option<Arc<PodMeta>>, u64) {
+        match (&self.pods, &meta.container.id) {
+            (Some(pods), Some(id)) => {
+                let generation = pods.generation();
+                (pods.lookup(id), generation)
+            }
+            _ => (None, 0),
+        }
+    }
+
     fn set(&mut self, pid: u32, meta: ProcessMeta) {
-        let r = Arc::new(build_resource(pid, &meta, &self.defaults));
-        self.known.insert(pid, (meta, r));
+        let (pod, pods_generation) = self.pod_of(&meta);
+        let resource = Arc::new(build_resource(pid, &meta, &self.defaults, pod.as_deref()));
+        self.known.insert(
+            pid,
+            Known {
+                meta,
+                resource,
+                pod,
+                pods_generation,
+            },
+        );
     }
 
     /// Starts tracing a running process, reading its metadata from `/proc`.
@@ -159,7 +209,7 @@ impl Registry {
     pub fn fork(&mut self, parent: u32, child: u32, comm: &str) {
         self.live.insert(child);
         let meta = match self.known.get(&parent) {
-            Some((m, _)) => m.clone(),
+            Some(k) => k.meta.clone(),
             None => comm_meta(comm),
         };
         self.set(child, meta);
@@ -174,7 +224,7 @@ impl Registry {
         let same = self
             .known
             .get(&pid)
-            .is_some_and(|(m, _)| m.executable_name.starts_with(comm) && !comm.is_empty());
+            .is_some_and(|k| k.meta.executable_name.starts_with(comm) && !comm.is_empty());
         if !same {
             self.set(pid, comm_meta(comm));
         }
@@ -202,14 +252,33 @@ impl Registry {
         !self.live.is_empty()
     }
 
-    /// The resource for `pid`, reading `/proc` on first use.
+    /// The resource for `pid`, reading `/proc` on first use. A process in a
+    /// container whose pod was unknown, or has changed, since its resource
+    /// was built gets a new one: pods often reach the API's watch a moment
+    /// after their processes start.
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
-        if !self.known.contains_key(&pid) {
-            let meta =
-                procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")));
+        let stale = match (self.known.get(&pid), &self.pods) {
+            (None, _) => true,
+            (Some(k), Some(pods)) => {
+                k.meta.container.id.is_some() && k.pods_generation != pods.generation() && {
+                    let (pod, _) = self.pod_of(&k.meta);
+                    pod != k.pod
+                }
+            }
+            (Some(_), None) => false,
+        };
+        if stale {
+            let meta = match self.known.remove(&pid) {
+                Some(k) => k.meta,
+                None => {
+                    procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")))
+                }
+            };
             self.set(pid, meta);
+        } else if let (Some(k), Some(pods)) = (self.known.get_mut(&pid), &self.pods) {
+            k.pods_generation = pods.generation();
         }
-        self.known[&pid].1.clone()
+        self.known[&pid].resource.clone()
     }
 }
 
@@ -246,7 +315,7 @@ mod tests {
             ),
             ..Default::default()
         };
-        let r = build_resource(7, &meta(), &d);
+        let r = build_resource(7, &meta(), &d, None);
         assert_eq!(r.get("service.name"), Some(&"attr".into()));
         assert_eq!(
             r.get("deployment.environment.name"),
@@ -255,24 +324,63 @@ mod tests {
         let mut m = meta();
         m.service_name = Some("own".into());
         assert_eq!(
-            build_resource(7, &m, &d).get("service.name"),
+            build_resource(7, &m, &d, None).get("service.name"),
             Some(&"own".into())
         );
         d.service_name = Some("agent".into());
         assert_eq!(
-            build_resource(7, &m, &d).get("service.name"),
+            build_resource(7, &m, &d, None).get("service.name"),
             Some(&"agent".into())
         );
         d = ResourceDefaults::default();
-        let r = build_resource(7, &meta(), &d);
+        let r = build_resource(7, &meta(), &d, None);
         assert_eq!(r.get("service.name"), Some(&"python3".into()));
         assert_eq!(r.get("process.pid"), Some(&7.into()));
         assert_eq!(r.get("telemetry.sdk.name"), Some(&"zerospan".into()));
     }
 
     #[test]
+    fn a_pod_decorates_and_names_a_process_once_it_is_known() {
+        let pods = k8s::Shared::default();
+        let mut reg = Registry::new(ResourceDefaults::default(), Some(pods.clone()));
+        let mut m = meta();
+        m.container = crate::container::parse(
+            "0::/kubepods/besteffort/poda1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d/\
+             crio-4a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c",
+        );
+        reg.add_with(1_000_000_003, m.clone());
+        // The pod is not known yet: the cgroup's ids only.
+        let r = reg.resource(1_000_000_003);
+        assert_eq!(r.get("service.name"), Some(&"python3".into()));
+        assert_eq!(
+            r.get("k8s.pod.uid"),
+            Some(&"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d".into())
+        );
+        assert_eq!(r.get("k8s.pod.name"), None);
+        pods.replace_all(&[k8s::pod::tests::fixture("pod-statefulset-crio")]);
+        let r = reg.resource(1_000_000_003);
+        assert_eq!(r.get("k8s.pod.name"), Some(&"orders-db-0".into()));
+        assert_eq!(r.get("k8s.statefulset.name"), Some(&"orders-db".into()));
+        assert_eq!(r.get("service.name"), Some(&"orders-db".into()));
+        assert_eq!(
+            r.attributes
+                .iter()
+                .filter(|(k, _)| k == "k8s.pod.uid")
+                .count(),
+            1
+        );
+        // The app's own OTEL_SERVICE_NAME still wins.
+        m.service_name = Some("own".into());
+        reg.add_with(1_000_000_004, m);
+        assert_eq!(
+            reg.resource(1_000_000_004).get("service.name"),
+            Some(&"own".into())
+        );
+    }
+
+    #[test]
     fn forked_children_inherit_until_exec() {
-        let mut reg = Registry::new(ResourceDefaults::default());
+        let mut reg = Registry::new(ResourceDefaults::default(), None);
         reg.add_with(1_000_000_001, meta());
         reg.fork(1_000_000_001, 1_000_000_002, "python3");
         let r = reg.resource(1_000_000_002);

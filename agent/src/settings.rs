@@ -123,6 +123,59 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "k8s_namespace",
+        arg: "k8s_namespace",
+        apply: |a, v| {
+            a.k8s_namespace = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "k8s_pod_label",
+        arg: "k8s_pod_label",
+        apply: |a, v| {
+            a.k8s_pod_label = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "k8s_owner",
+        arg: "k8s_owner",
+        apply: |a, v| {
+            a.k8s_owner = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "exclude_k8s_namespace",
+        arg: "exclude_k8s_namespace",
+        apply: |a, v| {
+            a.exclude_k8s_namespace = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "k8s_metadata",
+        arg: "k8s_metadata",
+        apply: |a, v| {
+            a.k8s_metadata = match v.trim() {
+                "auto" => crate::config::K8sMetadata::Auto,
+                "on" => crate::config::K8sMetadata::On,
+                "off" => crate::config::K8sMetadata::Off,
+                _ => return Err(format!("expected auto, on or off, got {v:?}")),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "k8s_node_name",
+        arg: "k8s_node_name",
+        apply: |a, v| {
+            a.k8s_node_name = Some(text(v)?);
+            Ok(())
+        },
+    },
+    Setting {
         key: "otlp_endpoint",
         arg: "otlp_endpoint",
         apply: |a, v| {

@@ -125,6 +125,12 @@ counters! {
     spans_dropped_export,
     /// Failed export attempts (each retried with back-off).
     export_failures,
+    /// Failed attempts to list or watch this node's pods.
+    k8s_api_errors,
+    /// Containers of this node's pods known from the API (a gauge).
+    k8s_containers_known,
+    /// Pods left out of the cache because it was full.
+    k8s_pods_overflowed,
     /// OTLP metric exports delivered.
     metrics_exported,
     /// OTLP metric exports that failed. Nothing is lost: every export

