@@ -1,7 +1,7 @@
 //! The agent's main loop: ring buffer in, spans out.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
@@ -53,6 +53,10 @@ struct EventPath {
     pods: Option<k8s::Shared>,
     /// The pods' generation the last rescan saw.
     pods_seen: u64,
+    /// Each untraced process's container, as the pod rescan read it.
+    container_of: HashMap<u32, Option<String>>,
+    /// Each container's pod as the pod rescan last judged it.
+    judged: HashMap<String, Arc<k8s::PodMeta>>,
     /// RED metrics, when served (`--prometheus-port`).
     metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
@@ -191,8 +195,11 @@ impl EventPath {
     }
 
     /// When the node's pods changed, untraced processes in the containers of
-    /// pods now known are looked at again: a pod reaches the API's watch a
-    /// moment after its processes start, and pod criteria need it.
+    /// pods that are new or changed are looked at again: a pod reaches the
+    /// API's watch a moment after its processes start, and pod criteria
+    /// need it. Each process's container and each container's pod as last
+    /// judged are remembered, so a change costs a listing of `/proc` and
+    /// the cgroup reads of new processes only.
     fn rescan_for_pods(&mut self) {
         let (Some(selectors), Some(pods)) = (self.selectors.clone(), self.pods.clone()) else {
             return;
@@ -202,20 +209,35 @@ impl EventPath {
             return;
         }
         self.pods_seen = generation;
-        for pid in procfs::all_pids() {
+        let pids = procfs::all_pids();
+        let alive: HashSet<u32> = pids.iter().copied().collect();
+        self.container_of.retain(|pid, _| alive.contains(pid));
+        let mut fresh = Vec::new();
+        for pid in pids {
             if self.registry.is_live(pid) {
                 continue;
             }
-            let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            let id = self.container_of.entry(pid).or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .ok()
+                    .and_then(|cgroup| crate::container::parse(&cgroup).id)
+            });
+            let Some(id) = id.clone() else {
                 continue;
             };
-            let known = crate::container::parse(&cgroup)
-                .id
-                .is_some_and(|id| pods.lookup(&id).is_some());
-            if known {
-                self.consider(pid, &selectors, selectors.wants_ports());
+            let Some(pod) = pods.lookup(&id) else {
+                continue;
+            };
+            if self.judged.get(&id).is_some_and(|seen| **seen == *pod) {
+                continue;
             }
+            fresh.push((pid, id, pod));
         }
+        for (pid, id, pod) in fresh {
+            self.consider(pid, &selectors, selectors.wants_ports());
+            self.judged.insert(id, pod);
+        }
+        self.judged.retain(|id, _| pods.lookup(id).is_some());
     }
 
     /// Processes that exec'd a moment ago, looked at again for the ports
@@ -361,6 +383,10 @@ impl EventPath {
             ),
             (&self.stats.tls_files_hooked, files),
             (&self.stats.tls_processes_known, processes),
+            (
+                &self.stats.export_queue_depth,
+                self.spans.max_capacity() - self.spans.capacity(),
+            ),
         ] {
             set(gauge, value as u64);
         }
@@ -483,7 +509,7 @@ async fn wait_for_pods(pods: &k8s::Pods) {
     if !pods.is_synced() {
         log::warn!(
             "the Kubernetes API has not listed this node's pods after 10 s; processes in \
-             containers are judged without their pods until it does"
+             pods are traced once it does"
         );
     }
 }
@@ -549,6 +575,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Registry::new(cfg.resource.clone(), pods.clone()),
         pods: pods.clone(),
         pods_seen: 0,
+        container_of: HashMap::new(),
+        judged: HashMap::new(),
         clock: Clock::new(),
         stats: stats.clone(),
         spans: span_tx,

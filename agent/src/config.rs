@@ -346,31 +346,33 @@ impl Config {
         if let Some(sink) = otlp_sink(&env, "TRACES", otlp_endpoint.clone(), &protocol)? {
             sinks.push(sink);
         }
-        let metrics_export = match env("OTEL_METRICS_EXPORTER").as_deref() {
-            None | Some("otlp") => {
-                let protocol = args
-                    .otlp_protocol
-                    .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"))
-                    .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-                    .unwrap_or_else(|| "grpc".into());
-                let interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
-                    None => Duration::from_secs(60),
-                    Some(ms) => match ms.trim().parse::<u64>() {
+        let metrics_export = if metrics_exporters(env("OTEL_METRICS_EXPORTER").as_deref()) {
+            let protocol = args
+                .otlp_protocol
+                .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"))
+                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                .unwrap_or_else(|| "grpc".into());
+            let millis = |key: &str, default: u64| match env(key) {
+                None => Duration::from_millis(default),
+                Some(v) => {
+                    match v.trim().parse::<u64>() {
                         Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                        _ => bail!(
-                            "OTEL_METRIC_EXPORT_INTERVAL must be a positive number of \
-                             milliseconds, not {ms:?}"
-                        ),
-                    },
-                };
-                otlp_sink(&env, "METRICS", otlp_endpoint, &protocol)?
-                    .map(|sink| crate::metrics::otlp::Settings { sink, interval })
-            }
-            Some("none") => None,
-            Some(other) => bail!(
-                "OTEL_METRICS_EXPORTER={other:?} is not supported; use otlp (the default) or none \
-                 (Prometheus is --prometheus-port)"
-            ),
+                        _ => {
+                            log::warn!("{key}={v:?} is not a positive number of milliseconds: using {default}");
+                            Duration::from_millis(default)
+                        }
+                    }
+                }
+            };
+            otlp_sink(&env, "METRICS", otlp_endpoint, &protocol)?.map(|sink| {
+                crate::metrics::otlp::Settings {
+                    sink,
+                    interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000),
+                    timeout: millis("OTEL_METRIC_EXPORT_TIMEOUT", 10_000),
+                }
+            })
+        } else {
+            None
         };
         if let Some(path) = args.traces_file {
             sinks.push(SinkConfig::JsonFile(path));
@@ -432,6 +434,28 @@ impl Config {
             k8s,
         })
     }
+}
+
+/// Whether `OTEL_METRICS_EXPORTER` (a comma-separated list, default
+/// `otlp`) asks for OTLP. Other exporters are an SDK's, not ours: they are
+/// ignored with a warning, as the specification asks of unknown values.
+fn metrics_exporters(value: Option<&str>) -> bool {
+    let Some(value) = value else {
+        return true;
+    };
+    let mut otlp = false;
+    for exporter in value.split(',').map(str::trim) {
+        match exporter {
+            "otlp" => otlp = true,
+            "none" | "" => {}
+            "prometheus" => log::warn!(
+                "OTEL_METRICS_EXPORTER=prometheus is ignored: the agent serves Prometheus with \
+                 --prometheus-port"
+            ),
+            other => log::warn!("OTEL_METRICS_EXPORTER: {other:?} is not supported, ignored"),
+        }
+    }
+    otlp
 }
 
 /// The OTLP exporter of one signal (`TRACES` or `METRICS`), if an endpoint
@@ -569,6 +593,7 @@ mod tests {
                     headers: vec![("k".into(), "v".into())],
                 },
                 interval: Duration::from_millis(1500),
+                timeout: Duration::from_secs(10),
             })
         );
         let c = resolve(
@@ -598,22 +623,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(traces_only.metrics_export, None);
-        for (key, value, says) in [
-            (
-                "OTEL_METRIC_EXPORT_INTERVAL",
-                "soon",
-                "OTEL_METRIC_EXPORT_INTERVAL",
-            ),
-            ("OTEL_METRICS_EXPORTER", "prometheus", "--prometheus-port"),
-        ] {
-            let e = resolve(
-                &["--pid", "1", "--otlp-endpoint", "http://c:4317"],
-                &[(key, value)],
-            )
-            .unwrap_err()
-            .to_string();
-            assert!(e.contains(says) && e.contains(value), "{e}");
-        }
+        // Unknown or malformed values are ignored (with a warning), as the
+        // specification asks: the defaults apply.
+        let lenient = resolve(
+            &["--pid", "1", "--otlp-endpoint", "http://c:4317"],
+            &[
+                ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+                ("OTEL_METRICS_EXPORTER", "prometheus,otlp"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            lenient.metrics_export.unwrap().interval,
+            Duration::from_secs(60)
+        );
+        assert!(!metrics_exporters(Some("prometheus")));
+        assert!(!metrics_exporters(Some("none")));
+        assert!(metrics_exporters(Some(" otlp ")));
     }
 
     #[test]

@@ -393,7 +393,7 @@ impl DbConn {
                 Framers::Memcached { commands, .. } => commands.feed(seg, &mut sink),
             }
             if self.framers.commands_lost() && !was_lost {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync(self.system);
             }
         } else {
             let was_lost = self.framers.replies_lost();
@@ -408,7 +408,7 @@ impl DbConn {
                 Framers::Memcached { replies, .. } => replies.feed(seg, &mut sink),
             }
             if self.framers.replies_lost() && !was_lost {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync(self.system);
                 // The replies of every waiting command may have been in the
                 // bytes we could not frame.
                 self.end_pending(Outcome::ResponseLost, seg.stamp);

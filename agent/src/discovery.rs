@@ -30,9 +30,8 @@ pub struct Candidate {
     pub in_container: bool,
     /// Its container's pod, when the Kubernetes API has told of it.
     pub pod: Option<Arc<PodMeta>>,
-    /// The API has listed this node's pods: a container whose pod is not
-    /// known yet is waited for, not judged without it.
-    pub pods_synced: bool,
+    /// Its cgroup names a Kubernetes pod (kubelet's `pod<uid>`).
+    pub in_pod: bool,
 }
 
 impl Candidate {
@@ -62,7 +61,7 @@ impl Candidate {
             cmdline: meta.command_line,
             ports,
             pod,
-            pods_synced: pods.is_some_and(Pods::is_synced),
+            in_pod: meta.container.pod_uid.is_some(),
         })
     }
 }
@@ -213,9 +212,11 @@ impl Selectors {
         if self.pods.any() && !c.pod.as_ref().is_some_and(|p| self.pods.matches(p)) {
             return false;
         }
-        // Its pod may be excluded: wait until the API tells (a moment after
-        // the container starts). Unsynced, the API is down: trace it.
-        if self.pods.needs_api() && c.in_container && c.pod.is_none() && c.pods_synced {
+        // A pod's process is never judged without its pod (which may be
+        // excluded): it is looked at again when the API tells of the pod.
+        // Containers that are not pods (`docker run` on the node) are judged
+        // as they are.
+        if self.pods.needs_api() && c.in_pod && c.pod.is_none() {
             return false;
         }
         if !self.any_positive() {
@@ -241,7 +242,7 @@ mod tests {
             ports: ports.to_vec(),
             in_container: false,
             pod: None,
-            pods_synced: false,
+            in_pod: false,
         }
     }
 
@@ -254,16 +255,24 @@ mod tests {
         };
         let checkout = Candidate {
             in_container: true,
+            in_pod: true,
             pod: Some(Arc::new(pod("pod-deployment-containerd"))),
             ..cand("/usr/bin/python3.11", "python3 app.py", &[])
         };
         let db = Candidate {
             in_container: true,
+            in_pod: true,
             pod: Some(Arc::new(pod("pod-statefulset-crio"))),
             ..cand("/usr/lib/postgresql/15/bin/postgres", "postgres", &[])
         };
-        // In a container, its pod not yet known.
+        // In a pod not yet known.
         let unknown = Candidate {
+            in_container: true,
+            in_pod: true,
+            ..cand("/usr/bin/python3.11", "python3 app.py", &[])
+        };
+        // In a container that is no pod.
+        let docker = Candidate {
             in_container: true,
             ..cand("/usr/bin/python3.11", "python3 app.py", &[])
         };
@@ -284,14 +293,11 @@ mod tests {
         let not_shop = Selectors::new(&["*".into()], &[], &[], &[], &[])
             .unwrap()
             .pods(pods(&[], &["shop"]));
-        assert!(!not_shop.matches(&checkout) && not_shop.matches(&unknown));
-        // Once the API has listed the node's pods, an unknown pod is
-        // waited for rather than traced past its exclusions.
-        let waiting = Candidate {
-            pods_synced: true,
-            ..unknown
-        };
-        assert!(!not_shop.matches(&waiting));
+        assert!(!not_shop.matches(&checkout));
+        // A pod not known yet is waited for, rather than traced past its
+        // exclusions; a container that is no pod is judged as it is.
+        assert!(!not_shop.matches(&unknown) && not_shop.matches(&docker));
+        assert!(!alone.matches(&docker));
     }
 
     #[test]

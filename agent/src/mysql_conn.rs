@@ -200,7 +200,7 @@ impl MysqlConn {
             client.feed(seg, |p| self.on_client(p, tid, &mut context, stats));
             self.client = client;
             if self.client.is_lost() && !was_lost {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync("mysql");
             }
         } else if self.server.is_lost() {
             self.recover_tail(seg, stats);
@@ -209,7 +209,7 @@ impl MysqlConn {
             server.feed(seg, |p| self.on_server(p, stats));
             self.server = server;
             if self.server.is_lost() {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync("mysql");
                 self.recover_tail(seg, stats);
             }
         }

@@ -156,7 +156,7 @@ impl PgConn {
             front.feed(seg, |m| self.on_frontend(m, tid, &mut context, stats));
             self.front = front;
             if self.front.is_lost() && !was_lost {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync("postgresql");
             }
         } else {
             if self.back.is_lost() {
@@ -167,7 +167,7 @@ impl PgConn {
             back.feed(seg, |m| self.on_backend(m, stats));
             self.back = back;
             if self.back.is_lost() {
-                Stats::inc(&stats.db_desyncs);
+                stats.db_desync("postgresql");
                 // This very read may still end the cycle.
                 self.recover_tail(seg, stats);
             }

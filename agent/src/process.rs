@@ -23,10 +23,19 @@ impl ResourceDefaults {
     /// What every metric resource carries: the host, and what
     /// `OTEL_RESOURCE_ATTRIBUTES` gives (`service.name` aside, which each
     /// resource has its own of).
+    /// Each host's agent is one instance of every service it reports
+    /// for: without `service.instance.id`, backends would merge the
+    /// cumulative series of two hosts into one.
     pub fn metrics_resource(&self) -> Vec<(String, Value)> {
-        let mut attrs = vec![("host.name".to_owned(), self.host_name.as_str().into())];
+        let mut attrs = vec![
+            ("host.name".to_owned(), self.host_name.as_str().into()),
+            (
+                "service.instance.id".to_owned(),
+                self.host_name.as_str().into(),
+            ),
+        ];
         for (k, v) in &self.attributes {
-            if k != "service.name" && k != "host.name" {
+            if !["service.name", "host.name", "service.instance.id"].contains(&k.as_str()) {
                 attrs.push((k.clone(), v.as_str().into()));
             }
         }
@@ -255,28 +264,27 @@ impl Registry {
     /// The resource for `pid`, reading `/proc` on first use. A process in a
     /// container whose pod was unknown, or has changed, since its resource
     /// was built gets a new one: pods often reach the API's watch a moment
-    /// after their processes start.
+    /// after their processes start. A pod that leaves the index while its
+    /// process runs (deleted, or left out of a full index) keeps the names
+    /// last known, rather than the process changing its service mid-life.
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
-        let stale = match (self.known.get(&pid), &self.pods) {
-            (None, _) => true,
-            (Some(k), Some(pods)) => {
-                k.meta.container.id.is_some() && k.pods_generation != pods.generation() && {
-                    let (pod, _) = self.pod_of(&k.meta);
-                    pod != k.pod
-                }
-            }
-            (Some(_), None) => false,
-        };
-        if stale {
-            let meta = match self.known.remove(&pid) {
-                Some(k) => k.meta,
-                None => {
-                    procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")))
-                }
-            };
+        if !self.known.contains_key(&pid) {
+            let meta =
+                procfs::process_meta(pid).unwrap_or_else(|| comm_meta(&format!("pid-{pid}")));
             self.set(pid, meta);
-        } else if let (Some(k), Some(pods)) = (self.known.get_mut(&pid), &self.pods) {
-            k.pods_generation = pods.generation();
+        } else if let Some(pods) = &self.pods {
+            let k = &self.known[&pid];
+            if k.meta.container.id.is_some() && k.pods_generation != pods.generation() {
+                let (pod, generation) = self.pod_of(&k.meta);
+                let changed = pod.is_some() && pod != k.pod;
+                let k = self.known.get_mut(&pid).expect("checked above");
+                if changed {
+                    k.resource =
+                        Arc::new(build_resource(pid, &k.meta, &self.defaults, pod.as_deref()));
+                    k.pod = pod;
+                }
+                k.pods_generation = generation;
+            }
         }
         self.known[&pid].resource.clone()
     }
@@ -369,6 +377,10 @@ mod tests {
                 .count(),
             1
         );
+        // Deleted while the process runs: the names stay.
+        pods.replace_all(&[]);
+        let r = reg.resource(1_000_000_003);
+        assert_eq!(r.get("k8s.pod.name"), Some(&"orders-db-0".into()));
         // The app's own OTEL_SERVICE_NAME still wins.
         m.service_name = Some("own".into());
         reg.add_with(1_000_000_004, m);

@@ -61,6 +61,11 @@ counters! {
     /// Times a database stream lost its framing (waiting commands end
     /// unanswered, or wait for the stream to be found again).
     db_desyncs,
+    /// The same, by protocol.
+    postgresql_desyncs,
+    mysql_desyncs,
+    redis_desyncs,
+    memcached_desyncs,
     /// Times a lost PostgreSQL response stream was found again at a read
     /// ending with `ReadyForQuery`.
     db_resyncs,
@@ -125,12 +130,14 @@ counters! {
     spans_dropped_export,
     /// Failed export attempts (each retried with back-off).
     export_failures,
+    /// Spans waiting in the export queue now (a gauge, as of the last tick).
+    export_queue_depth,
     /// Failed attempts to list or watch this node's pods.
     k8s_api_errors,
     /// Containers of this node's pods known from the API (a gauge).
     k8s_containers_known,
-    /// Pods left out of the cache because it was full.
-    k8s_pods_overflowed,
+    /// Pods left out of the cache because it is full (a gauge).
+    k8s_pods_left_out,
     /// OTLP metric exports delivered.
     metrics_exported,
     /// OTLP metric exports that failed. Nothing is lost: every export
@@ -139,6 +146,19 @@ counters! {
 }
 
 impl Stats {
+    /// A database connection's framing was lost: counted in all and for
+    /// its protocol (`db.system.name`).
+    pub fn db_desync(&self, system: &str) {
+        Stats::inc(&self.db_desyncs);
+        match system {
+            "postgresql" => Stats::inc(&self.postgresql_desyncs),
+            "mysql" | "mariadb" => Stats::inc(&self.mysql_desyncs),
+            "redis" => Stats::inc(&self.redis_desyncs),
+            "memcached" => Stats::inc(&self.memcached_desyncs),
+            _ => {}
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
@@ -153,5 +173,28 @@ impl Stats {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_desyncs_are_counted_in_all_and_by_protocol() {
+        let s = Stats::default();
+        for system in ["postgresql", "mariadb", "mysql", "redis", "memcached"] {
+            s.db_desync(system);
+        }
+        let line = s.render();
+        for want in [
+            "db_desyncs=5",
+            "postgresql_desyncs=1",
+            "mysql_desyncs=2",
+            "redis_desyncs=1",
+            "memcached_desyncs=1",
+        ] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
     }
 }

@@ -56,6 +56,27 @@ fn pod_object(n: u8, namespace: &str, name: &str, owner: (&str, &str), labels: V
     })
 }
 
+/// A server started inside cgroup `relative`, as a container runtime starts
+/// a container's first process: in its cgroup before it execs.
+fn server_in(relative: &str, web: &Path) -> (Fixture, Cgroup) {
+    let group = Cgroup::new(
+        relative,
+        "this test needs one to stand in for the container runtime's cgroups",
+    );
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {}",
+        group.dir.display(),
+        fixture("http_server.py").display(),
+        web.display()
+    );
+    let server = Fixture::start(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env_remove("OTEL_SERVICE_NAME"),
+    );
+    (server, group)
+}
+
 impl FakePod {
     /// Starts a server in the cgroup containerd and kubelet (systemd
     /// driver) would give this pod's container.
@@ -66,15 +87,13 @@ impl FakePod {
             .unwrap()
             .trim_start_matches("containerd://")
             .to_owned();
-        let group = Cgroup::new(
+        let (server, group) = server_in(
             &format!(
                 "{root}/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
                 uid.replace('-', "_")
             ),
-            "this test needs one to stand in for kubelet's pod cgroups",
+            web,
         );
-        let server = Fixture::http_server("127.0.0.1", web, &[]);
-        std::fs::write(group.dir.join("cgroup.procs"), server.pid().to_string()).unwrap();
         FakePod {
             object,
             server,
@@ -87,8 +106,12 @@ impl FakePod {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/index.html", self.server.port)
+        url(&self.server)
     }
+}
+
+fn url(server: &Fixture) -> String {
+    format!("http://127.0.0.1:{}/index.html", server.port)
 }
 
 /// The stand-in API server, its pod directory and its request log.
@@ -156,8 +179,17 @@ fn spans_for(collector: &Collector, url: &str, port: u16) -> Vec<FlatSpan> {
     Vec::new()
 }
 
+fn server_spans(collector: &Collector, server: &Fixture) -> usize {
+    collector
+        .spans()
+        .iter()
+        .filter(|s| s.is_server() && s.int("server.port") == Some(i64::from(server.port)))
+        .count()
+}
+
+/// The DaemonSet's own selection: every container but kube-system's.
 #[test]
-fn pods_from_the_api_decorate_spans_and_select_processes() {
+fn pods_from_the_api_decorate_spans_and_exclusions_hold() {
     require_root();
     let api = FakeApi::start();
     let web = TempDir::new("k8s-web");
@@ -185,6 +217,9 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
         &root,
         &web.0,
     );
+    // A container that is no pod (`docker run` on the node).
+    let docker_id = "e5".repeat(32);
+    let (docker, _docker_group) = server_in(&format!("{root}/docker-{docker_id}.scope"), &web.0);
     api.publish(&checkout);
     api.publish(&system);
     let collector = Collector::start();
@@ -192,8 +227,7 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
         &[
             "--otlp-endpoint",
             &collector.grpc_endpoint,
-            "--k8s-namespace",
-            "shop",
+            "--containers-only",
             "--exclude-k8s-namespace",
             "kube-system",
             "--k8s-node-name",
@@ -213,6 +247,7 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
     for (key, want) in [
         ("service.name", "checkout-api"),
         ("service.namespace", "shop"),
+        ("service.instance.id", "shop.checkout-7c9d8b5f4d-x2x7q.web"),
         ("k8s.namespace.name", "shop"),
         ("k8s.pod.name", "checkout-7c9d8b5f4d-x2x7q"),
         ("k8s.pod.uid", "000000a1-1111-4222-8333-0000000000a1"),
@@ -224,13 +259,14 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
     ] {
         assert_eq!(s.res_str(key).as_deref(), Some(want), "{key}");
     }
-    assert_eq!(
-        s.res_str("service.instance.id").as_deref(),
-        Some("shop.checkout-7c9d8b5f4d-x2x7q.web")
-    );
 
-    // A pod whose process starts before the API knows the pod: traced once
-    // the watch tells of it.
+    let spans = spans_for(&collector, &url(&docker), docker.port);
+    assert!(!spans.is_empty(), "a container that is no pod is traced");
+    assert_eq!(spans[0].res_str("container.id"), Some(docker_id));
+    assert_eq!(spans[0].res_str("k8s.pod.name"), None);
+
+    // A pod whose process starts before the API knows the pod: not judged
+    // (it might be excluded) until the watch tells of it, then traced.
     let late = FakePod::start(
         pod_object(
             0xc3,
@@ -246,11 +282,11 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
         curl(&["-s", "-o", "/dev/null", &late.url()]);
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let before = collector
-        .spans()
-        .into_iter()
-        .filter(|s| s.is_server() && s.int("server.port") == Some(i64::from(late.server.port)));
-    assert_eq!(before.count(), 0, "traced before its pod was known");
+    assert_eq!(
+        server_spans(&collector, &late.server),
+        0,
+        "traced before its pod was known"
+    );
     api.publish(&late);
     let spans = spans_for(&collector, &late.url(), late.server.port);
     assert!(
@@ -268,18 +304,13 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
         "no label: the workload names the service"
     );
 
-    // Not in the namespace (and excluded): never traced.
+    // Excluded: never traced, though it is in a container.
     for _ in 0..3 {
         curl(&["-s", "-o", "/dev/null", &system.url()]);
     }
     std::thread::sleep(Duration::from_millis(700));
     assert!(agent.stop().success());
-    let leaked: Vec<_> = collector
-        .spans()
-        .into_iter()
-        .filter(|s| s.res_str("k8s.namespace.name").as_deref() == Some("kube-system"))
-        .collect();
-    assert!(leaked.is_empty(), "{leaked:#?}");
+    assert_eq!(server_spans(&collector, &system.server), 0);
 
     // Only this node's pods were asked for, in the list and the watch.
     let requests = api.requests();
@@ -291,7 +322,68 @@ fn pods_from_the_api_decorate_spans_and_select_processes() {
         .count();
     assert!(lists >= 1 && watches >= 1, "{requests}");
     assert!(requests.lines().all(|l| l.contains(&on_node)), "{requests}");
-    drop((checkout, system, late));
+    drop((checkout, system, late, docker));
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// `--k8s-owner` picks one workload of a namespace.
+#[test]
+fn an_owner_criterion_selects_one_workload() {
+    require_root();
+    let api = FakeApi::start();
+    let web = TempDir::new("k8s-owner-web");
+    std::fs::write(web.0.join("index.html"), "one of two\n").unwrap();
+    let root = format!("zerospan-k8s-owner-{}", std::process::id());
+    let checkout = FakePod::start(
+        pod_object(
+            0xa5,
+            "shop",
+            "checkout-5f4d7c9d8b-q9w8e",
+            ("ReplicaSet", "checkout-5f4d7c9d8b"),
+            json!({"pod-template-hash": "5f4d7c9d8b"}),
+        ),
+        &root,
+        &web.0,
+    );
+    let orders = FakePod::start(
+        pod_object(
+            0xa6,
+            "shop",
+            "orders-0",
+            ("StatefulSet", "orders"),
+            json!({}),
+        ),
+        &root,
+        &web.0,
+    );
+    api.publish(&checkout);
+    api.publish(&orders);
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--k8s-owner",
+            "deployment/checkout",
+            "--k8s-node-name",
+            NODE,
+        ],
+        &[("KUBECONFIG", &api.kubeconfig)],
+    );
+    let spans = spans_for(&collector, &checkout.url(), checkout.server.port);
+    assert!(!spans.is_empty(), "{}", agent.stderr());
+    assert_eq!(
+        spans[0].res_str("service.name").as_deref(),
+        Some("checkout"),
+        "no label: the Deployment, not its ReplicaSet, names it"
+    );
+    for _ in 0..3 {
+        curl(&["-s", "-o", "/dev/null", &orders.url()]);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(agent.stop().success());
+    assert_eq!(server_spans(&collector, &orders.server), 0);
+    drop((checkout, orders));
     std::thread::sleep(Duration::from_millis(200));
 }
 

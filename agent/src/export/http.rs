@@ -31,14 +31,16 @@ pub fn metrics_url(endpoint: &str) -> String {
     signal_url(endpoint, "metrics")
 }
 
+/// A base URL given with one signal's path already on it (as
+/// `--otlp-endpoint http://c:4318/v1/traces` was accepted) still names the
+/// collector: the other signal goes to its own path there.
 fn signal_url(endpoint: &str, signal: &str) -> String {
     let base = endpoint.trim_end_matches('/');
-    let path = format!("/v1/{signal}");
-    if base.ends_with(&path) {
-        base.to_owned()
-    } else {
-        format!("{base}{path}")
-    }
+    let base = ["/v1/traces", "/v1/metrics"]
+        .iter()
+        .find_map(|p| base.strip_suffix(p))
+        .unwrap_or(base);
+    format!("{base}/v1/{signal}")
 }
 
 impl Http {
@@ -118,6 +120,10 @@ mod tests {
         );
         assert_eq!(
             super::metrics_url("http://c:4318/"),
+            "http://c:4318/v1/metrics"
+        );
+        assert_eq!(
+            super::metrics_url("http://c:4318/v1/traces"),
             "http://c:4318/v1/metrics"
         );
     }

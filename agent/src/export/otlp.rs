@@ -23,11 +23,12 @@ fn any(v: &Value) -> Option<AnyValue> {
         value: Some(match v {
             Value::Str(s) => any_value::Value::StringValue(s.clone()),
             Value::Int(n) => any_value::Value::IntValue(*n),
+            Value::Bool(b) => any_value::Value::BoolValue(*b),
         }),
     })
 }
 
-fn kv(key: &str, v: &Value) -> KeyValue {
+pub fn kv(key: &str, v: &Value) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: any(v),

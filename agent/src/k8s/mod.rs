@@ -16,7 +16,7 @@ pub mod select;
 pub mod watch;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, RwLock,
@@ -35,31 +35,33 @@ struct Index {
     by_container: HashMap<String, Arc<PodMeta>>,
     /// Container ids by pod uid, to forget a pod's containers.
     by_pod: HashMap<String, Vec<String>>,
+    /// Pods whose containers did not fit under [`MAX_CONTAINERS`].
+    left_out: HashSet<String>,
 }
 
 impl Index {
     fn remove(&mut self, uid: &str) {
+        self.left_out.remove(uid);
         for id in self.by_pod.remove(uid).unwrap_or_default() {
             self.by_container.remove(&id);
         }
     }
 
-    /// Returns whether the pod's containers fit under the bound.
-    fn upsert(&mut self, pod: &Pod) -> bool {
+    fn upsert(&mut self, pod: &Pod) {
         let Some(uid) = pod.metadata.uid.as_deref() else {
-            return true;
+            return;
         };
         self.remove(uid);
         let containers = pod::containers(pod);
         if self.by_container.len() + containers.len() > MAX_CONTAINERS {
-            return false;
+            self.left_out.insert(uid.to_owned());
+            return;
         }
         let ids = containers.iter().map(|(id, _)| id.clone()).collect();
         for (id, meta) in containers {
             self.by_container.insert(id, Arc::new(meta));
         }
         self.by_pod.insert(uid.to_owned(), ids);
-        true
     }
 }
 
@@ -72,8 +74,6 @@ pub struct Pods {
     generation: AtomicU64,
     /// The first full list has arrived.
     synced: AtomicBool,
-    /// Pods left out because [`MAX_CONTAINERS`] was reached.
-    overflowed: AtomicU64,
 }
 
 pub type Shared = Arc<Pods>;
@@ -100,15 +100,14 @@ impl Pods {
         self.index.read().expect("not poisoned").by_container.len()
     }
 
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.load(Relaxed)
+    /// Pods left out because the index is full.
+    pub fn left_out(&self) -> usize {
+        self.index.read().expect("not poisoned").left_out.len()
     }
 
     /// A pod was added or changed.
     pub fn upsert(&self, pod: &Pod) {
-        if !self.index.write().expect("not poisoned").upsert(pod) {
-            self.overflowed.fetch_add(1, Relaxed);
-        }
+        self.index.write().expect("not poisoned").upsert(pod);
         self.generation.fetch_add(1, Relaxed);
     }
 
@@ -122,14 +121,10 @@ impl Pods {
     /// A full list: what is not in it is gone.
     pub fn replace_all(&self, pods: &[Pod]) {
         let mut fresh = Index::default();
-        let mut overflowed = 0;
         for pod in pods {
-            if !fresh.upsert(pod) {
-                overflowed += 1;
-            }
+            fresh.upsert(pod);
         }
         *self.index.write().expect("not poisoned") = fresh;
-        self.overflowed.fetch_add(overflowed, Relaxed);
         self.generation.fetch_add(1, Relaxed);
         self.synced.store(true, Relaxed);
     }

@@ -67,9 +67,9 @@ pub struct PodMeta {
 }
 
 impl PodMeta {
-    /// `service.name` from Kubernetes alone, after the declared name: the
-    /// outermost owner's name, else the pod's (OpenTelemetry Operator
-    /// convention). `None` leaves the executable name to the caller.
+    /// `service.name` from Kubernetes alone: the declared name, else the
+    /// outermost owner's name (a Deployment rather than its ReplicaSet).
+    /// `None` leaves the executable name to the caller.
     pub fn service_name(&self) -> Option<&str> {
         self.declared_service
             .as_deref()
@@ -112,7 +112,8 @@ pub fn container_id(status_id: &str) -> Option<String> {
 /// A Deployment's ReplicaSet is named `<deployment>-<pod-template-hash>`,
 /// and its pods carry that hash as a label: the Deployment is known
 /// without reading the ReplicaSet. A CronJob's Job is
-/// `<cronjob>-<scheduled minute>`.
+/// `<cronjob>-<scheduled time in minutes since 1970>`; a Job named after a
+/// date (`backup-20240101`) is not taken for one.
 fn owners(pod: &Pod) -> Vec<Owner> {
     let meta = &pod.metadata;
     let refs = meta.owner_references.as_deref().unwrap_or_default();
@@ -146,7 +147,11 @@ fn owners(pod: &Pod) -> Vec<Owner> {
             .name
             .rsplit_once('-')
             .filter(|(c, minute)| {
-                !c.is_empty() && minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit())
+                // 25 000 000 minutes is mid-2017, and above every YYYYMMDD.
+                !c.is_empty()
+                    && minute.len() >= 8
+                    && minute.bytes().all(|b| b.is_ascii_digit())
+                    && minute.parse::<u64>().is_ok_and(|m| m >= 25_000_000)
             })
             .map(|(c, _)| Owner {
                 kind: OwnerKind::CronJob,
@@ -168,8 +173,12 @@ pub fn containers(pod: &Pod) -> Vec<(String, PodMeta)> {
         .annotations
         .as_ref()
         .and_then(|a| a.get("resource.opentelemetry.io/service.name"))
-        .or_else(|| labels.get("app.kubernetes.io/name"))
         .filter(|s| !s.is_empty())
+        .or_else(|| {
+            labels
+                .get("app.kubernetes.io/name")
+                .filter(|s| !s.is_empty())
+        })
         .cloned();
     let owners = owners(pod);
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -293,6 +302,34 @@ pub(crate) mod tests {
             Some("reports"),
             "the annotation beats the owner"
         );
+    }
+
+    #[test]
+    fn a_job_named_after_a_date_is_not_a_cronjobs() {
+        let mut pod = fixture("pod-cronjob-docker");
+        let owner = &mut pod.metadata.owner_references.as_mut().unwrap()[0];
+        owner.name = "backup-20240101".into();
+        let (_, job) = &containers(&pod)[0];
+        assert_eq!(
+            job.owners,
+            vec![Owner {
+                kind: OwnerKind::Job,
+                name: "backup-20240101".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_empty_annotation_does_not_hide_the_label() {
+        let mut pod = fixture("pod-deployment-containerd");
+        pod.metadata.annotations = Some(
+            [(
+                "resource.opentelemetry.io/service.name".to_owned(),
+                String::new(),
+            )]
+            .into(),
+        );
+        assert_eq!(containers(&pod)[0].1.service_name(), Some("checkout-api"));
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct Settings {
 /// Longest wait between attempts while the API is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long the server keeps a watch open, and how long we wait for any
+/// event (bookmarks come about every minute) before taking the connection
+/// for dead: a half-open connection would otherwise stall the index for
+/// good, silently.
+const WATCH_SECS: u32 = 290;
+const EVENT_PATIENCE: Duration = Duration::from_secs(WATCH_SECS as u64 + 30);
+const LIST_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Starts the watch; returns at once. The API being unreachable is
 /// logged and retried with back-off, never fatal.
 pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
@@ -31,24 +39,30 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
     let shared = pods.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
-        let mut warned = false;
+        let mut failing = false;
         loop {
-            match follow(&settings.node_name, &pods, &stats).await {
-                Ok(()) => backoff = Duration::from_secs(1),
-                Err(e) => {
-                    Stats::inc(&stats.k8s_api_errors);
-                    if !warned {
-                        log::warn!(
-                            "Kubernetes API: {e:#}; spans keep container.id but lack pod names \
-                             until it answers (retrying)"
-                        );
-                        warned = true;
-                    } else {
-                        log::debug!("Kubernetes API: {e:#}");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+            let mut listed = false;
+            let result = follow(&settings.node_name, &pods, &stats, &mut listed).await;
+            if listed {
+                backoff = Duration::from_secs(1);
+                if failing {
+                    log::info!("Kubernetes API: answering again");
+                    failing = false;
                 }
+            }
+            if let Err(e) = result {
+                Stats::inc(&stats.k8s_api_errors);
+                if !failing {
+                    log::warn!(
+                        "Kubernetes API: {e:#}; spans keep container.id but lack pod names \
+                         until it answers (retrying)"
+                    );
+                    failing = true;
+                } else {
+                    log::debug!("Kubernetes API: {e:#}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     });
@@ -56,40 +70,60 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
 }
 
 /// One list, then watches until the API says the version is too old (a
-/// clean return: re-list) or fails (an error).
-async fn follow(node: &str, pods: &Pods, stats: &Stats) -> anyhow::Result<()> {
+/// clean return: re-list) or fails (an error). `listed` tells the caller
+/// the API answered.
+async fn follow(node: &str, pods: &Pods, stats: &Stats, listed: &mut bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let client = Client::try_default()
         .await
         .context("no in-cluster service account or KUBECONFIG")?;
     let api: Api<Pod> = Api::all(client);
     let on_node = format!("spec.nodeName={node}");
-    let list = api
-        .list(&ListParams::default().fields(&on_node))
-        .await
-        .context("listing this node's pods")?;
+    // Any version will do, from the API server's cache: a fleet of agents
+    // re-listing after an API restart must not all read through to etcd.
+    let list = tokio::time::timeout(
+        LIST_PATIENCE,
+        api.list(&ListParams::default().fields(&on_node).match_any()),
+    )
+    .await
+    .context("listing this node's pods: no answer")?
+    .context("listing this node's pods")?;
+    *listed = true;
     let first = !pods.is_synced();
     pods.replace_all(&list.items);
     stats_gauges(pods, stats);
     if first {
         log::info!(
-            "Kubernetes: {} containers in the pods of node {node}",
-            pods.len()
+            "Kubernetes: {} containers in {} pods of node {node}",
+            pods.len(),
+            list.items.len()
         );
+        if list.items.is_empty() {
+            log::warn!(
+                "Kubernetes: no pods on node {node:?}: if the agent runs in a pod, \
+                 --k8s-node-name (ZEROSPAN_K8S_NODE_NAME) must be the node's name"
+            );
+        }
     }
     let mut version = list
         .metadata
         .resource_version
         .context("the pod list has no resourceVersion")?;
     loop {
-        let params = WatchParams::default().fields(&on_node).timeout(290);
+        let params = WatchParams::default().fields(&on_node).timeout(WATCH_SECS);
+        let started = tokio::time::Instant::now();
         let mut events = api
             .watch(&params, &version)
             .await
             .context("watching this node's pods")?
             .boxed();
-        while let Some(event) = events.next().await {
-            match event.context("reading the pod watch")? {
+        loop {
+            let event = match tokio::time::timeout(EVENT_PATIENCE, events.next()).await {
+                Ok(Some(event)) => event.context("reading the pod watch")?,
+                Ok(None) => break,
+                Err(_) => anyhow::bail!("the pod watch went silent"),
+            };
+            match event {
                 WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
                     if let Some(v) = &pod.metadata.resource_version {
                         version.clone_from(v);
@@ -109,12 +143,18 @@ async fn follow(node: &str, pods: &Pods, stats: &Stats) -> anyhow::Result<()> {
             }
             stats_gauges(pods, stats);
         }
-        // The server ended the watch (its timeout): go on from here.
+        // The server ended the watch (its timeout): go on from here, but
+        // not in a tight loop if it ends every watch at once.
+        if started.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
 fn stats_gauges(pods: &Pods, stats: &Stats) {
     use std::sync::atomic::Ordering::Relaxed;
     stats.k8s_containers_known.store(pods.len() as u64, Relaxed);
-    stats.k8s_pods_overflowed.store(pods.overflowed(), Relaxed);
+    stats
+        .k8s_pods_left_out
+        .store(pods.left_out() as u64, Relaxed);
 }

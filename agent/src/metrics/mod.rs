@@ -6,9 +6,10 @@
 //! request even when traces are sampled. Attributes are the OpenTelemetry
 //! semantic conventions' for each metric, minus anything unbounded: no raw
 //! paths (only `http.route`, itself bounded by [`crate::spans::route`]),
-//! no peer ports. Each metric keeps at most [`MAX_SERIES`] attribute sets;
-//! past that, observations go to one series marked
-//! `otel.metric.overflow="true"`, as the OpenTelemetry SDKs do.
+//! no peer ports. Each metric keeps at most [`MAX_SERIES_PER_SERVICE`]
+//! attribute sets per service and [`MAX_SERIES`] in all; past that,
+//! observations go to the service's series marked
+//! `otel.metric.overflow=true`, as the OpenTelemetry SDKs do.
 
 pub mod otlp;
 pub mod prometheus;
@@ -20,8 +21,12 @@ use std::{
 
 use crate::spans::{route, Span, SpanKind, Status, Value};
 
-/// Attribute sets kept per metric.
-pub const MAX_SERIES: usize = 1000;
+/// Attribute sets kept per metric and service, and per metric in all.
+pub const MAX_SERIES_PER_SERVICE: usize = 1000;
+pub const MAX_SERIES: usize = 10_000;
+
+/// Services whose guessed routes are remembered.
+const MAX_ROUTE_SERVICES: usize = 1000;
 
 /// Bucket bounds for durations, in seconds: the semantic conventions'
 /// advice for HTTP and database durations.
@@ -48,6 +53,8 @@ pub const GAUGES: &[&str] = &[
     "tls_files_hooked",
     "tls_processes_known",
     "k8s_containers_known",
+    "k8s_pods_left_out",
+    "export_queue_depth",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,8 +160,9 @@ const DB_CLIENT: &[&str] = &[
     "error.type",
 ];
 
-/// An attribute set. The first is always `service.name`, which OTLP
-/// carries in the resource and Prometheus as a label.
+/// An attribute set. It starts with `service.name` and, when the process
+/// has one, `service.namespace`, which OTLP carries in the resource and
+/// Prometheus as labels.
 pub type Labels = Vec<(&'static str, Value)>;
 
 pub struct Histogram {
@@ -183,8 +191,10 @@ impl Histogram {
 }
 
 /// The `http.route` of a server request whose path matched no configured
-/// pattern: a guessed template while the service has fewer than `max`,
-/// then `_OTHER` for templates not seen before.
+/// pattern: a guessed template, remembered per service up to `max`. A new
+/// template is admitted only from a successful response, so scanners'
+/// 404s cannot use up the budget; past it, or for failures of templates
+/// never seen succeeding, the route is `_OTHER`.
 struct GuessedRoutes {
     max: usize,
     by_service: HashMap<Value, HashSet<String>>,
@@ -194,14 +204,23 @@ struct GuessedRoutes {
 pub const OTHER_ROUTE: &str = "_OTHER";
 
 impl GuessedRoutes {
-    fn route(&mut self, service: &Value, path: &str) -> String {
-        let template = route::guess(path);
-        let seen = self.by_service.entry(service.clone()).or_default();
-        if seen.contains(&template) {
-            return template;
+    fn route(&mut self, service: &Value, path: &str, succeeded: bool) -> String {
+        let Some(template) = route::guess(path) else {
+            return OTHER_ROUTE.to_owned();
+        };
+        if let Some(seen) = self.by_service.get_mut(service) {
+            if seen.contains(&template) {
+                return template;
+            }
+            if succeeded && seen.len() < self.max {
+                seen.insert(template.clone());
+                return template;
+            }
+            return OTHER_ROUTE.to_owned();
         }
-        if seen.len() < self.max {
-            seen.insert(template.clone());
+        if succeeded && self.max > 0 && self.by_service.len() < MAX_ROUTE_SERVICES {
+            self.by_service
+                .insert(service.clone(), HashSet::from([template.clone()]));
             return template;
         }
         OTHER_ROUTE.to_owned()
@@ -211,6 +230,8 @@ impl GuessedRoutes {
 /// Histograms by metric and attribute set, counted since `start_unix_ns`.
 pub struct Registry {
     series: HashMap<Metric, HashMap<Labels, Histogram>>,
+    /// Attribute sets per metric and service, for the per-service bound.
+    per_service: HashMap<(Metric, Labels), usize>,
     routes: GuessedRoutes,
     pub start_unix_ns: u64,
 }
@@ -229,6 +250,7 @@ impl Registry {
     pub fn new(start_unix_ns: u64, max_routes: usize) -> Self {
         Registry {
             series: HashMap::new(),
+            per_service: HashMap::new(),
             routes: GuessedRoutes {
                 max: max_routes,
                 by_service: HashMap::new(),
@@ -251,8 +273,12 @@ impl Registry {
             .get("service.name")
             .cloned()
             .unwrap_or_else(|| Value::Str(String::new()));
+        let namespace = span.resource.get("service.namespace");
         let labels_of = |keys: &[&'static str]| -> Labels {
             let mut l: Labels = vec![("service.name", service.clone())];
+            if let Some(ns) = namespace {
+                l.push(("service.namespace", ns.clone()));
+            }
             for k in keys {
                 if let Some(v) = span.attr(k) {
                     l.push((k, v.clone()));
@@ -273,15 +299,23 @@ impl Registry {
         let (duration, request, response, labels) = match span.kind {
             SpanKind::Server => {
                 let mut labels = labels_of(HTTP_SERVER);
+                let succeeded = matches!(
+                    span.attr("http.response.status_code"),
+                    Some(Value::Int(200..=399))
+                );
                 let guessed = match span.attr("url.path") {
                     Some(Value::Str(path)) if span.attr("http.route").is_none() => {
-                        Some(self.routes.route(&service, path))
+                        Some(self.routes.route(&service, path, succeeded))
                     }
                     _ => None,
                 };
                 if let Some(route) = guessed {
                     // After the method, where a configured route would be.
-                    labels.insert(2, ("http.route", route.into()));
+                    let at = labels
+                        .iter()
+                        .position(|(k, _)| *k == "http.request.method")
+                        .map_or(labels.len(), |i| i + 1);
+                    labels.insert(at, ("http.route", route.into()));
                 }
                 (
                     Metric::HttpServerDuration,
@@ -309,10 +343,28 @@ impl Registry {
     fn record(&mut self, metric: Metric, labels: Labels, v: f64) {
         let bounds = metric.describe().bounds;
         let series = self.series.entry(metric).or_default();
-        let labels = if series.contains_key(&labels) || series.len() < MAX_SERIES {
+        if let Some(h) = series.get_mut(&labels) {
+            h.observe(bounds, v);
+            return;
+        }
+        let resource: Labels = labels
+            .iter()
+            .take_while(|(k, _)| *k == "service.name" || *k == "service.namespace")
+            .cloned()
+            .collect();
+        let count = self
+            .per_service
+            .entry((metric, resource.clone()))
+            .or_default();
+        let labels = if *count < MAX_SERIES_PER_SERVICE && series.len() < MAX_SERIES {
+            *count += 1;
             labels
         } else {
-            vec![("otel.metric.overflow", "true".into())]
+            // The service's overflow series; the overall bound still holds
+            // but for one such series per service.
+            let mut overflow = resource;
+            overflow.push(("otel.metric.overflow", Value::Bool(true)));
+            overflow
         };
         series
             .entry(labels)
@@ -425,14 +477,57 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn past_the_bound_series_overflow_into_one() {
+    fn past_the_bound_a_services_series_overflow_into_one() {
         let mut r = Registry::new(0, 100);
-        for status in 0..(MAX_SERIES as i64 + 50) {
+        for status in 0..(MAX_SERIES_PER_SERVICE as i64 + 50) {
             r.observe(&server(status, 1));
         }
         let series = &r.series[&Metric::HttpServerDuration];
-        assert_eq!(series.len(), MAX_SERIES + 1);
-        let overflow: Labels = vec![("otel.metric.overflow", "true".into())];
+        assert_eq!(series.len(), MAX_SERIES_PER_SERVICE + 1);
+        let overflow: Labels = vec![
+            ("service.name", "web".into()),
+            ("otel.metric.overflow", Value::Bool(true)),
+        ];
         assert_eq!(series[&overflow].count, 50);
+        // Another service still has room.
+        let mut other = server(200, 1);
+        other.resource = Arc::new(crate::spans::Resource {
+            pid: 2,
+            attributes: vec![("service.name".into(), "api".into())],
+        });
+        r.observe(&other);
+        assert_eq!(
+            r.series[&Metric::HttpServerDuration].len(),
+            MAX_SERIES_PER_SERVICE + 2
+        );
+    }
+
+    #[test]
+    fn failures_do_not_admit_new_route_templates() {
+        let mut r = Registry::new(0, 100);
+        let mut scan = path("/wp-login.php");
+        scan.attributes[3].1 = 404.into();
+        r.observe(&scan);
+        r.observe(&path("/users/1"));
+        let mut missing = path("/users/2");
+        missing.attributes[3].1 = 404.into();
+        r.observe(&missing);
+        let got = routes(&r);
+        assert!(
+            got.contains(&("Some(Str(\"_OTHER\"))".into(), 1)),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("Some(Str(\"/users/{id}\"))".into(), 1)),
+            "{got:?}"
+        );
+        assert!(!format!("{got:?}").contains("wp-login"), "{got:?}");
+        // A 404 of a template seen succeeding keeps its route.
+        let counted: u64 = r.series[&Metric::HttpServerDuration]
+            .iter()
+            .filter(|(l, _)| l.contains(&("http.route", "/users/{id}".into())))
+            .map(|(_, h)| h.count)
+            .sum();
+        assert_eq!(counted, 2);
     }
 }

@@ -3,15 +3,16 @@
 //! Temporality is cumulative: each export carries the totals since the
 //! agent started, so an export the collector missed is made good by the
 //! next one, and nothing queues up while it is down. One `ResourceMetrics`
-//! per `service.name`, as the traces report the same services; the
-//! agent's own counters, and the overflow series (whose service is not
-//! known), are reported under `service.name=zerospan`.
+//! per service (`service.name` and, on Kubernetes, `service.namespace`),
+//! with `host.name` and `service.instance.id` set to the host, so the
+//! agents of a fleet never report the same series; the agent's own
+//! counters are reported under `service.name=zerospan`.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
-    common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
+    common::v1::InstrumentationScope,
     metrics::v1::{
         metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram,
         HistogramDataPoint, Metric as ProtoMetric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
@@ -22,16 +23,22 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{Registry, Shared, GAUGES};
+use super::{Labels, Registry, Shared, GAUGES};
 use crate::{
     clock::Clock,
-    export::{grpc::Grpc, http::Http, ExportError, SinkConfig},
+    export::{grpc::Grpc, http::Http, otlp::kv, ExportError, SinkConfig},
     spans::Value,
     stats::Stats,
 };
 
-/// The agent's own service name, for its counters.
-const AGENT_SERVICE: &str = "zerospan";
+/// The labels that name a resource rather than a series, when they lead
+/// an attribute set.
+const RESOURCE_KEYS: &[&str] = &["service.name", "service.namespace"];
+
+/// The agent's own resource, for its counters.
+fn agent_resource() -> Labels {
+    vec![("service.name", "zerospan".into())]
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -39,19 +46,8 @@ pub struct Settings {
     pub sink: SinkConfig,
     /// `OTEL_METRIC_EXPORT_INTERVAL`.
     pub interval: Duration,
-}
-
-fn kv(key: &str, v: &Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(match v {
-                Value::Str(s) => any_value::Value::StringValue(s.clone()),
-                Value::Int(n) => any_value::Value::IntValue(*n),
-            }),
-        }),
-        ..Default::default()
-    }
+    /// `OTEL_METRIC_EXPORT_TIMEOUT`.
+    pub timeout: Duration,
 }
 
 /// One export request: every histogram and every agent counter, with
@@ -63,29 +59,38 @@ pub fn request(
     now_unix_ns: u64,
 ) -> ExportMetricsServiceRequest {
     let start = registry.start_unix_ns;
-    // Metrics by service, in a stable order.
-    let mut by_service: BTreeMap<Value, Vec<ProtoMetric>> = BTreeMap::new();
+    // Metrics by resource (service name and namespace), in a stable order.
+    let mut by_service: BTreeMap<Labels, Vec<ProtoMetric>> = BTreeMap::new();
     for (metric, rows) in registry.families() {
         let d = metric.describe();
-        let mut points: BTreeMap<Value, Vec<HistogramDataPoint>> = BTreeMap::new();
+        let mut points: BTreeMap<Labels, Vec<HistogramDataPoint>> = BTreeMap::new();
         for (labels, h) in rows {
-            let (service, attributes) = match labels.split_first() {
-                Some(((key, service), rest)) if *key == "service.name" => (service.clone(), rest),
-                _ => (Value::from(AGENT_SERVICE), &labels[..]),
+            let split = labels
+                .iter()
+                .take_while(|(k, _)| RESOURCE_KEYS.contains(k))
+                .count();
+            let (resource, attributes) = labels.split_at(split);
+            let resource = if resource.is_empty() {
+                agent_resource()
+            } else {
+                resource.to_vec()
             };
-            points.entry(service).or_default().push(HistogramDataPoint {
-                attributes: attributes.iter().map(|(k, v)| kv(k, v)).collect(),
-                start_time_unix_nano: start,
-                time_unix_nano: now_unix_ns,
-                count: h.count,
-                sum: Some(h.sum),
-                bucket_counts: h.buckets.clone(),
-                explicit_bounds: d.bounds.to_vec(),
-                ..Default::default()
-            });
+            points
+                .entry(resource)
+                .or_default()
+                .push(HistogramDataPoint {
+                    attributes: attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+                    start_time_unix_nano: start,
+                    time_unix_nano: now_unix_ns,
+                    count: h.count,
+                    sum: Some(h.sum),
+                    bucket_counts: h.buckets.clone(),
+                    explicit_bounds: d.bounds.to_vec(),
+                    ..Default::default()
+                });
         }
-        for (service, data_points) in points {
-            by_service.entry(service).or_default().push(ProtoMetric {
+        for (resource, data_points) in points {
+            by_service.entry(resource).or_default().push(ProtoMetric {
                 name: d.name.to_owned(),
                 description: d.help.to_owned(),
                 unit: d.unit.to_owned(),
@@ -97,7 +102,7 @@ pub fn request(
             });
         }
     }
-    let own = by_service.entry(AGENT_SERVICE.into()).or_default();
+    let own = by_service.entry(agent_resource()).or_default();
     for (name, value) in stats.snapshot() {
         let point = NumberDataPoint {
             start_time_unix_nano: start,
@@ -130,11 +135,11 @@ pub fn request(
     ExportMetricsServiceRequest {
         resource_metrics: by_service
             .into_iter()
-            .map(|(service, metrics)| {
-                let mut attributes = vec![kv("service.name", &service)];
+            .map(|(resource, metrics)| {
+                let mut attributes: Vec<_> = resource.iter().map(|(k, v)| kv(k, v)).collect();
                 attributes.extend(
                     base.iter()
-                        .filter(|(k, _)| k != "service.name")
+                        .filter(|(k, _)| !resource.iter().any(|(have, _)| have == k))
                         .map(|(k, v)| kv(k, v)),
                 );
                 ResourceMetrics {
@@ -207,8 +212,12 @@ pub fn start(
                 Clock::unix_now_ns(),
             );
             // A collector that does not answer is not waited on past the
-            // next export, nor past shutdown's patience.
-            let patience = settings.interval.min(Duration::from_secs(5));
+            // next export, nor, at shutdown, past 5 s.
+            let patience = if last {
+                settings.timeout.min(Duration::from_secs(5))
+            } else {
+                settings.timeout.min(settings.interval)
+            };
             match tokio::time::timeout(patience, sink.send(req)).await {
                 Ok(Ok(())) => {
                     Stats::inc(&stats.metrics_exported);

@@ -68,6 +68,7 @@ fn render_labels(labels: &Labels) -> String {
                 .replace('"', "\\\"")
                 .replace('\n', "\\n"),
             Value::Int(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
         };
         let _ = write!(out, "{}=\"{v}\",", k.replace('.', "_"));
     }
@@ -135,7 +136,7 @@ pub async fn serve(port: u16, registry: Shared, stats: Arc<Stats>) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{tests::server, MAX_SERIES};
+    use crate::metrics::{tests::server, MAX_SERIES_PER_SERVICE};
 
     #[test]
     fn histograms_count_requests_by_bounded_attributes() {
@@ -168,12 +169,12 @@ mod tests {
     #[test]
     fn the_overflow_series_is_rendered() {
         let mut r = Registry::new(0, 100);
-        for status in 0..(MAX_SERIES as i64 + 50) {
+        for status in 0..(MAX_SERIES_PER_SERVICE as i64 + 50) {
             r.observe(&server(status, 1));
         }
         let text = render(&r, &Stats::default());
         assert!(text.contains(
-            "http_server_request_duration_seconds_count{otel_metric_overflow=\"true\"} 50"
+            "http_server_request_duration_seconds_count{service_name=\"web\",otel_metric_overflow=\"true\"} 50"
         ));
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub enum Value {
     Str(String),
     Int(i64),
+    Bool(bool),
 }
 
 impl From<String> for Value {
@@ -42,6 +43,7 @@ impl std::fmt::Display for Value {
         match self {
             Value::Str(s) => write!(f, "{s:?}"),
             Value::Int(n) => write!(f, "{n}"),
+            Value::Bool(b) => write!(f, "{b}"),
         }
     }
 }

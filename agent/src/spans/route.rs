@@ -107,39 +107,45 @@ impl Pattern {
     }
 }
 
-/// Does this path segment look like an identifier rather than a name?
-fn looks_like_id(seg: &str) -> bool {
-    let digits = seg.bytes().filter(u8::is_ascii_digit).count();
-    let hex = seg.bytes().all(|b| b.is_ascii_hexdigit());
-    let token = seg
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let uuid = seg.len() == 36
-        && seg.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        });
-    (digits == seg.len() && digits > 0)
-        || uuid
-        || (hex && seg.len() >= 8 && digits > 0)
-        || (token && seg.len() >= 16 && digits > 0)
-        || seg.len() > 64
-        || seg.contains('%')
-        || seg.contains('@')
+/// Segments and bytes a guessed template may have; a longer path has no
+/// guess (its metrics say `_OTHER`).
+const MAX_SEGMENTS: usize = 8;
+const MAX_TEMPLATE_BYTES: usize = 128;
+
+/// Is this path segment a plain name, safe and stable enough to keep? Only
+/// short lowercase words qualify (`api`, `v1`, `index.html`,
+/// `.well-known`): anything else (numbers, UUIDs, hex, mixed case, tokens,
+/// encoded or unusual characters) may be an identifier or a secret, and is
+/// replaced. A lowercase name in a path (`/users/alice`) still looks like
+/// a word: give a `--http-route` pattern for such paths.
+fn is_word(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let hexish = b.len() >= 8 && b.iter().all(u8::is_ascii_hexdigit);
+    (1..=32).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0] == b'.')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+        && digits <= 2
+        && !hexish
 }
 
 /// The guessed template of `path`: `/users/42/orders/9f8e…` becomes
-/// `/users/{id}/orders/{id}`. A trailing slash is kept.
-pub fn guess(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for seg in segments(path) {
+/// `/users/{id}/orders/{id}`. A trailing slash is kept. `None` for a path
+/// too long to template.
+pub fn guess(path: &str) -> Option<String> {
+    let mut out = String::with_capacity(path.len().min(MAX_TEMPLATE_BYTES));
+    for (i, seg) in segments(path).enumerate() {
+        if i == MAX_SEGMENTS {
+            return None;
+        }
         out.push('/');
-        out.push_str(if looks_like_id(seg) { "{id}" } else { seg });
+        out.push_str(if is_word(seg) { seg } else { "{id}" });
     }
     if out.is_empty() || (path.ends_with('/') && path.len() > 1) {
         out.push('/');
     }
-    out
+    (out.len() <= MAX_TEMPLATE_BYTES).then_some(out)
 }
 
 #[cfg(test)]
@@ -180,21 +186,55 @@ mod tests {
     }
 
     #[test]
-    fn guesses_replace_identifiers_only() {
-        assert_eq!(guess("/users/42"), "/users/{id}");
+    fn guesses_keep_only_plain_words() {
+        let g = |p: &str| guess(p).unwrap();
+        assert_eq!(g("/users/42"), "/users/{id}");
         assert_eq!(
-            guess("/orders/3f2a9c1e-7b4d-4e8a-9c1e-0123456789ab/items"),
+            g("/orders/3f2a9c1e-7b4d-4e8a-9c1e-0123456789ab/items"),
             "/orders/{id}/items"
         );
-        assert_eq!(guess("/blobs/deadbeef01"), "/blobs/{id}");
-        assert_eq!(guess("/reset/aZ9kQ2mX7pL4vB8n"), "/reset/{id}");
-        assert_eq!(guess("/mail/a%40b.c"), "/mail/{id}");
-        assert_eq!(guess("/api/v1/health"), "/api/v1/health");
-        assert_eq!(guess("/cafe"), "/cafe", "short hex words stay");
-        assert_eq!(guess("/index.html"), "/index.html");
-        assert_eq!(guess("/"), "/");
-        assert_eq!(guess(""), "/");
-        assert_eq!(guess("/docs/"), "/docs/");
-        assert_eq!(guess("//a//1"), "/a/{id}");
+        assert_eq!(g("/blobs/deadbeef01"), "/blobs/{id}");
+        assert_eq!(
+            g("/blobs/deadbeef"),
+            "/blobs/{id}",
+            "hex, even without digits"
+        );
+        assert_eq!(g("/reset/aZ9kQ2mX7pL4vB8n"), "/reset/{id}");
+        assert_eq!(
+            g("/reset/AbCdEfGhIjKlMnOpQrSt"),
+            "/reset/{id}",
+            "mixed case"
+        );
+        assert_eq!(g("/share/Zm9v+YmFy="), "/share/{id}");
+        assert_eq!(g("/mail/a%40b.c"), "/mail/{id}");
+        assert_eq!(
+            g("/u/alice.smith"),
+            "/u/alice.smith",
+            "a name is a word: see is_word"
+        );
+        assert_eq!(g("/order12345"), "/{id}");
+        assert_eq!(g("/api/v1/health"), "/api/v1/health");
+        assert_eq!(
+            g("/.well-known/openid-configuration"),
+            "/.well-known/openid-configuration"
+        );
+        assert_eq!(g("/cafe"), "/cafe", "short hex words stay");
+        assert_eq!(g("/index.html"), "/index.html");
+        assert_eq!(g("/"), "/");
+        assert_eq!(g(""), "/");
+        assert_eq!(g("/docs/"), "/docs/");
+        assert_eq!(g("//a//1"), "/a/{id}");
+        assert_eq!(g("/ünïcode/ok"), "/{id}/ok");
+    }
+
+    #[test]
+    fn long_paths_have_no_guess() {
+        assert_eq!(
+            guess(&"/a".repeat(MAX_SEGMENTS)).as_deref(),
+            Some("/a/a/a/a/a/a/a/a")
+        );
+        assert_eq!(guess(&"/a".repeat(MAX_SEGMENTS + 1)), None);
+        let long = format!("/{}", ["abcdefghijklmnopqrstuvwxyz"; 5].join("/"));
+        assert_eq!(guess(&long), None, "{} bytes", long.len());
     }
 }

@@ -2,6 +2,10 @@
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "zerospan.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "zerospan.labels" -}}
 app.kubernetes.io/name: zerospan
 app.kubernetes.io/instance: {{ .Release.Name }}
