@@ -1,7 +1,7 @@
 //! The agent's main loop: ring buffer in, spans out.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
@@ -53,10 +53,8 @@ struct EventPath {
     pods: Option<k8s::Shared>,
     /// The pods' generation the last rescan saw.
     pods_seen: u64,
-    /// Each untraced process's container, as the pod rescan read it.
-    container_of: HashMap<u32, Option<String>>,
-    /// Each container's pod as the pod rescan last judged it.
-    judged: HashMap<String, Arc<k8s::PodMeta>>,
+    /// When the last pod rescan ran (monotonic ns).
+    pods_rescanned: u64,
     /// RED metrics, when served (`--prometheus-port`).
     metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
@@ -80,6 +78,8 @@ const MAX_PORT_WATCH: usize = 1024;
 
 /// Traced processes whose maps are looked at again on each tick.
 const TLS_RESCAN_PER_TICK: usize = 8;
+/// Pod rescans run at most this often, however busy the node's pods are.
+const POD_RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 impl EventPath {
     fn handle(&mut self, raw: &[u8]) {
@@ -194,50 +194,41 @@ impl EventPath {
         }
     }
 
-    /// When the node's pods changed, untraced processes in the containers of
-    /// pods that are new or changed are looked at again: a pod reaches the
-    /// API's watch a moment after its processes start, and pod criteria
-    /// need it. Each process's container and each container's pod as last
-    /// judged are remembered, so a change costs a listing of `/proc` and
-    /// the cgroup reads of new processes only.
+    /// When the node's pods changed, untraced processes in known pods are
+    /// looked at again: a pod reaches the API's watch a moment after its
+    /// processes start, and pod criteria need it; a pod update (ready, say)
+    /// may also come as its process starts listening on a selected port. At
+    /// most every [`POD_RESCAN_EVERY`]: each costs a listing of `/proc`, a
+    /// cgroup read per untraced process, and a look at each one in a known
+    /// pod. Nothing is cached between rescans: a pid may be reused, a
+    /// process may fork or rename itself, and a cache keyed on either would
+    /// need the very reads it saves.
     fn rescan_for_pods(&mut self) {
         let (Some(selectors), Some(pods)) = (self.selectors.clone(), self.pods.clone()) else {
             return;
         };
         let generation = pods.generation();
-        if !selectors.needs_pods() || generation == self.pods_seen {
+        let now = Clock::now_ktime_ns();
+        if !selectors.needs_pods()
+            || generation == self.pods_seen
+            || now < self.pods_rescanned + POD_RESCAN_EVERY.as_nanos() as u64
+        {
             return;
         }
         self.pods_seen = generation;
-        let pids = procfs::all_pids();
-        let alive: HashSet<u32> = pids.iter().copied().collect();
-        self.container_of.retain(|pid, _| alive.contains(pid));
-        let mut fresh = Vec::new();
-        for pid in pids {
+        self.pods_rescanned = now;
+        for pid in procfs::all_pids() {
             if self.registry.is_live(pid) {
                 continue;
             }
-            let id = self.container_of.entry(pid).or_insert_with(|| {
-                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                    .ok()
-                    .and_then(|cgroup| crate::container::parse(&cgroup).id)
-            });
-            let Some(id) = id.clone() else {
-                continue;
-            };
-            let Some(pod) = pods.lookup(&id) else {
-                continue;
-            };
-            if self.judged.get(&id).is_some_and(|seen| **seen == *pod) {
-                continue;
+            let in_known_pod = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|cgroup| crate::container::parse(&cgroup).id)
+                .is_some_and(|id| pods.lookup(&id).is_some());
+            if in_known_pod {
+                self.consider(pid, &selectors, selectors.wants_ports());
             }
-            fresh.push((pid, id, pod));
         }
-        for (pid, id, pod) in fresh {
-            self.consider(pid, &selectors, selectors.wants_ports());
-            self.judged.insert(id, pod);
-        }
-        self.judged.retain(|id, _| pods.lookup(id).is_some());
     }
 
     /// Processes that exec'd a moment ago, looked at again for the ports
@@ -575,8 +566,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Registry::new(cfg.resource.clone(), pods.clone()),
         pods: pods.clone(),
         pods_seen: 0,
-        container_of: HashMap::new(),
-        judged: HashMap::new(),
+        pods_rescanned: 0,
         clock: Clock::new(),
         stats: stats.clone(),
         spans: span_tx,

@@ -27,11 +27,13 @@ fn container_id(segment: &str) -> Option<String> {
 }
 
 /// `pod<uid>` (cgroupfs) or `kubepods-…-pod<uid with _>.slice` (systemd).
+/// A static pod's uid (etcd, the API server on a control-plane node) is
+/// the 32-hex hash kubelet gives its manifest, not a UUID.
 fn pod_uid(segment: &str) -> Option<String> {
     let s = segment.strip_suffix(".slice").unwrap_or(segment);
     let at = s.rfind("pod")?;
     let uid = s[at + 3..].replace('_', "-");
-    let shape = uid.len() == 36
+    let uuid = uid.len() == 36
         && uid.bytes().enumerate().all(|(i, b)| {
             if [8, 13, 18, 23].contains(&i) {
                 b == b'-'
@@ -39,7 +41,8 @@ fn pod_uid(segment: &str) -> Option<String> {
                 b.is_ascii_hexdigit()
             }
         });
-    (shape && segment.contains("pod")).then_some(uid)
+    let hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
+    (uuid || hash).then_some(uid)
 }
 
 /// Reads the text of `/proc/PID/cgroup` (v1 or v2 lines).
@@ -73,7 +76,13 @@ mod tests {
     #[test]
     fn runtimes_and_drivers() {
         let uid = "1f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b";
+        let static_uid = "0c6f1e8b2d4a4c7e9f1a3b5d7e9f1a3c";
         let cases = [
+            // A static pod (etcd): its uid is kubelet's hash of its manifest.
+            (
+                format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{static_uid}.slice/cri-containerd-{ID}.scope"),
+                Some(static_uid),
+            ),
             // containerd, systemd cgroup driver (kubelet default).
             (
                 format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope", uid.replace('-', "_")),

@@ -320,7 +320,7 @@ selectors:
   podLabels: [tier=backend]
   ports: ["8000-8099"]
   cmdline: ["gunicorn: master", "app # x"]
-metrics: {prometheusPort: 0, otlp: false, intervalMillis: 15000}
+metrics: {prometheusPort: 0, otlp: false, intervalMillis: 1500000}
 httpRoutes: ["/users/{id}"]
 contextPropagation: "off"
 resources: {limits: {memory: 512Mi}}
@@ -359,7 +359,8 @@ extraEnv: [{name: OTEL_RESOURCE_ATTRIBUTES, value: deployment.environment.name=p
     assert_eq!(env_value(&c, "OTEL_METRICS_EXPORTER")["value"], "none");
     assert_eq!(
         env_value(&c, "OTEL_METRIC_EXPORT_INTERVAL")["value"],
-        "15000"
+        "1500000",
+        "not 1.5e+06"
     );
     assert_eq!(
         env_value(&c, "OTEL_EXPORTER_OTLP_HEADERS")["valueFrom"]["secretKeyRef"]["name"],

@@ -41,28 +41,32 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
         let mut backoff = Duration::from_secs(1);
         let mut failing = false;
         loop {
-            let mut listed = false;
-            let result = follow(&settings.node_name, &pods, &stats, &mut listed).await;
-            if listed {
+            let mut healthy = false;
+            let result = follow(&settings.node_name, &pods, &stats, &mut healthy).await;
+            if healthy {
                 backoff = Duration::from_secs(1);
                 if failing {
-                    log::info!("Kubernetes API: answering again");
+                    log::info!("Kubernetes API: watching again");
                     failing = false;
                 }
             }
-            if let Err(e) = result {
-                Stats::inc(&stats.k8s_api_errors);
-                if !failing {
-                    log::warn!(
-                        "Kubernetes API: {e:#}; spans keep container.id but lack pod names \
-                         until it answers (retrying)"
-                    );
-                    failing = true;
-                } else {
-                    log::debug!("Kubernetes API: {e:#}");
+            match result {
+                // 410 Gone: re-list, but never in a tight loop.
+                Ok(()) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => {
+                    Stats::inc(&stats.k8s_api_errors);
+                    if !failing {
+                        log::warn!(
+                            "Kubernetes API: {e:#}; spans keep container.id but lack pod \
+                             names until it answers (retrying)"
+                        );
+                        failing = true;
+                    } else {
+                        log::debug!("Kubernetes API: {e:#}");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     });
@@ -70,9 +74,11 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
 }
 
 /// One list, then watches until the API says the version is too old (a
-/// clean return: re-list) or fails (an error). `listed` tells the caller
-/// the API answered.
-async fn follow(node: &str, pods: &Pods, stats: &Stats, listed: &mut bool) -> anyhow::Result<()> {
+/// clean return: re-list) or fails (an error). `healthy` tells the caller
+/// a watch worked (an event came, or it stayed open 30 s): a list that
+/// works followed by a watch that fails at once is still a failure, and
+/// keeps backing off.
+async fn follow(node: &str, pods: &Pods, stats: &Stats, healthy: &mut bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let client = Client::try_default()
         .await
@@ -88,7 +94,6 @@ async fn follow(node: &str, pods: &Pods, stats: &Stats, listed: &mut bool) -> an
     .await
     .context("listing this node's pods: no answer")?
     .context("listing this node's pods")?;
-    *listed = true;
     let first = !pods.is_synced();
     pods.replace_all(&list.items);
     stats_gauges(pods, stats);
@@ -123,6 +128,9 @@ async fn follow(node: &str, pods: &Pods, stats: &Stats, listed: &mut bool) -> an
                 Ok(None) => break,
                 Err(_) => anyhow::bail!("the pod watch went silent"),
             };
+            if !matches!(event, WatchEvent::Error(_)) {
+                *healthy = true;
+            }
             match event {
                 WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
                     if let Some(v) = &pod.metadata.resource_version {
@@ -145,7 +153,9 @@ async fn follow(node: &str, pods: &Pods, stats: &Stats, listed: &mut bool) -> an
         }
         // The server ended the watch (its timeout): go on from here, but
         // not in a tight loop if it ends every watch at once.
-        if started.elapsed() < Duration::from_secs(1) {
+        if started.elapsed() >= Duration::from_secs(30) {
+            *healthy = true;
+        } else {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }

@@ -197,14 +197,15 @@ impl Histogram {
 /// never seen succeeding, the route is `_OTHER`.
 struct GuessedRoutes {
     max: usize,
-    by_service: HashMap<Value, HashSet<String>>,
+    /// By service (its `service.name` and `service.namespace` labels).
+    by_service: HashMap<Labels, HashSet<String>>,
 }
 
 /// What unknown paths collapse into past the bound.
 pub const OTHER_ROUTE: &str = "_OTHER";
 
 impl GuessedRoutes {
-    fn route(&mut self, service: &Value, path: &str, succeeded: bool) -> String {
+    fn route(&mut self, service: &Labels, path: &str, succeeded: bool) -> String {
         let Some(template) = route::guess(path) else {
             return OTHER_ROUTE.to_owned();
         };
@@ -227,11 +228,21 @@ impl GuessedRoutes {
     }
 }
 
+/// The leading labels that name the service: `service.name` and, when
+/// present, `service.namespace`.
+fn resource_of(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .take_while(|(k, _)| *k == "service.name" || *k == "service.namespace")
+        .cloned()
+        .collect()
+}
+
 /// Histograms by metric and attribute set, counted since `start_unix_ns`.
 pub struct Registry {
     series: HashMap<Metric, HashMap<Labels, Histogram>>,
     /// Attribute sets per metric and service, for the per-service bound.
-    per_service: HashMap<(Metric, Labels), usize>,
+    per_service: HashMap<Metric, HashMap<Labels, usize>>,
     routes: GuessedRoutes,
     pub start_unix_ns: u64,
 }
@@ -301,11 +312,11 @@ impl Registry {
                 let mut labels = labels_of(HTTP_SERVER);
                 let succeeded = matches!(
                     span.attr("http.response.status_code"),
-                    Some(Value::Int(200..=399))
+                    Some(Value::Int(100..=399))
                 );
                 let guessed = match span.attr("url.path") {
                     Some(Value::Str(path)) if span.attr("http.route").is_none() => {
-                        Some(self.routes.route(&service, path, succeeded))
+                        Some(self.routes.route(&resource_of(&labels), path, succeeded))
                     }
                     _ => None,
                 };
@@ -347,24 +358,22 @@ impl Registry {
             h.observe(bounds, v);
             return;
         }
-        let resource: Labels = labels
-            .iter()
-            .take_while(|(k, _)| *k == "service.name" || *k == "service.namespace")
-            .cloned()
-            .collect();
-        let count = self
-            .per_service
-            .entry((metric, resource.clone()))
-            .or_default();
-        let labels = if *count < MAX_SERIES_PER_SERVICE && series.len() < MAX_SERIES {
-            *count += 1;
-            labels
+        let resource = resource_of(&labels);
+        let overflow = ("otel.metric.overflow", Value::Bool(true));
+        let services = self.per_service.entry(metric).or_default();
+        let labels = if series.len() >= MAX_SERIES || services.len() >= MAX_SERIES {
+            // Past the overall bound, one series for everything new.
+            vec![overflow]
         } else {
-            // The service's overflow series; the overall bound still holds
-            // but for one such series per service.
-            let mut overflow = resource;
-            overflow.push(("otel.metric.overflow", Value::Bool(true)));
-            overflow
+            let count = services.entry(resource.clone()).or_default();
+            if *count < MAX_SERIES_PER_SERVICE {
+                *count += 1;
+                labels
+            } else {
+                let mut own = resource;
+                own.push(overflow);
+                own
+            }
         };
         series
             .entry(labels)
@@ -500,6 +509,24 @@ pub(crate) mod tests {
             r.series[&Metric::HttpServerDuration].len(),
             MAX_SERIES_PER_SERVICE + 2
         );
+    }
+
+    #[test]
+    fn past_the_overall_bound_everything_new_shares_one_series() {
+        let mut r = Registry::new(0, 100);
+        for n in 0..(MAX_SERIES + 50) {
+            let mut s = server(200, 1);
+            s.resource = Arc::new(crate::spans::Resource {
+                pid: 2,
+                attributes: vec![("service.name".into(), format!("svc-{n}").into())],
+            });
+            r.observe(&s);
+        }
+        let series = &r.series[&Metric::HttpServerDuration];
+        assert_eq!(series.len(), MAX_SERIES + 1);
+        let overflow: Labels = vec![("otel.metric.overflow", Value::Bool(true))];
+        assert_eq!(series[&overflow].count, 50);
+        assert!(r.per_service[&Metric::HttpServerDuration].len() <= MAX_SERIES);
     }
 
     #[test]
