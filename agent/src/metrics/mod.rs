@@ -205,7 +205,7 @@ struct GuessedRoutes {
 pub const OTHER_ROUTE: &str = "_OTHER";
 
 impl GuessedRoutes {
-    fn route(&mut self, service: &Labels, path: &str, succeeded: bool) -> String {
+    fn route(&mut self, service: &[(&'static str, Value)], path: &str, succeeded: bool) -> String {
         let Some(template) = route::guess(path) else {
             return OTHER_ROUTE.to_owned();
         };
@@ -221,7 +221,7 @@ impl GuessedRoutes {
         }
         if succeeded && self.max > 0 && self.by_service.len() < MAX_ROUTE_SERVICES {
             self.by_service
-                .insert(service.clone(), HashSet::from([template.clone()]));
+                .insert(service.to_vec(), HashSet::from([template.clone()]));
             return template;
         }
         OTHER_ROUTE.to_owned()
@@ -230,12 +230,12 @@ impl GuessedRoutes {
 
 /// The leading labels that name the service: `service.name` and, when
 /// present, `service.namespace`.
-fn resource_of(labels: &Labels) -> Labels {
-    labels
+fn resource_of<'a>(labels: &'a [(&'static str, Value)]) -> &'a [(&'static str, Value)] {
+    let n = labels
         .iter()
         .take_while(|(k, _)| *k == "service.name" || *k == "service.namespace")
-        .cloned()
-        .collect()
+        .count();
+    &labels[..n]
 }
 
 /// Histograms by metric and attribute set, counted since `start_unix_ns`.
@@ -304,7 +304,7 @@ impl Registry {
             _ => None,
         };
         if span.attr("db.system.name").is_some() {
-            self.record(Metric::DbClientDuration, labels_of(DB_CLIENT), seconds);
+            self.record(Metric::DbClientDuration, &labels_of(DB_CLIENT), seconds);
             return;
         }
         let (duration, request, response, labels) = match span.kind {
@@ -316,7 +316,7 @@ impl Registry {
                 );
                 let guessed = match span.attr("url.path") {
                     Some(Value::Str(path)) if span.attr("http.route").is_none() => {
-                        Some(self.routes.route(&resource_of(&labels), path, succeeded))
+                        Some(self.routes.route(resource_of(&labels), path, succeeded))
                     }
                     _ => None,
                 };
@@ -343,34 +343,39 @@ impl Registry {
             ),
         };
         if let Some(n) = size("http.request.body.size") {
-            self.record(request, labels.clone(), n);
+            self.record(request, &labels, n);
         }
         if let Some(n) = size("http.response.body.size") {
-            self.record(response, labels.clone(), n);
+            self.record(response, &labels, n);
         }
-        self.record(duration, labels, seconds);
+        self.record(duration, &labels, seconds);
     }
 
-    fn record(&mut self, metric: Metric, labels: Labels, v: f64) {
+    /// Hot path: an existing series is found by reference; labels are
+    /// copied only for a new one.
+    fn record(&mut self, metric: Metric, labels: &Labels, v: f64) {
         let bounds = metric.describe().bounds;
         let series = self.series.entry(metric).or_default();
-        if let Some(h) = series.get_mut(&labels) {
+        if let Some(h) = series.get_mut(labels) {
             h.observe(bounds, v);
             return;
         }
-        let resource = resource_of(&labels);
+        let resource = resource_of(labels);
         let overflow = ("otel.metric.overflow", Value::Bool(true));
         let services = self.per_service.entry(metric).or_default();
         let labels = if series.len() >= MAX_SERIES || services.len() >= MAX_SERIES {
             // Past the overall bound, one series for everything new.
             vec![overflow]
         } else {
-            let count = services.entry(resource.clone()).or_default();
+            let count = match services.get_mut(resource) {
+                Some(count) => count,
+                None => services.entry(resource.to_vec()).or_default(),
+            };
             if *count < MAX_SERIES_PER_SERVICE {
                 *count += 1;
-                labels
+                labels.clone()
             } else {
-                let mut own = resource;
+                let mut own = resource.to_vec();
                 own.push(overflow);
                 own
             }
