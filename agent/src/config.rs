@@ -75,6 +75,10 @@ pub struct Args {
     #[arg(long = "k8s-namespace", value_name = "GLOB")]
     pub k8s_namespace: Vec<String>,
 
+    /// ... whose pod's name matches (a glob; repeatable).
+    #[arg(long = "k8s-pod-name", value_name = "GLOB")]
+    pub k8s_pod_name: Vec<String>,
+
     /// ... whose pod has this label (KEY=VALUE; repeatable).
     #[arg(long = "k8s-pod-label", value_name = "KEY=VALUE")]
     pub k8s_pod_label: Vec<String>,
@@ -284,6 +288,7 @@ impl Config {
         .containers_only(args.containers_only)
         .pods(crate::k8s::select::PodSelectors::new(
             &args.k8s_namespace,
+            &args.k8s_pod_name,
             &args.k8s_pod_label,
             &args.k8s_owner,
             &args.exclude_k8s_namespace,
@@ -303,7 +308,8 @@ impl Config {
         });
         if selectors.needs_pods() && k8s.is_none() {
             bail!(
-                "--k8s-namespace, --k8s-pod-label, --k8s-owner and --exclude-k8s-namespace need the \
+                "--k8s-namespace, --k8s-pod-name, --k8s-pod-label, --k8s-owner and \
+                 --exclude-k8s-namespace need the \
                  Kubernetes API: run the agent in a pod, or set KUBECONFIG (or --k8s-metadata on)"
             );
         }

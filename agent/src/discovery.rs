@@ -278,7 +278,7 @@ mod tests {
         };
         let pods = |ns: &[&str], exclude: &[&str]| {
             let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            PodSelectors::new(&v(ns), &[], &[], &v(exclude)).unwrap()
+            PodSelectors::new(&v(ns), &[], &[], &[], &v(exclude)).unwrap()
         };
         let alone = Selectors::new(&[], &[], &[], &[], &[])
             .unwrap()

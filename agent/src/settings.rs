@@ -131,6 +131,14 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "k8s_pod_name",
+        arg: "k8s_pod_name",
+        apply: |a, v| {
+            a.k8s_pod_name = list(v);
+            Ok(())
+        },
+    },
+    Setting {
         key: "k8s_pod_label",
         arg: "k8s_pod_label",
         apply: |a, v| {

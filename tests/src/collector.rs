@@ -94,6 +94,7 @@ impl MetricsService for Service {
 #[derive(Clone, Debug)]
 pub struct MetricPoint {
     pub service: String,
+    pub resource: Vec<KeyValue>,
     pub attributes: Vec<KeyValue>,
     /// Histograms: count and per-bucket counts (not cumulative).
     pub count: u64,
@@ -109,6 +110,9 @@ impl MetricPoint {
     }
     pub fn int(&self, key: &str) -> Option<i64> {
         as_int(value_of(&self.attributes, key))
+    }
+    pub fn res_str(&self, key: &str) -> Option<String> {
+        as_string(value_of(&self.resource, key))
     }
 }
 
@@ -128,6 +132,7 @@ fn metric_points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<MetricPoi
             let number =
                 |attributes: &[KeyValue], v: &Option<number_data_point::Value>| MetricPoint {
                     service: service.clone(),
+                    resource: resource.to_vec(),
                     attributes: attributes.to_vec(),
                     count: 0,
                     bucket_counts: Vec::new(),
@@ -140,6 +145,7 @@ fn metric_points(req: &ExportMetricsServiceRequest, name: &str) -> Vec<MetricPoi
             match &m.data {
                 Some(Data::Histogram(h)) => out.extend(h.data_points.iter().map(|p| MetricPoint {
                     service: service.clone(),
+                    resource: resource.to_vec(),
                     attributes: p.attributes.clone(),
                     count: p.count,
                     bucket_counts: p.bucket_counts.clone(),

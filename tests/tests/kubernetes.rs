@@ -312,6 +312,25 @@ fn pods_from_the_api_decorate_spans_and_exclusions_hold() {
     assert!(agent.stop().success());
     assert_eq!(server_spans(&collector, &system.server), 0);
 
+    // Metrics carry the workload, not the pod (pods churn); this is the
+    // export the agent sends as it stops.
+    let points = collector.metric("grpc", "http.server.request.duration");
+    let p = points
+        .iter()
+        .find(|p| p.service == "checkout-api")
+        .unwrap_or_else(|| panic!("{points:#?}"));
+    for (key, want) in [
+        ("service.namespace", "shop"),
+        ("k8s.namespace.name", "shop"),
+        ("k8s.deployment.name", "checkout"),
+        ("k8s.container.name", "web"),
+        ("k8s.node.name", NODE),
+    ] {
+        assert_eq!(p.res_str(key).as_deref(), Some(want), "{key}");
+    }
+    assert_eq!(p.res_str("k8s.pod.name"), None);
+    assert_eq!(p.res_str("k8s.replicaset.name"), None);
+
     // Only this node's pods were asked for, in the list and the watch.
     let requests = api.requests();
     let on_node = format!("fieldSelector=spec.nodeName%3D{NODE}");

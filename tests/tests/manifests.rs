@@ -317,6 +317,7 @@ selectors:
   namespaces: [shop]
   excludeNamespaces: []
   owners: [deployment/checkout]
+  podNames: ["checkout-*"]
   podLabels: [tier=backend]
   ports: ["8000-8099"]
   cmdline: ["gunicorn: master", "app # x"]
@@ -335,6 +336,7 @@ extraEnv: [{name: OTEL_RESOURCE_ATTRIBUTES, value: deployment.environment.name=p
         args_of(&c),
         [
             "--k8s-namespace=shop",
+            "--k8s-pod-name=checkout-*",
             "--k8s-pod-label=tier=backend",
             "--k8s-owner=deployment/checkout",
             "--cmdline=gunicorn: master",

@@ -12,6 +12,7 @@ use crate::discovery::glob_match;
 #[derive(Clone, Debug, Default)]
 pub struct PodSelectors {
     namespaces: Vec<String>,
+    pod_names: Vec<String>,
     labels: Vec<(String, String)>,
     /// Kind (any kind when `None`) and name glob.
     owners: Vec<(Option<OwnerKind>, String)>,
@@ -19,10 +20,12 @@ pub struct PodSelectors {
 }
 
 impl PodSelectors {
-    /// `namespaces` and `exclude_namespaces` are globs; `labels` are
-    /// `key=value`; `owners` are `NAME` or `KIND/NAME` (NAME a glob).
+    /// `namespaces`, `pod_names` and `exclude_namespaces` are globs;
+    /// `labels` are `key=value`; `owners` are `NAME` or `KIND/NAME` (NAME a
+    /// glob).
     pub fn new(
         namespaces: &[String],
+        pod_names: &[String],
         labels: &[String],
         owners: &[String],
         exclude_namespaces: &[String],
@@ -54,6 +57,7 @@ impl PodSelectors {
             .collect::<anyhow::Result<_>>()?;
         Ok(PodSelectors {
             namespaces: namespaces.to_vec(),
+            pod_names: pod_names.to_vec(),
             labels,
             owners,
             exclude_namespaces: exclude_namespaces.to_vec(),
@@ -62,7 +66,10 @@ impl PodSelectors {
 
     /// Whether any positive criterion was given.
     pub fn any(&self) -> bool {
-        !self.namespaces.is_empty() || !self.labels.is_empty() || !self.owners.is_empty()
+        !self.namespaces.is_empty()
+            || !self.pod_names.is_empty()
+            || !self.labels.is_empty()
+            || !self.owners.is_empty()
     }
 
     pub fn needs_api(&self) -> bool {
@@ -82,6 +89,8 @@ impl PodSelectors {
                 .namespaces
                 .iter()
                 .any(|g| glob_match(g, &pod.namespace));
+        let name = self.pod_names.is_empty()
+            || self.pod_names.iter().any(|g| glob_match(g, &pod.pod_name));
         let label = self.labels.is_empty()
             || self
                 .labels
@@ -93,7 +102,7 @@ impl PodSelectors {
                     .iter()
                     .any(|o| kind.is_none_or(|k| k == o.kind) && glob_match(name, &o.name))
             });
-        namespace && label && owner && !self.excluded(pod)
+        namespace && name && label && owner && !self.excluded(pod)
     }
 }
 
@@ -104,7 +113,18 @@ mod tests {
 
     fn sel(ns: &[&str], labels: &[&str], owners: &[&str], exclude: &[&str]) -> PodSelectors {
         let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        PodSelectors::new(&v(ns), &v(labels), &v(owners), &v(exclude)).unwrap()
+        PodSelectors::new(&v(ns), &[], &v(labels), &v(owners), &v(exclude)).unwrap()
+    }
+
+    #[test]
+    fn pod_names_by_glob() {
+        let checkout = containers(&fixture("pod-deployment-containerd"))
+            .remove(0)
+            .1;
+        let by_name = |g: &str| PodSelectors::new(&[], &[g.to_owned()], &[], &[], &[]).unwrap();
+        assert!(by_name("checkout-*").matches(&checkout));
+        assert!(!by_name("orders-*").matches(&checkout));
+        assert!(by_name("orders-*").any());
     }
 
     #[test]
@@ -132,11 +152,11 @@ mod tests {
     #[test]
     fn bad_selectors_are_named() {
         let v = |x: &str| vec![x.to_owned()];
-        let e = PodSelectors::new(&[], &v("tier"), &[], &[])
+        let e = PodSelectors::new(&[], &[], &v("tier"), &[], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEY=VALUE") && e.contains("tier"), "{e}");
-        let e = PodSelectors::new(&[], &[], &v("pod/x"), &[])
+        let e = PodSelectors::new(&[], &[], &[], &v("pod/x"), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown kind") && e.contains("pod/x"), "{e}");

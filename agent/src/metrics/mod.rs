@@ -160,10 +160,26 @@ const DB_CLIENT: &[&str] = &[
     "error.type",
 ];
 
-/// An attribute set. It starts with `service.name` and, when the process
-/// has one, `service.namespace`, which OTLP carries in the resource and
-/// Prometheus as labels.
+/// An attribute set. It starts with `service.name` and whichever of the
+/// other [`RESOURCE_KEYS`] the process's resource has, which OTLP carries
+/// in the resource and Prometheus as labels.
 pub type Labels = Vec<(&'static str, Value)>;
+
+/// Resource attributes a metric keeps: the service, and on Kubernetes its
+/// namespace, workload, container and node. Not the pod's name or uid, nor
+/// a Job's (a CronJob's Jobs are named by the minute): they churn, and
+/// cumulative series of pods long gone would fill the bounds.
+pub const RESOURCE_KEYS: &[&str] = &[
+    "service.name",
+    "service.namespace",
+    "k8s.namespace.name",
+    "k8s.deployment.name",
+    "k8s.statefulset.name",
+    "k8s.daemonset.name",
+    "k8s.cronjob.name",
+    "k8s.container.name",
+    "k8s.node.name",
+];
 
 pub struct Histogram {
     /// Observations per bucket (not cumulative); the last bucket is
@@ -228,12 +244,11 @@ impl GuessedRoutes {
     }
 }
 
-/// The leading labels that name the service: `service.name` and, when
-/// present, `service.namespace`.
-fn resource_of<'a>(labels: &'a [(&'static str, Value)]) -> &'a [(&'static str, Value)] {
+/// The leading labels that name the service ([`RESOURCE_KEYS`]).
+pub fn resource_of<'a>(labels: &'a [(&'static str, Value)]) -> &'a [(&'static str, Value)] {
     let n = labels
         .iter()
-        .take_while(|(k, _)| *k == "service.name" || *k == "service.namespace")
+        .take_while(|(k, _)| RESOURCE_KEYS.contains(k))
         .count();
     &labels[..n]
 }
@@ -284,11 +299,12 @@ impl Registry {
             .get("service.name")
             .cloned()
             .unwrap_or_else(|| Value::Str(String::new()));
-        let namespace = span.resource.get("service.namespace");
         let labels_of = |keys: &[&'static str]| -> Labels {
             let mut l: Labels = vec![("service.name", service.clone())];
-            if let Some(ns) = namespace {
-                l.push(("service.namespace", ns.clone()));
+            for k in &RESOURCE_KEYS[1..] {
+                if let Some(v) = span.resource.get(k) {
+                    l.push((k, v.clone()));
+                }
             }
             for k in keys {
                 if let Some(v) = span.attr(k) {
@@ -532,6 +548,42 @@ pub(crate) mod tests {
         let overflow: Labels = vec![("otel.metric.overflow", Value::Bool(true))];
         assert_eq!(series[&overflow].count, 50);
         assert!(r.per_service[&Metric::HttpServerDuration].len() <= MAX_SERIES);
+    }
+
+    #[test]
+    fn a_pods_metrics_carry_its_workload_not_the_pod() {
+        let mut s = server(200, 1);
+        let attrs = [
+            ("service.name", "checkout"),
+            ("k8s.pod.name", "checkout-7c9d8b5f4d-x2x7q"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.replicaset.name", "checkout-7c9d8b5f4d"),
+            ("k8s.deployment.name", "checkout"),
+            ("k8s.container.name", "app"),
+            ("service.namespace", "shop"),
+        ];
+        s.resource = Arc::new(crate::spans::Resource {
+            pid: 3,
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).into()))
+                .collect(),
+        });
+        let mut r = Registry::new(0, 100);
+        r.observe(&s);
+        let (labels, _) = r.series[&Metric::HttpServerDuration].iter().next().unwrap();
+        let keys: Vec<&str> = resource_of(labels).iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "service.name",
+                "service.namespace",
+                "k8s.namespace.name",
+                "k8s.deployment.name",
+                "k8s.container.name"
+            ]
+        );
+        assert!(!labels.iter().any(|(k, _)| k.starts_with("k8s.pod")));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Temporality is cumulative: each export carries the totals since the
 //! agent started, so an export the collector missed is made good by the
 //! next one, and nothing queues up while it is down. One `ResourceMetrics`
-//! per service (`service.name` and, on Kubernetes, `service.namespace`),
+//! per service (`service.name` and, on Kubernetes, its namespace,
+//! workload, container and node: [`super::RESOURCE_KEYS`]),
 //! with `host.name` and `service.instance.id` set to the host, so the
 //! agents of a fleet never report the same series; the agent's own
 //! counters are reported under `service.name=zerospan`.
@@ -23,17 +24,13 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{Labels, Registry, Shared, GAUGES};
+use super::{resource_of, Labels, Registry, Shared, GAUGES};
 use crate::{
     clock::Clock,
     export::{grpc::Grpc, http::Http, otlp::kv, ExportError, SinkConfig},
     spans::Value,
     stats::Stats,
 };
-
-/// The labels that name a resource rather than a series, when they lead
-/// an attribute set.
-const RESOURCE_KEYS: &[&str] = &["service.name", "service.namespace"];
 
 /// The agent's own resource, for its counters.
 fn agent_resource() -> Labels {
@@ -65,11 +62,7 @@ pub fn request(
         let d = metric.describe();
         let mut points: BTreeMap<Labels, Vec<HistogramDataPoint>> = BTreeMap::new();
         for (labels, h) in rows {
-            let split = labels
-                .iter()
-                .take_while(|(k, _)| RESOURCE_KEYS.contains(k))
-                .count();
-            let (resource, attributes) = labels.split_at(split);
+            let (resource, attributes) = labels.split_at(resource_of(labels).len());
             let resource = if resource.is_empty() {
                 agent_resource()
             } else {
