@@ -204,27 +204,27 @@ impl EventPath {
     /// process may fork or rename itself, and a cache keyed on either would
     /// need the very reads it saves.
     fn rescan_for_pods(&mut self) {
-        let (Some(selectors), Some(pods)) = (self.selectors.clone(), self.pods.clone()) else {
+        let Some(pods) = self.pods.clone() else {
             return;
         };
         let generation = pods.generation();
         let now = Clock::now_ktime_ns();
-        if !selectors.needs_pods()
-            || generation == self.pods_seen
+        if generation == self.pods_seen
             || now < self.pods_rescanned + POD_RESCAN_EVERY.as_nanos() as u64
         {
             return;
         }
         self.pods_seen = generation;
         self.pods_rescanned = now;
+        let Some(selectors) = self.selectors.clone().filter(Selectors::needs_pods) else {
+            return;
+        };
         for pid in procfs::all_pids() {
             if self.registry.is_live(pid) {
                 continue;
             }
             let in_known_pod = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|cgroup| crate::container::parse(&cgroup).id)
-                .is_some_and(|id| pods.lookup(&id).is_some());
+                .is_ok_and(|cgroup| pods.of(&crate::container::parse(&cgroup)).is_some());
             if in_known_pod {
                 self.consider(pid, &selectors, selectors.wants_ports());
             }

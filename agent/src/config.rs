@@ -342,22 +342,16 @@ impl Config {
             );
         }
         let otlp_endpoint = args.otlp_endpoint;
-        let protocol = args
-            .otlp_protocol
-            .clone()
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .unwrap_or_else(|| "grpc".into());
         let mut sinks = Vec::new();
-        if let Some(sink) = otlp_sink(&env, "TRACES", otlp_endpoint.clone(), &protocol)? {
+        if let Some(sink) = otlp_sink(
+            &env,
+            "TRACES",
+            otlp_endpoint.clone(),
+            args.otlp_protocol.clone(),
+        )? {
             sinks.push(sink);
         }
         let metrics_export = if metrics_exporters(env("OTEL_METRICS_EXPORTER").as_deref()) {
-            let protocol = args
-                .otlp_protocol
-                .or_else(|| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"))
-                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-                .unwrap_or_else(|| "grpc".into());
             let millis = |key: &str, default: u64| match env(key) {
                 None => Duration::from_millis(default),
                 Some(v) => {
@@ -370,7 +364,7 @@ impl Config {
                     }
                 }
             };
-            otlp_sink(&env, "METRICS", otlp_endpoint, &protocol)?.map(|sink| {
+            otlp_sink(&env, "METRICS", otlp_endpoint, args.otlp_protocol)?.map(|sink| {
                 crate::metrics::otlp::Settings {
                     sink,
                     interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000),
@@ -468,13 +462,18 @@ fn metrics_exporters(value: Option<&str>) -> bool {
 /// is set. A signal-specific endpoint (`OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`)
 /// is used as given; a base endpoint (the flag, or
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`) gets the signal's path appended for
-/// HTTP (OTLP exporter spec).
+/// HTTP (OTLP exporter spec). The protocol: the flag's, else the signal's
+/// variable, else the general one, else gRPC.
 fn otlp_sink(
     env: &impl Fn(&str) -> Option<String>,
     signal: &str,
     flag: Option<String>,
-    protocol: &str,
+    protocol_flag: Option<String>,
 ) -> anyhow::Result<Option<SinkConfig>> {
+    let protocol = protocol_flag
+        .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "grpc".into());
     let endpoint = match (flag, env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))) {
         (Some(e), _) => Some((e, false)),
         (None, Some(e)) => Some((e, true)),
@@ -487,13 +486,13 @@ fn otlp_sink(
         .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
         .map(|h| parse_key_values(&h))
         .unwrap_or_default();
-    Ok(Some(match protocol {
+    Ok(Some(match protocol.as_str() {
         "grpc" => SinkConfig::OtlpGrpc { endpoint, headers },
         "http/protobuf" => SinkConfig::OtlpHttp {
-            endpoint: match (exact, signal) {
-                (true, _) => endpoint,
-                (false, "TRACES") => export::http_traces_url(&endpoint),
-                (false, _) => export::http_metrics_url(&endpoint),
+            endpoint: if exact {
+                endpoint
+            } else {
+                export::http::signal_url(&endpoint, &signal.to_ascii_lowercase())
             },
             headers,
         },

@@ -23,6 +23,12 @@ const PREFIXES: &[&str] = &[
 fn container_id(segment: &str) -> Option<String> {
     let s = segment.strip_suffix(".scope").unwrap_or(segment);
     let s = PREFIXES.iter().find_map(|p| s.strip_prefix(p)).unwrap_or(s);
+    normal_id(s)
+}
+
+/// A container id as every runtime writes it (64 hex digits), lowercase;
+/// `None` for anything else.
+pub fn normal_id(s: &str) -> Option<String> {
     (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 

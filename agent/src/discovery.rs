@@ -50,10 +50,7 @@ impl Candidate {
         } else {
             Vec::new()
         };
-        let pod = match (pods, &meta.container.id) {
-            (Some(pods), Some(id)) => pods.lookup(id),
-            _ => None,
-        };
+        let pod = pods.and_then(|p| p.of(&meta.container));
         Some(Candidate {
             pid,
             in_container: meta.container.id.is_some(),

@@ -176,12 +176,12 @@ impl Registry {
 
     /// The pod of a process's container, and the index version it is from.
     fn pod_of(&self, meta: &ProcessMeta) -> (Option<Arc<PodMeta>>, u64) {
-        match (&self.pods, &meta.container.id) {
-            (Some(pods), Some(id)) => {
+        match &self.pods {
+            Some(pods) => {
                 let generation = pods.generation();
-                (pods.lookup(id), generation)
+                (pods.of(&meta.container), generation)
             }
-            _ => (None, 0),
+            None => (None, 0),
         }
     }
 

@@ -53,6 +53,17 @@ fn lines(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// One of a flag's named values (`auto`, `on`, `off`, …), as clap reads it.
+fn choice<T: clap::ValueEnum>(v: &str) -> Result<T, String> {
+    T::from_str(v.trim(), false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|c| Some(c.to_possible_value()?.get_name().to_owned()))
+            .collect();
+        format!("expected {}, got {v:?}", names.join(" or "))
+    })
+}
+
 fn text(v: &str) -> Result<String, String> {
     let v = v.trim();
     if v.is_empty() {
@@ -166,12 +177,7 @@ const SETTINGS: &[Setting] = &[
         key: "k8s_metadata",
         arg: "k8s_metadata",
         apply: |a, v| {
-            a.k8s_metadata = match v.trim() {
-                "auto" => crate::config::K8sMetadata::Auto,
-                "on" => crate::config::K8sMetadata::On,
-                "off" => crate::config::K8sMetadata::Off,
-                _ => return Err(format!("expected auto, on or off, got {v:?}")),
-            };
+            a.k8s_metadata = choice(v)?;
             Ok(())
         },
     },
@@ -302,11 +308,7 @@ const SETTINGS: &[Setting] = &[
         key: "log_format",
         arg: "log_format",
         apply: |a, v| {
-            a.log_format = match v.trim() {
-                "text" => crate::logger::Format::Text,
-                "json" => crate::logger::Format::Json,
-                _ => return Err(format!("expected text or json, got {v:?}")),
-            };
+            a.log_format = choice(v)?;
             Ok(())
         },
     },
@@ -314,11 +316,7 @@ const SETTINGS: &[Setting] = &[
         key: "context_propagation",
         arg: "context_propagation",
         apply: |a, v| {
-            a.context_propagation = match v.trim() {
-                "headers" => crate::config::Propagation::Headers,
-                "off" => crate::config::Propagation::Off,
-                _ => return Err(format!("expected headers or off, got {v:?}")),
-            };
+            a.context_propagation = choice(v)?;
             Ok(())
         },
     },
@@ -460,6 +458,14 @@ pub fn layer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn named_values_are_clap_s_and_errors_list_them() {
+        use crate::config::K8sMetadata;
+        assert_eq!(choice::<K8sMetadata>(" on "), Ok(K8sMetadata::On));
+        let e = choice::<K8sMetadata>("sometimes").unwrap_err();
+        assert_eq!(e, "expected auto or on or off, got \"sometimes\"");
+    }
+
     use std::collections::HashMap;
 
     use clap::{CommandFactory as _, FromArgMatches as _};

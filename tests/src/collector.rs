@@ -444,6 +444,25 @@ impl Collector {
             .collect()
     }
 
+    /// Waits until the newest export over `transport` has points of metric
+    /// `name` that satisfy `done`, or `timeout`; returns the last points.
+    pub fn wait_for_metric(
+        &self,
+        transport: &str,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&[MetricPoint]) -> bool,
+    ) -> Vec<MetricPoint> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let points = self.metric(transport, name);
+            if done(&points) || Instant::now() > deadline {
+                return points;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until at least `n` spans matching `pred` arrived, or `timeout`.
     pub fn wait_for(
         &self,

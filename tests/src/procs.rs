@@ -244,6 +244,24 @@ impl Fixture {
         )
     }
 
+    /// [`Fixture::http_server`] started inside `group`, as a container
+    /// runtime starts a container's first process: in its cgroup before it
+    /// execs. `args` go after the directory (a marker to select it by).
+    pub fn http_server_in(group: &Cgroup, dir: &Path, args: &[&str]) -> Fixture {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {} {}",
+            group.dir.display(),
+            fixture("http_server.py").display(),
+            dir.display(),
+            args.join(" ")
+        );
+        Fixture::start(
+            Command::new("sh")
+                .args(["-c", &script])
+                .env_remove("OTEL_SERVICE_NAME"),
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -62,14 +62,7 @@ fn containers_only_narrows_a_selector_to_containers() {
     let server_py = zerospan_tests::procs::fixture("http_server.py");
     let root = dir.0.display().to_string();
     // In the container's cgroup before it execs the server.
-    let inside = Fixture::start(Command::new("sh").args([
-        "-c",
-        &format!(
-            "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {root} containers-only-test",
-            group.dir.display(),
-            server_py.display()
-        ),
-    ]));
+    let inside = Fixture::http_server_in(&group, &dir.0, &["containers-only-test"]);
     // The same server, the same marker, outside any container.
     let outside = Fixture::start(Command::new("python3").args([
         &server_py.display().to_string(),

@@ -56,25 +56,13 @@ fn pod_object(n: u8, namespace: &str, name: &str, owner: (&str, &str), labels: V
     })
 }
 
-/// A server started inside cgroup `relative`, as a container runtime starts
-/// a container's first process: in its cgroup before it execs.
+/// A server started inside a new cgroup `relative`, born there.
 fn server_in(relative: &str, web: &Path) -> (Fixture, Cgroup) {
     let group = Cgroup::new(
         relative,
         "this test needs one to stand in for the container runtime's cgroups",
     );
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec python3 {} 127.0.0.1 {}",
-        group.dir.display(),
-        fixture("http_server.py").display(),
-        web.display()
-    );
-    let server = Fixture::start(
-        Command::new("sh")
-            .args(["-c", &script])
-            .env_remove("OTEL_SERVICE_NAME"),
-    );
-    (server, group)
+    (Fixture::http_server_in(&group, web, &[]), group)
 }
 
 impl FakePod {

@@ -2,7 +2,7 @@
 //! with no path in any label, on the Prometheus endpoint and over OTLP
 //! (gRPC and HTTP).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zerospan_tests::{
     collector::MetricPoint, curl, procs::free_port, require_root, Agent, Collector, Fixture,
@@ -30,19 +30,18 @@ fn server_durations(
     transport: &str,
     want: &[(&str, u64)],
 ) -> Vec<MetricPoint> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let points = collector.metric(transport, "http.server.request.duration");
-        let done = want.iter().all(|(route, n)| {
-            points
-                .iter()
-                .any(|p| p.str("http.route").as_deref() == Some(route) && p.count == *n)
-        });
-        if done || Instant::now() > deadline {
-            return points;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    collector.wait_for_metric(
+        transport,
+        "http.server.request.duration",
+        Duration::from_secs(15),
+        |points| {
+            want.iter().all(|(route, n)| {
+                points
+                    .iter()
+                    .any(|p| p.str("http.route").as_deref() == Some(route) && p.count == *n)
+            })
+        },
+    )
 }
 
 #[test]

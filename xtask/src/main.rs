@@ -136,6 +136,15 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `helm` on PATH, or where pip put it (the chart tests look in both).
+fn helm_installed() -> bool {
+    let scripts = output(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]));
+    succeeds(Command::new("helm").arg("version")) || Path::new(scripts.trim()).join("helm").exists()
+}
+
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -198,7 +207,7 @@ fn setup() -> Result<()> {
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
          opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
          flask, redis",
-    ])) && succeeds(Command::new("helm").arg("version"));
+    ])) && helm_installed();
     if !have_pip_packages {
         run(Command::new("python3")
             .args([

@@ -21,20 +21,12 @@ pub struct Http {
     headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL; traces go to `/v1/traces`.
-pub fn traces_url(endpoint: &str) -> String {
-    signal_url(endpoint, "traces")
-}
-
-/// ... and metrics to `/v1/metrics`.
-pub fn metrics_url(endpoint: &str) -> String {
-    signal_url(endpoint, "metrics")
-}
-
-/// A base URL given with one signal's path already on it (as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL: traces go to `/v1/traces`
+/// under it, metrics to `/v1/metrics` (`signal` is `traces` or
+/// `metrics`). A base URL given with one signal's path already on it (as
 /// `--otlp-endpoint http://c:4318/v1/traces` was accepted) still names the
 /// collector: the other signal goes to its own path there.
-fn signal_url(endpoint: &str, signal: &str) -> String {
+pub fn signal_url(endpoint: &str, signal: &str) -> String {
     let base = endpoint.trim_end_matches('/');
     let base = ["/v1/traces", "/v1/metrics"]
         .iter()
@@ -105,25 +97,25 @@ impl Http {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn traces_url_appends_the_signal_path_once() {
+    fn signal_urls_append_the_signal_path_once() {
         assert_eq!(
-            super::traces_url("http://c:4318"),
+            super::signal_url("http://c:4318", "traces"),
             "http://c:4318/v1/traces"
         );
         assert_eq!(
-            super::traces_url("http://c:4318/"),
+            super::signal_url("http://c:4318/", "traces"),
             "http://c:4318/v1/traces"
         );
         assert_eq!(
-            super::traces_url("http://c/v1/traces"),
+            super::signal_url("http://c/v1/traces", "traces"),
             "http://c/v1/traces"
         );
         assert_eq!(
-            super::metrics_url("http://c:4318/"),
+            super::signal_url("http://c:4318/", "metrics"),
             "http://c:4318/v1/metrics"
         );
         assert_eq!(
-            super::metrics_url("http://c:4318/v1/traces"),
+            super::signal_url("http://c:4318/v1/traces", "metrics"),
             "http://c:4318/v1/metrics"
         );
     }

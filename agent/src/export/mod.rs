@@ -13,7 +13,6 @@ mod console;
 mod file;
 pub mod grpc;
 pub mod http;
-pub use http::{metrics_url as http_metrics_url, traces_url as http_traces_url};
 pub mod otlp;
 
 use std::{

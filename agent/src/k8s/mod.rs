@@ -79,6 +79,11 @@ pub struct Pods {
 pub type Shared = Arc<Pods>;
 
 impl Pods {
+    /// The pod of the container a process's cgroup names, if known.
+    pub fn of(&self, container: &crate::container::Container) -> Option<Arc<PodMeta>> {
+        self.lookup(container.id.as_deref()?)
+    }
+
     pub fn lookup(&self, container_id: &str) -> Option<Arc<PodMeta>> {
         self.index
             .read()

@@ -82,7 +82,8 @@ impl PodSelectors {
             .any(|g| glob_match(g, &pod.namespace))
     }
 
-    /// Every kind of criterion given holds for `pod`.
+    /// Every kind of criterion given holds for `pod` (exclusions are
+    /// [`PodSelectors::excluded`]'s, which the caller checks first).
     pub fn matches(&self, pod: &PodMeta) -> bool {
         let namespace = self.namespaces.is_empty()
             || self
@@ -102,7 +103,7 @@ impl PodSelectors {
                     .iter()
                     .any(|o| kind.is_none_or(|k| k == o.kind) && glob_match(name, &o.name))
             });
-        namespace && name && label && owner && !self.excluded(pod)
+        namespace && name && label && owner
     }
 }
 
@@ -144,9 +145,9 @@ mod tests {
         assert!(!sel(&[], &[], &["statefulset/checkout"], &[]).matches(&checkout));
         let backend = sel(&[], &["tier=backend", "app=none"], &[], &[]);
         assert!(backend.matches(&checkout) && !backend.matches(&db));
-        // Exclusions win.
-        assert!(!sel(&["*"], &[], &[], &["sh*"]).matches(&checkout));
-        assert!(sel(&["*"], &[], &[], &["kube-system"]).matches(&checkout));
+        // Exclusions.
+        assert!(sel(&["*"], &[], &[], &["sh*"]).excluded(&checkout));
+        assert!(!sel(&["*"], &[], &[], &["kube-system"]).excluded(&checkout));
     }
 
     #[test]

@@ -40,9 +40,15 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         let mut failing = false;
+        // Built once (it reads the kubeconfig or service account and sets up
+        // TLS), again only if building it failed.
+        let mut client = None;
         loop {
             let mut healthy = false;
-            let result = follow(&settings.node_name, &pods, &stats, &mut healthy).await;
+            let result = match built(&mut client).await {
+                Ok(c) => follow(c, &settings.node_name, &pods, &stats, &mut healthy).await,
+                Err(e) => Err(e),
+            };
             if healthy {
                 backoff = Duration::from_secs(1);
                 if failing {
@@ -73,17 +79,31 @@ pub fn start(settings: Settings, stats: Arc<Stats>) -> Shared {
     shared
 }
 
+async fn built(slot: &mut Option<Client>) -> anyhow::Result<&Client> {
+    use anyhow::Context as _;
+    if slot.is_none() {
+        let client = Client::try_default()
+            .await
+            .context("no in-cluster service account or KUBECONFIG")?;
+        *slot = Some(client);
+    }
+    Ok(slot.as_ref().expect("set above"))
+}
+
 /// One list, then watches until the API says the version is too old (a
 /// clean return: re-list) or fails (an error). `healthy` tells the caller
 /// a watch worked (an event came, or it stayed open 30 s): a list that
 /// works followed by a watch that fails at once is still a failure, and
 /// keeps backing off.
-async fn follow(node: &str, pods: &Pods, stats: &Stats, healthy: &mut bool) -> anyhow::Result<()> {
+async fn follow(
+    client: &Client,
+    node: &str,
+    pods: &Pods,
+    stats: &Stats,
+    healthy: &mut bool,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let client = Client::try_default()
-        .await
-        .context("no in-cluster service account or KUBECONFIG")?;
-    let api: Api<Pod> = Api::all(client);
+    let api: Api<Pod> = Api::all(client.clone());
     let on_node = format!("spec.nodeName={node}");
     // Any version will do, from the API server's cache: a fleet of agents
     // re-listing after an API restart must not all read through to etcd.

@@ -218,7 +218,7 @@ struct GuessedRoutes {
 }
 
 /// What unknown paths collapse into past the bound.
-pub const OTHER_ROUTE: &str = "_OTHER";
+const OTHER_ROUTE: &str = "_OTHER";
 
 impl GuessedRoutes {
     fn route(&mut self, service: &[(&'static str, Value)], path: &str, succeeded: bool) -> String {
@@ -379,7 +379,9 @@ impl Registry {
         let resource = resource_of(labels);
         let overflow = ("otel.metric.overflow", Value::Bool(true));
         let services = self.per_service.entry(metric).or_default();
-        let labels = if series.len() >= MAX_SERIES || services.len() >= MAX_SERIES {
+        // A service's count only grows with a new series: bounding the
+        // series bounds the services too.
+        let labels = if series.len() >= MAX_SERIES {
             // Past the overall bound, one series for everything new.
             vec![overflow]
         } else {
