@@ -31,6 +31,8 @@ use tokio::{
     time::Instant,
 };
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
 use crate::{spans::Span, stats::Stats};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
-enum Sink {
+pub(crate) enum Sink {
     Grpc(grpc::Grpc),
     Http(Box<http::Http>),
     File(file::JsonFile),
@@ -76,7 +78,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(cfg: &SinkConfig) -> anyhow::Result<Self> {
+    pub(crate) fn open(cfg: &SinkConfig) -> anyhow::Result<Self> {
         Ok(match cfg {
             SinkConfig::OtlpGrpc { endpoint, headers } => {
                 Sink::Grpc(grpc::Grpc::new(endpoint, headers)?)
@@ -113,6 +115,21 @@ impl Sink {
             Sink::Http(_) => "otlp-http",
             Sink::File(_) => "traces-file",
             Sink::Console(_) => "console",
+        }
+    }
+
+    /// Sends one metrics export: over OTLP only.
+    pub(crate) async fn export_metrics(
+        &mut self,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<(), ExportError> {
+        match self {
+            Sink::Grpc(s) => s.export_metrics(request).await,
+            Sink::Http(s) => s.post(prost::Message::encode_to_vec(&request)).await,
+            Sink::File(_) | Sink::Console(_) => Err(ExportError::Fatal(format!(
+                "metrics cannot be exported to {}",
+                self.name()
+            ))),
         }
     }
 

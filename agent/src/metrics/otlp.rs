@@ -21,13 +21,12 @@ use opentelemetry_proto::tonic::{
     },
     resource::v1::Resource,
 };
-use prost::Message as _;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::{resource_of, Labels, Registry, Shared, GAUGES};
 use crate::{
     clock::Clock,
-    export::{grpc::Grpc, http::Http, otlp::kv, ExportError, SinkConfig},
+    export::{otlp::kv, Sink, SinkConfig},
     spans::Value,
     stats::Stats,
 };
@@ -152,20 +151,6 @@ pub fn request(
     }
 }
 
-enum Sink {
-    Grpc(Grpc),
-    Http(Box<Http>),
-}
-
-impl Sink {
-    async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), ExportError> {
-        match self {
-            Sink::Grpc(s) => s.export_metrics(req).await,
-            Sink::Http(s) => s.post(req.encode_to_vec()).await,
-        }
-    }
-}
-
 /// The export task; [`Exporter::shutdown`] sends the final totals.
 pub struct Exporter {
     stop: oneshot::Sender<()>,
@@ -179,13 +164,15 @@ pub fn start(
     stats: Arc<Stats>,
     base: Vec<(String, Value)>,
 ) -> anyhow::Result<Exporter> {
-    let mut sink = match &settings.sink {
-        SinkConfig::OtlpGrpc { endpoint, headers } => Sink::Grpc(Grpc::new(endpoint, headers)?),
-        SinkConfig::OtlpHttp { endpoint, headers } => {
-            Sink::Http(Box::new(Http::new(endpoint, headers)?))
-        }
-        other => anyhow::bail!("metrics cannot be exported to {other:?}"),
-    };
+    anyhow::ensure!(
+        matches!(
+            settings.sink,
+            SinkConfig::OtlpGrpc { .. } | SinkConfig::OtlpHttp { .. }
+        ),
+        "metrics cannot be exported to {:?}",
+        settings.sink
+    );
+    let mut sink = Sink::open(&settings.sink)?;
     log::info!("exporting metrics over OTLP every {:?}", settings.interval);
     let (stop, mut stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -211,7 +198,7 @@ pub fn start(
             } else {
                 settings.timeout.min(settings.interval)
             };
-            match tokio::time::timeout(patience, sink.send(req)).await {
+            match tokio::time::timeout(patience, sink.export_metrics(req)).await {
                 Ok(Ok(())) => {
                     Stats::inc(&stats.metrics_exported);
                     if failing {
