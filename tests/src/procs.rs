@@ -244,6 +244,11 @@ impl Fixture {
         )
     }
 
+    /// The page an HTTP server fixture serves from its directory.
+    pub fn index_url(&self) -> String {
+        format!("http://127.0.0.1:{}/index.html", self.port)
+    }
+
     /// [`Fixture::http_server`] started inside `group`, as a container
     /// runtime starts a container's first process: in its cgroup before it
     /// execs. `args` go after the directory (a marker to select it by).

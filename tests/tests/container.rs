@@ -20,12 +20,7 @@ fn spans_of_a_containerised_process_carry_its_container_id() {
     std::fs::write(group.dir.join("cgroup.procs"), server.pid().to_string()).unwrap();
     let collector = Collector::start();
     let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
-    curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        &format!("http://127.0.0.1:{}/index.html", server.port),
-    ]);
+    curl(&["-s", "-o", "/dev/null", &server.index_url()]);
     let spans = collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
     assert!(agent.stop().success());
     assert_eq!(spans.len(), 1, "{}", agent.stderr());
@@ -75,12 +70,7 @@ fn containers_only_narrows_a_selector_to_containers() {
         Duration::from_secs(10),
     );
     for f in [&inside, &outside] {
-        curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{}/index.html", f.port),
-        ]);
+        curl(&["-s", "-o", "/dev/null", &f.index_url()]);
     }
     collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
     std::thread::sleep(Duration::from_millis(300));

@@ -46,12 +46,7 @@ fn command_line_selector_with_an_exclusion_that_wins() {
     );
     wait_traced(&agent, wanted.pid());
     for f in [&wanted, &excluded] {
-        curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{}/index.html", f.port),
-        ]);
+        curl(&["-s", "-o", "/dev/null", &f.index_url()]);
     }
     collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
     std::thread::sleep(Duration::from_millis(300));

@@ -492,12 +492,7 @@ fn garbage_and_non_http_traffic_yield_no_spans() {
         let _ = std::io::Read::read_to_end(&mut s, &mut sink);
     }
     // A real request afterwards still works and is the only span.
-    curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        &format!("http://127.0.0.1:{}/index.html", server.port),
-    ]);
+    curl(&["-s", "-o", "/dev/null", &server.index_url()]);
     collector.wait_for(1, Duration::from_secs(10), |s| s.is_server());
     std::thread::sleep(Duration::from_millis(600));
     assert!(agent.stop().success());
@@ -532,7 +527,7 @@ fn otel_traces_sampler_ratio_keeps_exactly_the_traces_below_the_bound() {
             ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
         ],
     );
-    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    let url = server.index_url();
     let mut args = vec!["-s"];
     for _ in 0..40 {
         args.extend(["-o", "/dev/null", url.as_str()]);
@@ -634,7 +629,7 @@ fn spans_wait_for_a_collector_that_comes_up_late() {
         ],
         &[],
     );
-    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    let url = server.index_url();
     let mut args = vec!["-s"];
     for _ in 0..20 {
         args.extend(["-o", "/dev/null", url.as_str()]);

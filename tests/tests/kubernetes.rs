@@ -94,12 +94,8 @@ impl FakePod {
     }
 
     fn url(&self) -> String {
-        url(&self.server)
+        self.server.index_url()
     }
-}
-
-fn url(server: &Fixture) -> String {
-    format!("http://127.0.0.1:{}/index.html", server.port)
 }
 
 /// The stand-in API server, its pod directory and its request log.
@@ -248,7 +244,7 @@ fn pods_from_the_api_decorate_spans_and_exclusions_hold() {
         assert_eq!(s.res_str(key).as_deref(), Some(want), "{key}");
     }
 
-    let spans = spans_for(&collector, &url(&docker), docker.port);
+    let spans = spans_for(&collector, &docker.index_url(), docker.port);
     assert!(!spans.is_empty(), "a container that is no pod is traced");
     assert_eq!(spans[0].res_str("container.id"), Some(docker_id));
     assert_eq!(spans[0].res_str("k8s.pod.name"), None);

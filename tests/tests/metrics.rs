@@ -227,7 +227,7 @@ fn request_counts_over_otlp_http_in_the_final_export() {
         ],
         &[("OTEL_METRIC_EXPORT_INTERVAL", "600000")],
     );
-    let url = format!("http://127.0.0.1:{}/index.html", server.port);
+    let url = server.index_url();
     for _ in 0..3 {
         curl(&["-s", "-o", "/dev/null", &url]);
     }
