@@ -362,7 +362,8 @@ impl EventPath {
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
         };
-        let (files, processes) = self.probes.tls_counts();
+        let (files, processes, failed) = self.probes.tls_counts();
+        set(&self.stats.tls_uprobes_failed, failed);
         for (gauge, value) in [
             (
                 &self.stats.traced_processes,

@@ -148,12 +148,17 @@ pub fn run_checks() -> Vec<Check> {
         ),
     });
     out.push(match procfs::mounted("bpf", &mounts) {
-        Some(at) => check("bpffs", Verdict::Ok, format!("mounted at {at}"), None),
+        Some(at) => check(
+            "bpffs",
+            Verdict::Ok,
+            format!("mounted at {at} (not needed)"),
+            None,
+        ),
         None => check(
             "bpffs",
-            Verdict::Warn,
-            "not mounted",
-            Some("the agent mounts it at start (needs CAP_SYS_ADMIN), or: mount -t bpf bpf /sys/fs/bpf"),
+            Verdict::Info,
+            "not mounted (not needed: nothing is pinned)",
+            None,
         ),
     });
     out.push(match procfs::mounted("tracefs", &mounts) {
@@ -187,8 +192,7 @@ pub fn run_checks() -> Vec<Check> {
         .filter(|(bit, _, _, admin_will_do)| !(has(*bit) || *admin_will_do && has(CAP_SYS_ADMIN)))
         .map(|(_, name, why, _)| format!("{name} ({why})"))
         .collect();
-    let mounts_missing =
-        procfs::mounted("tracefs", &mounts).is_none() || procfs::mounted("bpf", &mounts).is_none();
+    let mounts_missing = procfs::mounted("tracefs", &mounts).is_none();
     out.push(if !missing.is_empty() {
         check(
             "capabilities",
@@ -200,8 +204,8 @@ pub fn run_checks() -> Vec<Check> {
         check(
             "capabilities",
             Verdict::Warn,
-            "no CAP_SYS_ADMIN to mount tracefs or bpffs, and one is not mounted",
-            Some("mount them on the host (see above), or grant CAP_SYS_ADMIN"),
+            "no CAP_SYS_ADMIN to mount tracefs, and it is not mounted",
+            Some("mount it on the host (see above), or grant CAP_SYS_ADMIN"),
         )
     } else if has(CAP_NET_ADMIN) {
         check("capabilities", Verdict::Ok, "all the agent needs", None)
@@ -228,21 +232,32 @@ pub fn run_checks() -> Vec<Check> {
         Some("needs CAP_BPF and CAP_PERFMON (or root)"),
     ));
     let uprobes = exists("/sys/bus/event_source/devices/uprobe");
-    let paranoid = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
-    out.push(check(
-        "uprobes",
-        if uprobes { Verdict::Ok } else { Verdict::Warn },
-        format!(
-            "{}; perf_event_paranoid={}",
-            if uprobes {
-                "available"
-            } else {
-                "not available"
-            },
-            paranoid.trim()
-        ),
-        Some("TLS capture (uprobes on libssl) needs CONFIG_UPROBE_EVENTS=y"),
-    ));
+    out.push(if !uprobes {
+        check(
+            "uprobes",
+            Verdict::Warn,
+            "uprobes not available: TLS capture is off",
+            Some("TLS capture (uprobes on libssl) needs CONFIG_UPROBE_EVENTS=y"),
+        )
+    } else {
+        // Tried for real: a capability count cannot tell (the uprobe PMU
+        // wants CAP_SYS_ADMIN, the tracefs route CAP_PERFMON and a
+        // writable tracefs).
+        match crate::uprobe::route_report() {
+            Ok(route) => check(
+                "uprobes",
+                Verdict::Ok,
+                format!("TLS probes attach through {route}"),
+                None,
+            ),
+            Err(why) => check(
+                "uprobes",
+                Verdict::Fail,
+                format!("TLS capture would be off: {why}"),
+                Some("grant CAP_SYS_ADMIN, or CAP_PERFMON with tracefs mounted read-write at /sys/kernel/tracing (the DaemonSet mounts the host's)"),
+            ),
+        }
+    });
     // SAFETY: getrlimit writes into the struct we pass.
     let memlock = unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();

@@ -34,6 +34,7 @@ mod stats;
 #[cfg(test)]
 mod test_support;
 mod tls_hooks;
+mod uprobe;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 

@@ -117,8 +117,8 @@ fn preflight() -> anyhow::Result<()> {
             "/sys/kernel/btf/vmlinux is missing: this kernel has no BTF; probes may not load"
         );
     }
+    // bpffs is not needed: nothing is pinned.
     mount_if_missing("/sys/kernel/tracing", "tracefs")?;
-    mount_if_missing("/sys/fs/bpf", "bpf")?;
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -313,8 +313,8 @@ impl Probes {
         }
     }
 
-    /// TLS files with probes, and processes known to map any.
-    pub fn tls_counts(&self) -> (usize, usize) {
+    /// TLS files with probes, processes known to map any, failed attaches.
+    pub fn tls_counts(&self) -> (usize, usize, u64) {
         self.tls.counts()
     }
 

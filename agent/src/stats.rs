@@ -108,6 +108,9 @@ counters! {
     /// Processes and threads that traced processes started (traced too,
     /// from their start).
     processes_forked,
+    /// TLS probes that could not be attached (not counting functions a
+    /// file does not have): with a refusal, TLS capture is off.
+    tls_uprobes_failed,
     /// Library and executable files with TLS probes now (a gauge).
     tls_files_hooked,
     /// Traced processes known to map a file looked at for TLS (a gauge).

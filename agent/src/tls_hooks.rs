@@ -11,13 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::{
-    programs::{
-        uprobe::{UProbeLink, UProbeScope},
-        UProbe,
-    },
-    Ebpf,
-};
+use aya::{programs::UProbe, Ebpf};
+
+use crate::uprobe::{self, AttachError, Symbols, Uprobes};
 
 /// Each program, and the library functions it is attached to. OpenSSL's
 /// `SSL_write(ssl, buf, num)` and GnuTLS's `gnutls_record_send(session,
@@ -67,7 +63,7 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// functions), and the traced processes known to map it.
 struct File {
     path: PathBuf,
-    links: Vec<UProbeLink>,
+    links: Vec<uprobe::Link>,
     users: HashSet<u32>,
     /// A system library hooked at start: kept for processes that load it
     /// later, whoever maps it now.
@@ -97,6 +93,11 @@ const MAX_CHECKED: usize = 512;
 pub struct TlsHooks {
     files: HashMap<(u64, u64), File>,
     by_pid: HashMap<u32, HashSet<(u64, u64)>>,
+    uprobes: Uprobes,
+    /// Attaches that failed for a reason other than a missing function.
+    failed: u64,
+    /// Whether the agent said that TLS capture is off.
+    warned_off: bool,
 }
 
 impl TlsHooks {
@@ -114,20 +115,21 @@ impl TlsHooks {
         }
         let mut links = Vec::new();
         let mut hooked = 0;
-        for (name, symbols) in HOOKS {
+        let mut symbols = Symbols::of(path);
+        for (name, functions) in HOOKS {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;
             };
-            for symbol in *symbols {
-                // A file without this function (OpenSSL has no gnutls_*)
-                // fails here, which is expected.
-                if let Ok(link) = prog.attach(*symbol, path, UProbeScope::AllProcesses) {
-                    if let Ok(link) = prog.take_link(link) {
+            for function in *functions {
+                match self.uprobes.attach(prog, function, &mut symbols) {
+                    Ok(Some(link)) => {
                         links.push(link);
                         // Functions, not probes: a return probe's entry
                         // twin counts for both.
                         hooked += usize::from(!name.ends_with("_ret"));
                     }
+                    Ok(None) => {}
+                    Err(e) => self.attach_failed(path, function, &e),
                 }
             }
         }
@@ -147,6 +149,31 @@ impl TlsHooks {
             },
         );
         Some(id)
+    }
+
+    /// Counts a failed attach; the first refusal says, loudly, that TLS
+    /// capture is off and what would turn it on.
+    fn attach_failed(&mut self, path: &Path, function: &str, e: &AttachError) {
+        self.failed += 1;
+        match e {
+            AttachError::Refused(why) if !self.warned_off => {
+                self.warned_off = true;
+                log::warn!(
+                    "TLS capture is OFF: cannot attach uprobes to {function} in {}: {why}. \
+                     HTTPS and other TLS traffic gives no spans. Fix: grant CAP_SYS_ADMIN, or \
+                     mount tracefs read-write at /sys/kernel/tracing (the DaemonSet does) and \
+                     grant CAP_PERFMON",
+                    path.display()
+                );
+            }
+            AttachError::Refused(_) => {}
+            AttachError::Failed(why) => {
+                log::warn!(
+                    "cannot attach a TLS probe to {function} in {}: {why}",
+                    path.display()
+                )
+            }
+        }
     }
 
     pub fn hook_system_libraries(&mut self, ebpf: &mut Ebpf) {
@@ -187,7 +214,7 @@ impl TlsHooks {
     /// probes' own map) is checked through `/proc`: a process whose fork
     /// the agent missed still counts. Returns the probes, to be dropped
     /// off the event path (each detach waits for an RCU grace period).
-    pub fn release_unused(&mut self, traced: &[u32]) -> Vec<UProbeLink> {
+    pub fn release_unused(&mut self, traced: &[u32]) -> Vec<uprobe::Link> {
         let due: Vec<(u64, u64)> = self
             .files
             .iter()
@@ -224,10 +251,11 @@ impl TlsHooks {
         links
     }
 
-    /// Files with probes, and processes known to map any: gauges.
-    pub fn counts(&self) -> (usize, usize) {
+    /// Files with probes and processes known to map any (gauges), and
+    /// failed attaches (a total).
+    pub fn counts(&self) -> (usize, usize, u64) {
         let hooked = self.files.values().filter(|f| !f.links.is_empty()).count();
-        (hooked, self.by_pid.len())
+        (hooked, self.by_pid.len(), self.failed)
     }
 
     /// Hooks what `pid` maps now: its TLS libraries, and its executable
@@ -249,7 +277,7 @@ impl TlsHooks {
     }
 
     /// Detaches everything (side by side, like the tracepoints).
-    pub fn take_links(&mut self) -> Vec<UProbeLink> {
+    pub fn take_links(&mut self) -> Vec<uprobe::Link> {
         self.by_pid.clear();
         self.files.drain().flat_map(|(_, f)| f.links).collect()
     }

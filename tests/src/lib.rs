@@ -5,6 +5,7 @@
 //! `opentelemetry-proto`'s generated tonic service.
 
 pub mod collector;
+pub mod deploy;
 pub mod mariadb;
 pub mod postgres;
 pub mod procs;

@@ -77,8 +77,45 @@ impl Agent {
     /// root cgroup, and tests only ever attach to cgroups of their own.
     /// Likewise, the Kubernetes API is only used when a test gives
     /// `KUBECONFIG`, whatever the machine's own environment holds.
+    ///
+    /// With `ZEROSPAN_TEST_CAPABILITIES=manifest`, the agent runs with
+    /// exactly the capabilities the DaemonSet grants (`setpriv`), and the
+    /// start checks that it does.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(agent_binary());
+        match std::env::var("ZEROSPAN_TEST_CAPABILITIES").as_deref() {
+            Err(_) => Agent::start_via(&[], args, env),
+            Ok("manifest") => {
+                let agent = Agent::start_via(&crate::deploy::as_deployed(), args, env);
+                let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+                    .expect("the agent's status");
+                let eff = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                    .expect("CapEff in /proc/PID/status");
+                assert_eq!(
+                    eff,
+                    crate::deploy::manifest_mask(),
+                    "the agent runs with the manifest's capabilities"
+                );
+                agent
+            }
+            Ok(other) => panic!("ZEROSPAN_TEST_CAPABILITIES={other}: only `manifest` is known"),
+        }
+    }
+
+    /// Starts the agent under a launcher: `prefix` is a command that runs
+    /// the agent's command line after it, in the same process (`setpriv`,
+    /// `unshare` without `--fork`, `sh -c 'exec "$0" "$@"'`).
+    pub fn start_via(prefix: &[String], args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = match prefix.split_first() {
+            Some((launcher, rest)) => {
+                let mut c = Command::new(launcher);
+                c.args(rest).arg(agent_binary());
+                c
+            }
+            None => Command::new(agent_binary()),
+        };
         if !args.iter().any(|a| a.contains("propagation")) {
             cmd.arg("--context-propagation=off");
         }

@@ -19,23 +19,11 @@ use k8s_openapi::{
     serde::{de::DeserializeOwned, Serialize},
 };
 use serde_json::Value;
-use zerospan_tests::{procs::workspace, TempDir};
-
-fn parse_documents(text: &str) -> Vec<Value> {
-    text.split("\n---")
-        .map(|doc| doc.trim_start_matches('\n'))
-        .filter(|doc| {
-            doc.lines()
-                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        })
-        .map(|doc| serde_norway::from_str(doc).unwrap_or_else(|e| panic!("{e}:\n{doc}")))
-        .collect()
-}
-
-fn manifest() -> Vec<Value> {
-    let path = workspace().join("deploy/kubernetes/zerospan.yaml");
-    parse_documents(&std::fs::read_to_string(path).unwrap())
-}
+use zerospan_tests::{
+    deploy::{manifest, parse_documents},
+    procs::workspace,
+    TempDir,
+};
 
 /// `helm`, on PATH or where pip put it.
 fn helm() -> PathBuf {

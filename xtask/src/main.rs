@@ -286,8 +286,37 @@ fn test() -> Result<()> {
         "zerospan-tests",
         "--",
         "--test-threads=1",
-    ]))
+    ]))?;
+    // Again, as deployed: the agent gets exactly the DaemonSet's
+    // capabilities, and every traced protocol must give the same spans.
+    // The DaemonSet mounts the host's tracefs; here the host is this one.
+    if !succeeds(Command::new("mountpoint").args(["-q", "/sys/kernel/tracing"])) {
+        run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+    }
+    let mut as_deployed = Command::new("cargo");
+    as_deployed
+        .current_dir(root())
+        .env("ZEROSPAN_TEST_CAPABILITIES", "manifest")
+        .args(["test", "--release", "--package", "zerospan-tests"]);
+    for test in AS_DEPLOYED {
+        as_deployed.args(["--test", test]);
+    }
+    run(as_deployed.args(["--", "--test-threads=1"]))
 }
+
+/// The integration tests run a second time under the manifest's
+/// capabilities: every traced protocol, TLS, propagation and metrics.
+const AS_DEPLOYED: &[&str] = &[
+    "http1",
+    "tls",
+    "postgres",
+    "mariadb",
+    "redis",
+    "memcached",
+    "propagation",
+    "metrics",
+    "story",
+];
 
 fn fuzz(secs: &str) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
