@@ -21,8 +21,10 @@ use zerospan_protocols::http1::{Segment, Stamp};
 use crate::{
     clock::Clock,
     config::{Config, Target},
-    conntrack::{Limits, Tracker},
-    db_conn::SqlOptions,
+    conn::{
+        db::SqlOptions,
+        tracker::{Limits, Tracker},
+    },
     discovery::{Candidate, Selectors},
     events::{self, Event},
     export, k8s, metrics,
@@ -47,7 +49,6 @@ struct EventPath {
     clock: Clock,
     stats: Arc<Stats>,
     spans: mpsc::Sender<Span>,
-    http: spans::http::Options,
     sampler: Sampler,
     /// This node's pods, when the Kubernetes API is used.
     pods: Option<k8s::Shared>,
@@ -287,23 +288,9 @@ impl EventPath {
             self.probes.capture_reads_deeply(key);
         }
         let finished: Vec<_> = self.tracker.drain().collect();
-        for f in finished {
-            let resource = self.registry.resource(f.tgid);
-            let span = spans::http::build_span(
-                &f.exchange,
-                f.role,
-                f.ends,
-                &self.clock,
-                &self.http,
-                resource,
-            );
-            self.send(span);
-        }
-        let finished: Vec<_> = self.tracker.drain_db().collect();
-        for f in finished {
-            let resource = self.registry.resource(f.tgid);
-            let span = spans::db::build_span(f.system, &f.call, f.ends, &self.clock, resource);
-            self.send(span);
+        for record in finished {
+            let resource = self.registry.resource(record.tgid);
+            self.send(Span::from_record(record, &self.clock, resource));
         }
     }
 
@@ -562,6 +549,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     user: cfg.db_user,
                 },
             },
+            Arc::new(spans::http::Options {
+                redact_query: cfg.redact_query,
+                routes: Arc::new(cfg.routes.clone()),
+            }),
             stats.clone(),
         ),
         registry: Registry::new(cfg.resource.clone(), pods.clone()),
@@ -571,10 +562,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         clock: Clock::new(),
         stats: stats.clone(),
         spans: span_tx,
-        http: spans::http::Options {
-            redact_query: cfg.redact_query,
-            routes: Arc::new(cfg.routes.clone()),
-        },
         listeners: HashMap::new(),
         sampler: cfg.sampler,
         metrics,

@@ -44,11 +44,43 @@ use std::{
 use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::{
+    conn::{Endpoints, Role},
     events::{Chosen, ConnKey, Origin},
     spans::context::{parse_traceparent, SpanContext},
-    spans::http::Endpoints,
     stats::Stats,
 };
+
+/// What a protocol knows of a request as it starts, beyond where it
+/// travels: the context it carries, if its protocol carries one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Start<'a> {
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    /// Whether the other end may be a server this agent traces, so that
+    /// same-host links by 4-tuple (and adoption) apply: HTTP, not the
+    /// databases, whose servers the agent does not trace.
+    pub linkable: bool,
+}
+
+impl Start<'_> {
+    /// A request that carries no context, to a server the agent does not
+    /// trace (a database): the child of what its thread serves, or a root.
+    pub const UNLINKED: Start<'static> = Start {
+        traceparent: None,
+        tracestate: None,
+        linkable: false,
+    };
+}
+
+impl<'a> From<&'a Head> for Start<'a> {
+    fn from(head: &'a Head) -> Self {
+        Start {
+            traceparent: head.traceparent.as_deref(),
+            tracestate: head.tracestate.as_deref(),
+            linkable: true,
+        }
+    }
+}
 
 /// Client exchanges in flight, keyed by the server port they talk to.
 struct Call {
@@ -108,14 +140,11 @@ fn push_bounded_deque<T>(v: &mut VecDeque<T>, item: T) {
     v.push_back(item);
 }
 
-/// The context a `traceparent` on this head gives, if it has a valid one.
-fn from_header(head: &Head, stats: &Stats) -> Option<SpanContext> {
-    let value = head.traceparent.as_deref()?;
+/// The context a `traceparent` on the request gives, if it has a valid one.
+fn from_header(start: &Start<'_>, stats: &Stats) -> Option<SpanContext> {
+    let value = start.traceparent?;
     match parse_traceparent(value) {
-        Some(tp) => Some(SpanContext::child_of_remote(
-            &tp,
-            head.tracestate.as_deref(),
-        )),
+        Some(tp) => Some(SpanContext::child_of_remote(&tp, start.tracestate)),
         None => {
             Stats::inc(&stats.context_traceparent_malformed);
             None
@@ -124,6 +153,46 @@ fn from_header(head: &Head, stats: &Stats) -> Option<SpanContext> {
 }
 
 impl Linker {
+    /// A request starts on `conn`, on thread `tid`, in the syscall `at`
+    /// that moved its first bytes: its span context, whatever the protocol.
+    #[allow(clippy::too_many_arguments)]
+    pub fn started(
+        &mut self,
+        conn: ConnKey,
+        role: Role,
+        ends: Endpoints,
+        tid: u32,
+        at: Stamp,
+        start: Start<'_>,
+        stats: &Stats,
+    ) -> SpanContext {
+        match role {
+            Role::Server => self.server_started(conn, tid, start, ends, at, stats),
+            Role::Client if start.linkable => {
+                self.client_started(conn, tid, start, ends, at, stats)
+            }
+            Role::Client => {
+                from_header(&start, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
+            }
+        }
+    }
+
+    /// An exchange ended (or will never be reported): it can no longer be
+    /// anyone's parent.
+    pub fn ended(
+        &mut self,
+        conn: ConnKey,
+        role: Role,
+        ends: Endpoints,
+        tid: u32,
+        ctx: &SpanContext,
+    ) {
+        match role {
+            Role::Server => self.server_finished(conn, tid, ctx),
+            Role::Client => self.client_finished(ends.peer, ctx),
+        }
+    }
+
     /// The probes chose ids for a request on `conn` (see [`Chosen`]).
     pub fn chosen(&mut self, conn: ConnKey, egress: bool, chosen: Chosen) {
         if egress {
@@ -154,11 +223,11 @@ impl Linker {
 
     /// A traced process read a request on `conn`, on thread `tid`, in the
     /// read that moved its first bytes at `at`.
-    pub fn server_started(
+    pub fn server_started<'h>(
         &mut self,
         conn: ConnKey,
         tid: u32,
-        head: &Head,
+        start: impl Into<Start<'h>>,
         ends: Endpoints,
         at: Stamp,
         stats: &Stats,
@@ -167,7 +236,7 @@ impl Linker {
             .chosen_server
             .remove(&conn)
             .filter(|c| c.at_ns == at.exit_ns);
-        let header = from_header(head, stats);
+        let header = from_header(&start.into(), stats);
         let ctx = match chosen {
             Some(k) if k.origin == Origin::Header => {
                 let agrees = header
@@ -305,20 +374,19 @@ impl Linker {
 
     /// A traced process wrote a request on `conn`, on thread `tid`, in the
     /// write at `at`.
-    pub fn client_started(
+    pub fn client_started<'h>(
         &mut self,
         conn: ConnKey,
         tid: u32,
-        head: &Head,
+        start: impl Into<Start<'h>>,
         ends: Endpoints,
         at: Stamp,
         stats: &Stats,
     ) -> SpanContext {
         let ctx = match self.take_chosen_request(conn, at, stats) {
             Some(k) => self.injected_call(conn, tid, &k, stats),
-            None => {
-                from_header(head, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
-            }
+            None => from_header(&start.into(), stats)
+                .unwrap_or_else(|| self.call_on_thread(conn, tid, stats)),
         };
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();

@@ -11,10 +11,12 @@ use zerospan_common::origin;
 use zerospan_protocols::http1::{Segment, Stamp};
 
 use crate::{
-    conntrack::{Limits, Tracker},
-    db_conn::SqlOptions,
+    conn::{
+        db::SqlOptions,
+        tracker::{Limits, Tracker},
+    },
     events::ConnKey,
-    spans::http::Outcome,
+    spans::{Status, Value},
     stats::Stats,
 };
 
@@ -60,7 +62,7 @@ fn replay(chunks: &[(bool, Vec<u8>)], split: Option<(usize, usize)>) -> (Vec<See
             user: false,
         },
     };
-    let mut t = Tracker::new(limits, stats.clone());
+    let mut t = Tracker::new(limits, Default::default(), stats.clone());
     let peer: SocketAddr = "127.0.0.1:5432".parse().unwrap();
     t.open(KEY, origin::CONNECTED, Some(peer), None, 0);
     let mut ts = 0;
@@ -86,19 +88,36 @@ fn replay(chunks: &[(bool, Vec<u8>)], split: Option<(usize, usize)>) -> (Vec<See
         }
     }
     t.close(KEY);
+    let text =
+        |r: &crate::spans::Record, key: &str| match r.attributes.iter().find(|(k, _)| *k == key) {
+            Some((_, Value::Str(v))) => Some(v.clone()),
+            _ => None,
+        };
     let seen = t
-        .drain_db()
-        .map(|f| Seen {
-            system: f.system,
-            name: f.call.op.name.clone().unwrap_or_default(),
-            text: f.call.op.query_text.clone(),
-            reply: match (&f.call.reply, f.call.outcome) {
-                (Some(zerospan_protocols::resp::Reply::Error(e)), _) => format!("error {e}"),
-                (Some(_), _) => "ok".into(),
-                (None, Outcome::Complete) => "sent".into(),
-                (None, o) => format!("{o:?}"),
+        .drain()
+        .map(|r| Seen {
+            system: match text(&r, "db.system.name").as_deref() {
+                Some("postgresql") => "postgresql",
+                Some("mysql") => "mysql",
+                Some("mariadb") => "mariadb",
+                Some("redis") => "redis",
+                Some("memcached") => "memcached",
+                other => panic!("not a database span: {other:?}"),
             },
-            namespace: f.call.namespace.as_deref().map(Into::into),
+            name: text(&r, "db.operation.name").unwrap_or_default(),
+            text: text(&r, "db.query.text").unwrap_or_default(),
+            reply: match (&r.status, text(&r, "zerospan.incomplete")) {
+                (Status::Error(_), _) => match text(&r, "db.response.status_code") {
+                    Some(code) => format!("error {code}"),
+                    None => text(&r, "error.type").unwrap_or_default(),
+                },
+                (_, Some(why)) => why,
+                // Ended in the very write that sent it (this replay's
+                // syscalls last 1 ns): nothing answers it.
+                _ if r.end_ns == r.start_ns + 1 => "sent".into(),
+                _ => "ok".into(),
+            },
+            namespace: text(&r, "db.namespace"),
         })
         .collect();
     (seen, stats)

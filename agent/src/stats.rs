@@ -54,7 +54,7 @@ counters! {
     /// (exported as incomplete, not as errors).
     http_requests_in_flight_at_stop,
     /// Requests ended without a response because it may have been in bytes
-    /// that could not be framed (see `conntrack`).
+    /// that could not be framed (see `conn::http1`).
     http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,

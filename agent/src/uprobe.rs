@@ -501,6 +501,7 @@ mod tests {
             let into = offset.checked_sub(file_start)?;
             (into < end - start).then_some(start + into)
         });
-        assert_eq!(mapped, Some(libc::write as usize as u64));
+        let write: unsafe extern "C" fn(i32, *const libc::c_void, usize) -> isize = libc::write;
+        assert_eq!(mapped, Some(write as usize as u64));
     }
 }

@@ -19,7 +19,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::spans::{route, Span, SpanKind, Status, Value};
+use crate::spans::{route, Category, Span, SpanKind, Status, Value};
 
 /// Attribute sets kept per metric and service, and per metric in all.
 pub const MAX_SERIES_PER_SERVICE: usize = 1000;
@@ -319,7 +319,7 @@ impl Registry {
             Some(Value::Int(n)) => Some(*n as f64),
             _ => None,
         };
-        if span.attr("db.system.name").is_some() {
+        if span.category == Category::Db {
             self.record(Metric::DbClientDuration, &labels_of(DB_CLIENT), seconds);
             return;
         }

@@ -1,17 +1,12 @@
 //! Database and cache calls to spans, following OpenTelemetry's database
 //! conventions: PostgreSQL, Redis and memcached today.
 
-use std::sync::Arc;
-
 use zerospan_protocols::resp::Reply;
 
-use super::{
-    http::{outcome_status, Endpoints},
-    Resource, Span, SpanKind, Status, Value,
-};
-use crate::{
-    clock::Clock,
-    db_conn::{Call, Operation},
+use super::{http::outcome_status, Category, Record, SpanKind, Status, Value};
+use crate::conn::{
+    db::{Call, Operation},
+    Endpoints,
 };
 
 /// `{db.operation.name} {db.collection.name}`, or as much of it as is
@@ -24,14 +19,10 @@ fn span_name(system: &str, op: &Operation) -> String {
     }
 }
 
-/// `system` is `db.system.name`: `postgresql`, `redis`, `memcached`.
-pub fn build_span(
-    system: &'static str,
-    call: &Call,
-    ends: Endpoints,
-    clock: &Clock,
-    resource: Arc<Resource>,
-) -> Span {
+/// The record of a database call, in the database conventions. `system`
+/// is `db.system.name`: `postgresql`, `redis`, `memcached`; `tgid` the
+/// traced process.
+pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> Record {
     let op = &*call.op;
     let name = span_name(system, op);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
@@ -74,20 +65,17 @@ pub fn build_span(
         None => outcome_status(call.outcome, &mut attrs),
     };
     let start_ns = call.sent_at.enter_ns;
-    let end_ns = call.end_at.exit_ns.max(start_ns);
-    Span {
-        trace_id: call.ctx.trace_id,
-        span_id: call.ctx.span_id,
-        parent_span_id: call.ctx.parent_span_id,
-        trace_state: call.ctx.trace_state.clone(),
-        remote_sampled: call.ctx.remote_sampled,
-        name,
+    Record {
+        tgid,
+        tid: call.tid,
         kind: SpanKind::Client,
-        start_unix_ns: clock.to_unix_ns(start_ns),
-        end_unix_ns: clock.to_unix_ns(end_ns),
+        category: Category::Db,
+        ctx: call.ctx.clone(),
+        name,
+        start_ns,
+        end_ns: call.end_at.exit_ns.max(start_ns),
         attributes: attrs,
         status,
-        resource,
     }
 }
 

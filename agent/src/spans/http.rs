@@ -1,33 +1,13 @@
 //! HTTP/1 exchanges to spans, following OpenTelemetry's HTTP conventions.
 
-use std::{net::SocketAddr, sync::Arc};
-
-use super::{context::SpanContext, redact, Resource, Span, SpanKind, Status, Value};
+use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Value};
+#[cfg(test)]
+use super::{Resource, Span};
 use zerospan_protocols::http1::{Head, Stamp};
 
-use crate::clock::Clock;
-
-/// Which side of the exchange the traced process is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Server,
-    Client,
-}
-
-/// How an exchange ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Complete,
-    /// No response within the request timeout.
-    TimedOut,
-    /// The connection closed before a response.
-    Closed,
-    /// Still waiting for its response when the agent stopped.
-    AgentStopped,
-    /// The response may have been in bytes the agent could not frame
-    /// (see `conntrack`); rather than guess, the exchange ends unanswered.
-    ResponseLost,
-}
+use crate::conn::{Endpoints, Outcome, Role};
+#[cfg(test)]
+use {crate::clock::Clock, std::sync::Arc};
 
 /// One request with its response, as framed on one connection.
 #[derive(Clone, Debug)]
@@ -46,17 +26,6 @@ pub struct Exchange {
     pub outcome: Outcome,
     /// Thread that moved the request's first byte.
     pub tid: u32,
-}
-
-/// The addresses of the connection the exchange travelled on.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Endpoints {
-    pub peer: Option<SocketAddr>,
-    pub local: Option<SocketAddr>,
-    /// The connection is TLS (its plaintext came from the TLS library).
-    pub tls: bool,
-    /// The TLS version the server chose, read from its ServerHello.
-    pub tls_version: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -136,14 +105,9 @@ pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) 
     }
 }
 
-pub fn build_span(
-    x: &Exchange,
-    role: Role,
-    ends: Endpoints,
-    clock: &Clock,
-    opts: &Options,
-    resource: Arc<Resource>,
-) -> Span {
+/// The record of an HTTP/1 exchange, in the HTTP conventions. `tgid`:
+/// the traced process.
+pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u32) -> Record {
     let req = &x.request;
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
     let method_known = KNOWN_METHODS.contains(&req.method.as_str());
@@ -278,21 +242,31 @@ pub fn build_span(
         }
         (outcome, _) => outcome_status(outcome, &mut attrs),
     };
-    let end_ns = x.end_at.exit_ns.max(start_ns);
-    Span {
-        trace_id: x.ctx.trace_id,
-        span_id: x.ctx.span_id,
-        parent_span_id: x.ctx.parent_span_id,
-        trace_state: x.ctx.trace_state.clone(),
-        remote_sampled: x.ctx.remote_sampled,
-        name,
+    Record {
+        tgid,
+        tid: x.tid,
         kind,
-        start_unix_ns: clock.to_unix_ns(start_ns),
-        end_unix_ns: clock.to_unix_ns(end_ns),
+        category: Category::Http,
+        ctx: x.ctx.clone(),
+        name,
+        start_ns,
+        end_ns: x.end_at.exit_ns.max(start_ns),
         attributes: attrs,
         status,
-        resource,
     }
+}
+
+/// The span of an exchange, for tests that check attributes end to end.
+#[cfg(test)]
+pub fn build_span(
+    x: &Exchange,
+    role: Role,
+    ends: Endpoints,
+    clock: &Clock,
+    opts: &Options,
+    resource: Arc<Resource>,
+) -> Span {
+    Span::from_record(record(x, role, ends, opts, 0), clock, resource)
 }
 
 #[cfg(test)]

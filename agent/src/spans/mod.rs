@@ -54,6 +54,35 @@ pub enum SpanKind {
     Client,
 }
 
+/// Which family of conventions a span follows: metrics choose their
+/// instrument by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Category {
+    Http,
+    Db,
+}
+
+/// A finished exchange, as every protocol reports it: what span building,
+/// metrics and export need, in the protocol's semantic conventions already,
+/// and nothing protocol-specific. Times are the kernel's monotonic clock.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The traced process.
+    pub tgid: u32,
+    /// The thread that moved the request's first byte.
+    pub tid: u32,
+    pub kind: SpanKind,
+    pub category: Category,
+    /// Given when the request started (see `linker`); it may still change
+    /// before export, when a server span is adopted.
+    pub ctx: context::SpanContext,
+    pub name: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub status: Status,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
     Unset,
@@ -87,6 +116,7 @@ pub struct Span {
     pub remote_sampled: Option<bool>,
     pub name: String,
     pub kind: SpanKind,
+    pub category: Category,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub attributes: Vec<(&'static str, Value)>,
@@ -95,6 +125,26 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of a record, in the process's resource, on the wall clock.
+    pub fn from_record(r: Record, clock: &crate::clock::Clock, resource: Arc<Resource>) -> Span {
+        let ctx = r.ctx;
+        Span {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_span_id: ctx.parent_span_id,
+            trace_state: ctx.trace_state,
+            remote_sampled: ctx.remote_sampled,
+            name: r.name,
+            kind: r.kind,
+            category: r.category,
+            start_unix_ns: clock.to_unix_ns(r.start_ns),
+            end_unix_ns: clock.to_unix_ns(r.end_ns.max(r.start_ns)),
+            attributes: r.attributes,
+            status: r.status,
+            resource,
+        }
+    }
+
     pub fn attr(&self, key: &str) -> Option<&Value> {
         self.attributes
             .iter()
@@ -122,6 +172,7 @@ pub fn test_span(id: u8, parent: u8, name: &str) -> Span {
         remote_sampled: None,
         name: name.into(),
         kind: SpanKind::Server,
+        category: Category::Http,
         start_unix_ns: 0,
         end_unix_ns: 1_500_000,
         attributes: vec![("http.response.status_code", 200.into())],

@@ -2,7 +2,7 @@
 //! paired with their replies, in order (both protocols guarantee it,
 //! pipelines and Redis's MULTI/EXEC included).
 //!
-//! No I/O: segments in, finished [`Call`]s out, like `conntrack`'s HTTP
+//! No I/O: segments in, finished [`Call`]s out, like `http1`'s HTTP
 //! connections. When reply framing is lost, the commands waiting for a
 //! reply end as `ResponseLost` rather than being paired by guess, and the
 //! reply stream resynchronises when the client next writes a command after
@@ -21,7 +21,11 @@ use zerospan_protocols::{
     sql,
 };
 
-use crate::{spans::context::SpanContext, spans::http::Outcome, stats::Stats};
+use super::{
+    protocol::{Cx, Protocol, Verdict},
+    Outcome, Role,
+};
+use crate::{linker::Start, spans, spans::context::SpanContext, stats::Stats};
 
 /// Most commands one connection may have waiting for replies (pipelines);
 /// past it the oldest end unanswered.
@@ -429,14 +433,40 @@ impl DbConn {
             self.finished.push(call);
         }
     }
+}
 
-    pub fn last_at(&self) -> Stamp {
-        self.last_at
+/// Hands a database connection's finished calls out as records.
+pub fn collect(system: &'static str, finished: &mut Vec<Call>, cx: &mut Cx<'_>) {
+    for call in finished.drain(..) {
+        cx.finish(spans::db::record(system, &call, cx.ends, cx.key.tgid));
+    }
+}
+
+impl Protocol for DbConn {
+    fn name(&self) -> &'static str {
+        self.system
     }
 
-    /// When the oldest waiting command was sent.
-    pub fn oldest_pending(&self) -> Option<u64> {
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let (stats, at) = (cx.stats, seg.stamp);
+        self.feed(
+            egress,
+            tid,
+            seg,
+            || cx.start(Role::Client, tid, at, Start::UNLINKED),
+            stats,
+        );
+        collect(self.system, &mut self.finished, cx);
+        Verdict::Continue
+    }
+
+    fn waiting_since(&self) -> Option<u64> {
         self.pending.front().map(|c| c.sent_at.enter_ns)
+    }
+
+    fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
+        self.end_pending(outcome, self.last_at);
+        collect(self.system, &mut self.finished, cx);
     }
 }
 

@@ -1,34 +1,33 @@
-//! The connection table: routes each segment to its connection's framers and
-//! pairs requests with responses, in order, into finished exchanges.
+//! The connection table: tells which protocol each connection speaks, and
+//! routes its segments to that protocol (see [`super::protocol`]).
 //!
 //! No I/O here: addresses arrive already resolved, finished exchanges leave
-//! through [`Tracker::drain`] and [`Tracker::drain_db`], connections that
+//! as records through [`Tracker::drain`], connections that
 //! carry nothing we know are queued in [`Tracker::take_evictions`] so the
 //! caller can stop the kernel from capturing them, and databases found on
 //! pre-existing sockets in [`Tracker::take_deepened`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use zerospan_common::origin;
 
-use crate::db_conn::{self, DbConn, SqlOptions};
+use super::{
+    db::{DbConn, SqlOptions},
+    http1::HttpConn,
+    mysql::MysqlConn,
+    postgres::PgConn,
+    protocol::{Cx, Protocol, Verdict},
+    Endpoints, Outcome, Role,
+};
 use crate::events::{Chosen, ConnKey};
 use crate::linker::Linker;
-use crate::mysql_conn::MysqlConn;
-use crate::pg_conn::PgConn;
-use crate::spans::context::SpanContext;
-use crate::spans::http::{Endpoints, Exchange, Outcome, Role};
+use crate::spans::{context::SpanContext, http::Options, Record};
 use crate::stats::Stats;
-use zerospan_protocols::http1::{self, Desync, Framer, Head, Kind, Segment, Sink, Stamp};
+use zerospan_protocols::http1::{self, Segment, Stamp};
 use zerospan_protocols::{memcache, mysql, postgres, resp, tls};
 
-/// `db.system.name` of PostgreSQL.
-const PG: &str = "postgresql";
-
-/// Most requests one connection may have outstanding (pipelined).
-const MAX_PENDING: usize = 64;
 /// Segments a connection of unknown role may show before we give up on it.
 const MAX_DETECT_SEGMENTS: u32 = 64;
 /// Ciphertext segments a TLS connection may show before its first
@@ -44,78 +43,28 @@ pub struct Limits {
     pub sql: SqlOptions,
 }
 
-/// A finished Redis command, ready to become a span.
-#[derive(Debug)]
-pub struct FinishedDb {
-    pub tgid: u32,
-    /// `db.system.name`.
-    pub system: &'static str,
-    pub ends: Endpoints,
-    pub call: db_conn::Call,
-}
-
-/// A finished exchange, ready to become a span.
-#[derive(Debug)]
-pub struct Finished {
-    pub tgid: u32,
-    pub role: Role,
-    pub ends: Endpoints,
-    pub exchange: Exchange,
-}
-
-struct HttpConn {
-    role: Role,
-    requests: Framer,
-    responses: Framer,
-    book: Book,
-}
-
-/// Requests awaiting their responses, plus the finished ones.
-#[derive(Default)]
-struct Book {
-    pending: VecDeque<Exchange>,
-    /// Whether the response being framed belongs to `pending.front()`.
-    response_matched: bool,
-    finished: Vec<Exchange>,
-    tid: u32,
-    last_at: Stamp,
-    /// The segment in which the response stream last lost sync, until the
-    /// next response head is framed.
-    response_lost_at: Option<Stamp>,
-    /// Responses still owed to requests that timed out: HTTP/1 answers in
-    /// order, so the next ones to arrive are theirs, not later requests'.
-    owed_responses: u32,
-}
-
 enum State {
     /// Pre-existing socket: role not known until a request shows up.
-    Detecting {
-        segments: u32,
-    },
+    Detecting { segments: u32 },
     /// An outgoing connection that has not sent anything yet: the first
     /// bytes it writes say which protocol it speaks.
     Outgoing,
     /// An outgoing connection whose first read was 4 bytes that may be the
     /// header of a MySQL greeting; the next read tells.
-    GreetingHeader {
-        header: [u8; 4],
-        at: Stamp,
-    },
-    Http(Box<HttpConn>),
-    /// A key-value store client (Redis, memcached).
-    Db(Box<DbConn>),
-    /// A PostgreSQL client.
-    Pg(Box<PgConn>),
-    /// A MySQL or MariaDB client.
-    Mysql(Box<MysqlConn>),
+    GreetingHeader { header: [u8; 4], at: Stamp },
+    /// A protocol the agent knows: HTTP/1, PostgreSQL, MySQL/MariaDB,
+    /// Redis, memcached.
+    Active(Box<dyn Protocol>),
     /// TLS whose plaintext has not appeared yet: its role when known
     /// (server, client), and the ciphertext segments seen meanwhile.
-    Tls {
-        role: Option<Role>,
-        segments: u32,
-    },
+    Tls { role: Option<Role>, segments: u32 },
     /// Not a protocol we know: ignored.
     Ignored,
+}
+
+/// A new HTTP/1 connection in `role`.
+fn http_conn(role: Role, opts: &Arc<Options>) -> State {
+    State::Active(Box::new(HttpConn::new(role, opts.clone())))
 }
 
 struct Conn {
@@ -134,8 +83,9 @@ pub struct Tracker {
     conns: HashMap<ConnKey, Conn>,
     limits: Limits,
     stats: Arc<Stats>,
-    out: Vec<Finished>,
-    out_db: Vec<FinishedDb>,
+    /// How HTTP spans are built (redaction, routes).
+    http: Arc<Options>,
+    out: Vec<Record>,
     evict: Vec<ConnKey>,
     /// Connections whose reads the kernel should capture deeply (databases
     /// recognised by the agent rather than by the probes).
@@ -147,311 +97,14 @@ pub struct Tracker {
     early_local: HashMap<(u32, i32), SocketAddr>,
 }
 
-/// What a request head needs to be given its trace context.
-struct Linking<'a> {
-    key: ConnKey,
-    role: Role,
-    ends: Endpoints,
-    linker: &'a mut Linker,
-}
-
-impl Linking<'_> {
-    /// `at`: the syscall that moved the head's first bytes.
-    fn start(&mut self, tid: u32, head: &Head, at: Stamp, stats: &Stats) -> SpanContext {
-        match self.role {
-            Role::Server => self
-                .linker
-                .server_started(self.key, tid, head, self.ends, at, stats),
-            Role::Client => self
-                .linker
-                .client_started(self.key, tid, head, self.ends, at, stats),
-        }
-    }
-}
-
-/// Moves an HTTP connection's finished exchanges to the output; none of
-/// them can be a parent any more.
-fn collect_http(
-    out: &mut Vec<Finished>,
-    linker: &mut Linker,
-    key: ConnKey,
-    ends: Endpoints,
-    h: &mut HttpConn,
-) {
-    let role = h.role;
-    for mut exchange in h.book.finished.drain(..) {
-        if let Some(ctx) = linker.take_adopted(&exchange.ctx.span_id) {
-            exchange.ctx = ctx;
-        }
-        unlink(linker, key, role, ends, &exchange);
-        out.push(Finished {
-            tgid: key.tgid,
-            role,
-            ends,
-            exchange,
-        });
-    }
-}
-
-/// Moves a database connection's finished calls to the output.
-fn collect_db(
-    out: &mut Vec<FinishedDb>,
-    key: ConnKey,
-    ends: Endpoints,
-    system: &'static str,
-    finished: &mut Vec<db_conn::Call>,
-) {
-    out.extend(finished.drain(..).map(|call| FinishedDb {
-        tgid: key.tgid,
-        system,
-        ends,
-        call,
-    }));
-}
-
-/// Tells the linker an exchange ended, so it is no one's parent any more.
-fn unlink(linker: &mut Linker, key: ConnKey, role: Role, ends: Endpoints, x: &Exchange) {
-    match role {
-        Role::Server => linker.server_finished(key, x.tid, &x.ctx),
-        Role::Client => linker.client_finished(ends.peer, &x.ctx),
-    }
-}
-
-struct RequestSink<'a, 'l> {
-    book: &'a mut Book,
-    stats: &'a Stats,
-    linking: &'a mut Linking<'l>,
-}
-
-impl Sink for RequestSink<'_, '_> {
-    fn on_head(&mut self, head: Head, at: Stamp) {
-        if self.book.pending.len() >= MAX_PENDING {
-            if let Some(dropped) = self.book.pending.pop_back() {
-                let l = &mut *self.linking;
-                unlink(l.linker, l.key, l.role, l.ends, &dropped);
-            }
-            Stats::inc(&self.stats.http_pipeline_overflow);
-        }
-        let ctx = self.linking.start(self.book.tid, &head, at, self.stats);
-        self.book.pending.push_back(Exchange {
-            ctx,
-            request: head,
-            response: None,
-            request_at: at,
-            request_body: None,
-            end_at: at,
-            response_body: None,
-            outcome: Outcome::Complete,
-            tid: self.book.tid,
-        });
-    }
-
-    fn on_end(&mut self, body_bytes: Option<u64>, _at: Stamp) {
-        if let Some(x) = self.book.pending.back_mut() {
-            x.request_body = body_bytes;
-        }
-    }
-
-    fn on_desync(&mut self, why: Desync) {
-        if why != Desync::NotHttp {
-            log::debug!("request stream lost sync: {why}");
-            Stats::inc(&self.stats.http_desyncs);
-        }
-    }
-}
-
-struct ResponseSink<'a> {
-    book: &'a mut Book,
-    stats: &'a Stats,
-    role: Role,
-}
-
-impl Sink for ResponseSink<'_> {
-    fn on_head(&mut self, head: Head, _at: Stamp) {
-        if let Some(lost) = self.book.response_lost_at.take() {
-            self.give_up_before(lost);
-        }
-        if self.book.owed_responses > 0 {
-            self.book.owed_responses -= 1;
-            self.book.response_matched = false;
-            Stats::inc(&self.stats.http_orphan_responses);
-            return;
-        }
-        match self.book.pending.front_mut() {
-            Some(x) if x.response.is_none() => {
-                x.response = Some(head);
-                self.book.response_matched = true;
-            }
-            _ => {
-                self.book.response_matched = false;
-                Stats::inc(&self.stats.http_orphan_responses);
-            }
-        }
-    }
-
-    fn on_end(&mut self, body_bytes: Option<u64>, at: Stamp) {
-        if !std::mem::take(&mut self.book.response_matched) {
-            return;
-        }
-        if let Some(mut x) = self.book.pending.pop_front() {
-            x.response_body = body_bytes;
-            x.end_at = at;
-            self.book.finished.push(x);
-        }
-    }
-
-    fn answers_head_request(&mut self) -> bool {
-        self.book
-            .pending
-            .front()
-            .is_some_and(|x| x.request.method == "HEAD")
-    }
-
-    fn on_desync(&mut self, why: Desync) {
-        if why != Desync::NotHttp {
-            log::debug!("response stream lost sync: {why}");
-            Stats::inc(&self.stats.http_desyncs);
-            self.book.response_lost_at = Some(self.book.last_at);
-        }
-    }
-}
-
-/// Could the response to `x` be inside the response bytes moved at `lost`?
-/// Only if the request was there first: for a client, its write began
-/// before that read ended; for a server, its read ended before that write
-/// began (a read blocked across the write started earlier, yet its request
-/// cannot be answered in it).
-fn could_be_answered_in(role: Role, x: &Exchange, lost: Stamp) -> bool {
-    match role {
-        Role::Client => x.request_at.enter_ns < lost.exit_ns,
-        Role::Server => x.request_at.exit_ns <= lost.enter_ns,
-    }
-}
-
-impl ResponseSink<'_> {
-    /// After the response stream lost sync in the segment read at `lost`,
-    /// the next response head that can be framed answers *some* pending
-    /// request, but not necessarily the first: the responses to any request
-    /// written before that read may have been inside the bytes we could not
-    /// frame. Pairing by position would then attach every later response to
-    /// the wrong request, so those requests end unanswered instead, and the
-    /// head goes to the first request written after the loss.
-    fn give_up_before(&mut self, lost: Stamp) {
-        while let Some(x) = self.book.pending.front() {
-            if x.response.is_some() || !could_be_answered_in(self.role, x, lost) {
-                break;
-            }
-            let mut x = self.book.pending.pop_front().expect("front exists");
-            x.outcome = Outcome::ResponseLost;
-            x.end_at = lost;
-            Stats::inc(&self.stats.http_responses_lost);
-            self.book.finished.push(x);
-        }
-    }
-}
-
-impl HttpConn {
-    fn new(role: Role) -> Self {
-        HttpConn {
-            role,
-            requests: Framer::new(Kind::Request),
-            responses: Framer::new(Kind::Response),
-            book: Book::default(),
-        }
-    }
-
-    /// Nothing framed yet in either direction.
-    fn is_fresh(&self) -> bool {
-        !self.requests.seen_message()
-            && !self.responses.seen_message()
-            && !self.requests.is_open()
-            && !self.responses.is_open()
-    }
-
-    /// Feeds one segment; returns false once the stream is known not to be HTTP/1.
-    fn feed(
-        &mut self,
-        egress: bool,
-        tid: u32,
-        seg: Segment<'_>,
-        stats: &Stats,
-        linking: &mut Linking<'_>,
-    ) -> bool {
-        self.book.tid = tid;
-        self.book.last_at = seg.stamp;
-        let carries_requests = match self.role {
-            Role::Server => !egress,
-            Role::Client => egress,
-        };
-        if carries_requests {
-            // A new request means any response we could not frame is over.
-            let mut sink = ResponseSink {
-                book: &mut self.book,
-                stats,
-                role: self.role,
-            };
-            self.responses.finish_open(&mut sink);
-            let mut sink = RequestSink {
-                book: &mut self.book,
-                stats,
-                linking,
-            };
-            self.requests.feed(seg, &mut sink);
-        } else {
-            let mut sink = ResponseSink {
-                book: &mut self.book,
-                stats,
-                role: self.role,
-            };
-            self.responses.feed(seg, &mut sink);
-        }
-        // Only bytes that are not HTTP/1 at all end tracking: a first head
-        // too big for the capture (a long cookie) is HTTP that lost sync,
-        // and the next message resynchronises.
-        let never_http = |f: &Framer| {
-            !f.seen_message() && f.is_lost() && f.last_desync() == Some(Desync::NotHttp)
-        };
-        !(never_http(&self.requests) || never_http(&self.responses))
-    }
-
-    /// Ends everything still open: the connection is gone.
-    fn close(&mut self, outcome: Outcome, stats: &Stats) {
-        let mut sink = ResponseSink {
-            book: &mut self.book,
-            stats,
-            role: self.role,
-        };
-        self.responses.finish_open(&mut sink);
-        // Requests whose response may have been in bytes we could not frame
-        // are not known to have failed.
-        if let Some(lost) = sink.book.response_lost_at.take() {
-            sink.give_up_before(lost);
-        }
-        let last = self.book.last_at;
-        while let Some(mut x) = self.book.pending.pop_front() {
-            if outcome == Outcome::TimedOut && x.response.is_none() {
-                self.book.owed_responses += 1;
-            }
-            x.outcome = outcome;
-            x.end_at = last;
-            Stats::inc(match outcome {
-                Outcome::TimedOut => &stats.http_requests_timed_out,
-                Outcome::AgentStopped => &stats.http_requests_in_flight_at_stop,
-                _ => &stats.http_requests_unanswered,
-            });
-            self.book.finished.push(x);
-        }
-    }
-}
-
 impl Tracker {
-    pub fn new(limits: Limits, stats: Arc<Stats>) -> Self {
+    pub fn new(limits: Limits, http: Arc<Options>, stats: Arc<Stats>) -> Self {
         Tracker {
             conns: HashMap::new(),
             limits,
             stats,
+            http,
             out: Vec::new(),
-            out_db: Vec::new(),
             evict: Vec::new(),
             deepen: Vec::new(),
             linker: Linker::default(),
@@ -486,7 +139,7 @@ impl Tracker {
             return;
         }
         let state = match how {
-            origin::ACCEPTED => State::Http(Box::new(HttpConn::new(Role::Server))),
+            origin::ACCEPTED => http_conn(Role::Server, &self.http),
             origin::CONNECTED => State::Outgoing,
             _ => State::Detecting { segments: 0 },
         };
@@ -518,7 +171,7 @@ impl Tracker {
         if !self.admit(key) {
             return;
         }
-        let conn = self.conn(key, seg.stamp.exit_ns);
+        let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
         if conn.ends.tls {
             // Ciphertext: the plaintext comes from the TLS library.
             return;
@@ -562,7 +215,7 @@ impl Tracker {
         if tls::looks_like_record(seg.bytes) {
             let role = match &conn.state {
                 State::Outgoing => Some(Some(Role::Client)),
-                State::Http(h) if h.is_fresh() => Some(Some(h.role)),
+                State::Active(p) => p.fresh_role().map(Some),
                 State::Detecting { .. } => Some(None),
                 _ => None,
             };
@@ -580,7 +233,7 @@ impl Tracker {
         if !self.admit(key) {
             return;
         }
-        let conn = self.conn(key, seg.stamp.exit_ns);
+        let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
         if !conn.ends.tls {
             conn.ends.tls = true;
             conn.tls_wait = None;
@@ -589,20 +242,16 @@ impl Tracker {
                 State::Tls {
                     role: Some(Role::Server),
                     ..
-                } => State::Http(Box::new(HttpConn::new(Role::Server))),
+                } => http_conn(Role::Server, &self.http),
                 State::Tls {
                     role: Some(Role::Client),
                     ..
                 } => State::Outgoing,
                 State::Tls { role: None, .. } => State::Detecting { segments: 0 },
                 // A database that switched to TLS goes on inside it.
-                State::Pg(mut p) => {
+                State::Active(mut p) => {
                     p.tls_started();
-                    State::Pg(p)
-                }
-                State::Mysql(mut m) => {
-                    m.tls_started();
-                    State::Mysql(m)
+                    State::Active(p)
                 }
                 other => other,
             };
@@ -610,8 +259,11 @@ impl Tracker {
         self.feed(key, tid, egress, seg);
     }
 
-    fn conn(&mut self, key: ConnKey, at_ns: u64) -> &mut Conn {
-        let conn = self.conns.entry(key).or_insert_with(|| Conn {
+    /// The connection `key`, known from now on if it was not, active at
+    /// `at_ns`. Over the table alone, so the rest of the tracker stays free
+    /// to use.
+    fn conn(conns: &mut HashMap<ConnKey, Conn>, key: ConnKey, at_ns: u64) -> &mut Conn {
+        let conn = conns.entry(key).or_insert_with(|| Conn {
             ends: Endpoints::default(),
             state: State::Detecting { segments: 0 },
             last_ns: at_ns,
@@ -660,7 +312,7 @@ impl Tracker {
             };
             let stats = &self.stats;
             m.feed(false, tid, head, SpanContext::root, stats);
-            conn.state = State::Mysql(Box::new(m));
+            conn.state = State::Active(Box::new(m));
             self.deepen.push(key);
         }
         if let State::Outgoing = conn.state {
@@ -668,7 +320,7 @@ impl Tracker {
                 // The server speaks first.
                 None if !egress && mysql::looks_like_greeting(seg.bytes) => {
                     self.deepen.push(key);
-                    State::Mysql(Box::new(MysqlConn::new(sql)))
+                    State::Active(Box::new(MysqlConn::new(sql)))
                 }
                 None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
                     conn.state = State::GreetingHeader {
@@ -677,34 +329,34 @@ impl Tracker {
                     };
                     return;
                 }
-                Some(new) => State::Db(Box::new(new().seen_from_start())),
+                Some(new) => State::Active(Box::new(new().seen_from_start())),
                 None if pg_startup => {
                     // The probes decide this themselves from the same
                     // bytes, except when they cannot see them whole
                     // (a startup written with writev): ask anyway.
                     self.deepen.push(key);
-                    State::Pg(Box::new(PgConn::new(sql)))
+                    State::Active(Box::new(PgConn::new(sql)))
                 }
                 None if pg_query => {
                     self.deepen.push(key);
-                    State::Pg(Box::new(PgConn::mid_stream(sql)))
+                    State::Active(Box::new(PgConn::mid_stream(sql)))
                 }
                 // HTTP, or nothing we know: the HTTP framer tells.
-                None => State::Http(Box::new(HttpConn::new(Role::Client))),
+                None => http_conn(Role::Client, &self.http),
             };
         }
         if let State::Detecting { segments } = &mut conn.state {
             if let Some(new) = store {
-                conn.state = State::Db(Box::new(new()));
+                conn.state = State::Active(Box::new(new()));
             } else if pg_query {
                 self.deepen.push(key);
-                conn.state = State::Pg(Box::new(PgConn::mid_stream(sql)));
+                conn.state = State::Active(Box::new(PgConn::mid_stream(sql)));
             } else if egress && mysql::looks_like_command(seg.bytes, seg.len) {
                 self.deepen.push(key);
-                conn.state = State::Mysql(Box::new(MysqlConn::mid_stream(sql)));
+                conn.state = State::Active(Box::new(MysqlConn::mid_stream(sql)));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
-                conn.state = State::Http(Box::new(HttpConn::new(role)));
+                conn.state = http_conn(role, &self.http);
             } else {
                 *segments += 1;
                 if *segments > MAX_DETECT_SEGMENTS {
@@ -714,80 +366,18 @@ impl Tracker {
                 return;
             }
         }
-        if let State::Db(r) = &mut conn.state {
-            let linker = &self.linker;
-            let stats = &self.stats;
-            r.feed(
-                egress,
-                tid,
-                seg,
-                || linker.call_on_thread(key, tid, stats),
-                stats,
-            );
-            collect_db(&mut self.out_db, key, conn.ends, r.system, &mut r.finished);
-            return;
-        }
-        if let State::Pg(p) = &mut conn.state {
-            let linker = &self.linker;
-            let stats = &self.stats;
-            let readable = p.feed(
-                egress,
-                tid,
-                seg,
-                || linker.call_on_thread(key, tid, stats),
-                stats,
-            );
-            collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
-            if !readable {
-                // The server accepted TLS: the startup comes again, as
-                // plaintext from the TLS library.
-                conn.tls_wait = Some(0);
-            }
-            return;
-        }
-        if let State::Mysql(m) = &mut conn.state {
-            let linker = &self.linker;
-            let stats = &self.stats;
-            let readable = m.feed(
-                egress,
-                tid,
-                seg,
-                || linker.call_on_thread(key, tid, stats),
-                stats,
-            );
-            collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
-            if !readable {
-                if m.is_compressed() {
-                    conn.state = State::Ignored;
-                    self.ignore(key);
-                } else {
-                    // TLS: the login comes as plaintext from the library.
-                    conn.tls_wait = Some(0);
-                }
-            }
-            return;
-        }
-        let State::Http(h) = &mut conn.state else {
+        let State::Active(p) = &mut conn.state else {
             return;
         };
-        let role = h.role;
-        let ends = conn.ends;
-        let mut linking = Linking {
-            key,
-            role,
-            ends,
-            linker: &mut self.linker,
-        };
-        let still_http = h.feed(egress, tid, seg, &self.stats, &mut linking);
-        collect_http(&mut self.out, &mut self.linker, key, ends, h);
-        if !still_http {
-            // Requests framed before the bytes stopped making sense must
-            // not stay anyone's candidate parent.
-            for x in h.book.pending.drain(..) {
-                unlink(&mut self.linker, key, role, ends, &x);
+        let mut cx = Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
+        match p.feed(egress, tid, seg, &mut cx) {
+            Verdict::Continue => {}
+            Verdict::AwaitTls => conn.tls_wait = Some(0),
+            Verdict::NotMine => {
+                log::debug!("{key:?} is not {} after all: ignored", p.name());
+                conn.state = State::Ignored;
+                self.ignore(key);
             }
-            conn.state = State::Ignored;
-            self.ignore(key);
         }
     }
 
@@ -852,27 +442,9 @@ impl Tracker {
     /// Ends every exchange still open on `conn` with `outcome`, and
     /// collects them.
     fn end_open(&mut self, key: ConnKey, conn: &mut Conn, outcome: Outcome) {
-        match &mut conn.state {
-            State::Db(r) => {
-                let at = r.last_at();
-                r.end_pending(outcome, at);
-                collect_db(&mut self.out_db, key, conn.ends, r.system, &mut r.finished);
-            }
-            State::Pg(p) => {
-                let at = p.last_at();
-                p.end_pending(outcome, at);
-                collect_db(&mut self.out_db, key, conn.ends, PG, &mut p.finished);
-            }
-            State::Mysql(m) => {
-                let at = m.last_at();
-                m.end_pending(outcome, at);
-                collect_db(&mut self.out_db, key, conn.ends, m.system, &mut m.finished);
-            }
-            State::Http(h) => {
-                h.close(outcome, &self.stats);
-                collect_http(&mut self.out, &mut self.linker, key, conn.ends, h);
-            }
-            _ => {}
+        if let State::Active(p) = &mut conn.state {
+            let mut cx = Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
+            p.end_all(outcome, &mut cx);
         }
     }
 
@@ -910,10 +482,7 @@ impl Tracker {
         for (key, conn) in &self.conns {
             let quiet = now_ns.saturating_sub(conn.last_ns);
             let waiting = match &conn.state {
-                State::Http(h) => h.book.pending.front().map(|x| x.request_at.exit_ns),
-                State::Db(r) => r.oldest_pending(),
-                State::Pg(p) => p.oldest_pending(),
-                State::Mysql(m) => m.oldest_pending(),
+                State::Active(p) => p.waiting_since(),
                 _ => None,
             };
             match waiting {
@@ -938,14 +507,9 @@ impl Tracker {
         }
     }
 
-    /// Exchanges finished since the last call.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Finished> {
+    /// Exchanges finished since the last call, every protocol's.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Record> {
         self.out.drain(..)
-    }
-
-    /// Database calls finished since the last call.
-    pub fn drain_db(&mut self) -> std::vec::Drain<'_, FinishedDb> {
-        self.out_db.drain(..)
     }
 
     /// Connections the kernel should stop capturing.
@@ -962,7 +526,58 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spans::{SpanKind, Status, Value};
     use crate::test_support::seg;
+
+    fn int(r: &Record, key: &str) -> Option<i64> {
+        match r.attributes.iter().find(|(k, _)| *k == key) {
+            Some((_, Value::Int(n))) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn text<'r>(r: &'r Record, key: &str) -> Option<&'r str> {
+        match r.attributes.iter().find(|(k, _)| *k == key) {
+            Some((_, Value::Str(v))) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The request target: a server's `url.path`, a client's `url.full`
+    /// past its authority.
+    fn target(r: &Record) -> &str {
+        text(r, "url.path")
+            .or_else(|| {
+                let full = text(r, "url.full")?;
+                let rest = full.split_once("://")?.1;
+                Some(&rest[rest.find('/')?..])
+            })
+            .unwrap_or_default()
+    }
+
+    fn status(r: &Record) -> Option<u16> {
+        int(r, "http.response.status_code").map(|c| c as u16)
+    }
+
+    fn body(r: &Record) -> Option<u64> {
+        int(r, "http.response.body.size").map(|n| n as u64)
+    }
+
+    /// How the exchange ended, as its span tells.
+    fn outcome(r: &Record) -> Outcome {
+        match (
+            text(r, "error.type"),
+            text(r, "zerospan.incomplete"),
+            &r.status,
+        ) {
+            (Some("timeout"), ..) => Outcome::TimedOut,
+            (Some("connection_closed"), ..) => Outcome::Closed,
+            (_, Some("response_unparsed"), _) => Outcome::ResponseLost,
+            (_, Some("agent_stopped"), _) => Outcome::AgentStopped,
+            (None, None, Status::Unset) => Outcome::Complete,
+            other => panic!("no outcome for {other:?}"),
+        }
+    }
 
     fn limits() -> Limits {
         Limits {
@@ -988,7 +603,7 @@ mod tests {
 
     #[test]
     fn keep_alive_server_pairs_in_order() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         for i in 0..3u64 {
             feed(
@@ -1011,15 +626,15 @@ mod tests {
         }
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 3);
-        assert!(done.iter().all(|f| f.role == Role::Server));
-        assert_eq!(done[2].exchange.request_at.exit_ns, 21);
-        assert_eq!(done[2].exchange.end_at.exit_ns, 26);
-        assert_eq!(done[2].exchange.response.as_ref().unwrap().status, 404);
+        assert!(done.iter().all(|f| f.kind == SpanKind::Server));
+        assert_eq!(done[2].start_ns, 21);
+        assert_eq!(done[2].end_ns, 26);
+        assert_eq!(status(&done[2]), Some(404));
     }
 
     #[test]
     fn pipelined_requests_answered_in_one_write() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         feed(
             &mut t,
@@ -1038,18 +653,15 @@ mod tests {
             ),
         );
         let done: Vec<_> = t.drain().collect();
-        let targets: Vec<_> = done
-            .iter()
-            .map(|f| f.exchange.request.target.as_str())
-            .collect();
+        let targets: Vec<_> = done.iter().map(target).collect();
         assert_eq!(targets, ["/a", "/b"]);
-        assert_eq!(done[1].exchange.response_body, Some(0));
+        assert_eq!(body(&done[1]), Some(0));
     }
 
     #[test]
     fn non_http_connections_are_evicted_and_counted() {
         let stats = Arc::new(Stats::default());
-        let mut t = Tracker::new(limits(), stats.clone());
+        let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         // Neither HTTP/1 nor anything else we know.
         feed(&mut t, KEY, 1, true, seg(b"\x00\xff garbage \r\n", 0));
@@ -1070,7 +682,7 @@ mod tests {
     #[test]
     fn tls_connections_take_their_plaintext_from_the_library() {
         let stats = Arc::new(Stats::default());
-        let mut t = Tracker::new(limits(), stats.clone());
+        let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
         feed(&mut t, KEY, 1, true, seg(hello, 0));
@@ -1079,10 +691,10 @@ mod tests {
         t.plaintext(KEY, 1, true, seg(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2));
         feed(&mut t, KEY, 1, true, seg(b"\x17\x03\x03\x00\x20", 3));
         t.plaintext(KEY, 1, false, seg(b"HTTP/1.1 204 No Content\r\n\r\n", 4));
-        let done: Vec<Finished> = t.drain().collect();
+        let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
-        assert!(done[0].ends.tls);
-        assert_eq!(done[0].exchange.response.as_ref().unwrap().status, 204);
+        assert_eq!(text(&done[0], "url.full"), Some("https://a/x"));
+        assert_eq!(status(&done[0]), Some(204));
 
         let other = ConnKey { fd: 9, ..KEY };
         t.open(other, origin::CONNECTED, None, None, 0);
@@ -1100,7 +712,7 @@ mod tests {
 
     #[test]
     fn preexisting_socket_detects_role_from_the_next_request() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::PREEXISTING, None, None, 0);
         feed(
             &mut t,
@@ -1125,17 +737,17 @@ mod tests {
         );
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].role, Role::Server);
+        assert_eq!(done[0].kind, SpanKind::Server);
     }
 
     #[test]
     fn close_and_timeout_end_unanswered_requests_as_errors() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         feed(&mut t, KEY, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
-        assert_eq!(done[0].exchange.outcome, Outcome::Closed);
+        assert_eq!(outcome(&done[0]), Outcome::Closed);
 
         let key2 = ConnKey { fd: 5, ..KEY };
         t.open(key2, origin::ACCEPTED, None, None, 0);
@@ -1144,7 +756,7 @@ mod tests {
         assert_eq!(t.drain().count(), 0);
         t.sweep(5_000);
         let done: Vec<_> = t.drain().collect();
-        assert_eq!(done[0].exchange.outcome, Outcome::TimedOut);
+        assert_eq!(outcome(&done[0]), Outcome::TimedOut);
         // The connection stays known: its next exchange is still traced.
         assert_eq!(t.len(), 1);
         feed(
@@ -1171,8 +783,8 @@ mod tests {
         );
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].exchange.request.target, "/again");
-        assert_eq!(done[0].exchange.outcome, Outcome::Complete);
+        assert_eq!(target(&done[0]), "/again");
+        assert_eq!(outcome(&done[0]), Outcome::Complete);
         // Quiet long enough, it is forgotten.
         t.sweep(20_000);
         assert_eq!(t.len(), 0);
@@ -1180,7 +792,7 @@ mod tests {
 
     #[test]
     fn response_delimited_by_close_ends_at_close() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.0\r\n\r\n", 0));
         feed(
@@ -1192,15 +804,15 @@ mod tests {
         );
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
-        assert_eq!(done[0].exchange.outcome, Outcome::Complete);
-        assert_eq!(done[0].exchange.response_body, Some(4));
-        assert_eq!(done[0].exchange.end_at.exit_ns, 11);
+        assert_eq!(outcome(&done[0]), Outcome::Complete);
+        assert_eq!(body(&done[0]), Some(4));
+        assert_eq!(done[0].end_ns, 11);
     }
 
     #[test]
     fn table_is_bounded() {
         let stats = Arc::new(Stats::default());
-        let mut t = Tracker::new(limits(), stats.clone());
+        let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         for fd in 0..20 {
             t.open(ConnKey { fd, ..KEY }, origin::ACCEPTED, None, None, 0);
         }
@@ -1219,7 +831,7 @@ mod tests {
     /// (the POST's 201): it ends unanswered and the POST pairs correctly.
     #[test]
     fn lost_response_framing_never_shifts_later_pairs() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: h\r\n\r\n");
         let pipelined = get("/a") + &get("/chunked") + &get("/503");
@@ -1263,18 +875,10 @@ mod tests {
             false,
             seg(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 50),
         );
-        let done: Vec<_> = t.drain().map(|f| f.exchange).collect();
+        let done: Vec<_> = t.drain().collect();
         let summary: Vec<_> = done
             .iter()
-            .map(|x| {
-                let status = x.response.as_ref().map(|r| r.status);
-                (
-                    x.request.target.as_str(),
-                    status,
-                    x.response_body,
-                    x.outcome,
-                )
-            })
+            .map(|x| (target(x), status(x), body(x), outcome(x)))
             .collect();
         assert_eq!(
             summary,
@@ -1285,7 +889,7 @@ mod tests {
                 ("/p", Some(201), Some(0), Outcome::Complete),
             ]
         );
-        assert_eq!(done[2].end_at, stamp);
+        assert_eq!(done[2].end_ns, stamp.exit_ns);
     }
 
     /// A first request whose head is longer than the capture (a big cookie)
@@ -1294,7 +898,7 @@ mod tests {
     #[test]
     fn an_oversized_first_head_does_not_end_tracking() {
         let stats = Arc::new(Stats::default());
-        let mut t = Tracker::new(limits(), stats.clone());
+        let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         let captured = b"GET /big HTTP/1.1\r\nCookie: aaaaaaaaaaaaaaaa";
         let stamp = Stamp {
@@ -1336,8 +940,8 @@ mod tests {
         );
         let done: Vec<_> = t.drain().collect();
         let last = done.last().expect("the next request is traced");
-        assert_eq!(last.exchange.request.target, "/next");
-        assert_eq!(last.exchange.response.as_ref().map(|r| r.status), Some(204));
+        assert_eq!(target(last), "/next");
+        assert_eq!(status(last), Some(204));
         assert_eq!(
             stats
                 .connections_unknown_protocol
@@ -1350,7 +954,7 @@ mod tests {
     /// (one exchange per connection): the request is incomplete, not failed.
     #[test]
     fn a_lost_response_then_close_is_not_an_error() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         feed(
             &mut t,
@@ -1377,14 +981,14 @@ mod tests {
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].exchange.outcome, Outcome::ResponseLost);
+        assert_eq!(outcome(&done[0]), Outcome::ResponseLost);
     }
 
     /// An outgoing connection whose first bytes are RESP is a Redis client:
     /// its commands pair with their replies into database calls.
     #[test]
     fn outgoing_resp_becomes_redis_calls() {
-        let mut t = Tracker::new(limits(), Arc::default());
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         feed(
             &mut t,
@@ -1394,10 +998,11 @@ mod tests {
             seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10),
         );
         feed(&mut t, KEY, 1, false, seg(b"$1\r\nv\r\n", 20));
-        let calls: Vec<_> = t.drain_db().collect();
+        let calls: Vec<_> = t.drain().collect();
         assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].call.op.name.as_deref(), Some("GET"));
-        assert_eq!(t.drain().count(), 0);
+        assert_eq!(text(&calls[0], "db.operation.name"), Some("GET"));
+        // A database call, not an HTTP exchange.
+        assert_eq!(text(&calls[0], "db.system.name"), Some("redis"));
         assert!(t.take_evictions().is_empty());
     }
 }

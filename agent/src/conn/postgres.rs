@@ -30,11 +30,15 @@ use zerospan_protocols::{
     resp::Reply,
 };
 
-use crate::{
-    db_conn::{remember, Call, Operation, SqlOptions},
-    spans::{context::SpanContext, http::Outcome},
-    stats::Stats,
+use super::{
+    db::{collect, remember, Call, Operation, SqlOptions},
+    protocol::{Cx, Protocol, Verdict},
+    Outcome, Role,
 };
+use crate::{linker::Start, spans::context::SpanContext, stats::Stats};
+
+/// `db.system.name` of PostgreSQL.
+const SYSTEM: &str = "postgresql";
 
 /// Most calls one connection may have waiting (pipelines).
 const MAX_PENDING: usize = 1024;
@@ -110,24 +114,6 @@ impl PgConn {
         }
     }
 
-    /// The TLS the server agreed to is up: what follows is the plaintext,
-    /// starting with the startup packet again.
-    pub fn tls_started(&mut self) {
-        self.encrypted = false;
-    }
-
-    pub fn last_at(&self) -> Stamp {
-        self.last_at
-    }
-
-    /// When the oldest waiting call was sent.
-    pub fn oldest_pending(&self) -> Option<u64> {
-        self.units.iter().find_map(|u| match u {
-            Unit::Query(c) | Unit::Execute(c) => Some(c.sent_at.enter_ns),
-            _ => None,
-        })
-    }
-
     /// Feeds one segment. Returns false once the connection carries
     /// nothing more this agent can read (the server accepted TLS).
     pub fn feed(
@@ -156,7 +142,7 @@ impl PgConn {
             front.feed(seg, |m| self.on_frontend(m, tid, &mut context, stats));
             self.front = front;
             if self.front.is_lost() && !was_lost {
-                stats.db_desync("postgresql");
+                stats.db_desync(SYSTEM);
             }
         } else {
             if self.back.is_lost() {
@@ -167,7 +153,7 @@ impl PgConn {
             back.feed(seg, |m| self.on_backend(m, stats));
             self.back = back;
             if self.back.is_lost() {
-                stats.db_desync("postgresql");
+                stats.db_desync(SYSTEM);
                 // This very read may still end the cycle.
                 self.recover_tail(seg, stats);
             }
@@ -411,6 +397,49 @@ impl PgConn {
                 self.finished.push(c);
             }
         }
+    }
+}
+
+impl Protocol for PgConn {
+    fn name(&self) -> &'static str {
+        SYSTEM
+    }
+
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let (stats, at) = (cx.stats, seg.stamp);
+        let readable = self.feed(
+            egress,
+            tid,
+            seg,
+            || cx.start(Role::Client, tid, at, Start::UNLINKED),
+            stats,
+        );
+        collect(SYSTEM, &mut self.finished, cx);
+        if readable {
+            Verdict::Continue
+        } else {
+            // The server accepted TLS: the startup comes again, as
+            // plaintext from the TLS library.
+            Verdict::AwaitTls
+        }
+    }
+
+    fn waiting_since(&self) -> Option<u64> {
+        self.units.iter().find_map(|u| match u {
+            Unit::Query(c) | Unit::Execute(c) => Some(c.sent_at.enter_ns),
+            _ => None,
+        })
+    }
+
+    fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
+        self.end_pending(outcome, self.last_at);
+        collect(SYSTEM, &mut self.finished, cx);
+    }
+
+    /// The TLS the server agreed to is up: what follows is the plaintext,
+    /// starting with the startup packet again.
+    fn tls_started(&mut self) {
+        self.encrypted = false;
     }
 }
 
@@ -732,7 +761,7 @@ mod tests {
     fn late_results_after_a_timeout_are_skipped() {
         let mut r = connected();
         r.send(&msg(b'Q', b"SELECT pg_sleep(100)\0"));
-        let at = r.c.last_at();
+        let at = r.c.last_at;
         r.c.end_pending(Outcome::TimedOut, at);
         r.send(&msg(b'Q', b"SELECT 2\0"));
         let mut resp = msg(b'C', b"SELECT 1\0");

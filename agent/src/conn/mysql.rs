@@ -15,7 +15,7 @@
 //!
 //! When the response stream cannot be framed, it is found again at a read
 //! captured whole that ends with an OK, EOF or ERR packet, like
-//! PostgreSQL's (see `pg_conn`).
+//! PostgreSQL's (see `conn::postgres`).
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
@@ -30,11 +30,12 @@ use zerospan_protocols::{
     resp::Reply,
 };
 
-use crate::{
-    db_conn::{remember, Call, Operation, SqlOptions},
-    spans::{context::SpanContext, http::Outcome},
-    stats::Stats,
+use super::{
+    db::{collect, remember, Call, Operation, SqlOptions},
+    protocol::{Cx, Protocol, Verdict},
+    Outcome, Role,
 };
+use crate::{linker::Start, spans::context::SpanContext, stats::Stats};
 
 /// Most commands one connection may have waiting.
 const MAX_PENDING: usize = 1024;
@@ -153,28 +154,6 @@ impl MysqlConn {
             infile: false,
             last_at: Stamp::default(),
         }
-    }
-
-    pub fn last_at(&self) -> Stamp {
-        self.last_at
-    }
-
-    /// The TLS the client asked for is up: the full login comes next, as
-    /// plaintext.
-    pub fn tls_started(&mut self) {
-        self.encrypted = false;
-    }
-
-    /// The session is compressed (unreadable packets): not worth following.
-    pub fn is_compressed(&self) -> bool {
-        self.compressed
-    }
-
-    pub fn oldest_pending(&self) -> Option<u64> {
-        self.pending.iter().find_map(|p| match &p.kind {
-            Kind::Call(c) => Some(c.sent_at.enter_ns),
-            _ => None,
-        })
     }
 
     /// Feeds one segment. Returns false once the connection carries
@@ -558,6 +537,49 @@ fn use_target(op: &Operation) -> Option<&str> {
         .split_whitespace()
         .nth(1)
         .map(|d| d.trim_matches(|c| c == '`' || c == ';'))
+}
+
+impl Protocol for MysqlConn {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let (stats, at) = (cx.stats, seg.stamp);
+        let readable = self.feed(
+            egress,
+            tid,
+            seg,
+            || cx.start(Role::Client, tid, at, Start::UNLINKED),
+            stats,
+        );
+        collect(self.system, &mut self.finished, cx);
+        match (readable, self.compressed) {
+            (true, _) => Verdict::Continue,
+            // Compressed packets are unreadable: not worth following.
+            (false, true) => Verdict::NotMine,
+            // TLS: the login comes as plaintext from the library.
+            (false, false) => Verdict::AwaitTls,
+        }
+    }
+
+    fn waiting_since(&self) -> Option<u64> {
+        self.pending.iter().find_map(|p| match &p.kind {
+            Kind::Call(c) => Some(c.sent_at.enter_ns),
+            _ => None,
+        })
+    }
+
+    fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
+        self.end_pending(outcome, self.last_at);
+        collect(self.system, &mut self.finished, cx);
+    }
+
+    /// The TLS the client asked for is up: the full login comes next, as
+    /// plaintext.
+    fn tls_started(&mut self) {
+        self.encrypted = false;
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,114 @@
+//! The one seam every connection-level protocol implements.
+//!
+//! The tracker knows a connection's protocol only through [`Protocol`]: it
+//! feeds it segments in both directions, asks what is pending (for
+//! timeouts and the sweep), and ends what is open. A protocol gets span
+//! context through [`Cx::start`], the same for every protocol, and hands
+//! out each finished exchange as a neutral [`Record`] through
+//! [`Cx::finish`]. No I/O here or in any protocol.
+
+use zerospan_protocols::http1::{Segment, Stamp};
+
+use super::{Endpoints, Outcome, Role};
+use crate::{
+    events::ConnKey,
+    linker::{Linker, Start},
+    spans::{context::SpanContext, Record, SpanKind},
+    stats::Stats,
+};
+
+/// What a connection's protocol says after a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still this protocol.
+    Continue,
+    /// The bytes are not this protocol after all: the connection is
+    /// ignored from here, and the kernel stops capturing it.
+    NotMine,
+    /// The connection switches to TLS (the server accepted it): its
+    /// plaintext will come from the TLS library, and the protocol goes on
+    /// inside it after [`Protocol::tls_started`].
+    AwaitTls,
+}
+
+pub trait Protocol {
+    /// The protocol's name in counters and logs: `http`, `redis`, ….
+    fn name(&self) -> &'static str;
+
+    /// Feeds one segment, read (`egress` false) or written by the traced
+    /// process on thread `tid`.
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict;
+
+    /// When the oldest exchange still waiting for its answer started
+    /// (monotonic ns), for the request timeout.
+    fn waiting_since(&self) -> Option<u64>;
+
+    /// Ends every exchange still open with `outcome`: the connection
+    /// closed, its requests timed out, or the agent is stopping.
+    fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>);
+
+    /// The connection's bytes now come, as plaintext, from its TLS library.
+    fn tls_started(&mut self) {}
+
+    /// Nothing framed yet: if a TLS record shows up now, the plaintext to
+    /// come will have this role. `None` once anything was framed.
+    fn fresh_role(&self) -> Option<Role> {
+        None
+    }
+}
+
+/// What a protocol may use while it handles one connection's segment.
+pub struct Cx<'a> {
+    pub key: ConnKey,
+    pub ends: Endpoints,
+    pub stats: &'a Stats,
+    linker: &'a mut Linker,
+    out: &'a mut Vec<Record>,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(
+        key: ConnKey,
+        ends: Endpoints,
+        stats: &'a Stats,
+        linker: &'a mut Linker,
+        out: &'a mut Vec<Record>,
+    ) -> Self {
+        Cx {
+            key,
+            ends,
+            stats,
+            linker,
+            out,
+        }
+    }
+
+    /// The span context of a request that starts now: on `tid`, in the
+    /// syscall `at` that moved its first bytes, with what it carries.
+    pub fn start(&mut self, role: Role, tid: u32, at: Stamp, carried: Start<'_>) -> SpanContext {
+        self.linker
+            .started(self.key, role, self.ends, tid, at, carried, self.stats)
+    }
+
+    /// A started exchange that will never be reported (dropped past a
+    /// bound, or framed from bytes that turned out not to be the
+    /// protocol): it is no one's parent any more.
+    pub fn forget(&mut self, role: Role, tid: u32, ctx: &SpanContext) {
+        self.linker.ended(self.key, role, self.ends, tid, ctx);
+    }
+
+    /// A finished exchange: it is no one's parent any more, and leaves
+    /// with the context it ended with (a server span may have been adopted
+    /// since it started).
+    pub fn finish(&mut self, mut r: Record) {
+        if let Some(ctx) = self.linker.take_adopted(&r.ctx.span_id) {
+            r.ctx = ctx;
+        }
+        let role = match r.kind {
+            SpanKind::Server => Role::Server,
+            SpanKind::Client => Role::Client,
+        };
+        self.linker.ended(self.key, role, self.ends, r.tid, &r.ctx);
+        self.out.push(r);
+    }
+}
