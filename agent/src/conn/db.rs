@@ -435,6 +435,16 @@ impl DbConn {
     }
 }
 
+/// The span context of each call a database connection's framer finds in
+/// one segment: the child of what the thread serves, or a root.
+pub fn call_context<'c, 'a>(
+    cx: &'c mut Cx<'a>,
+    tid: u32,
+    at: Stamp,
+) -> impl FnMut() -> SpanContext + use<'c, 'a> {
+    move || cx.start(Role::Client, tid, at, Start::UNLINKED)
+}
+
 /// Hands a database connection's finished calls out as records.
 pub fn collect(system: &'static str, finished: &mut Vec<Call>, cx: &mut Cx<'_>) {
     for call in finished.drain(..) {
@@ -448,14 +458,8 @@ impl Protocol for DbConn {
     }
 
     fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
-        let (stats, at) = (cx.stats, seg.stamp);
-        self.feed(
-            egress,
-            tid,
-            seg,
-            || cx.start(Role::Client, tid, at, Start::UNLINKED),
-            stats,
-        );
+        let stats = cx.stats;
+        self.feed(egress, tid, seg, call_context(cx, tid, seg.stamp), stats);
         collect(self.system, &mut self.finished, cx);
         Verdict::Continue
     }

@@ -31,11 +31,11 @@ use zerospan_protocols::{
 };
 
 use super::{
-    db::{collect, remember, Call, Operation, SqlOptions},
+    db::{call_context, collect, remember, Call, Operation, SqlOptions},
     protocol::{Cx, Protocol, Verdict},
-    Outcome, Role,
+    Outcome,
 };
-use crate::{linker::Start, spans::context::SpanContext, stats::Stats};
+use crate::{spans::context::SpanContext, stats::Stats};
 
 /// `db.system.name` of PostgreSQL.
 const SYSTEM: &str = "postgresql";
@@ -406,14 +406,8 @@ impl Protocol for PgConn {
     }
 
     fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
-        let (stats, at) = (cx.stats, seg.stamp);
-        let readable = self.feed(
-            egress,
-            tid,
-            seg,
-            || cx.start(Role::Client, tid, at, Start::UNLINKED),
-            stats,
-        );
+        let stats = cx.stats;
+        let readable = self.feed(egress, tid, seg, call_context(cx, tid, seg.stamp), stats);
         collect(SYSTEM, &mut self.finished, cx);
         if readable {
             Verdict::Continue
