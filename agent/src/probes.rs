@@ -269,7 +269,7 @@ impl Probes {
                 .context("context propagation (--context-propagation=off runs without it)")?;
         }
         crate::tls_hooks::load(&mut ebpf)?;
-        let mut tls = TlsHooks::default();
+        let mut tls = TlsHooks::new();
         tls.hook_system_libraries(&mut ebpf);
         Ok((
             Probes {

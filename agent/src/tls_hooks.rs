@@ -89,7 +89,6 @@ const MAX_CHECKED: usize = 512;
 /// process maps. A hooked file no traced process has mapped for
 /// [`RELEASE_AFTER`] is released: its probes detach, and a process that
 /// maps it later has it looked at again.
-#[derive(Default)]
 pub struct TlsHooks {
     files: HashMap<(u64, u64), File>,
     by_pid: HashMap<u32, HashSet<(u64, u64)>>,
@@ -101,6 +100,16 @@ pub struct TlsHooks {
 }
 
 impl TlsHooks {
+    pub fn new() -> Self {
+        TlsHooks {
+            files: HashMap::new(),
+            by_pid: HashMap::new(),
+            uprobes: Uprobes::new(),
+            failed: 0,
+            warned_off: false,
+        }
+    }
+
     /// Hooks the TLS functions `path` holds, unless its file was looked at
     /// before; `pid` (if any) maps it. Returns the file's id.
     fn hook(&mut self, ebpf: &mut Ebpf, path: &Path, pid: Option<u32>) -> Option<(u64, u64)> {
@@ -115,7 +124,8 @@ impl TlsHooks {
         }
         let mut links = Vec::new();
         let mut hooked = 0;
-        let mut symbols = Symbols::of(path);
+        let wanted: Vec<&str> = HOOKS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+        let mut symbols = Symbols::of(path, &wanted);
         for (name, functions) in HOOKS {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;

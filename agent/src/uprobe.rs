@@ -82,30 +82,37 @@ pub struct Uprobes {
     route: Route,
 }
 
-impl Default for Uprobes {
-    fn default() -> Self {
+impl Uprobes {
+    /// Starts with the PMU; first removes the tracefs probes that agents
+    /// which are gone left behind.
+    pub fn new() -> Self {
         remove_stale_groups();
         Uprobes { route: Route::Pmu }
     }
 }
 
-/// A file's function offsets, read once per file on the tracefs route.
+/// The offsets of the functions wanted in one file, read once (and only
+/// on the tracefs route): one walk of its symbols for all of them.
 pub struct Symbols<'a> {
     path: &'a Path,
+    wanted: &'a [&'a str],
     offsets: Option<Result<HashMap<String, u64>, String>>,
 }
 
 impl<'a> Symbols<'a> {
-    pub fn of(path: &'a Path) -> Self {
+    pub fn of(path: &'a Path, wanted: &'a [&'a str]) -> Self {
         Symbols {
             path,
+            wanted,
             offsets: None,
         }
     }
 
     fn offset(&mut self, symbol: &str) -> Result<Option<u64>, String> {
-        let path = self.path;
-        let offsets = self.offsets.get_or_insert_with(|| function_offsets(path));
+        let (path, wanted) = (self.path, self.wanted);
+        let offsets = self
+            .offsets
+            .get_or_insert_with(|| function_offsets(path, |name| wanted.contains(&name)));
         match offsets {
             Ok(map) => Ok(map.get(symbol).copied()),
             Err(e) => Err(e.clone()),
@@ -290,9 +297,14 @@ fn open_event(attr: &PerfEventAttr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The file offset of every defined function in an ELF file, as uprobes
-/// want them: the symbol's address translated through its section.
-fn function_offsets(path: &Path) -> Result<HashMap<String, u64>, String> {
+/// The file offsets of the functions an ELF file defines that `keep`
+/// accepts (only those are copied out: Node.js's executable has tens of
+/// thousands), as uprobes want them: each symbol's address translated
+/// through its section.
+fn function_offsets(
+    path: &Path,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<HashMap<String, u64>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let map = Mapped::of(&file).map_err(|e| format!("{}: {e}", path.display()))?;
     let obj = object::File::parse(map.bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -305,7 +317,7 @@ fn function_offsets(path: &Path) -> Result<HashMap<String, u64>, String> {
         let (Ok(name), Some(index)) = (sym.name(), sym.section_index()) else {
             continue;
         };
-        if sym.kind() != object::SymbolKind::Text || out.contains_key(name) {
+        if sym.kind() != object::SymbolKind::Text || out.contains_key(name) || !keep(name) {
             continue;
         }
         let offset = if translate {
@@ -437,7 +449,9 @@ fn pmu_open(exe: &Path) -> io::Result<()> {
         .trim()
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}")))?;
-    let offset = function_offsets(exe)
+    // Any one function will do: the first the walk finds.
+    let mut first = true;
+    let offset = function_offsets(exe, |_| std::mem::take(&mut first))
         .map_err(io::Error::other)?
         .into_values()
         .next()
@@ -483,7 +497,7 @@ mod tests {
             .filter(|f| f.len() == 6 && f[5].contains("libc.so"))
             .collect();
         let path = PathBuf::from(libc_lines[0][5]);
-        let offset = function_offsets(&path).unwrap()["write"];
+        let offset = function_offsets(&path, |name| name == "write").unwrap()["write"];
         let mapped = libc_lines.iter().find_map(|f| {
             let (start, end) = f[0].split_once('-')?;
             let start = u64::from_str_radix(start, 16).ok()?;
