@@ -2,6 +2,8 @@
 
 use zerospan_protocols::http1::{Segment, Stamp};
 
+use crate::conn::db::SqlOptions;
+
 /// `bytes`, all captured, as one syscall that entered at `t` and returned
 /// a nanosecond later.
 pub fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
@@ -12,5 +14,14 @@ pub fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
             enter_ns: t,
             exit_ns: t + 1,
         },
+    }
+}
+
+/// SQL options for a connection's tests: the user exported, literals
+/// sanitised or not.
+pub fn opts(sanitize: bool) -> SqlOptions {
+    SqlOptions {
+        sanitize,
+        user: true,
     }
 }

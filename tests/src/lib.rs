@@ -16,3 +16,11 @@ pub use postgres::Postgres;
 pub use procs::{
     curl, curl_user_agent, require_root, Agent, Cgroup, Fixture, Nginx, RedisServer, TempDir,
 };
+
+/// The line of a `zerospan doctor` report for `check`.
+pub fn doctor_line<'a>(report: &'a str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(check))
+        .unwrap_or_else(|| panic!("no {check:?} line in:\n{report}"))
+}

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use zerospan_tests::{procs::agent_binary, require_root};
+use zerospan_tests::{doctor_line, procs::agent_binary, require_root};
 
 fn doctor(as_nobody: bool) -> (bool, String) {
     let bin = agent_binary();
@@ -32,13 +32,6 @@ fn doctor(as_nobody: bool) -> (bool, String) {
     )
 }
 
-fn line<'a>(report: &'a str, check: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.starts_with(check))
-        .unwrap_or_else(|| panic!("no {check:?} line in:\n{report}"))
-}
-
 #[test]
 fn doctor_as_root_finds_this_host_ready() {
     require_root();
@@ -54,12 +47,12 @@ fn doctor_as_root_finds_this_host_ready() {
         "tracepoint programs",
         "uprobes",
     ] {
-        let l = line(&report, check);
+        let l = doctor_line(&report, check);
         assert!(l[22..].starts_with(" ok "), "{l}");
     }
     // This kernel has no kprobes (see the design brief); not needed.
     assert!(
-        line(&report, "kprobes").contains("info absent (not needed"),
+        doctor_line(&report, "kprobes").contains("info absent (not needed"),
         "{report}"
     );
     assert!(report.trim_end().ends_with("result: ready"), "{report}");
@@ -70,13 +63,16 @@ fn doctor_without_privileges_names_what_is_missing() {
     require_root();
     let (ok, report) = doctor(true);
     assert!(!ok, "{report}");
-    let caps = line(&report, "capabilities");
+    let caps = doctor_line(&report, "capabilities");
     assert!(caps.contains("FAIL missing: CAP_BPF"), "{caps}");
     assert!(
         report.contains("fix: run as root, or grant CAP_BPF, CAP_PERFMON"),
         "{report}"
     );
-    assert!(line(&report, "ring buffer").contains("FAIL"), "{report}");
+    assert!(
+        doctor_line(&report, "ring buffer").contains("FAIL"),
+        "{report}"
+    );
     assert!(
         report.contains("problem(s) to fix before the agent can run"),
         "{report}"

@@ -10,6 +10,7 @@ use std::{process::Command, time::Duration};
 
 use zerospan_tests::{
     deploy::as_deployed,
+    doctor_line,
     procs::{agent_binary, free_port},
     require_root, Agent, Collector, Fixture, Nginx, TempDir,
 };
@@ -41,18 +42,11 @@ fn doctor_via(prefix: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn line<'a>(report: &'a str, check: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.starts_with(check))
-        .unwrap_or_else(|| panic!("no {check:?} line in:\n{report}"))
-}
-
 #[test]
 fn doctor_as_deployed_is_ready_and_says_how_tls_attaches() {
     require_root();
     let report = doctor_via(&as_deployed());
-    let uprobes = line(&report, "uprobes");
+    let uprobes = doctor_line(&report, "uprobes");
     assert!(uprobes[22..].starts_with(" ok "), "{report}");
     // This kernel's uprobe PMU wants CAP_SYS_ADMIN, which the DaemonSet
     // does not grant: the route is tracefs's.
@@ -64,7 +58,7 @@ fn doctor_as_deployed_is_ready_and_says_how_tls_attaches() {
 fn doctor_fails_when_no_uprobe_route_is_open() {
     require_root();
     let report = doctor_via(&read_only_tracefs());
-    let uprobes = line(&report, "uprobes");
+    let uprobes = doctor_line(&report, "uprobes");
     assert!(
         uprobes.contains("FAIL TLS capture would be off"),
         "{report}"

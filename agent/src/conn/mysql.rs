@@ -579,14 +579,7 @@ impl Protocol for MysqlConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::seg;
-
-    fn opts(sanitize: bool) -> SqlOptions {
-        SqlOptions {
-            sanitize,
-            user: true,
-        }
-    }
+    use crate::test_support::{opts, seg};
 
     fn packet(seq: u8, body: &[u8]) -> Vec<u8> {
         let mut p = (body.len() as u32).to_le_bytes()[..3].to_vec();

@@ -440,14 +440,7 @@ impl Protocol for PgConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::seg;
-
-    fn opts(sanitize: bool) -> SqlOptions {
-        SqlOptions {
-            sanitize,
-            user: true,
-        }
-    }
+    use crate::test_support::{opts, seg};
 
     fn msg(t: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![t];
