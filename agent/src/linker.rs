@@ -223,7 +223,7 @@ impl Linker {
 
     /// A traced process read a request on `conn`, on thread `tid`, in the
     /// read that moved its first bytes at `at`.
-    pub fn server_started<'h>(
+    fn server_started<'h>(
         &mut self,
         conn: ConnKey,
         tid: u32,
@@ -374,7 +374,7 @@ impl Linker {
 
     /// A traced process wrote a request on `conn`, on thread `tid`, in the
     /// write at `at`.
-    pub fn client_started<'h>(
+    fn client_started<'h>(
         &mut self,
         conn: ConnKey,
         tid: u32,
@@ -432,7 +432,7 @@ impl Linker {
     /// The context of a call made on thread `tid` that carries no header of
     /// its own (any protocol): the child of the one request that thread is
     /// serving, else a root.
-    pub fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
+    fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
         match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
             Some([one]) => {
                 if let Some(orphan) = self.orphans.get(&one.span_id) {
@@ -449,7 +449,7 @@ impl Linker {
     }
 
     /// A server exchange ended: it can no longer be anyone's parent.
-    pub fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
+    fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
         self.forget_orphan(&ctx.span_id);
         // Taken already when the exchange was collected; dropped here when
         // it ends any other way.
@@ -463,7 +463,7 @@ impl Linker {
     }
 
     /// A client exchange to `peer` ended.
-    pub fn client_finished(&mut self, peer: Option<SocketAddr>, ctx: &SpanContext) {
+    fn client_finished(&mut self, peer: Option<SocketAddr>, ctx: &SpanContext) {
         let Some(port) = peer.map(|p| p.port()) else {
             return;
         };
