@@ -65,6 +65,11 @@ pub struct Head {
     pub tracestate: Option<String>,
     pub content_length: Option<u64>,
     pub chunked: bool,
+    /// A request whose body length is ambiguous: `Content-Length` with
+    /// `Transfer-Encoding`, or `Content-Length`s that disagree. Servers
+    /// answer it with an error and close (RFC 9112 §6.3, RFC 9110 §8.6), so
+    /// nothing after it on the connection is a request they read.
+    pub framing_conflict: bool,
 }
 
 impl Head {
@@ -421,8 +426,17 @@ impl Framer {
         }
         let chunked = head.chunked;
         let length = head.content_length;
+        let conflict = head.framing_conflict;
         self.seen_message = true;
         sink.on_head(head, self.head_at);
+        if conflict {
+            // Its body's length is unknown, and the server reads no request
+            // after it: whatever follows (a smuggled request, say) is never
+            // framed as one.
+            sink.on_end(None, self.last_at);
+            self.state = State::Done;
+            return;
+        }
         // Asked after `on_head`, which is when the sink decides which
         // request this response answers.
         let answers_head = self.kind == Kind::Response && sink.answers_head_request();
@@ -661,9 +675,13 @@ pub fn parse_head(kind: Kind, buf: &[u8]) -> Option<Head> {
         if name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(value).ok()?.trim();
             let n: u64 = text.parse().ok()?;
-            // Conflicting lengths make framing ambiguous: refuse to guess.
+            // Conflicting lengths make framing ambiguous: a response is
+            // not framed by guess; a request is the server's to reject.
             if head.content_length.is_some_and(|old| old != n) {
-                return None;
+                if kind == Kind::Response {
+                    return None;
+                }
+                head.framing_conflict = true;
             }
             head.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -682,8 +700,10 @@ pub fn parse_head(kind: Kind, buf: &[u8]) -> Option<Head> {
                 .get_or_insert_with(|| clip(value, MAX_VALUE));
         }
     }
-    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); in a
+    // request, having both is an error the server must close after.
     if head.chunked {
+        head.framing_conflict |= kind == Kind::Request && head.content_length.is_some();
         head.content_length = None;
     }
     Some(head)
@@ -1072,7 +1092,41 @@ mod tests {
     #[test]
     fn conflicting_content_lengths_are_rejected() {
         let bad = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
-        assert!(parse_head(Kind::Request, bad).is_none());
+        // A request: framed, as one the server will refuse.
+        assert!(parse_head(Kind::Request, bad).is_some_and(|h| h.framing_conflict));
+        let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert!(parse_head(Kind::Response, bad).is_none());
+        let same = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert!(parse_head(Kind::Request, same).is_some_and(|h| !h.framing_conflict));
+    }
+
+    /// The smuggling shapes: a request with an ambiguous length is the last
+    /// one framed on its connection; what follows it, in the same write or
+    /// later, never becomes a request (the server closes after answering).
+    #[test]
+    fn ambiguous_request_lengths_end_request_framing() {
+        let shapes: [&[u8]; 2] = [
+            b"POST /smug HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /smug HTTP/1.1\r\nContent-Length: 6\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+        ];
+        for bytes in shapes {
+            let mut f = Framer::new(Kind::Request);
+            let mut rec = Rec::default();
+            f.feed(seg(bytes, 1), &mut rec);
+            f.feed(seg(b"GET /later HTTP/1.1\r\n\r\n", 2), &mut rec);
+            let targets: Vec<&str> = rec.heads().iter().map(|h| h.target.as_str()).collect();
+            assert_eq!(targets, ["/smug"]);
+            assert_eq!(rec.ends(), [(None, 1)]);
+            assert_eq!(rec.desyncs(), 0);
+        }
+        // A response with both is chunked, as clients read it.
+        let mut f = Framer::new(Kind::Response);
+        let mut rec = Rec::default();
+        f.feed(
+            seg(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 1),
+            &mut rec,
+        );
+        assert_eq!(rec.ends(), [(Some(2), 1)]);
     }
 
     #[test]

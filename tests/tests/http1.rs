@@ -655,3 +655,66 @@ fn spans_wait_for_a_collector_that_comes_up_late() {
         agent.stderr()
     );
 }
+
+/// Request-smuggling shapes against nginx: a request with both
+/// `Content-Length` and `Transfer-Encoding`, and one with two lengths that
+/// disagree, each followed in the same write by a second request. nginx
+/// answers the first with 400 and closes; the second was never served, so
+/// it must never become a span.
+#[test]
+fn smuggled_requests_never_become_spans() {
+    require_root();
+    let dir = site();
+    let port = free_port();
+    let nginx = Nginx::start(&dir.0, port);
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid()], &collector, &[]);
+    let shapes: [&[u8]; 2] = [
+        b"POST /smug HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /twice HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nContent-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for payload in shapes {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut s, payload).unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        // What nginx really did: one 400, then it closed.
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    }
+    // A real request afterwards is traced as ever.
+    curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/index.html"),
+    ]);
+    collector.wait_for(3, Duration::from_secs(10), |s| s.is_server());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    let got: Vec<(Option<String>, Option<i64>, Option<String>)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.str("url.path"),
+                s.int("http.response.status_code"),
+                s.str("error.type"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("/smug".into()), Some(400), None),
+            (Some("/twice".into()), Some(400), None),
+            (Some("/index.html".into()), Some(200), None),
+        ],
+        "{}",
+        agent.stderr()
+    );
+    // The ambiguous requests' body sizes are not known, so not reported.
+    assert_eq!(spans[0].int("http.request.body.size"), None);
+    assert_eq!(spans[1].int("http.request.body.size"), None);
+}
