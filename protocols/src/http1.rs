@@ -70,6 +70,10 @@ pub struct Head {
     /// answer it with an error and close (RFC 9112 §6.3, RFC 9110 §8.6), so
     /// nothing after it on the connection is a request they read.
     pub framing_conflict: bool,
+    /// Only the request line is known: the rest of the head could not be
+    /// read (too long for the capture or the bound, too many headers, a
+    /// malformed field). Its headers are unknown, not absent.
+    pub partial: bool,
 }
 
 impl Head {
@@ -395,7 +399,9 @@ impl Framer {
         match parse_head(self.kind, &self.head[..end]) {
             Some(head) => self.start_body(head, sink),
             None => {
-                let why = if self.seen_message {
+                // A request line that parses makes it HTTP with a bad head
+                // (what a server answers with 400), not something else.
+                let why = if self.seen_message || request_line(self.kind, &self.head).is_some() {
                     Desync::BadHead
                 } else {
                     Desync::NotHttp
@@ -560,6 +566,16 @@ impl Framer {
     }
 
     fn lose(&mut self, why: Desync, sink: &mut impl Sink) {
+        // A request whose head cannot be read whole still happened, and a
+        // server's error answers it: reported with what its request line
+        // says, marked partial, its body unknown.
+        if self.state == State::Head && why != Desync::NotHttp {
+            if let Some(head) = request_line(self.kind, &self.head) {
+                self.seen_message = true;
+                sink.on_head(head, self.head_at);
+                sink.on_end(None, self.last_at);
+            }
+        }
         let open = matches!(
             self.state,
             State::Body { .. } | State::Chunked(_) | State::UntilClose
@@ -577,6 +593,21 @@ fn hex_value(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// The request line at the start of a request head that could not be
+/// parsed whole, as a partial head: only when that line is complete and
+/// valid (method, target, HTTP/1.x), never from a guess.
+fn request_line(kind: Kind, buf: &[u8]) -> Option<Head> {
+    if kind != Kind::Request {
+        return None;
+    }
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let mut line = buf[..end + 2].to_vec();
+    line.extend_from_slice(b"\r\n");
+    let mut head = parse_head(kind, &line)?;
+    head.partial = true;
+    Some(head)
 }
 
 /// Could `buf` be the beginning of a start line of this kind?
@@ -1038,6 +1069,62 @@ mod tests {
         }
         let rec = feed_split(Kind::Request, inputs[0], &[]);
         assert_eq!(rec.events, vec![Ev::Desync(Desync::NotHttp)]);
+    }
+
+    /// Heads a server rejects (400) are still requests: too many headers, a
+    /// malformed length, a header line far longer than the capture. Each is
+    /// reported from its request line, marked partial, its body unknown.
+    #[test]
+    fn unreadable_request_heads_are_reported_from_their_request_line() {
+        let mut many = b"GET /many HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS + 1 {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let bad_length = b"POST /len HTTP/1.1\r\nContent-Length: abc\r\n\r\n".to_vec();
+        for (bytes, len, target) in [
+            (many.clone(), many.len() as u64, "/many"),
+            (bad_length.clone(), bad_length.len() as u64, "/len"),
+            // A 1 MiB header line, of which the capture holds the start.
+            (
+                b"GET /long HTTP/1.1\r\nCookie: aaaa".to_vec(),
+                1 << 20,
+                "/long",
+            ),
+        ] {
+            let mut f = Framer::new(Kind::Request);
+            let mut rec = Rec::default();
+            let seg = Segment {
+                bytes: &bytes,
+                len,
+                stamp: Stamp {
+                    enter_ns: 1,
+                    exit_ns: 1,
+                },
+            };
+            f.feed(seg, &mut rec);
+            let heads = rec.heads();
+            assert_eq!(heads.len(), 1, "{target}");
+            assert_eq!(heads[0].target, target);
+            assert!(heads[0].partial);
+            assert_eq!(heads[0].host, None, "headers are not guessed");
+            assert_eq!(rec.ends(), [(None, 1)]);
+            assert_eq!(rec.desyncs(), 1);
+            // Not "not HTTP": the connection stays HTTP.
+            assert_ne!(f.last_desync(), Some(Desync::NotHttp));
+        }
+        // Without a whole request line, nothing is reported.
+        let mut f = Framer::new(Kind::Request);
+        let mut rec = Rec::default();
+        f.feed(
+            Segment {
+                bytes: b"GET /cut-off-in-the-targ",
+                len: 5000,
+                stamp: Stamp::default(),
+            },
+            &mut rec,
+        );
+        assert!(rec.heads().is_empty());
     }
 
     #[test]

@@ -718,3 +718,80 @@ fn smuggled_requests_never_become_spans() {
     assert_eq!(spans[0].int("http.request.body.size"), None);
     assert_eq!(spans[1].int("http.request.body.size"), None);
 }
+
+/// Requests nginx rejects with 400 (a 1 MiB header line, 10,000 headers, a
+/// malformed `Content-Length`) are still requests, and what scanners and
+/// attacks look like: each is a span from its request line, with nginx's
+/// status, marked `zerospan.incomplete=request_head_unparsed`.
+#[test]
+fn rejected_requests_are_spans_marked_incomplete() {
+    require_root();
+    let dir = site();
+    let port = free_port();
+    let nginx = Nginx::start(&dir.0, port);
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid()], &collector, &[]);
+    let mut long_line = b"GET /long-line HTTP/1.1\r\nHost: x\r\nCookie: ".to_vec();
+    long_line.extend(std::iter::repeat_n(b'a', 1 << 20));
+    long_line.extend_from_slice(b"\r\n\r\n");
+    let mut many = b"GET /many-headers HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..10_000 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let bad_length =
+        b"POST /bad-length HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec();
+    for payload in [&long_line, &many, &bad_length] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // nginx may answer and close before it read everything: a reset
+        // here is expected, and the server's side is what is checked.
+        let _ = std::io::Write::write_all(&mut s, payload);
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    }
+    collector.wait_for(3, Duration::from_secs(10), |s| s.is_server());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(agent.stop().success());
+    let spans = servers(&collector.spans());
+    let got: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.str("http.request.method"),
+                s.str("url.path"),
+                s.int("http.response.status_code"),
+                s.str("zerospan.incomplete"),
+            )
+        })
+        .collect();
+    let incomplete = Some("request_head_unparsed".to_owned());
+    assert_eq!(
+        got,
+        [
+            (
+                Some("GET".into()),
+                Some("/long-line".into()),
+                Some(400),
+                incomplete.clone()
+            ),
+            (
+                Some("GET".into()),
+                Some("/many-headers".into()),
+                Some(400),
+                incomplete.clone()
+            ),
+            (
+                Some("POST".into()),
+                Some("/bad-length".into()),
+                Some(400),
+                incomplete
+            ),
+        ],
+        "{}",
+        agent.stderr()
+    );
+    // Headers that could not be read are not guessed.
+    assert!(spans
+        .iter()
+        .all(|s| s.str("server.address").as_deref() != Some("x")));
+}

@@ -82,6 +82,18 @@ fn scheme(ends: Endpoints) -> &'static str {
     }
 }
 
+/// Adds `why` to the span's `zerospan.incomplete` (comma-separated when a
+/// span is incomplete in more than one way: one key, never two).
+pub fn mark_incomplete(attrs: &mut Vec<(&'static str, Value)>, why: &str) {
+    match attrs.iter_mut().find(|(k, _)| *k == "zerospan.incomplete") {
+        Some((_, Value::Str(v))) => {
+            v.push(',');
+            v.push_str(why);
+        }
+        _ => attrs.push(("zerospan.incomplete", why.into())),
+    }
+}
+
 pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) -> Status {
     match outcome {
         Outcome::Complete => Status::Unset,
@@ -91,11 +103,11 @@ pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) 
         }
         // Not known to be an error: only that the agent could not see it.
         Outcome::ResponseLost => {
-            attrs.push(("zerospan.incomplete", "response_unparsed".into()));
+            mark_incomplete(attrs, "response_unparsed");
             Status::Unset
         }
         Outcome::AgentStopped => {
-            attrs.push(("zerospan.incomplete", "agent_stopped".into()));
+            mark_incomplete(attrs, "agent_stopped");
             Status::Unset
         }
         Outcome::Closed => {
@@ -228,6 +240,10 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     if let Some(size) = x.request_body {
         attrs.push(("http.request.body.size", (size as i64).into()));
     }
+    if req.partial {
+        // Only its request line could be read: its headers are unknown.
+        mark_incomplete(&mut attrs, "request_head_unparsed");
+    }
     if let Some(code) = status {
         attrs.push(("http.response.status_code", i64::from(code).into()));
         if let Some(size) = x.response_body {
@@ -349,6 +365,46 @@ mod tests {
         assert_eq!(s.attr("user_agent.original"), Some(&"curl/8".into()));
         assert!(matches!(s.status, Status::Error(_)));
         assert_eq!((s.start_unix_ns, s.end_unix_ns), (150, 1000));
+    }
+
+    /// A request of which only the request line could be read is marked
+    /// so, in the one `zerospan.incomplete` attribute, with any other reason.
+    #[test]
+    fn partial_requests_are_marked_incomplete_once() {
+        let mut x = exchange("GET", "/big", None, 400);
+        x.request.partial = true;
+        x.request_body = None;
+        let s = build_span(
+            &x,
+            Role::Server,
+            ends(),
+            &Clock::identity(),
+            &Options::default(),
+            resource(),
+        );
+        assert_eq!(
+            s.attr("zerospan.incomplete"),
+            Some(&"request_head_unparsed".into())
+        );
+        assert_eq!(s.attr("http.response.status_code"), Some(&400.into()));
+        assert_eq!(s.attr("http.request.body.size"), None);
+        x.response = None;
+        x.outcome = Outcome::ResponseLost;
+        let s = build_span(
+            &x,
+            Role::Server,
+            ends(),
+            &Clock::identity(),
+            &Options::default(),
+            resource(),
+        );
+        let marks: Vec<_> = s
+            .attributes
+            .iter()
+            .filter(|(k, _)| *k == "zerospan.incomplete")
+            .collect();
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].1, "request_head_unparsed,response_unparsed".into());
     }
 
     #[test]
