@@ -4,6 +4,7 @@
 //! allocation without a bound, and no panics on any input, which the unit
 //! tests (every split point, garbage) and the fuzz targets in `fuzz/` check.
 
+pub mod h2;
 pub mod http1;
 mod lines;
 pub mod memcache;

@@ -329,6 +329,7 @@ fn fuzz(secs: &str) -> Result<()> {
         "mysql_framer",
         "postgres_framer",
         "sql_sanitize",
+        "h2_framer",
     ] {
         run(Command::new("cargo")
             .current_dir(root().join("fuzz"))
