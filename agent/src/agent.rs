@@ -284,8 +284,8 @@ impl EventPath {
         for key in self.tracker.take_evictions() {
             self.probes.forget_socket(key);
         }
-        for key in self.tracker.take_deepened() {
-            self.probes.capture_reads_deeply(key);
+        for (key, how) in self.tracker.take_deepened() {
+            self.probes.capture_deeply(key, how);
         }
         let finished: Vec<_> = self.tracker.drain().collect();
         for record in finished {

@@ -60,6 +60,10 @@ pub struct Start<'a> {
     /// same-host links by 4-tuple (and adoption) apply: HTTP, not the
     /// databases, whose servers the agent does not trace.
     pub linkable: bool,
+    /// The stream the request travels on, for protocols that carry many
+    /// at once on one connection (HTTP/2); 0 for the others. A same-host
+    /// link is only ever made between the two ends of the same stream.
+    pub stream: u32,
 }
 
 impl Start<'_> {
@@ -69,6 +73,7 @@ impl Start<'_> {
         traceparent: None,
         tracestate: None,
         linkable: false,
+        stream: 0,
     };
 }
 
@@ -78,6 +83,7 @@ impl<'a> From<&'a Head> for Start<'a> {
             traceparent: head.traceparent.as_deref(),
             tracestate: head.tracestate.as_deref(),
             linkable: true,
+            stream: 0,
         }
     }
 }
@@ -88,6 +94,8 @@ struct Call {
     peer: SocketAddr,
     /// The client socket's own address, once the probes reported it.
     local: Option<SocketAddr>,
+    /// See [`Start::stream`].
+    stream: u32,
     ctx: SpanContext,
 }
 
@@ -96,6 +104,8 @@ struct Orphan {
     /// Its connection's addresses: the client's local address, and ours.
     peer: SocketAddr,
     local: SocketAddr,
+    /// See [`Start::stream`].
+    stream: u32,
     serving: (u32, u32),
     /// Set once a call was made as its child: then it cannot move.
     has_children: Cell<bool>,
@@ -108,7 +118,7 @@ pub struct Linker {
     calling: HashMap<u16, Vec<Call>>,
     /// Orphans by span id, and their span ids by peer address.
     orphans: HashMap<[u8; 8], Orphan>,
-    orphan_by_peer: HashMap<SocketAddr, [u8; 8]>,
+    orphan_by_peer: HashMap<(SocketAddr, u32), [u8; 8]>,
     /// New contexts of adopted server spans, taken when they end.
     adopted: HashMap<[u8; 8], SpanContext>,
     /// Ids the probes chose for outgoing requests not framed yet, by
@@ -236,7 +246,9 @@ impl Linker {
             .chosen_server
             .remove(&conn)
             .filter(|c| c.at_ns == at.exit_ns);
-        let header = from_header(&start.into(), stats);
+        let start = start.into();
+        let stream = start.stream;
+        let header = from_header(&start, stats);
         let ctx = match chosen {
             Some(k) if k.origin == Origin::Header => {
                 let agrees = header
@@ -255,7 +267,7 @@ impl Linker {
             }
             _ => {
                 let linked = header.or_else(|| {
-                    let parent = self.client_at_other_end(ends.peer?, ends.local?)?;
+                    let parent = self.client_at_other_end(ends.peer?, ends.local?, stream)?;
                     Stats::inc(&stats.context_linked_same_host);
                     Some(SpanContext::child_of(parent))
                 });
@@ -267,7 +279,7 @@ impl Linker {
                     }
                 }
                 if linked.is_none() {
-                    self.add_orphan(&ctx, (conn.tgid, tid), ends);
+                    self.add_orphan(&ctx, (conn.tgid, tid), ends, stream);
                 }
                 ctx
             }
@@ -278,7 +290,7 @@ impl Linker {
     }
 
     /// Remembers a parentless server span whose peer is on this host.
-    fn add_orphan(&mut self, ctx: &SpanContext, serving: (u32, u32), ends: Endpoints) {
+    fn add_orphan(&mut self, ctx: &SpanContext, serving: (u32, u32), ends: Endpoints, stream: u32) {
         let (Some(peer), Some(local)) = (ends.peer, ends.local) else {
             return;
         };
@@ -286,12 +298,13 @@ impl Linker {
         if !same_host || self.orphans.len() >= MAX_ORPHANS {
             return;
         }
-        self.orphan_by_peer.insert(peer, ctx.span_id);
+        self.orphan_by_peer.insert((peer, stream), ctx.span_id);
         self.orphans.insert(
             ctx.span_id,
             Orphan {
                 peer,
                 local,
+                stream,
                 serving,
                 has_children: Cell::new(false),
             },
@@ -300,16 +313,23 @@ impl Linker {
 
     fn forget_orphan(&mut self, span_id: &[u8; 8]) {
         if let Some(o) = self.orphans.remove(span_id) {
-            if self.orphan_by_peer.get(&o.peer) == Some(span_id) {
-                self.orphan_by_peer.remove(&o.peer);
+            if self.orphan_by_peer.get(&(o.peer, o.stream)) == Some(span_id) {
+                self.orphan_by_peer.remove(&(o.peer, o.stream));
             }
         }
     }
 
     /// A client call's addresses are known: if the server at the other end
     /// already read its request and found no parent, adopt it.
-    fn adopt(&mut self, peer: SocketAddr, local: SocketAddr, parent: &SpanContext, stats: &Stats) {
-        let Some(span_id) = self.orphan_by_peer.get(&local).copied() else {
+    fn adopt(
+        &mut self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        call: (u32, &SpanContext),
+        stats: &Stats,
+    ) {
+        let (stream, parent) = call;
+        let Some(span_id) = self.orphan_by_peer.get(&(local, stream)).copied() else {
             return;
         };
         let Some(orphan) = self.orphans.get(&span_id) else {
@@ -342,11 +362,16 @@ impl Linker {
 
     /// The in-flight client call whose connection is this one seen from the
     /// other end: its local address is our peer, its peer is our local.
-    fn client_at_other_end(&self, peer: SocketAddr, local: SocketAddr) -> Option<&SpanContext> {
+    fn client_at_other_end(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        stream: u32,
+    ) -> Option<&SpanContext> {
         self.calling.get(&local.port())?.iter().find_map(|call| {
             // A listener bound to the wildcard address accepts on any.
             let ip_ok = local.ip().is_unspecified() || call.peer.ip() == local.ip();
-            (ip_ok && call.local == Some(peer)).then_some(&call.ctx)
+            (ip_ok && call.local == Some(peer) && call.stream == stream).then_some(&call.ctx)
         })
     }
 
@@ -365,10 +390,10 @@ impl Linker {
         let mut waiting = Vec::new();
         for call in calls.iter_mut().filter(|c| c.conn == conn) {
             call.local = Some(local);
-            waiting.push((call.peer, call.ctx.clone()));
+            waiting.push((call.peer, call.stream, call.ctx.clone()));
         }
-        for (peer, ctx) in waiting {
-            self.adopt(peer, local, &ctx, stats);
+        for (peer, stream, ctx) in waiting {
+            self.adopt(peer, local, (stream, &ctx), stats);
         }
     }
 
@@ -383,10 +408,12 @@ impl Linker {
         at: Stamp,
         stats: &Stats,
     ) -> SpanContext {
+        let start = start.into();
         let ctx = match self.take_chosen_request(conn, at, stats) {
             Some(k) => self.injected_call(conn, tid, &k, stats),
-            None => from_header(&start.into(), stats)
-                .unwrap_or_else(|| self.call_on_thread(conn, tid, stats)),
+            None => {
+                from_header(&start, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
+            }
         };
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
@@ -396,11 +423,12 @@ impl Linker {
                     conn,
                     peer,
                     local: ends.local,
+                    stream: start.stream,
                     ctx: ctx.clone(),
                 },
             );
             if let Some(local) = ends.local {
-                self.adopt(peer, local, &ctx, stats);
+                self.adopt(peer, local, (start.stream, &ctx), stats);
             }
         }
         ctx

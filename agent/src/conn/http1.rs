@@ -68,6 +68,7 @@ impl Sink for RequestSink<'_, '_> {
             .cx
             .start(self.role, self.book.tid, at, Start::from(&head));
         self.book.pending.push_back(Exchange {
+            version: head.protocol_version(),
             ctx,
             request: head,
             response: None,

@@ -8,6 +8,7 @@
 //! tracker.
 
 pub mod db;
+pub mod h2;
 pub mod http1;
 pub mod mysql;
 pub mod postgres;

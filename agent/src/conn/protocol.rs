@@ -25,6 +25,9 @@ pub enum Verdict {
     /// The bytes are not this protocol after all: the connection is
     /// ignored from here, and the kernel stops capturing it.
     NotMine,
+    /// The protocol lost its place in the stream for good (and ended what
+    /// was open): the kernel stops capturing the connection.
+    Lost,
     /// The connection switches to TLS (the server accepted it): its
     /// plaintext will come from the TLS library, and the protocol goes on
     /// inside it after [`Protocol::tls_started`].
@@ -46,6 +49,14 @@ pub trait Protocol {
     /// Ends every exchange still open with `outcome`: the connection
     /// closed, its requests timed out, or the agent is stopping.
     fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>);
+
+    /// The request timeout passed for what started before
+    /// `started_before_ns`. A protocol that answers in order ends
+    /// everything open (what waits behind an unanswered request cannot be
+    /// answered first); one that multiplexes ends only those.
+    fn time_out(&mut self, _started_before_ns: u64, cx: &mut Cx<'_>) {
+        self.end_all(Outcome::TimedOut, cx);
+    }
 
     /// The connection's bytes now come, as plaintext, from its TLS library.
     fn tls_started(&mut self) {}

@@ -15,6 +15,7 @@ use zerospan_common::origin;
 
 use super::{
     db::{DbConn, SqlOptions},
+    h2::{self, H2Conn},
     http1::HttpConn,
     mysql::MysqlConn,
     postgres::PgConn,
@@ -43,9 +44,23 @@ pub struct Limits {
     pub sql: SqlOptions,
 }
 
+/// How deeply the kernel should capture a connection, once the agent
+/// recognised its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deepen {
+    /// A database on a socket the probes did not see connect: its reads
+    /// whole (responses), and its writes as requests.
+    Database,
+    /// HTTP/2: every header block in both directions.
+    Http2,
+}
+
 enum State {
     /// Pre-existing socket: role not known until a request shows up.
     Detecting { segments: u32 },
+    /// An accepted connection that has moved nothing yet: HTTP/1 unless
+    /// its first bytes are HTTP/2's.
+    Incoming,
     /// An outgoing connection that has not sent anything yet: the first
     /// bytes it writes say which protocol it speaks.
     Outgoing,
@@ -87,9 +102,9 @@ pub struct Tracker {
     http: Arc<Options>,
     out: Vec<Record>,
     evict: Vec<ConnKey>,
-    /// Connections whose reads the kernel should capture deeply (databases
-    /// recognised by the agent rather than by the probes).
-    deepen: Vec<ConnKey>,
+    /// Connections the kernel should capture deeply (protocols recognised
+    /// by the agent rather than by the probes).
+    deepen: Vec<(ConnKey, Deepen)>,
     linker: Linker,
     /// The current connection of each (tgid, fd).
     by_fd: HashMap<(u32, i32), ConnKey>,
@@ -118,6 +133,11 @@ impl Tracker {
         self.conns.len()
     }
 
+    #[cfg(test)]
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     fn admit(&mut self, key: ConnKey) -> bool {
         if self.conns.contains_key(&key) || self.conns.len() < self.limits.max_connections {
             return true;
@@ -139,7 +159,7 @@ impl Tracker {
             return;
         }
         let state = match how {
-            origin::ACCEPTED => http_conn(Role::Server, &self.http),
+            origin::ACCEPTED => State::Incoming,
             origin::CONNECTED => State::Outgoing,
             _ => State::Detecting { segments: 0 },
         };
@@ -215,6 +235,7 @@ impl Tracker {
         if tls::looks_like_record(seg.bytes) {
             let role = match &conn.state {
                 State::Outgoing => Some(Some(Role::Client)),
+                State::Incoming => Some(Some(Role::Server)),
                 State::Active(p) => p.fresh_role().map(Some),
                 State::Detecting { .. } => Some(None),
                 _ => None,
@@ -242,7 +263,7 @@ impl Tracker {
                 State::Tls {
                     role: Some(Role::Server),
                     ..
-                } => http_conn(Role::Server, &self.http),
+                } => State::Incoming,
                 State::Tls {
                     role: Some(Role::Client),
                     ..
@@ -313,13 +334,32 @@ impl Tracker {
             let stats = &self.stats;
             m.feed(false, tid, head, SpanContext::root, stats);
             conn.state = State::Active(Box::new(m));
-            self.deepen.push(key);
+            self.deepen.push((key, Deepen::Database));
+        }
+        if let State::Incoming = conn.state {
+            let h2 = if egress {
+                h2::starts_server_preface(seg.bytes)
+            } else {
+                h2::starts_preface(seg.bytes)
+            };
+            conn.state = if h2 {
+                self.deepen.push((key, Deepen::Http2));
+                State::Active(Box::new(H2Conn::new(Role::Server, self.http.clone())))
+            } else {
+                http_conn(Role::Server, &self.http)
+            };
+        }
+        if let State::Outgoing = conn.state {
+            if egress && h2::starts_preface(seg.bytes) {
+                self.deepen.push((key, Deepen::Http2));
+                conn.state = State::Active(Box::new(H2Conn::new(Role::Client, self.http.clone())));
+            }
         }
         if let State::Outgoing = conn.state {
             conn.state = match store {
                 // The server speaks first.
                 None if !egress && mysql::looks_like_greeting(seg.bytes) => {
-                    self.deepen.push(key);
+                    self.deepen.push((key, Deepen::Database));
                     State::Active(Box::new(MysqlConn::new(sql)))
                 }
                 None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
@@ -334,11 +374,11 @@ impl Tracker {
                     // The probes decide this themselves from the same
                     // bytes, except when they cannot see them whole
                     // (a startup written with writev): ask anyway.
-                    self.deepen.push(key);
+                    self.deepen.push((key, Deepen::Database));
                     State::Active(Box::new(PgConn::new(sql)))
                 }
                 None if pg_query => {
-                    self.deepen.push(key);
+                    self.deepen.push((key, Deepen::Database));
                     State::Active(Box::new(PgConn::mid_stream(sql)))
                 }
                 // HTTP, or nothing we know: the HTTP framer tells.
@@ -346,13 +386,26 @@ impl Tracker {
             };
         }
         if let State::Detecting { segments } = &mut conn.state {
-            if let Some(new) = store {
+            let h2_role = if h2::starts_preface(seg.bytes) {
+                Some((if egress { Role::Client } else { Role::Server }, true))
+            } else {
+                h2::joined_role(egress, seg.bytes).map(|r| (r, false))
+            };
+            if let Some((role, from_start)) = h2_role {
+                self.deepen.push((key, Deepen::Http2));
+                let c = if from_start {
+                    H2Conn::new(role, self.http.clone())
+                } else {
+                    H2Conn::joined(role, self.http.clone())
+                };
+                conn.state = State::Active(Box::new(c));
+            } else if let Some(new) = store {
                 conn.state = State::Active(Box::new(new()));
             } else if pg_query {
-                self.deepen.push(key);
+                self.deepen.push((key, Deepen::Database));
                 conn.state = State::Active(Box::new(PgConn::mid_stream(sql)));
             } else if egress && mysql::looks_like_command(seg.bytes, seg.len) {
-                self.deepen.push(key);
+                self.deepen.push((key, Deepen::Database));
                 conn.state = State::Active(Box::new(MysqlConn::mid_stream(sql)));
             } else if http1::starts_request(seg.bytes) {
                 let role = if egress { Role::Client } else { Role::Server };
@@ -377,6 +430,12 @@ impl Tracker {
                 log::debug!("{key:?} is not {} after all: ignored", p.name());
                 conn.state = State::Ignored;
                 self.ignore(key);
+            }
+            Verdict::Lost => {
+                // Counted by the protocol; nothing more to capture.
+                conn.state = State::Ignored;
+                self.evict.push(key);
+                self.forget_fd(key);
             }
         }
     }
@@ -495,9 +554,14 @@ impl Tracker {
         }
         // The requests end; the connection, its addresses and its role
         // stay, so whatever it carries next is still traced in full.
+        let cutoff = now_ns.saturating_sub(limits.request_timeout_ns);
         for key in timed_out {
             if let Some(mut conn) = self.conns.remove(&key) {
-                self.end_open(key, &mut conn, Outcome::TimedOut);
+                if let State::Active(p) = &mut conn.state {
+                    let mut cx =
+                        Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
+                    p.time_out(cutoff, &mut cx);
+                }
                 self.conns.insert(key, conn);
             }
         }
@@ -517,8 +581,8 @@ impl Tracker {
         std::mem::take(&mut self.evict)
     }
 
-    /// Connections whose reads the kernel should capture deeply.
-    pub fn take_deepened(&mut self) -> Vec<ConnKey> {
+    /// Connections the kernel should capture deeply, and how.
+    pub fn take_deepened(&mut self) -> Vec<(ConnKey, Deepen)> {
         std::mem::take(&mut self.deepen)
     }
 }

@@ -66,6 +66,8 @@ pub enum Metric {
     HttpClientRequestSize,
     HttpClientResponseSize,
     DbClientDuration,
+    RpcServerDuration,
+    RpcClientDuration,
 }
 
 /// What a metric is called and measured in.
@@ -123,6 +125,18 @@ impl Metric {
                 "Duration of database client operations.",
                 SECONDS,
             ),
+            Metric::RpcServerDuration => (
+                "rpc.server.call.duration",
+                "s",
+                "Measures the duration of inbound remote procedure calls.",
+                SECONDS,
+            ),
+            Metric::RpcClientDuration => (
+                "rpc.client.call.duration",
+                "s",
+                "Measures the duration of outbound remote procedure calls.",
+                SECONDS,
+            ),
         };
         Description {
             name,
@@ -157,6 +171,16 @@ const DB_CLIENT: &[&str] = &[
     "db.collection.name",
     "db.namespace",
     "db.response.status_code",
+    "error.type",
+];
+
+/// The RPC conventions' call-duration attributes.
+const RPC_CALL: &[&str] = &[
+    "rpc.system.name",
+    "rpc.method",
+    "rpc.response.status_code",
+    "server.address",
+    "server.port",
     "error.type",
 ];
 
@@ -319,9 +343,20 @@ impl Registry {
             Some(Value::Int(n)) => Some(*n as f64),
             _ => None,
         };
-        if span.category == Category::Db {
-            self.record(Metric::DbClientDuration, &labels_of(DB_CLIENT), seconds);
-            return;
+        match (span.category, span.kind) {
+            (Category::Db, _) => {
+                self.record(Metric::DbClientDuration, &labels_of(DB_CLIENT), seconds);
+                return;
+            }
+            (Category::Rpc, SpanKind::Server) => {
+                self.record(Metric::RpcServerDuration, &labels_of(RPC_CALL), seconds);
+                return;
+            }
+            (Category::Rpc, SpanKind::Client) => {
+                self.record(Metric::RpcClientDuration, &labels_of(RPC_CALL), seconds);
+                return;
+            }
+            (Category::Http, _) => {}
         }
         let (duration, request, response, labels) = match span.kind {
             SpanKind::Server => {

@@ -1,4 +1,5 @@
-//! HTTP/1 exchanges to spans, following OpenTelemetry's HTTP conventions.
+//! HTTP exchanges (HTTP/1 and HTTP/2) to spans, following OpenTelemetry's
+//! HTTP conventions.
 
 use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Value};
 #[cfg(test)]
@@ -26,6 +27,8 @@ pub struct Exchange {
     pub outcome: Outcome,
     /// Thread that moved the request's first byte.
     pub tid: u32,
+    /// `network.protocol.version`: "1.0", "1.1" or "2".
+    pub version: &'static str,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -41,7 +44,7 @@ const KNOWN_METHODS: [&str; 9] = [
 ];
 
 /// Splits a `Host` header into host and port, handling `[v6]:port`.
-fn split_host(host: &str) -> (&str, Option<u16>) {
+pub(super) fn split_host(host: &str) -> (&str, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((h, tail)) = rest.split_once(']') {
             return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
@@ -117,8 +120,9 @@ pub fn outcome_status(outcome: Outcome, attrs: &mut Vec<(&'static str, Value)>) 
     }
 }
 
-/// The record of an HTTP/1 exchange, in the HTTP conventions. `tgid`:
-/// the traced process.
+/// The record of an HTTP exchange, in the HTTP conventions. `tgid`: the
+/// traced process. An empty method or target is one the agent could not
+/// know (an HTTP/2 field it could not decode): left out, never guessed.
 pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u32) -> Record {
     let req = &x.request;
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
@@ -130,7 +134,7 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     };
     if method_known {
         attrs.push(("http.request.method", req.method.as_str().into()));
-    } else {
+    } else if !req.method.is_empty() {
         attrs.push(("http.request.method", "_OTHER".into()));
         attrs.push(("http.request.method_original", req.method.as_str().into()));
     }
@@ -146,8 +150,10 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     let (kind, start_ns) = match role {
         Role::Server => {
             let (path, q) = split_target(&req.target);
-            attrs.push(("url.path", path.into()));
-            if let Some(route) = opts.routes.matching(path) {
+            if !path.is_empty() {
+                attrs.push(("url.path", path.into()));
+            }
+            if let Some(route) = opts.routes.matching(path).filter(|_| !path.is_empty()) {
                 attrs.push(("http.route", route.into()));
                 name = format!("{name} {route}");
             }
@@ -203,7 +209,9 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
                     None => req.target.clone(),
                 }
             };
-            attrs.push(("url.full", url.into()));
+            if !req.target.is_empty() {
+                attrs.push(("url.full", url.into()));
+            }
             let server = host_header
                 .map(|(h, p)| {
                     (
@@ -231,7 +239,7 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     attrs.push(("network.protocol.name", "http".into()));
     // The thread that read the request (server) or wrote it (client).
     attrs.push(("thread.id", i64::from(x.tid).into()));
-    attrs.push(("network.protocol.version", req.protocol_version().into()));
+    attrs.push(("network.protocol.version", x.version.into()));
     if let Some(ua) = &req.user_agent {
         if role == Role::Server {
             attrs.push(("user_agent.original", ua.as_str().into()));
@@ -324,6 +332,7 @@ mod tests {
             response_body: Some(42),
             outcome: Outcome::Complete,
             tid: 1,
+            version: "1.1",
         }
     }
 

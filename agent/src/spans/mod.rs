@@ -9,6 +9,7 @@ pub mod http;
 pub mod ids;
 pub mod redact;
 pub mod route;
+pub mod rpc;
 pub mod sampler;
 
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub enum SpanKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Category {
     Http,
+    Rpc,
     Db,
 }
 

@@ -101,7 +101,8 @@ pub struct Framer {
     block_bytes: Vec<u8>,
     /// The current DATA frame's pad length, once its first octet is read.
     data_pad: Option<u8>,
-    lost: bool,
+    /// Why the framing was lost, once it was.
+    lost: Option<&'static str>,
 }
 
 impl Framer {
@@ -120,7 +121,7 @@ impl Framer {
             block: None,
             block_bytes: Vec::new(),
             data_pad: None,
-            lost: false,
+            lost: None,
         }
     }
 
@@ -143,6 +144,11 @@ impl Framer {
 
     /// The framing is lost: nothing more will be reported.
     pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
+    }
+
+    /// Why the framing was lost.
+    pub fn lost_why(&self) -> Option<&'static str> {
         self.lost
     }
 
@@ -157,16 +163,16 @@ impl Framer {
     }
 
     pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl Sink) {
-        if self.lost {
+        if self.is_lost() {
             return;
         }
         let mut bytes = seg.bytes;
-        while !bytes.is_empty() && !self.lost {
+        while !bytes.is_empty() && !self.is_lost() {
             let used = self.step(bytes, seg.stamp, sink);
             bytes = &bytes[used..];
         }
         let unseen = seg.len.saturating_sub(seg.bytes.len() as u64);
-        if unseen > 0 && !self.lost {
+        if unseen > 0 && !self.is_lost() {
             self.skip(unseen, seg.stamp, sink);
         }
     }
@@ -177,7 +183,7 @@ impl Framer {
             let done = PREFACE.len() - self.preface as usize;
             let n = bytes.len().min(self.preface as usize);
             if bytes[..n] != PREFACE[done..done + n] {
-                self.lose();
+                self.lose("not the client preface");
                 return bytes.len();
             }
             self.preface -= n as u8;
@@ -221,14 +227,14 @@ impl Framer {
     /// `n` octets went by uncaptured.
     fn skip(&mut self, n: u64, at: Stamp, sink: &mut impl Sink) {
         if self.preface > 0 || self.head_len > 0 {
-            return self.lose();
+            return self.lose("a frame header went uncaptured");
         }
         let Some(frame) = self.frame else {
-            return self.lose();
+            return self.lose("a frame header went uncaptured");
         };
         if n > u64::from(self.left) {
             // Past this frame's end: the next frame header is unseen.
-            return self.lose();
+            return self.lose("a frame header went uncaptured");
         }
         match frame.kind {
             kind::HEADERS | kind::PUSH_PROMISE | kind::CONTINUATION => {
@@ -250,8 +256,8 @@ impl Framer {
         }
     }
 
-    fn lose(&mut self) {
-        self.lost = true;
+    fn lose(&mut self, why: &'static str) {
+        self.lost = Some(why);
         self.hpack.lost();
         self.block = None;
         self.block_bytes = Vec::new();
@@ -281,7 +287,7 @@ impl Framer {
             _ => true,
         };
         if !valid {
-            return self.lose();
+            return self.lose("a frame HTTP/2 does not allow here");
         }
         if matches!(frame.kind, kind::HEADERS | kind::PUSH_PROMISE) {
             self.block = Some(Block {

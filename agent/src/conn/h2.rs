@@ -1,0 +1,939 @@
+//! One HTTP/2 connection, server or client side: a span per stream, from
+//! the two directions' frames (`zerospan_protocols::h2`), gRPC calls among
+//! them.
+//!
+//! A stream's span runs from its request's first HEADERS to the end of
+//! both directions (END_STREAM each way), or to a reset. Fields the HPACK
+//! decoder could not know (a connection joined mid-stream, a lost block)
+//! are left out, never guessed, and the span says so in
+//! `zerospan.incomplete`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use zerospan_protocols::h2::{hpack::Fields, Framer, Sink, PREFACE};
+use zerospan_protocols::http1::{Head, Segment, Stamp};
+
+use super::{
+    protocol::{Cx, Protocol, Verdict},
+    Outcome, Role,
+};
+use crate::{
+    linker::Start,
+    spans::{
+        context::SpanContext,
+        http::{self, mark_incomplete, Exchange, Options},
+        rpc, Record,
+    },
+    stats::Stats,
+};
+
+/// Most streams one connection may have open; past it the oldest is
+/// given up (a peer that never ends its streams must not grow the table).
+const MAX_STREAMS: usize = 256;
+/// Most octets kept of a field value that goes into a span.
+const MAX_VALUE: usize = 2048;
+
+/// Whether `bytes` begin with the client preface, as far as they go.
+pub fn starts_preface(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(PREFACE.len());
+    n >= 4 && bytes[..n] == PREFACE[..n]
+}
+
+/// Whether `bytes`, written first on an accepted connection, are a
+/// server's connection preface: a SETTINGS frame (RFC 9113 §3.4), which
+/// HTTP/2 servers may send before reading the client's.
+pub fn starts_server_preface(bytes: &[u8]) -> bool {
+    match bytes {
+        [l0, l1, l2, 4, flags, 0, 0, 0, 0, ..] => {
+            let len = u32::from_be_bytes([0, *l0, *l1, *l2]);
+            len.is_multiple_of(6) && len <= 16_384 && *flags == 0
+        }
+        _ => false,
+    }
+}
+
+/// The role of a traced process whose connection, joined mid-stream,
+/// shows `bytes` moving `egress` (written) or not: `Some` only when they
+/// are whole, well-formed frames, one a header block that decodes to a
+/// request (`:method`) or a response (`:status`) without guessing.
+pub fn joined_role(egress: bool, bytes: &[u8]) -> Option<Role> {
+    let mut at = 0;
+    let mut role = None;
+    let mut frames = 0;
+    while at < bytes.len() {
+        let head: [u8; 9] = bytes.get(at..at + 9)?.try_into().ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        let payload = bytes.get(at + 9..at + 9 + len)?;
+        if kind > 9 || len > 16_384 || stream >> 31 != 0 {
+            return None;
+        }
+        // HEADERS, whole in one frame, unpadded, without priority: the
+        // common shape, and the only one taken as proof.
+        if kind == 1 && stream != 0 && flags & 0x4 != 0 && flags & 0x28 == 0 && role.is_none() {
+            let mut fields = Fields::default();
+            zerospan_protocols::h2::hpack::Decoder::joined()
+                .decode(payload, &mut fields)
+                .ok()?;
+            let request = fields.get(":method").is_some();
+            let response = fields.get(":status").is_some();
+            role = match (request, response, egress) {
+                (true, false, true) | (false, true, false) => Some(Role::Client),
+                (true, false, false) | (false, true, true) => Some(Role::Server),
+                _ => return None,
+            };
+        }
+        at += 9 + len;
+        frames += 1;
+    }
+    role.filter(|_| frames > 0)
+}
+
+pub struct H2Conn {
+    role: Role,
+    /// Frames the traced process reads, and those it writes.
+    reads: Framer,
+    writes: Framer,
+    streams: HashMap<u32, Stream>,
+    opts: Arc<Options>,
+}
+
+struct Stream {
+    ctx: SpanContext,
+    /// Thread that moved the request's first HEADERS.
+    tid: u32,
+    request: Head,
+    grpc: bool,
+    request_at: Stamp,
+    request_body: u64,
+    request_ended: bool,
+    /// A final response's HEADERS arrived (not a 1xx).
+    answered: bool,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    response_body: u64,
+    response_ended: bool,
+    end_at: Stamp,
+    reset: Option<u32>,
+    /// The request's, or the response's, fields were not all known.
+    request_unknown: bool,
+    response_unknown: bool,
+}
+
+impl Stream {
+    fn done(&self) -> bool {
+        (self.request_ended && self.response_ended) || self.reset.is_some()
+    }
+}
+
+/// One direction's events, applied to the connection's streams.
+struct Side<'a, 'c> {
+    role: Role,
+    /// This direction carries the requests (client to server).
+    requests: bool,
+    tid: u32,
+    streams: &'a mut HashMap<u32, Stream>,
+    cx: &'a mut Cx<'c>,
+    finished: &'a mut Vec<(Stream, Outcome)>,
+    /// SETTINGS_HEADER_TABLE_SIZE this direction's sender announced.
+    table_size: Option<u32>,
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE)]).into_owned()
+}
+
+impl Side<'_, '_> {
+    fn finish_if_done(&mut self, id: u32) {
+        if self.streams.get(&id).is_some_and(Stream::done) {
+            let s = self.streams.remove(&id).expect("present");
+            self.finished.push((s, Outcome::Complete));
+        }
+    }
+
+    fn start(&mut self, id: u32, fields: Option<&Fields>, end_stream: bool, at: Stamp) {
+        if self.streams.len() >= MAX_STREAMS {
+            let oldest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.request_at.exit_ns)
+                .map(|(id, _)| *id);
+            if let Some(s) = oldest.and_then(|id| self.streams.remove(&id)) {
+                self.cx.forget(self.role, s.tid, &s.ctx);
+                Stats::inc(&self.cx.stats.h2_streams_dropped);
+            }
+        }
+        let get = |name: &str| fields.and_then(|f| f.get(name)).map(text);
+        let request = Head {
+            method: get(":method").unwrap_or_default(),
+            target: get(":path").unwrap_or_default(),
+            host: get(":authority").or_else(|| get("host")),
+            user_agent: get("user-agent"),
+            traceparent: get("traceparent"),
+            tracestate: get("tracestate"),
+            content_length: get("content-length").and_then(|v| v.parse().ok()),
+            ..Head::default()
+        };
+        let grpc = fields
+            .and_then(|f| f.get("content-type"))
+            .is_some_and(|v| v.starts_with(b"application/grpc"));
+        let ctx = self.cx.start(
+            self.role,
+            self.tid,
+            at,
+            Start {
+                traceparent: request.traceparent.as_deref(),
+                tracestate: request.tracestate.as_deref(),
+                linkable: true,
+                stream: id,
+            },
+        );
+        self.streams.insert(
+            id,
+            Stream {
+                ctx,
+                tid: self.tid,
+                request,
+                grpc,
+                request_at: at,
+                request_body: 0,
+                request_ended: end_stream,
+                answered: false,
+                status: None,
+                grpc_status: None,
+                response_body: 0,
+                response_ended: false,
+                end_at: at,
+                reset: None,
+                request_unknown: fields.is_none_or(|f| f.has_unknown() || f.truncated),
+                response_unknown: false,
+            },
+        );
+    }
+}
+
+fn grpc_status(fields: &Fields) -> Option<u32> {
+    std::str::from_utf8(fields.get("grpc-status")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Sink for Side<'_, '_> {
+    fn on_headers(&mut self, id: u32, fields: Option<&Fields>, end_stream: bool, at: Stamp) {
+        if self.requests {
+            match self.streams.get_mut(&id) {
+                None => self.start(id, fields, end_stream, at),
+                // Trailers of the request.
+                Some(s) => s.request_ended |= end_stream,
+            }
+            return self.finish_if_done(id);
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            // A stream opened before the agent saw the connection, or a
+            // pushed one.
+            Stats::inc(&self.cx.stats.h2_orphan_frames);
+            return;
+        };
+        let unknown = fields.is_none_or(|f| f.has_unknown() || f.truncated);
+        if !s.answered {
+            let status = fields
+                .and_then(|f| f.get(":status"))
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+            if matches!(status, Some(100..=199)) && !end_stream {
+                // Informational: the final response is still to come.
+                return;
+            }
+            s.answered = true;
+            s.status = status;
+        }
+        if let Some(code) = fields.and_then(grpc_status) {
+            s.grpc_status = Some(code);
+        }
+        s.response_unknown |= unknown;
+        if end_stream {
+            s.response_ended = true;
+            s.end_at = at;
+        }
+        self.finish_if_done(id);
+    }
+
+    fn on_data(&mut self, id: u32, len: u64, end_stream: bool, at: Stamp) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if self.requests {
+            s.request_body += len;
+            s.request_ended |= end_stream;
+        } else {
+            s.response_body += len;
+            if end_stream {
+                s.response_ended = true;
+                s.end_at = at;
+            }
+        }
+        self.finish_if_done(id);
+    }
+
+    fn on_reset(&mut self, id: u32, code: Option<u32>, at: Stamp) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.response_ended {
+            // An unknown code is still a reset.
+            s.reset = Some(code.unwrap_or(u32::MAX));
+            s.end_at = at;
+        } else {
+            // The response is whole: the reset only ends the request side
+            // (RFC 9113 §8.1, a server that answered early).
+            s.request_ended = true;
+        }
+        self.finish_if_done(id);
+    }
+
+    fn on_goaway(&mut self, last: u32, _code: Option<u32>, at: Stamp) {
+        // From the server: the client's streams past `last` were never
+        // processed (RFC 9113 §6.8).
+        if self.requests {
+            return;
+        }
+        let refused: Vec<u32> = self
+            .streams
+            .keys()
+            .filter(|id| **id > last)
+            .copied()
+            .collect();
+        for id in refused {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.reset = Some(7); // REFUSED_STREAM
+                s.end_at = at;
+            }
+            self.finish_if_done(id);
+        }
+    }
+
+    fn on_table_size(&mut self, size: u32) {
+        self.table_size = Some(size);
+    }
+}
+
+impl H2Conn {
+    /// A connection seen from its first byte (the client preface).
+    pub fn new(role: Role, opts: Arc<Options>) -> Self {
+        let (reads, writes) = match role {
+            Role::Server => (Framer::client_from_start(), Framer::server_from_start()),
+            Role::Client => (Framer::server_from_start(), Framer::client_from_start()),
+        };
+        H2Conn {
+            role,
+            reads,
+            writes,
+            streams: HashMap::new(),
+            opts,
+        }
+    }
+
+    /// A connection joined mid-stream, at a frame boundary in both
+    /// directions (see [`joined_role`]).
+    pub fn joined(role: Role, opts: Arc<Options>) -> Self {
+        H2Conn {
+            role,
+            reads: Framer::joined(),
+            writes: Framer::joined(),
+            streams: HashMap::new(),
+            opts,
+        }
+    }
+
+    fn report(&self, s: Stream, outcome: Outcome, cx: &mut Cx<'_>) {
+        let mut record: Record = if s.grpc {
+            let method = s
+                .request
+                .target
+                .strip_prefix('/')
+                .unwrap_or_default()
+                .to_owned();
+            rpc::record(
+                &rpc::Call {
+                    ctx: s.ctx,
+                    method,
+                    authority: s.request.host,
+                    // No status when the response was not seen whole.
+                    status: s.grpc_status,
+                    request_at: s.request_at,
+                    end_at: s.end_at,
+                    outcome,
+                    reset: s.reset,
+                    tid: s.tid,
+                },
+                self.role,
+                cx.ends,
+                cx.key.tgid,
+            )
+        } else {
+            let answered = s.answered && s.status.is_some();
+            let response = answered.then(|| Head {
+                status: s.status.unwrap_or_default(),
+                ..Head::default()
+            });
+            let mut r = http::record(
+                &Exchange {
+                    ctx: s.ctx,
+                    request: s.request,
+                    response,
+                    request_at: s.request_at,
+                    request_body: s.request_ended.then_some(s.request_body),
+                    end_at: s.end_at,
+                    response_body: s.response_ended.then_some(s.response_body),
+                    outcome,
+                    tid: s.tid,
+                    version: "2",
+                },
+                self.role,
+                cx.ends,
+                &self.opts,
+                cx.key.tgid,
+            );
+            if let (Some(code), Outcome::Complete) = (s.reset, outcome) {
+                r.attributes
+                    .push(("error.type", rpc::h2_error_name(code).into()));
+                r.status = crate::spans::Status::Error("stream reset".to_owned());
+            }
+            r
+        };
+        if s.request_unknown {
+            mark_incomplete(&mut record.attributes, "h2_request_fields_unknown");
+        }
+        if s.response_unknown {
+            mark_incomplete(&mut record.attributes, "h2_response_fields_unknown");
+        }
+        if s.request_unknown || s.response_unknown {
+            Stats::inc(&cx.stats.h2_fields_unknown);
+        }
+        cx.finish(record);
+    }
+
+    /// Ends the streams `which` picks with `outcome`.
+    fn end_streams(&mut self, outcome: Outcome, cx: &mut Cx<'_>, which: impl Fn(&Stream) -> bool) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| which(s))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.streams.remove(&id) {
+                Stats::inc(match outcome {
+                    Outcome::TimedOut => &cx.stats.http_requests_timed_out,
+                    Outcome::AgentStopped => &cx.stats.http_requests_in_flight_at_stop,
+                    Outcome::ResponseLost => &cx.stats.http_responses_lost,
+                    _ => &cx.stats.http_requests_unanswered,
+                });
+                self.report(s, outcome, cx);
+            }
+        }
+    }
+}
+
+impl Protocol for H2Conn {
+    fn name(&self) -> &'static str {
+        "http2"
+    }
+
+    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let mut finished = Vec::new();
+        let (framer, other) = if egress {
+            (&mut self.writes, &mut self.reads)
+        } else {
+            (&mut self.reads, &mut self.writes)
+        };
+        let mut side = Side {
+            role: self.role,
+            requests: egress == (self.role == Role::Client),
+            tid,
+            streams: &mut self.streams,
+            cx,
+            finished: &mut finished,
+            table_size: None,
+        };
+        framer.feed(seg, &mut side);
+        if let Some(size) = side.table_size {
+            // The sender's decoder bounds what the other direction encodes.
+            other.set_table_limit(size);
+        }
+        let lost = framer.lost_why();
+        for (s, outcome) in finished {
+            self.report(s, outcome, cx);
+        }
+        let Some(why) = lost else {
+            return Verdict::Continue;
+        };
+        // The framing is gone for good: whatever is open may have been
+        // answered in the bytes that could not be framed.
+        log::debug!(
+            "{:?}: HTTP/2 framing lost in the {} direction: {}",
+            cx.key,
+            if egress { "written" } else { "read" },
+            why
+        );
+        Stats::inc(&cx.stats.h2_desyncs);
+        self.end_streams(Outcome::ResponseLost, cx, |_| true);
+        Verdict::Lost
+    }
+
+    fn waiting_since(&self) -> Option<u64> {
+        // Streams still waiting for an answer; a streaming call that was
+        // answered may go on as long as it likes.
+        self.streams
+            .values()
+            .filter(|s| !s.answered)
+            .map(|s| s.request_at.exit_ns)
+            .min()
+    }
+
+    fn time_out(&mut self, started_before_ns: u64, cx: &mut Cx<'_>) {
+        self.end_streams(Outcome::TimedOut, cx, |s| {
+            !s.answered && s.request_at.exit_ns < started_before_ns
+        });
+    }
+
+    fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
+        self.end_streams(outcome, cx, |_| true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::conn::db::SqlOptions;
+    use crate::conn::tracker::{Limits, Tracker};
+    use crate::events::ConnKey;
+    use crate::spans::{SpanKind, Status, Value};
+    use crate::test_support::seg;
+    use zerospan_common::origin;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A header block of literal fields, not indexed, not Huffman-coded.
+    fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (n, v) in fields {
+            b.push(0);
+            b.push(n.len() as u8);
+            b.extend_from_slice(n.as_bytes());
+            b.push(v.len() as u8);
+            b.extend_from_slice(v.as_bytes());
+        }
+        b
+    }
+
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+
+    fn headers(stream: u32, end: bool, fields: &[(&str, &str)]) -> Vec<u8> {
+        let flags = END_HEADERS | if end { END_STREAM } else { 0 };
+        frame(1, flags, stream, &block(fields))
+    }
+
+    fn data(stream: u32, end: bool, len: usize) -> Vec<u8> {
+        frame(
+            0,
+            if end { END_STREAM } else { 0 },
+            stream,
+            &vec![b'x'; len],
+        )
+    }
+
+    fn get(stream: u32, path: &str) -> Vec<u8> {
+        headers(
+            stream,
+            true,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "svc:8080"),
+            ],
+        )
+    }
+
+    fn grpc_call(stream: u32) -> Vec<u8> {
+        let mut b = headers(
+            stream,
+            false,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/demo.Echo/Say"),
+                (":authority", "svc:8080"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        );
+        b.extend(data(stream, true, 5));
+        b
+    }
+
+    fn grpc_answer(stream: u32, status: &str) -> Vec<u8> {
+        let mut b = headers(
+            stream,
+            false,
+            &[(":status", "200"), ("content-type", "application/grpc")],
+        );
+        b.extend(data(stream, false, 7));
+        b.extend(headers(stream, true, &[("grpc-status", status)]));
+        b
+    }
+
+    fn settings() -> Vec<u8> {
+        frame(4, 0, 0, &[0, 1, 0, 0, 0x10, 0])
+    }
+
+    /// The client's bytes: preface, SETTINGS, a GET on stream 1 and a
+    /// gRPC call on stream 3.
+    fn client_bytes() -> Vec<u8> {
+        let mut c = PREFACE.to_vec();
+        c.extend(settings());
+        c.extend(get(1, "/a?x=1"));
+        c.extend(grpc_call(3));
+        c
+    }
+
+    /// The server's, answering stream 3 first.
+    fn server_bytes() -> Vec<u8> {
+        let mut s = settings();
+        s.extend(frame(4, 1, 0, &[]));
+        s.extend(grpc_answer(3, "5"));
+        s.extend(headers(1, false, &[(":status", "404")]));
+        s.extend(data(1, true, 3));
+        s
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 8,
+            request_timeout_ns: 1_000,
+            idle_timeout_ns: 1_000_000,
+            sql: SqlOptions {
+                sanitize: true,
+                user: false,
+            },
+        }
+    }
+
+    const KEY: ConnKey = ConnKey {
+        tgid: 10,
+        fd: 4,
+        conn_id: 1,
+    };
+
+    fn tracker() -> Tracker {
+        Tracker::new(limits(), Default::default(), Arc::default())
+    }
+
+    fn attr<'r>(r: &'r Record, key: &str) -> Option<&'r Value> {
+        r.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn text<'r>(r: &'r Record, key: &str) -> Option<&'r str> {
+        match attr(r, key) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn int(r: &Record, key: &str) -> Option<i64> {
+        match attr(r, key) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn by_name(mut v: Vec<Record>) -> Vec<Record> {
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    #[test]
+    fn a_server_connection_gives_a_span_per_stream_split_at_every_byte() {
+        let (c, s) = (client_bytes(), server_bytes());
+        // From 8: the first read must show the preface's first octets.
+        for cut in 8..=c.len() {
+            let mut t = tracker();
+            t.open(KEY, origin::ACCEPTED, None, None, 0);
+            t.data(KEY, 7, false, seg(&c[..cut], 10));
+            t.data(KEY, 7, false, seg(&c[cut..], 20));
+            t.data(KEY, 7, true, seg(&s, 30));
+            let done = by_name(t.drain().collect());
+            assert_eq!(done.len(), 2, "cut {cut}");
+            let (http, grpc) = (&done[0], &done[1]);
+            assert_eq!(http.name, "GET");
+            assert_eq!(http.kind, SpanKind::Server);
+            assert_eq!(text(http, "url.path"), Some("/a"));
+            assert_eq!(text(http, "url.query"), Some("x=1"));
+            assert_eq!(text(http, "network.protocol.version"), Some("2"));
+            assert_eq!(text(http, "server.address"), Some("svc"));
+            assert_eq!(int(http, "server.port"), Some(8080));
+            assert_eq!(int(http, "http.response.status_code"), Some(404));
+            assert_eq!(int(http, "http.response.body.size"), Some(3));
+            assert_eq!(http.status, Status::Unset);
+            assert_eq!(grpc.name, "demo.Echo/Say");
+            assert_eq!(grpc.category, crate::spans::Category::Rpc);
+            assert_eq!(text(grpc, "rpc.system.name"), Some("grpc"));
+            assert_eq!(text(grpc, "rpc.method"), Some("demo.Echo/Say"));
+            assert_eq!(text(grpc, "rpc.response.status_code"), Some("NOT_FOUND"));
+            // NOT_FOUND is the caller's error, not the server's.
+            assert_eq!(grpc.status, Status::Unset);
+            assert_eq!(text(grpc, "error.type"), None);
+            assert_eq!(grpc.end_ns, 31);
+            assert!(attr(grpc, "zerospan.incomplete").is_none());
+            // The call starts in the read that holds its HEADERS' first byte.
+            let first_byte = c.len() - grpc_call(3).len();
+            assert_eq!(grpc.start_ns, if first_byte < cut { 11 } else { 21 });
+        }
+    }
+
+    #[test]
+    fn a_client_connection_reports_grpc_errors_as_errors() {
+        let mut t = tracker();
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        t.data(KEY, 7, true, seg(&client_bytes(), 10));
+        t.data(KEY, 7, false, seg(&server_bytes(), 20));
+        let done = by_name(t.drain().collect());
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].kind, SpanKind::Client);
+        assert_eq!(text(&done[0], "url.full"), Some("http://svc:8080/a?x=1"));
+        assert_eq!(int(&done[0], "http.response.status_code"), Some(404));
+        assert!(matches!(done[0].status, Status::Error(_)));
+        assert_eq!(done[1].kind, SpanKind::Client);
+        assert_eq!(text(&done[1], "error.type"), Some("NOT_FOUND"));
+        assert!(matches!(done[1].status, Status::Error(_)));
+        assert_eq!(done[1].start_ns, 10);
+        assert_eq!(done[1].end_ns, 21);
+    }
+
+    #[test]
+    fn trailers_only_responses_and_server_errors() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(grpc_call(1));
+        c.extend(grpc_call(3));
+        t.data(KEY, 7, false, seg(&c, 10));
+        let mut s = headers(
+            1,
+            true,
+            &[
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", "12"),
+            ],
+        );
+        s.extend(grpc_answer(3, "0"));
+        t.data(KEY, 7, true, seg(&s, 20));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 2);
+        let unimplemented = done
+            .iter()
+            .find(|r| text(r, "rpc.response.status_code") == Some("UNIMPLEMENTED"))
+            .unwrap();
+        assert_eq!(text(unimplemented, "error.type"), Some("UNIMPLEMENTED"));
+        assert!(matches!(unimplemented.status, Status::Error(_)));
+        let ok = done
+            .iter()
+            .find(|r| text(r, "rpc.response.status_code") == Some("OK"))
+            .unwrap();
+        assert_eq!(ok.status, Status::Unset);
+    }
+
+    #[test]
+    fn a_reset_stream_is_an_error_and_the_others_go_on() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(grpc_call(1));
+        c.extend(get(3, "/slow"));
+        t.data(KEY, 7, false, seg(&c, 10));
+        // The client cancels stream 1 (CANCEL = 8).
+        t.data(KEY, 7, false, seg(&frame(3, 0, 1, &8u32.to_be_bytes()), 20));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(text(&done[0], "error.type"), Some("CANCEL"));
+        assert!(matches!(done[0].status, Status::Error(_)));
+        assert_eq!(done[0].end_ns, 21);
+        // Stream 3 times out alone; a stream opened later does not.
+        t.data(KEY, 7, false, seg(&get(5, "/later"), 1500));
+        t.sweep(1_200);
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(text(&done[0], "url.path"), Some("/slow"));
+        assert_eq!(text(&done[0], "error.type"), Some("timeout"));
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&[headers(5, true, &[(":status", "200")])].concat(), 1600),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(text(&done[0], "url.path"), Some("/later"));
+        assert_eq!(int(&done[0], "http.response.status_code"), Some(200));
+    }
+
+    #[test]
+    fn a_hundred_concurrent_streams_give_a_hundred_exact_spans() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        for i in 0..100u32 {
+            c.extend(get(2 * i + 1, &format!("/item/{i}")));
+        }
+        t.data(KEY, 7, false, seg(&c, 10));
+        // Answered in reverse order, each with its own status and size.
+        let mut s = Vec::new();
+        for i in (0..100u32).rev() {
+            let status = if i % 10 == 0 { "500" } else { "200" };
+            s.extend(headers(2 * i + 1, false, &[(":status", status)]));
+            s.extend(data(2 * i + 1, true, i as usize));
+        }
+        t.data(KEY, 7, true, seg(&s, 20));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 100);
+        for r in &done {
+            let path = text(r, "url.path").unwrap();
+            let i: i64 = path.rsplit('/').next().unwrap().parse().unwrap();
+            assert_eq!(int(r, "http.response.body.size"), Some(i));
+            let want = if i % 10 == 0 { 500 } else { 200 };
+            assert_eq!(int(r, "http.response.status_code"), Some(want));
+        }
+    }
+
+    #[test]
+    fn a_connection_joined_mid_stream_never_guesses_a_field() {
+        let mut t = tracker();
+        t.open(KEY, origin::PREEXISTING, None, None, 0);
+        // A request whose `:path` and `:authority` are references into a
+        // dynamic table filled before the agent attached (0xbe, 0xbf).
+        let req = frame(1, END_HEADERS | END_STREAM, 41, &[0x82, 0x86, 0xbe, 0xbf]);
+        t.data(KEY, 7, false, seg(&req, 10));
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&headers(41, true, &[(":status", "200")]), 20),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        let r = &done[0];
+        assert_eq!(r.kind, SpanKind::Server);
+        assert_eq!(text(r, "http.request.method"), Some("GET"));
+        assert_eq!(text(r, "url.path"), None);
+        assert_eq!(text(r, "server.address"), None);
+        assert_eq!(int(r, "http.response.status_code"), Some(200));
+        assert_eq!(
+            text(r, "zerospan.incomplete"),
+            Some("h2_request_fields_unknown")
+        );
+        assert_eq!(
+            t.stats()
+                .h2_fields_unknown
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A response for a stream that opened before the agent: no span.
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&headers(39, true, &[(":status", "200")]), 30),
+        );
+        assert_eq!(t.drain().count(), 0);
+    }
+
+    #[test]
+    fn garbage_after_the_preface_loses_the_connection_without_a_span() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(get(1, "/a"));
+        t.data(KEY, 7, false, seg(&c, 10));
+        // A CONTINUATION with no block open: a protocol error.
+        t.data(KEY, 7, false, seg(&frame(9, END_HEADERS, 1, &[0x82]), 20));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("response_unparsed")
+        );
+        assert_eq!(t.take_evictions(), vec![KEY]);
+        let mut x = 7u32;
+        for _ in 0..300 {
+            let junk: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let mut t = tracker();
+            t.open(KEY, origin::PREEXISTING, None, None, 0);
+            t.data(KEY, 7, false, seg(&junk, 10));
+            t.data(KEY, 7, true, seg(&junk, 20));
+            assert_eq!(t.drain().count(), 0);
+        }
+    }
+
+    #[test]
+    fn same_host_links_follow_the_stream_not_the_connection() {
+        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ck = KEY;
+        let sk = ConnKey {
+            tgid: 20,
+            fd: 9,
+            conn_id: 2,
+        };
+        let mut t = tracker();
+        t.open(ck, origin::CONNECTED, Some(server), Some(client), 0);
+        t.open(sk, origin::ACCEPTED, Some(client), Some(server), 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(get(1, "/one"));
+        c.extend(get(3, "/three"));
+        t.data(ck, 7, true, seg(&c, 10));
+        // The server reads the streams; it answers 3 first, then 1.
+        t.data(sk, 8, false, seg(&c, 12));
+        let answers = [
+            headers(3, true, &[(":status", "200")]),
+            headers(1, true, &[(":status", "200")]),
+        ]
+        .concat();
+        t.data(sk, 8, true, seg(&answers, 20));
+        t.data(ck, 7, false, seg(&answers, 22));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 4);
+        let find = |kind: SpanKind, path: &str| {
+            done.iter()
+                .find(|r| {
+                    r.kind == kind
+                        && (text(r, "url.path") == Some(path)
+                            || text(r, "url.full").is_some_and(|u| u.ends_with(path)))
+                })
+                .unwrap()
+        };
+        for path in ["/one", "/three"] {
+            let (cl, sv) = (find(SpanKind::Client, path), find(SpanKind::Server, path));
+            assert_eq!(sv.ctx.parent_span_id, cl.ctx.span_id, "{path}");
+            assert_eq!(sv.ctx.trace_id, cl.ctx.trace_id, "{path}");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! HTTP/2 and gRPC end to end: real servers and clients (grpcio from
+//! PyPI, nghttpd and h2load from Debian, curl), the real agent and probes,
+//! spans read back from a real OTLP receiver. Run as root.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use zerospan_tests::{
+    assert_child, collector::MetricPoint, procs::fixture, procs::free_port, require_root, Agent,
+    Collector, Fixture, FlatSpan, TempDir,
+};
+
+/// The grpcio service fixture (see `tests/fixtures/grpc_service.py`).
+fn grpc_server() -> Fixture {
+    Fixture::start(
+        Command::new("python3")
+            .arg(fixture("grpc_service.py"))
+            .arg("server"),
+    )
+}
+
+fn grpc_client(port: u16, channels: u32, calls: u32) {
+    let out = Command::new("python3")
+        .arg(fixture("grpc_service.py"))
+        .args([
+            "client",
+            &port.to_string(),
+            &channels.to_string(),
+            &calls.to_string(),
+        ])
+        .output()
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("DONE {}", 4 * channels * calls);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+}
+
+fn by_name(spans: &[FlatSpan]) -> HashMap<String, &FlatSpan> {
+    let mut m = HashMap::new();
+    for s in spans {
+        assert!(
+            m.insert(s.span.name.clone(), s).is_none(),
+            "two spans named {}",
+            s.span.name
+        );
+    }
+    m
+}
+
+/// The agent's clean-run counters: nothing lost, nothing guessed.
+fn assert_clean(agent: &Agent) {
+    for counter in [
+        "h2_desyncs",
+        "h2_streams_dropped",
+        "kernel_ringbuf_full",
+        "h2_fields_unknown",
+    ] {
+        assert_eq!(
+            agent.stat(counter),
+            Some(0),
+            "{counter}:\n{}",
+            agent.stderr()
+        );
+    }
+}
+
+/// grpcio server and client, both traced, 8 channels at once, unary,
+/// server-streaming, bidi and NOT_FOUND calls: one server and one client
+/// span per call, every server span the child of its own call's client
+/// span (the method names carry the call's id), statuses per the RPC
+/// conventions on each side, and the call-duration metrics.
+#[test]
+fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
+    require_root();
+    let server = grpc_server();
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"grpc_service\.py (server|client)",
+        ],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "300")],
+    );
+    agent.wait_for_log(
+        &format!("tracing pid {} ", server.pid()),
+        Duration::from_secs(30),
+    );
+    let (channels, rounds) = (8, 5);
+    grpc_client(server.port, channels, rounds);
+    let calls = (4 * channels * rounds) as usize;
+    let spans = collector.wait_for(2 * calls, Duration::from_secs(20), |_| true);
+    let servers: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
+    let clients: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
+    assert_eq!(servers.len(), calls, "{}", agent.stderr());
+    assert_eq!(clients.len(), calls, "{}", agent.stderr());
+    let (servers, clients) = (by_name(&servers), by_name(&clients));
+    for c in 0..channels {
+        for i in 0..rounds {
+            for kind in ["Say", "Missing", "Count", "Chat"] {
+                let name = format!("demo.Echo/{kind}{c}x{i}");
+                let (sv, cl) = (servers[&name], clients[&name]);
+                for s in [sv, cl] {
+                    assert_eq!(s.str("rpc.system.name").as_deref(), Some("grpc"));
+                    assert_eq!(s.str("rpc.method").as_deref(), Some(name.as_str()));
+                    assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+                    assert_eq!(s.str("server.address").as_deref(), Some("127.0.0.1"));
+                    assert_eq!(s.int("server.port"), Some(i64::from(server.port)));
+                    assert!(!s.has("zerospan.incomplete"), "{name}: {s:?}");
+                }
+                let status = if kind == "Missing" { "NOT_FOUND" } else { "OK" };
+                assert_eq!(sv.str("rpc.response.status_code").as_deref(), Some(status));
+                assert_eq!(cl.str("rpc.response.status_code").as_deref(), Some(status));
+                // NOT_FOUND is the caller's error: an error on the client
+                // side only.
+                let sv_status = sv.span.status.as_ref().map_or(0, |s| s.code);
+                let cl_status = cl.span.status.as_ref().map_or(0, |s| s.code);
+                assert_eq!(sv_status, 0, "{name}");
+                assert!(!sv.has("error.type"), "{name}");
+                if kind == "Missing" {
+                    assert_eq!(cl_status, 2, "{name}");
+                    assert_eq!(cl.str("error.type").as_deref(), Some("NOT_FOUND"));
+                } else {
+                    assert_eq!(cl_status, 0, "{name}");
+                }
+                assert_child(sv, cl);
+            }
+        }
+    }
+    let durations = |name: &str, n: u64| -> Vec<MetricPoint> {
+        collector.wait_for_metric("grpc", name, Duration::from_secs(10), |points| {
+            points.iter().map(|p| p.count).sum::<u64>() >= n
+        })
+    };
+    for metric in ["rpc.server.call.duration", "rpc.client.call.duration"] {
+        let points = durations(metric, calls as u64);
+        let newest: u64 = points
+            .iter()
+            .filter(|p| {
+                p.str("rpc.method")
+                    .is_some_and(|m| m.starts_with("demo.Echo/Missing"))
+            })
+            .filter(|p| p.str("rpc.response.status_code").as_deref() == Some("NOT_FOUND"))
+            .map(|p| p.count)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(newest, 1, "{metric}: one NOT_FOUND call per method");
+    }
+    agent.stop();
+    assert_clean(&agent);
+}
+
+/// `nghttpd --no-tls`, and curl with prior knowledge: three requests, the
+/// server side and the client side, exact HTTP attributes with
+/// `network.protocol.version` 2.
+#[test]
+fn curl_with_prior_knowledge_against_nghttpd() {
+    require_root();
+    let dir = TempDir::new("h2c");
+    fs::write(dir.0.join("index.html"), "hello over h2c\n").unwrap();
+    let port = free_port();
+    let nghttpd = Nghttpd::start(&dir, port);
+    let base = format!("http://127.0.0.1:{port}");
+    // The curls are children of a traced shell, so they are traced from
+    // their first instruction. One curl per request: curl 7.88 does not
+    // send a second request on a prior-knowledge connection it reuses.
+    let script = format!(
+        "read go; for p in /index.html /missing '/index.html?user=alice'; do \
+         curl -s --http2-prior-knowledge -w '%{{http_code}} %{{http_version}}\\n' \
+         -o /dev/null \"{base}$p\"; done"
+    );
+    let mut shell = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nghttpd.pid(), shell.id()], &collector, &[]);
+    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2\n404 2\n200 2\n"
+    );
+    let spans = collector.wait_for(6, Duration::from_secs(10), |_| true);
+    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
+    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
+    servers.sort_by_key(|s| s.span.start_time_unix_nano);
+    clients.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert_eq!((servers.len(), clients.len()), (3, 3), "{}", agent.stderr());
+    let want = [
+        ("/index.html", None, 200, 15),
+        ("/missing", None, 404, -1),
+        ("/index.html", Some("user=REDACTED"), 200, 15),
+    ];
+    for (i, (path, query, status, size)) in want.iter().enumerate() {
+        let (s, c) = (servers[i], clients[i]);
+        for span in [s, c] {
+            assert_eq!(span.span.name, "GET");
+            assert_eq!(span.str("http.request.method").as_deref(), Some("GET"));
+            assert_eq!(span.str("network.protocol.version").as_deref(), Some("2"));
+            assert_eq!(span.str("server.address").as_deref(), Some("127.0.0.1"));
+            assert_eq!(span.int("server.port"), Some(i64::from(port)));
+            assert_eq!(span.int("http.response.status_code"), Some(*status));
+            assert!(!span.has("zerospan.incomplete"), "{span:?}");
+        }
+        assert_eq!(s.str("url.path").as_deref(), Some(*path));
+        assert_eq!(s.str("url.query").as_deref(), *query);
+        assert_eq!(s.str("url.scheme").as_deref(), Some("http"));
+        assert_eq!(s.str("user_agent.original").as_deref(), Some("curl/7.88.1"));
+        let full = match query {
+            Some(q) => format!("{base}{path}?{q}"),
+            None => format!("{base}{path}"),
+        };
+        assert_eq!(c.str("url.full"), Some(full));
+        if *size >= 0 {
+            assert_eq!(s.int("http.response.body.size"), Some(*size));
+            assert_eq!(c.int("http.response.body.size"), Some(*size));
+        }
+        // A client's 404 is an error; a server's is not.
+        let code = |f: &FlatSpan| f.span.status.as_ref().map_or(0, |s| s.code);
+        assert_eq!(code(s), 0);
+        assert_eq!(code(c), if *status >= 400 { 2 } else { 0 });
+    }
+    agent.stop();
+    assert_clean(&agent);
+}
+
+/// h2load opens one connection with 100 streams in flight at once: 100
+/// server spans, each with its status and size. (Small bodies: the probes
+/// capture a write in four 4 KiB chunks and its last 4 KiB; frames past
+/// that in a larger write lose the connection's framing, counted in
+/// `h2_desyncs`, until the probes follow HTTP/2 frames themselves.)
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection() {
+    require_root();
+    let dir = TempDir::new("h2load");
+    fs::write(dir.0.join("index.html"), vec![b'z'; 60]).unwrap();
+    let port = free_port();
+    let nghttpd = Nghttpd::start(&dir, port);
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nghttpd.pid()], &collector, &[]);
+    let out = Command::new("h2load")
+        .args(["-n", "100", "-c", "1", "-m", "100"])
+        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .output()
+        .expect("h2load comes from nghttp2-client");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("100 succeeded"), "{report}");
+    let spans = collector.wait_for(100, Duration::from_secs(10), |s| s.is_server());
+    assert_eq!(spans.len(), 100, "{}", agent.stderr());
+    for s in &spans {
+        assert_eq!(s.str("url.path").as_deref(), Some("/index.html"));
+        assert_eq!(s.int("http.response.status_code"), Some(200));
+        assert_eq!(s.int("http.response.body.size"), Some(60));
+        assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+    }
+    agent.stop();
+    assert_clean(&agent);
+}
+
+/// A gRPC connection that carried calls before the agent started: the
+/// calls after it are spans, and none has a field the agent guessed. The
+/// fields HPACK encodes as references into the table filled before the
+/// agent came (here the repeated `:path`, `:authority`, `content-type`)
+/// are left out, and the spans say so.
+#[test]
+fn a_connection_from_before_the_agent_never_gets_a_wrong_header() {
+    require_root();
+    let server = grpc_server();
+    let mut client = Command::new("python3")
+        .arg(fixture("grpc_service.py"))
+        .args(["steady", &server.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut call = |method: &str| {
+        use std::io::BufRead;
+        writeln!(stdin, "{method}").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "{method}");
+    };
+    for _ in 0..3 {
+        call("Say");
+    }
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
+    for _ in 0..6 {
+        call("Say");
+    }
+    call("Fresh");
+    let spans = collector.wait_for(7, Duration::from_secs(10), |s| s.is_server());
+    assert_eq!(spans.len(), 7, "{spans:#?}\n{}", agent.stderr());
+    for s in &spans {
+        // Whatever is known is right; what is not is absent and said so.
+        match s.str("rpc.method") {
+            Some(m) => assert!(m == "demo.Echo/Say" || m == "demo.Echo/Fresh", "{s:?}"),
+            None => {
+                let why = s.str("zerospan.incomplete").unwrap_or_default();
+                assert!(why.contains("h2_request_fields_unknown"), "{s:?}");
+                assert_eq!(s.str("http.request.method").as_deref(), Some("POST"));
+            }
+        }
+        // Unknown `content-type`: an HTTP span, its path only if known.
+        if let Some(p) = s.str("url.path") {
+            assert!(p == "/demo.Echo/Say" || p == "/demo.Echo/Fresh", "{s:?}");
+        }
+    }
+    // The method called once after the attach is a literal the agent saw.
+    assert!(
+        spans.iter().any(
+            |s| s.str("rpc.method").as_deref() == Some("demo.Echo/Fresh")
+                || s.str("url.path").as_deref() == Some("/demo.Echo/Fresh")
+        ),
+        "{spans:#?}"
+    );
+    drop(stdin);
+    let _ = client.wait();
+    agent.stop();
+    assert!(
+        agent.stat("h2_fields_unknown").unwrap_or(0) >= 5,
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(agent.stat("h2_desyncs"), Some(0), "{}", agent.stderr());
+}
+
+/// `nghttpd --no-tls` serving `dir`, killed when dropped.
+struct Nghttpd(std::process::Child);
+
+impl Nghttpd {
+    fn start(dir: &TempDir, port: u16) -> Nghttpd {
+        let child = Command::new("nghttpd")
+            .args([
+                "--no-tls",
+                "-d",
+                &dir.0.display().to_string(),
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nghttpd comes from nghttp2-server, installed by cargo xtask setup");
+        let server = Nghttpd(child);
+        wait_for_port(port);
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Nghttpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
