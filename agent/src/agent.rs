@@ -60,6 +60,8 @@ struct EventPath {
     metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
     listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    /// Events the kernel dropped, as of the last tick.
+    events_dropped: u64,
     /// Processes that exec'd since the last tick: their TLS libraries are
     /// looked for again once the loader has mapped them.
     tls_rescan: Vec<u32>,
@@ -341,10 +343,22 @@ impl EventPath {
         self.emit();
         self.registry.prune();
         self.copy_kernel_counters();
+        self.notice_dropped_events();
     }
 
     /// The probes' counters into the agent's, as totals so far, and the
     /// gauges of what is traced now.
+    /// The kernel dropped events since the last tick: some connection
+    /// missed segments, which one is not known.
+    fn notice_dropped_events(&mut self) {
+        let c = self.probes.counters();
+        let dropped = c[counter::RINGBUF_FULL as usize] + c[counter::ARGS_MAP_FULL as usize];
+        if dropped > self.events_dropped {
+            self.events_dropped = dropped;
+            self.tracker.events_lost();
+        }
+    }
+
     fn copy_kernel_counters(&self) {
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
@@ -563,6 +577,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stats: stats.clone(),
         spans: span_tx,
         listeners: HashMap::new(),
+        events_dropped: 0,
         sampler: cfg.sampler,
         metrics,
         tls_rescan: Vec::new(),

@@ -64,6 +64,13 @@ pub struct Start<'a> {
     /// at once on one connection (HTTP/2); 0 for the others. A same-host
     /// link is only ever made between the two ends of the same stream.
     pub stream: u32,
+    /// Whether the thread that moved the request's first bytes is the one
+    /// that handles it, so that it may parent the calls that thread makes
+    /// (thread-per-request servers), and the request's own calls may take
+    /// their parent from it. Not for HTTP/2 (its streams are read and
+    /// written by I/O threads), nor for a request whose fields were not
+    /// all known (its own header may have named another parent).
+    pub thread_bound: bool,
 }
 
 impl Start<'_> {
@@ -74,6 +81,7 @@ impl Start<'_> {
         tracestate: None,
         linkable: false,
         stream: 0,
+        thread_bound: true,
     };
 }
 
@@ -84,6 +92,7 @@ impl<'a> From<&'a Head> for Start<'a> {
             tracestate: head.tracestate.as_deref(),
             linkable: true,
             stream: 0,
+            thread_bound: true,
         }
     }
 }
@@ -181,9 +190,8 @@ impl Linker {
             Role::Client if start.linkable => {
                 self.client_started(conn, tid, start, ends, at, stats)
             }
-            Role::Client => {
-                from_header(&start, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
-            }
+            Role::Client => from_header(&start, stats)
+                .unwrap_or_else(|| self.call_on_own_thread(conn, tid, &start, stats)),
         }
     }
 
@@ -284,8 +292,10 @@ impl Linker {
                 ctx
             }
         };
-        let serving = self.serving.entry((conn.tgid, tid)).or_default();
-        push_bounded(serving, ctx.clone());
+        if start.thread_bound {
+            let serving = self.serving.entry((conn.tgid, tid)).or_default();
+            push_bounded(serving, ctx.clone());
+        }
         ctx
     }
 
@@ -411,9 +421,8 @@ impl Linker {
         let start = start.into();
         let ctx = match self.take_chosen_request(conn, at, stats) {
             Some(k) => self.injected_call(conn, tid, &k, stats),
-            None => {
-                from_header(&start, stats).unwrap_or_else(|| self.call_on_thread(conn, tid, stats))
-            }
+            None => from_header(&start, stats)
+                .unwrap_or_else(|| self.call_on_own_thread(conn, tid, &start, stats)),
         };
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
@@ -454,6 +463,22 @@ impl Linker {
             parent_span_id: [0; 8],
             trace_state: String::new(),
             remote_sampled: None,
+        }
+    }
+
+    /// [`Linker::call_on_thread`] for a call whose thread is its own
+    /// ([`Start::thread_bound`]); a root otherwise.
+    fn call_on_own_thread(
+        &self,
+        conn: ConnKey,
+        tid: u32,
+        start: &Start<'_>,
+        stats: &Stats,
+    ) -> SpanContext {
+        if start.thread_bound {
+            self.call_on_thread(conn, tid, stats)
+        } else {
+            SpanContext::root()
         }
     }
 

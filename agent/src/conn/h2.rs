@@ -96,6 +96,8 @@ pub struct H2Conn {
     reads: Framer,
     writes: Framer,
     streams: HashMap<u32, Stream>,
+    /// See [`Side::last_request`].
+    last_request: u32,
     opts: Arc<Options>,
 }
 
@@ -136,6 +138,8 @@ struct Side<'a, 'c> {
     streams: &'a mut HashMap<u32, Stream>,
     cx: &'a mut Cx<'c>,
     finished: &'a mut Vec<(Stream, Outcome)>,
+    /// The highest stream id a request was seen on.
+    last_request: &'a mut u32,
     /// SETTINGS_HEADER_TABLE_SIZE this direction's sender announced.
     table_size: Option<u32>,
 }
@@ -187,6 +191,7 @@ impl Side<'_, '_> {
                 tracestate: request.tracestate.as_deref(),
                 linkable: true,
                 stream: id,
+                thread_bound: false,
             },
         );
         self.streams.insert(
@@ -224,7 +229,14 @@ impl Sink for Side<'_, '_> {
     fn on_headers(&mut self, id: u32, fields: Option<&Fields>, end_stream: bool, at: Stamp) {
         if self.requests {
             match self.streams.get_mut(&id) {
-                None => self.start(id, fields, end_stream, at),
+                // Stream ids only grow (RFC 9113 §5.1.1): a lower one is
+                // a stream already over (timed out, reset, dropped) or
+                // opened before the agent, not a new request.
+                None if id > *self.last_request => {
+                    *self.last_request = id;
+                    self.start(id, fields, end_stream, at)
+                }
+                None => Stats::inc(&self.cx.stats.h2_orphan_frames),
                 // Trailers of the request.
                 Some(s) => s.request_ended |= end_stream,
             }
@@ -330,6 +342,7 @@ impl H2Conn {
             reads,
             writes,
             streams: HashMap::new(),
+            last_request: 0,
             opts,
         }
     }
@@ -342,6 +355,7 @@ impl H2Conn {
             reads: Framer::joined(),
             writes: Framer::joined(),
             streams: HashMap::new(),
+            last_request: 0,
             opts,
         }
     }
@@ -455,6 +469,7 @@ impl Protocol for H2Conn {
             streams: &mut self.streams,
             cx,
             finished: &mut finished,
+            last_request: &mut self.last_request,
             table_size: None,
         };
         framer.feed(seg, &mut side);
@@ -500,6 +515,13 @@ impl Protocol for H2Conn {
 
     fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
         self.end_streams(outcome, cx, |_| true);
+    }
+
+    fn events_lost(&mut self) {
+        // A lost segment may have held a header block: what it inserted
+        // is unknown, so no older table entry can be placed any more.
+        self.reads.table_lost();
+        self.writes.table_lost();
     }
 }
 
@@ -935,5 +957,127 @@ mod tests {
             assert_eq!(sv.ctx.parent_span_id, cl.ctx.span_id, "{path}");
             assert_eq!(sv.ctx.trace_id, cl.ctx.trace_id, "{path}");
         }
+    }
+
+    #[test]
+    fn a_stream_already_over_is_not_a_new_request() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(headers(
+            3,
+            false,
+            &[(":method", "POST"), (":scheme", "http"), (":path", "/up")],
+        ));
+        t.data(KEY, 7, false, seg(&c, 10));
+        t.sweep(2_000);
+        assert_eq!(t.drain().count(), 1, "timed out");
+        // Its trailers, late, and a HEADERS on a lower id: no new span.
+        t.data(
+            KEY,
+            7,
+            false,
+            seg(&headers(3, true, &[("x-sum", "1")]), 2_100),
+        );
+        t.data(KEY, 7, false, seg(&get(1, "/old"), 2_200));
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&headers(1, true, &[(":status", "200")]), 2_300),
+        );
+        t.close(KEY);
+        assert_eq!(t.drain().count(), 0);
+        assert_eq!(
+            t.stats()
+                .h2_orphan_frames
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn after_lost_events_table_references_are_unknown() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        // `:authority` with incremental indexing: entry 62.
+        let mut first = vec![0x82, 0x86, 0x84, 0x41, 8];
+        first.extend_from_slice(b"svc:8080");
+        let mut c = PREFACE.to_vec();
+        c.extend(frame(1, END_HEADERS | END_STREAM, 1, &first));
+        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&headers(1, true, &[(":status", "200")]), 20),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(text(&done[0], "server.address"), Some("svc"));
+        // The kernel dropped events: a block may be missing, so 62 may be
+        // another entry now.
+        t.events_lost();
+        t.data(
+            KEY,
+            7,
+            false,
+            seg(
+                &frame(1, END_HEADERS | END_STREAM, 3, &[0x82, 0x86, 0x84, 0xbe]),
+                30,
+            ),
+        );
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(&headers(3, true, &[(":status", "200")]), 40),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(text(&done[0], "server.address"), None);
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("h2_request_fields_unknown")
+        );
+    }
+
+    #[test]
+    fn a_joined_direction_that_is_mid_frame_is_lost_not_misread() {
+        let mut t = tracker();
+        t.open(KEY, origin::PREEXISTING, None, None, 0);
+        let req = frame(1, END_HEADERS | END_STREAM, 41, &[0x82, 0x86, 0x84]);
+        t.data(KEY, 7, false, seg(&req, 10));
+        // The other direction starts inside a DATA payload: "frame" type
+        // 0x78 of a 7.9 MB length.
+        t.data(KEY, 7, true, seg(&[b'x'; 40], 20));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("response_unparsed")
+        );
+        assert_eq!(t.take_evictions(), vec![KEY]);
+    }
+
+    #[test]
+    fn streams_a_goaway_refused_end_as_errors() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(get(1, "/done"));
+        c.extend(get(3, "/refused"));
+        t.data(KEY, 7, false, seg(&c, 10));
+        // The server answers 1, then says it processed nothing past it.
+        let mut s = headers(1, true, &[(":status", "200")]);
+        s.extend(frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        t.data(KEY, 7, true, seg(&s, 20));
+        let mut done: Vec<Record> = t.drain().collect();
+        done.sort_by_key(|r| text(r, "url.path").map(str::to_owned));
+        assert_eq!(done.len(), 2);
+        assert_eq!(text(&done[0], "url.path"), Some("/done"));
+        assert_eq!(done[0].status, Status::Unset);
+        assert_eq!(text(&done[1], "url.path"), Some("/refused"));
+        assert_eq!(text(&done[1], "error.type"), Some("REFUSED_STREAM"));
+        assert!(matches!(done[1].status, Status::Error(_)));
     }
 }

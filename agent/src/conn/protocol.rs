@@ -58,6 +58,11 @@ pub trait Protocol {
         self.end_all(Outcome::TimedOut, cx);
     }
 
+    /// The kernel dropped events (ring buffer or argument map full): some
+    /// of this connection's segments may be missing. A protocol whose
+    /// state depends on every byte (HPACK) stops trusting it.
+    fn events_lost(&mut self) {}
+
     /// The connection's bytes now come, as plaintext, from its TLS library.
     fn tls_started(&mut self) {}
 

@@ -571,6 +571,15 @@ impl Tracker {
         }
     }
 
+    /// The kernel dropped events: every connection may have missed bytes.
+    pub fn events_lost(&mut self) {
+        for conn in self.conns.values_mut() {
+            if let State::Active(p) = &mut conn.state {
+                p.events_lost();
+            }
+        }
+    }
+
     /// Exchanges finished since the last call, every protocol's.
     pub fn drain(&mut self) -> std::vec::Drain<'_, Record> {
         self.out.drain(..)

@@ -103,6 +103,8 @@ pub struct Framer {
     data_pad: Option<u8>,
     /// Why the framing was lost, once it was.
     lost: Option<&'static str>,
+    /// See [`Framer::joined`].
+    strict: bool,
 }
 
 impl Framer {
@@ -122,6 +124,7 @@ impl Framer {
             block_bytes: Vec::new(),
             data_pad: None,
             lost: None,
+            strict: false,
         }
     }
 
@@ -136,10 +139,15 @@ impl Framer {
         Self::with(Decoder::new(), false)
     }
 
-    /// A direction joined mid-stream at a frame boundary: its HPACK table
-    /// is unknown.
+    /// A direction joined mid-stream, assumed at a frame boundary: its
+    /// HPACK table is unknown, and frames are checked more strictly (a
+    /// known type, no longer than the default maximum frame size), so a
+    /// wrong assumption loses the framing rather than reads garbage.
     pub fn joined() -> Self {
-        Self::with(Decoder::joined(), false)
+        Framer {
+            strict: true,
+            ..Self::with(Decoder::joined(), false)
+        }
     }
 
     /// The framing is lost: nothing more will be reported.
@@ -150,6 +158,12 @@ impl Framer {
     /// Why the framing was lost.
     pub fn lost_why(&self) -> Option<&'static str> {
         self.lost
+    }
+
+    /// Bytes of this direction may have gone unseen without the framer
+    /// knowing (dropped before it): the HPACK table is unknown from here.
+    pub fn table_lost(&mut self) {
+        self.hpack.lost();
     }
 
     /// Whether this direction's HPACK table is known whole.
@@ -288,6 +302,9 @@ impl Framer {
         };
         if !valid {
             return self.lose("a frame HTTP/2 does not allow here");
+        }
+        if self.strict && (frame.kind > kind::CONTINUATION || frame.len > 16_384) {
+            return self.lose("joined mid-frame, it seems");
         }
         if matches!(frame.kind, kind::HEADERS | kind::PUSH_PROMISE) {
             self.block = Some(Block {
