@@ -469,6 +469,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h2::hex;
     use crate::h2::hpack::Field;
 
     pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -515,14 +516,6 @@ mod tests {
         fn on_table_size(&mut self, size: u32) {
             self.0.push(format!("table {size}"));
         }
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     /// A client's side of a conversation: every frame kind, a block over

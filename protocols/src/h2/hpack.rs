@@ -474,14 +474,7 @@ fn integer(block: &[u8], at: &mut usize, n: u8) -> Result<usize, HpackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::h2::hex;
 
     fn fields(f: &Fields) -> Vec<(String, String)> {
         f.iter()

@@ -135,14 +135,7 @@ pub fn decode(input: &[u8], out: &mut Vec<u8>, cap: usize) -> Result<(), Huffman
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::h2::hex;
 
     fn text(input: &str) -> String {
         let mut out = Vec::new();
