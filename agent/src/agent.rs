@@ -342,16 +342,15 @@ impl EventPath {
         self.probes.release_unused_tls();
         self.emit();
         self.registry.prune();
-        self.copy_kernel_counters();
-        self.notice_dropped_events();
+        let kernel = self.copy_kernel_counters();
+        self.notice_dropped_events(&kernel);
     }
 
     /// The probes' counters into the agent's, as totals so far, and the
     /// gauges of what is traced now.
     /// The kernel dropped events since the last tick: some connection
     /// missed segments, which one is not known.
-    fn notice_dropped_events(&mut self) {
-        let c = self.probes.counters();
+    fn notice_dropped_events(&mut self, c: &[u64]) {
         let dropped = c[counter::RINGBUF_FULL as usize] + c[counter::ARGS_MAP_FULL as usize];
         if dropped > self.events_dropped {
             self.events_dropped = dropped;
@@ -359,7 +358,9 @@ impl EventPath {
         }
     }
 
-    fn copy_kernel_counters(&self) {
+    /// Copies the probes' counters and gauges into the stats; returns the
+    /// probes' counters as read.
+    fn copy_kernel_counters(&self) -> [u64; counter::COUNT as usize] {
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
         };
@@ -398,6 +399,7 @@ impl EventPath {
         ] {
             set(stat, c[index as usize]);
         }
+        c
     }
 
     /// Starts tracing a running process and the sockets it already holds.
@@ -666,7 +668,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     path.tracker.close_all();
     path.emit();
     // Since the last tick, the probes may have counted more.
-    path.copy_kernel_counters();
+    let _ = path.copy_kernel_counters();
     let EventPath { probes, spans, .. } = path;
     drop(spans);
     // Dropping the probes detaches every program.
