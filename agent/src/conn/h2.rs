@@ -14,6 +14,7 @@ use zerospan_protocols::h2::{hpack::Fields, Framer, Sink, PREFACE};
 use zerospan_protocols::http1::{Head, Segment, Stamp};
 
 use super::{
+    http1,
     protocol::{Cx, Protocol, Verdict},
     Outcome, Role,
 };
@@ -438,12 +439,7 @@ impl H2Conn {
             .collect();
         for id in ids {
             if let Some(s) = self.streams.remove(&id) {
-                Stats::inc(match outcome {
-                    Outcome::TimedOut => &cx.stats.http_requests_timed_out,
-                    Outcome::AgentStopped => &cx.stats.http_requests_in_flight_at_stop,
-                    Outcome::ResponseLost => &cx.stats.http_responses_lost,
-                    _ => &cx.stats.http_requests_unanswered,
-                });
+                Stats::inc(http1::unanswered_counter(cx.stats, outcome));
                 self.report(s, outcome, cx);
             }
         }

@@ -7,7 +7,7 @@
 //! position (see [`ResponseSink::give_up_before`]); requests that time out
 //! are owed the next responses, which are skipped, not paired.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Segment, Sink, Stamp};
 
@@ -151,6 +151,17 @@ impl Sink for ResponseSink<'_> {
     }
 }
 
+/// The counter of an HTTP request (HTTP/1 or a stream of HTTP/2) that
+/// ended with `outcome` before its response did.
+pub(super) fn unanswered_counter(stats: &Stats, outcome: Outcome) -> &AtomicU64 {
+    match outcome {
+        Outcome::TimedOut => &stats.http_requests_timed_out,
+        Outcome::AgentStopped => &stats.http_requests_in_flight_at_stop,
+        Outcome::ResponseLost => &stats.http_responses_lost,
+        _ => &stats.http_requests_unanswered,
+    }
+}
+
 /// Could the response to `x` be inside the response bytes moved at `lost`?
 /// Only if the request was there first: for a client, its write began
 /// before that read ended; for a server, its read ended before that write
@@ -264,11 +275,7 @@ impl HttpConn {
             }
             x.outcome = outcome;
             x.end_at = last;
-            Stats::inc(match outcome {
-                Outcome::TimedOut => &stats.http_requests_timed_out,
-                Outcome::AgentStopped => &stats.http_requests_in_flight_at_stop,
-                _ => &stats.http_requests_unanswered,
-            });
+            Stats::inc(unanswered_counter(stats, outcome));
             self.book.finished.push(x);
         }
     }
