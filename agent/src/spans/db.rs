@@ -3,7 +3,10 @@
 
 use zerospan_protocols::resp::Reply;
 
-use super::{http::outcome_status, Category, Record, SpanKind, Status, Value};
+use super::{
+    http::{outcome_status, peer_attributes},
+    Category, Record, SpanKind, Status, Value,
+};
 use crate::conn::{
     db::{Call, Operation},
     Endpoints,
@@ -46,9 +49,8 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
     if let Some(peer) = ends.peer {
         attrs.push(("server.address", peer.ip().to_string().into()));
         attrs.push(("server.port", i64::from(peer.port()).into()));
-        attrs.push(("network.peer.address", peer.ip().to_string().into()));
-        attrs.push(("network.peer.port", i64::from(peer.port()).into()));
     }
+    peer_attributes(&mut attrs, ends);
     attrs.push(("thread.id", i64::from(call.tid).into()));
     let status = match &call.reply {
         Some(Reply::Error(word)) => {

@@ -85,6 +85,22 @@ fn scheme(ends: Endpoints) -> &'static str {
     }
 }
 
+/// `network.peer.*`: the other end of the connection, every protocol's.
+pub(super) fn peer_attributes(attrs: &mut Vec<(&'static str, Value)>, ends: Endpoints) {
+    if let Some(peer) = ends.peer {
+        attrs.push(("network.peer.address", peer.ip().to_string().into()));
+        attrs.push(("network.peer.port", i64::from(peer.port()).into()));
+    }
+}
+
+/// `tls.protocol.*` of a TLS connection whose version the agent read.
+pub(super) fn tls_attributes(attrs: &mut Vec<(&'static str, Value)>, ends: Endpoints) {
+    if let (true, Some(v)) = (ends.tls, ends.tls_version) {
+        attrs.push(("tls.protocol.name", "tls".into()));
+        attrs.push(("tls.protocol.version", v.into()));
+    }
+}
+
 /// Adds `why` to the span's `zerospan.incomplete` (comma-separated when a
 /// span is incomplete in more than one way: one key, never two).
 pub fn mark_incomplete(attrs: &mut Vec<(&'static str, Value)>, why: &str) {
@@ -177,9 +193,8 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
             if let Some(peer) = ends.peer {
                 attrs.push(("client.address", peer.ip().to_string().into()));
                 attrs.push(("client.port", i64::from(peer.port()).into()));
-                attrs.push(("network.peer.address", peer.ip().to_string().into()));
-                attrs.push(("network.peer.port", i64::from(peer.port()).into()));
             }
+            peer_attributes(&mut attrs, ends);
             if let Some(local) = local {
                 if !local.ip().is_unspecified() {
                     attrs.push(("network.local.address", local.ip().to_string().into()));
@@ -224,18 +239,12 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
                 attrs.push(("server.address", h.into()));
                 attrs.push(("server.port", i64::from(p).into()));
             }
-            if let Some(peer) = ends.peer {
-                attrs.push(("network.peer.address", peer.ip().to_string().into()));
-                attrs.push(("network.peer.port", i64::from(peer.port()).into()));
-            }
+            peer_attributes(&mut attrs, ends);
             // A client call starts when the request write is issued.
             (SpanKind::Client, x.request_at.enter_ns)
         }
     };
-    if let (true, Some(v)) = (ends.tls, ends.tls_version) {
-        attrs.push(("tls.protocol.name", "tls".into()));
-        attrs.push(("tls.protocol.version", v.into()));
-    }
+    tls_attributes(&mut attrs, ends);
     attrs.push(("network.protocol.name", "http".into()));
     // The thread that read the request (server) or wrote it (client).
     attrs.push(("thread.id", i64::from(x.tid).into()));

@@ -3,7 +3,7 @@
 
 use super::{
     context::SpanContext,
-    http::{mark_incomplete, outcome_status, split_host},
+    http::{mark_incomplete, outcome_status, peer_attributes, split_host, tls_attributes},
     Category, Record, SpanKind, Status, Value,
 };
 use crate::conn::{Endpoints, Outcome, Role};
@@ -115,14 +115,8 @@ pub fn record(c: &Call, role: Role, ends: Endpoints, tgid: u32) -> Record {
             attrs.push(("server.port", i64::from(p).into()));
         }
     }
-    if let Some(peer) = ends.peer {
-        attrs.push(("network.peer.address", peer.ip().to_string().into()));
-        attrs.push(("network.peer.port", i64::from(peer.port()).into()));
-    }
-    if let (true, Some(v)) = (ends.tls, ends.tls_version) {
-        attrs.push(("tls.protocol.name", "tls".into()));
-        attrs.push(("tls.protocol.version", v.into()));
-    }
+    peer_attributes(&mut attrs, ends);
+    tls_attributes(&mut attrs, ends);
     attrs.push(("network.protocol.name", "http".into()));
     attrs.push(("network.protocol.version", "2".into()));
     attrs.push(("thread.id", i64::from(c.tid).into()));
