@@ -24,6 +24,7 @@ use crate::{
     conn::{
         db::SqlOptions,
         tracker::{Limits, Tracker},
+        unowned::Unowned,
     },
     discovery::{Candidate, Selectors},
     events::{self, Event},
@@ -72,6 +73,8 @@ struct EventPath {
     /// Processes that exec'd recently and may yet listen on a selected
     /// port, until when to look.
     port_watch: Vec<(u32, u64)>,
+    /// TLS writes waiting for the probes to name their socket.
+    unowned: Unowned,
 }
 
 /// How long after its exec a process is looked at for selected ports.
@@ -115,6 +118,28 @@ impl EventPath {
                     self.tracker.plaintext(key, tid, egress, seg);
                 } else {
                     self.tracker.data(key, tid, egress, seg);
+                }
+            }
+            Event::Unowned {
+                tgid,
+                ssl,
+                tid,
+                enter_ns,
+                exit_ns,
+                len,
+                bytes,
+            } => {
+                let seg = Segment {
+                    bytes,
+                    len,
+                    stamp: Stamp { enter_ns, exit_ns },
+                };
+                let dropped = self.unowned.hold(tgid, ssl, tid, seg);
+                Stats::add(&self.stats.tls_writes_unclaimed, dropped);
+            }
+            Event::TlsOwner { key, ssl } => {
+                for held in self.unowned.claim(key.tgid, ssl) {
+                    self.tracker.plaintext(key, held.tid, true, held.segment());
                 }
             }
             Event::ConnOpen {
@@ -279,6 +304,8 @@ impl EventPath {
         self.tracker.process_exited(pid);
         self.probes.forget_process(pid);
         self.listeners.retain(|(tgid, _), _| *tgid != pid);
+        let dropped = self.unowned.forget_process(pid);
+        Stats::add(&self.stats.tls_writes_unclaimed, dropped);
     }
 
     /// Turns finished exchanges into spans and queues them for export.
@@ -328,6 +355,8 @@ impl EventPath {
 
     fn tick(&mut self) {
         self.tracker.sweep(Clock::now_ktime_ns());
+        let dropped = self.unowned.expire(Clock::now_ktime_ns());
+        Stats::add(&self.stats.tls_writes_unclaimed, dropped);
         for pid in std::mem::take(&mut self.tls_rescan) {
             self.probes.hook_tls(pid);
         }
@@ -589,6 +618,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ => None,
         },
         port_watch: Vec::new(),
+        unowned: Unowned::default(),
     };
     let mut child = None;
     match &cfg.target {

@@ -7,7 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use zerospan_common::{
-    context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, ProcEvent, MAX_CAPTURE,
+    context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, OwnerEvent, ProcEvent,
+    MAX_CAPTURE,
 };
 
 /// Identifies one connection: fd numbers are reused, `conn_id` is not.
@@ -30,6 +31,22 @@ pub enum Event<'a> {
         exit_ns: u64,
         len: u64,
         bytes: &'a [u8],
+    },
+    /// A TLS library write sent before its socket was known (see
+    /// `conn::unowned`): a memory-buffer library object `ssl` of `tgid`.
+    Unowned {
+        tgid: u32,
+        ssl: u64,
+        tid: u32,
+        enter_ns: u64,
+        exit_ns: u64,
+        len: u64,
+        bytes: &'a [u8],
+    },
+    /// The earlier writes of library object `ssl` were `key`'s.
+    TlsOwner {
+        key: ConnKey,
+        ssl: u64,
     },
     ConnOpen {
         key: ConnKey,
@@ -158,6 +175,22 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                     carried,
                 });
             }
+            let bytes = &buf[DataEvent::HEADER_SIZE..DataEvent::HEADER_SIZE + captured];
+            // Only writes are sent before their socket is known.
+            if h.fd == -1
+                && h.source == zerospan_common::source::TLS
+                && h.direction == zerospan_common::direction::EGRESS
+            {
+                return Ok(Event::Unowned {
+                    tgid: h.tgid,
+                    ssl: h.conn_id,
+                    tid: h.tid,
+                    enter_ns: h.ts_enter_ns,
+                    exit_ns: h.ts_exit_ns,
+                    len,
+                    bytes,
+                });
+            }
             Event::Data {
                 key,
                 tid: h.tid,
@@ -166,8 +199,12 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 enter_ns: h.ts_enter_ns,
                 exit_ns: h.ts_exit_ns,
                 len,
-                bytes: &buf[DataEvent::HEADER_SIZE..DataEvent::HEADER_SIZE + captured],
+                bytes,
             }
+        }
+        kind::TLS_OWNER => {
+            let o: OwnerEvent = read(buf)?;
+            Event::TlsOwner { key, ssl: o.ssl }
         }
         kind::CONN_OPEN => {
             let c: ConnEvent = read(buf)?;
@@ -296,6 +333,63 @@ mod tests {
             decode(&raw[..raw.len() - 1]),
             Err(DecodeError::BadCapture { .. })
         ));
+    }
+
+    #[test]
+    fn a_tls_write_with_no_socket_and_its_owner() {
+        let mut ev = DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                direction: direction::EGRESS,
+                source: zerospan_common::source::TLS,
+                tgid: 7,
+                tid: 8,
+                fd: -1,
+                conn_id: 0xdead,
+                ts_enter_ns: 10,
+                ts_exit_ns: 20,
+                ..Default::default()
+            },
+            len: 24,
+            captured: 3,
+            _pad: 0,
+            data: [0; MAX_CAPTURE],
+        };
+        ev.data[..3].copy_from_slice(b"PRI");
+        let raw = bytes_of(&ev);
+        match decode(&raw[..DataEvent::HEADER_SIZE + 3]).unwrap() {
+            Event::Unowned {
+                tgid: 7,
+                ssl: 0xdead,
+                tid: 8,
+                enter_ns: 10,
+                exit_ns: 20,
+                len: 24,
+                bytes: b"PRI",
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        let owner = OwnerEvent {
+            header: EventHeader {
+                kind: kind::TLS_OWNER,
+                tgid: 7,
+                fd: 5,
+                conn_id: 42,
+                ..Default::default()
+            },
+            ssl: 0xdead,
+        };
+        match decode(&bytes_of(&owner)).unwrap() {
+            Event::TlsOwner { key, ssl: 0xdead } => assert_eq!(
+                key,
+                ConnKey {
+                    tgid: 7,
+                    fd: 5,
+                    conn_id: 42
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

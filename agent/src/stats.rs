@@ -35,11 +35,19 @@ counters! {
     kernel_read_user_failed,
     /// TLS plaintext dropped: the library call's socket was not known.
     kernel_tls_unattributed,
+    /// TLS writes made before their socket was known (a memory-buffer
+    /// library's object that had not read yet) and never claimed by one:
+    /// dropped past the bounds, or when nothing named their socket.
+    tls_writes_unclaimed,
     /// TLS connections whose plaintext never appeared (a TLS library the
     /// agent does not hook): skipped, no longer captured.
     connections_tls_unhooked,
     /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
     connections_unknown_protocol,
+    /// Accepted connections whose peer the probes could not learn (the
+    /// accept passed no address buffer: libuv, so Node.js; nghttpd): their
+    /// server spans get no same-host parent and no `network.peer.*`.
+    connections_peer_unknown,
     /// Connections not tracked because the userspace table was full.
     connections_table_full,
     /// Times an HTTP/1 stream lost its framing and had to resynchronise.

@@ -43,6 +43,11 @@ pub mod kind {
     /// the context of the server request that starts in the next data event
     /// of the same socket with the same `ts_exit_ns`.
     pub const CONTEXT: u8 = 9;
+    /// A TLS library object whose writes were sent before its socket was
+    /// known (data events with `fd` -1 and the object in `conn_id`) is the
+    /// header's socket ([`super::OwnerEvent`]). Sent before the data event
+    /// that made it known.
+    pub const TLS_OWNER: u8 = 10;
 }
 
 /// Data direction, from the traced process's point of view.
@@ -164,6 +169,15 @@ pub struct ContextEvent {
     /// One of [`context_origin`].
     pub origin: u8,
     pub _pad: [u8; 6],
+}
+
+/// The socket of earlier unowned TLS writes (see [`kind::TLS_OWNER`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OwnerEvent {
+    pub header: EventHeader,
+    /// The library object (`SSL *`) the unowned writes named.
+    pub ssl: u64,
 }
 
 /// A process lifecycle change of a traced process.

@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use zerospan_common::{
     counter, direction, kind, origin, sock_flags, source, traced, ConnEvent, DataEvent,
-    EventHeader, ProcEvent, SockInfo, MAX_CAPTURE, MAX_DEEP_IOV_SEGMENTS, MAX_IOV_SEGMENTS,
-    PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
+    EventHeader, OwnerEvent, ProcEvent, SockInfo, MAX_CAPTURE, MAX_DEEP_IOV_SEGMENTS,
+    MAX_IOV_SEGMENTS, PG_STARTUP_CODES, REQUEST_CAPTURE_CHUNKS,
 };
 
 /// Unread bytes in the ring buffer past which a write wakes the agent up.
@@ -88,6 +88,12 @@ static LAST_READ: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(16384,
 /// make no syscall (data already decrypted in the library's buffer).
 #[map]
 static SSL_FDS: LruHashMap<SslKey, SockRef> = LruHashMap::with_max_entries(65536, 0);
+
+/// TLS library objects whose writes were sent with no socket (see
+/// `send_unowned`); the value is 1 when the first of them asks for the
+/// socket's reads to be captured deeply.
+#[map]
+static UNOWNED: LruHashMap<SslKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Plaintext bytes of each TLS library object already sent ahead of what
 /// its writes reported done: a write that failed or moved less after its
@@ -916,19 +922,89 @@ fn tls_exit(ctx: &RetProbeContext) {
         // thread just read.
         fd
     } else {
-        bump(counter::TLS_UNATTRIBUTED);
         // No syscall nests in this process's TLS calls: from now on its
         // threads' reads are remembered (see `enter_data`).
         if let Some(flags) = TRACED.get_ptr_mut(&tgid) {
             // SAFETY: map values stay valid for the program's run.
             unsafe { *flags |= traced::MEMORY_BIO };
         }
+        if call.direction == direction::EGRESS {
+            send_unowned(pid_tgid, tgid, &key, &call, moved);
+        } else {
+            bump(counter::TLS_UNATTRIBUTED);
+        }
         return;
     };
     if known != Some(fd) {
         remember_socket(tgid, &key, fd);
+        if known.is_none() {
+            claim_unowned(pid_tgid, tgid, &key, fd);
+        }
     }
     emit_plaintext(pid_tgid, tgid, fd, &call, 0, moved);
+}
+
+/// A write on a memory-buffer library object not yet seen with a socket
+/// (a Node.js client sends its request, or its HTTP/2 preface, before it
+/// has read anything): its plaintext is sent now, while its buffer is
+/// alive, with no socket (`fd` -1, the object in `conn_id`); the agent
+/// holds it until the object's first read names the socket
+/// (`claim_unowned`). Guessing the socket from the thread's other calls
+/// could name the wrong one (an event loop serves many).
+#[inline(always)]
+fn send_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, call: &TlsCall, moved: u64) {
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { UNOWNED.get(key) }.is_none() {
+        // The first write decides what the socket's reads need, as
+        // `emit_plaintext` does for a socket it knows.
+        let deep = is_pg_startup(call.buf, moved) || is_h2_preface(call.buf, moved);
+        let _ = UNOWNED.insert(key, &u8::from(deep), 0);
+    }
+    let mut hdr = header(
+        kind::DATA,
+        direction::EGRESS,
+        tgid,
+        pid_tgid as u32,
+        -1,
+        call.ssl,
+    );
+    hdr.source = source::TLS;
+    hdr.ts_enter_ns = call.ts_enter;
+    // SAFETY: helper has no preconditions.
+    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    emit_chunks(&hdr, call.buf, moved);
+}
+
+/// The library object `key`, first seen with socket `fd`: if writes were
+/// sent for it with no socket, tell the agent whose they are, before the
+/// data that made it known.
+#[inline(always)]
+fn claim_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, fd: i32) {
+    // SAFETY: read-only copy of a plain value.
+    let Some(deep) = (unsafe { UNOWNED.get(key) }).copied() else {
+        return;
+    };
+    let _ = UNOWNED.remove(key);
+    let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, fd)) else {
+        return;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let sock = unsafe { &mut *sock };
+    sock.flags |= sock_flags::TLS | sock_flags::FIRST_TLS_WRITE_SEEN;
+    if deep != 0 && sock.flags & sock_flags::OUTGOING != 0 {
+        sock.flags |= sock_flags::DEEP_READS;
+    }
+    output(&OwnerEvent {
+        header: header(
+            kind::TLS_OWNER,
+            direction::EGRESS,
+            tgid,
+            pid_tgid as u32,
+            fd,
+            sock.conn_id,
+        ),
+        ssl: key.ssl,
+    });
 }
 
 /// Remembers that the library object `key` works on socket `fd`.

@@ -429,6 +429,18 @@ impl Nginx {
         Nginx::start_with(root, &listen, port)
     }
 
+    /// As [`Nginx::start_tls`], offering HTTP/2 by ALPN.
+    pub fn start_tls_h2(root: &Path, port: u16) -> Nginx {
+        let (cert, key) = self_signed_cert(root);
+        let listen = format!(
+            "listen 127.0.0.1:{port} ssl http2; ssl_certificate {}; ssl_certificate_key {}; \
+             ssl_protocols TLSv1.2 TLSv1.3;",
+            cert.display(),
+            key.display()
+        );
+        Nginx::start_with(root, &listen, port)
+    }
+
     fn start_with(root: &Path, listen: &str, port: u16) -> Nginx {
         let conf = format!(
             "worker_processes 1;\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\

@@ -340,6 +340,247 @@ fn a_connection_from_before_the_agent_never_gets_a_wrong_header() {
     assert_eq!(agent.stat("h2_desyncs"), Some(0), "{}", agent.stderr());
 }
 
+/// The Node.js fixture (see `tests/fixtures/node/h2_service.js`), with
+/// its npm dependencies installed by `cargo xtask setup`.
+fn node_fixture(args: &[&str]) -> Command {
+    let script = fixture("node/h2_service.js");
+    assert!(
+        fixture("node/node_modules/@grpc/grpc-js").exists(),
+        "@grpc/grpc-js is missing: run cargo xtask setup (npm ci in tests/fixtures/node)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(script).args(args);
+    cmd
+}
+
+fn code(s: &FlatSpan) -> i32 {
+    s.span.status.as_ref().map_or(0, |s| s.code)
+}
+
+/// @grpc/grpc-js on Node.js, server and client, over TLS through Node's
+/// own OpenSSL (memory buffers: the client writes its preface before it
+/// has read anything, so before the probes know its socket). Unary,
+/// server-streaming, bidi and NOT_FOUND calls, all at once on one
+/// channel: one exact span per call on each side. libuv accepts without
+/// asking for the peer's address, so the server spans cannot be matched
+/// to the client's by 4-tuple: they are roots, counted.
+#[test]
+fn grpc_js_over_tls_through_nodes_openssl() {
+    require_root();
+    let dir = TempDir::new("grpc-js");
+    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let rounds = 6;
+    let server = Fixture::start(&mut node_fixture(&[
+        "grpc-server",
+        &cert,
+        &key,
+        &rounds.to_string(),
+    ]));
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"h2_service\.js grpc-",
+        ],
+        &[],
+    );
+    agent.wait_for_log(
+        &format!("tracing pid {} ", server.pid()),
+        Duration::from_secs(30),
+    );
+    let out = node_fixture(&[
+        "grpc-client",
+        &server.port.to_string(),
+        &cert,
+        &rounds.to_string(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("DONE {}", 4 * rounds),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = 4 * rounds as usize;
+    let spans = collector.wait_for(2 * calls, Duration::from_secs(20), |_| true);
+    let servers: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
+    let clients: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (calls, calls),
+        "{}",
+        agent.stderr()
+    );
+    let (servers, clients) = (by_name(&servers), by_name(&clients));
+    for i in 0..rounds {
+        for kind in ["Say", "Missing", "Count", "Chat"] {
+            let name = format!("demo.Echo/{kind}{i}");
+            let (sv, cl) = (servers[&name], clients[&name]);
+            for s in [sv, cl] {
+                assert_eq!(s.str("rpc.system.name").as_deref(), Some("grpc"));
+                assert_eq!(s.str("rpc.method").as_deref(), Some(name.as_str()));
+                assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+                assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.3"));
+                assert_eq!(s.str("server.address").as_deref(), Some("localhost"));
+                assert_eq!(s.int("server.port"), Some(i64::from(server.port)));
+                assert!(!s.has("zerospan.incomplete"), "{name}: {s:?}");
+            }
+            let status = if kind == "Missing" { "NOT_FOUND" } else { "OK" };
+            assert_eq!(sv.str("rpc.response.status_code").as_deref(), Some(status));
+            assert_eq!(cl.str("rpc.response.status_code").as_deref(), Some(status));
+            assert_eq!(code(sv), 0, "{name}");
+            assert_eq!(code(cl), if kind == "Missing" { 2 } else { 0 }, "{name}");
+            assert_eq!(cl.str("network.peer.address").as_deref(), Some("127.0.0.1"));
+            // No peer address from libuv's accept: no link, and no guess.
+            assert!(sv.span.parent_span_id.is_empty(), "{name}: {sv:?}");
+            assert!(!sv.has("network.peer.address"), "{name}");
+        }
+    }
+    agent.stop();
+    assert_clean(&agent);
+    assert_eq!(
+        agent.stat("tls_writes_unclaimed"),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(
+        agent.stat("connections_peer_unknown"),
+        Some(1),
+        "{}",
+        agent.stderr()
+    );
+}
+
+/// Node.js's http2 module, server and client over h2c, ten requests at
+/// once on one session, two of them 404s: exact spans on both sides.
+#[test]
+fn node_http2_server_and_client() {
+    require_root();
+    let server = Fixture::start(&mut node_fixture(&["h2-server"]));
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"h2_service\.js h2-",
+        ],
+        &[],
+    );
+    agent.wait_for_log(
+        &format!("tracing pid {} ", server.pid()),
+        Duration::from_secs(30),
+    );
+    let n = 10;
+    let out = node_fixture(&["h2-client", &server.port.to_string(), &n.to_string()])
+        .output()
+        .unwrap();
+    let statuses: Vec<&str> = (0..n)
+        .map(|i| if i % 5 == 4 { "404" } else { "200" })
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("DONE {}", statuses.join(",")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = collector.wait_for(2 * n, Duration::from_secs(20), |_| true);
+    for server_side in [true, false] {
+        let mut side: Vec<&FlatSpan> = spans
+            .iter()
+            .filter(|s| s.is_server() == server_side)
+            .collect();
+        assert_eq!(side.len(), n, "{}", agent.stderr());
+        side.sort_by_key(|s| s.str("url.path").or_else(|| s.str("url.full")));
+        let mut want: Vec<(String, i64, i64)> = (0..n)
+            .map(|i| {
+                if i % 5 == 4 {
+                    (format!("/missing/{i}"), 404, 0)
+                } else {
+                    let path = format!("/item/{i}");
+                    let size = format!("item {path}\n").len() as i64;
+                    (path, 200, size)
+                }
+            })
+            .collect();
+        want.sort();
+        let base = format!("http://127.0.0.1:{}", server.port);
+        for (s, (path, status, size)) in side.iter().zip(&want) {
+            assert_eq!(s.span.name, "GET");
+            assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+            assert_eq!(s.int("http.response.status_code"), Some(*status));
+            assert_eq!(s.int("http.response.body.size"), Some(*size), "{s:?}");
+            assert!(!s.has("zerospan.incomplete"), "{s:?}");
+            if server_side {
+                assert_eq!(s.str("url.path").as_deref(), Some(path.as_str()));
+            } else {
+                assert_eq!(s.str("url.full"), Some(format!("{base}{path}")));
+            }
+        }
+    }
+    agent.stop();
+    assert_clean(&agent);
+}
+
+/// nginx with `http2` on a TLS listener, and `curl --http2`, which asks
+/// for h2 by ALPN: both sides traced through OpenSSL, the server span the
+/// child of the client's.
+#[test]
+fn curl_http2_against_nginx_over_tls() {
+    require_root();
+    let root = TempDir::new("h2-tls");
+    fs::write(root.0.join("index.html"), "hello over h2 and TLS\n").unwrap();
+    let port = free_port();
+    let nginx = zerospan_tests::procs::Nginx::start_tls_h2(&root.0, port);
+    let base = format!("https://127.0.0.1:{port}");
+    let script = format!(
+        "read go; for p in /index.html /missing; do \
+         curl -sk --http2 -w '%{{http_code}} %{{http_version}}\\n' -o /dev/null \"{base}$p\"; done"
+    );
+    let mut shell = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid(), shell.id()], &collector, &[]);
+    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2\n404 2\n");
+    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
+    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
+    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
+    servers.sort_by_key(|s| s.span.start_time_unix_nano);
+    clients.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", agent.stderr());
+    for (i, (path, status)) in [("/index.html", 200), ("/missing", 404)].iter().enumerate() {
+        let (s, c) = (servers[i], clients[i]);
+        for span in [s, c] {
+            assert_eq!(span.str("http.request.method").as_deref(), Some("GET"));
+            assert_eq!(span.str("network.protocol.version").as_deref(), Some("2"));
+            assert_eq!(span.str("tls.protocol.version").as_deref(), Some("1.3"));
+            assert_eq!(span.int("http.response.status_code"), Some(*status));
+            assert!(!span.has("zerospan.incomplete"), "{span:?}");
+        }
+        assert_eq!(s.str("url.path").as_deref(), Some(*path));
+        assert_eq!(s.str("url.scheme").as_deref(), Some("https"));
+        assert_eq!(c.str("url.full"), Some(format!("{base}{path}")));
+        if *status == 200 {
+            assert_eq!(s.int("http.response.body.size"), Some(22));
+            assert_eq!(c.int("http.response.body.size"), Some(22));
+        }
+        assert_child(s, c);
+    }
+    agent.stop();
+    assert_clean(&agent);
+}
+
 /// `nghttpd --no-tls` serving `dir`, killed when dropped.
 struct Nghttpd(std::process::Child);
 

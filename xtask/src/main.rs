@@ -234,6 +234,16 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    // The Node.js programs the HTTP/2 tests trace (@grpc/grpc-js), at the
+    // versions package-lock.json pins.
+    let node_fixtures = root().join("tests/fixtures/node");
+    if !node_fixtures.join("node_modules/@grpc/grpc-js").exists() {
+        run(Command::new("npm").current_dir(&node_fixtures).args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+        ]))?;
+    }
     // Debian starts nginx on install; the tests and the benchmark run their own.
     if succeeds(Command::new("pgrep").args(["-x", "nginx"])) {
         let _ = Command::new("nginx").args(["-s", "stop"]).status();

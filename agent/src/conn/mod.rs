@@ -14,6 +14,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod protocol;
 pub mod tracker;
+pub mod unowned;
 
 use std::net::SocketAddr;
 

@@ -158,6 +158,9 @@ impl Tracker {
         if !self.admit(key) {
             return;
         }
+        if how == origin::ACCEPTED && peer.is_none() {
+            Stats::inc(&self.stats.connections_peer_unknown);
+        }
         let state = match how {
             origin::ACCEPTED => State::Incoming,
             origin::CONNECTED => State::Outgoing,
