@@ -166,6 +166,11 @@ impl EventPath {
                 egress,
                 chosen,
             } => self.tracker.chosen(key, egress, chosen),
+            Event::ConnPeer { key, peer } => {
+                if let Some(peer) = peer {
+                    self.tracker.peer_known(key, peer);
+                }
+            }
             Event::ConnLocal { tgid, fd, local } => {
                 if let Some(local) = local {
                     self.tracker.local_known(tgid, fd, local);

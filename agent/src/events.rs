@@ -58,6 +58,11 @@ pub enum Event<'a> {
     ConnClose {
         key: ConnKey,
     },
+    /// The peer of accepted connection `key`, learnt in its first read.
+    ConnPeer {
+        key: ConnKey,
+        peer: Option<SocketAddr>,
+    },
     /// The local address of `(tgid, fd)`'s outgoing connection.
     ConnLocal {
         tgid: u32,
@@ -225,6 +230,13 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 local: socket_addr(c.family, c.peer_port, &c.peer_addr),
             }
         }
+        kind::CONN_PEER => {
+            let c: ConnEvent = read(buf)?;
+            Event::ConnPeer {
+                key,
+                peer: socket_addr(c.family, c.peer_port, &c.peer_addr),
+            }
+        }
         kind::EXEC_SEEN => Event::ExecSeen { pid: h.tgid },
         kind::CONTEXT => {
             let c: ContextEvent = read(buf)?;
@@ -388,6 +400,30 @@ mod tests {
                     conn_id: 42
                 }
             ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_accepted_sockets_peer_learnt_later() {
+        let ev = ConnEvent {
+            header: EventHeader {
+                kind: kind::CONN_PEER,
+                tgid: 7,
+                fd: 5,
+                conn_id: 42,
+                ..Default::default()
+            },
+            family: 2,
+            peer_port: 51000,
+            peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        match decode(&bytes_of(&ev)).unwrap() {
+            Event::ConnPeer { key, peer } => {
+                assert_eq!((key.tgid, key.fd, key.conn_id), (7, 5, 42));
+                assert_eq!(peer, Some("127.0.0.1:51000".parse().unwrap()));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -46,6 +46,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_connect"),
     ("syscalls", "sys_enter_close"),
     ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_rcv_space_adjust"),
     ("sched", "sched_process_fork"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),

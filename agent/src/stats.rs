@@ -44,10 +44,13 @@ counters! {
     connections_tls_unhooked,
     /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
     connections_unknown_protocol,
-    /// Accepted connections whose peer the probes could not learn (the
-    /// accept passed no address buffer: libuv, so Node.js; nghttpd): their
-    /// server spans get no same-host parent and no `network.peer.*`.
+    /// Accepted connections whose accept passed no address buffer (libuv,
+    /// so Node.js; nghttpd): the probes learn the peer in the first read.
     connections_peer_unknown,
+    /// ... and those whose peer they then learnt. The difference never
+    /// read, or lost the report: their server spans get no same-host
+    /// parent and no `network.peer.*`.
+    connections_peer_learnt,
     /// Connections not tracked because the userspace table was full.
     connections_table_full,
     /// Times an HTTP/1 stream lost its framing and had to resynchronise.

@@ -48,6 +48,10 @@ pub mod kind {
     /// header's socket ([`super::OwnerEvent`]). Sent before the data event
     /// that made it known.
     pub const TLS_OWNER: u8 = 10;
+    /// The peer of an accepted socket whose accept asked for no address,
+    /// learnt in its first read ([`super::ConnEvent`], the peer in its
+    /// `peer_*` fields). Sent before that read's data.
+    pub const CONN_PEER: u8 = 11;
 }
 
 /// Data direction, from the traced process's point of view.
@@ -238,6 +242,12 @@ pub mod sock_flags {
     /// The probes have looked at this accepted socket's first TLS
     /// plaintext read (for the HTTP/2 preface over TLS).
     pub const FIRST_TLS_READ_SEEN: u32 = 128;
+    /// Accepted with no address buffer (libuv, nghttpd): the peer is
+    /// learnt in the socket's first read (see `tcp_rcv_space_adjust` in
+    /// the probes).
+    pub const PEER_UNKNOWN: u32 = 256;
+    /// That peer was reported.
+    pub const PEER_SEEN: u32 = 512;
 }
 
 /// PostgreSQL's startup-phase request codes (the second 32-bit word of an

@@ -1340,6 +1340,8 @@ fn track(pid_tgid: u64, fd: i32, how: u8, listen_fd: i32, family: u16, port: u16
     let now = unsafe { bpf_ktime_get_ns() };
     let flags = if how == origin::CONNECTED {
         sock_flags::OUTGOING
+    } else if family == 0 {
+        sock_flags::PEER_UNKNOWN
     } else {
         0
     };
@@ -1542,6 +1544,70 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         _pad: 0,
         family,
         peer_port: sport,
+        _pad2: 0,
+        listen_fd: -1,
+        peer_addr: addr,
+    });
+    0
+}
+
+/// The peer of an accepted socket whose accept passed no address buffer
+/// (libuv, so Node.js; nghttpd), from inside its first read: TCP adjusts
+/// the receive space of the socket being read as it copies, in the
+/// reading thread, and this record names the socket's addresses. The
+/// thread's stashed read says which fd that is; nothing else is read in
+/// that syscall. Offsets: this tracepoint's record, stable since Linux
+/// 4.16 (the socket cookie was appended later).
+#[tracepoint]
+pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, tgid, tid)) = traced_tgid() else {
+        return 0;
+    };
+    // SAFETY: read-only copy of a plain value.
+    let Some(args) = (unsafe { ARGS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    if args.direction != direction::INGRESS || !matches!(args.buf, Buf::Plain | Buf::Iov) {
+        return 0;
+    }
+    let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, args.fd)) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the program's run; flags only
+    // ever gain bits.
+    let sock = unsafe { &mut *sock };
+    let want = sock_flags::PEER_UNKNOWN | sock_flags::PEER_SEEN;
+    if sock.flags & want != sock_flags::PEER_UNKNOWN || sock.conn_id != args.conn_id {
+        return 0;
+    }
+    sock.flags |= sock_flags::PEER_SEEN;
+    // SAFETY: fixed offsets in the tcp:tcp_rcv_space_adjust record.
+    let (dport, family) = unsafe {
+        (
+            ctx.read_at::<u16>(18).unwrap_or(0),
+            ctx.read_at::<u16>(20).unwrap_or(0),
+        )
+    };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        // SAFETY: as above.
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(26) }.unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&v4);
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        addr = unsafe { ctx.read_at::<[u8; 16]>(46) }.unwrap_or([0; 16]);
+    } else {
+        return 0;
+    }
+    let mut hdr = header(kind::CONN_PEER, 0, tgid, tid, args.fd, sock.conn_id);
+    // SAFETY: helper has no preconditions.
+    hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    output(&ConnEvent {
+        header: hdr,
+        origin: origin::ACCEPTED,
+        _pad: 0,
+        family,
+        peer_port: dport,
         _pad2: 0,
         listen_fd: -1,
         peer_addr: addr,

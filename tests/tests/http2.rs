@@ -229,12 +229,17 @@ fn curl_with_prior_knowledge_against_nghttpd() {
             assert_eq!(c.int("http.response.body.size"), Some(*size));
         }
         // A client's 404 is an error; a server's is not.
-        let code = |f: &FlatSpan| f.span.status.as_ref().map_or(0, |s| s.code);
         assert_eq!(code(s), 0);
         assert_eq!(code(c), if *status >= 400 { 2 } else { 0 });
+        // nghttpd accepts with no address buffer: the probes learn the
+        // peer in the first read, and the link holds.
+        assert_eq!(s.str("client.address").as_deref(), Some("127.0.0.1"));
+        assert_child(s, c);
     }
     agent.stop();
     assert_clean(&agent);
+    assert_eq!(agent.stat("connections_peer_unknown"), Some(3));
+    assert_eq!(agent.stat("connections_peer_learnt"), Some(3));
 }
 
 /// h2load opens one connection with 100 streams in flight at once: 100
@@ -361,9 +366,9 @@ fn code(s: &FlatSpan) -> i32 {
 /// own OpenSSL (memory buffers: the client writes its preface before it
 /// has read anything, so before the probes know its socket). Unary,
 /// server-streaming, bidi and NOT_FOUND calls, all at once on one
-/// channel: one exact span per call on each side. libuv accepts without
-/// asking for the peer's address, so the server spans cannot be matched
-/// to the client's by 4-tuple: they are roots, counted.
+/// channel: one exact span per call on each side, each server span the
+/// child of its client span. (libuv accepts without asking for the peer's
+/// address: the probes learn it in the connection's first read.)
 #[test]
 fn grpc_js_over_tls_through_nodes_openssl() {
     require_root();
@@ -434,30 +439,31 @@ fn grpc_js_over_tls_through_nodes_openssl() {
             assert_eq!(cl.str("rpc.response.status_code").as_deref(), Some(status));
             assert_eq!(code(sv), 0, "{name}");
             assert_eq!(code(cl), if kind == "Missing" { 2 } else { 0 }, "{name}");
-            assert_eq!(cl.str("network.peer.address").as_deref(), Some("127.0.0.1"));
-            // No peer address from libuv's accept: no link, and no guess.
-            assert!(sv.span.parent_span_id.is_empty(), "{name}: {sv:?}");
-            assert!(!sv.has("network.peer.address"), "{name}");
+            for s in [sv, cl] {
+                assert_eq!(s.str("network.peer.address").as_deref(), Some("127.0.0.1"));
+            }
+            assert_child(sv, cl);
         }
     }
     agent.stop();
     assert_clean(&agent);
-    assert_eq!(
-        agent.stat("tls_writes_unclaimed"),
-        Some(0),
-        "{}",
-        agent.stderr()
-    );
-    assert_eq!(
-        agent.stat("connections_peer_unknown"),
-        Some(1),
-        "{}",
-        agent.stderr()
-    );
+    for (counter, n) in [
+        ("tls_writes_unclaimed", 0),
+        ("connections_peer_unknown", 1),
+        ("connections_peer_learnt", 1),
+    ] {
+        assert_eq!(
+            agent.stat(counter),
+            Some(n),
+            "{counter}\n{}",
+            agent.stderr()
+        );
+    }
 }
 
 /// Node.js's http2 module, server and client over h2c, ten requests at
-/// once on one session, two of them 404s: exact spans on both sides.
+/// once on one session, two of them 404s: exact spans on both sides, and
+/// every server span the child of its own client span.
 #[test]
 fn node_http2_server_and_client() {
     require_root();
@@ -522,6 +528,17 @@ fn node_http2_server_and_client() {
                 assert_eq!(s.str("url.full"), Some(format!("{base}{path}")));
             }
         }
+    }
+    // Each server stream the child of the client stream that asked for
+    // its path, though all ten share one connection.
+    let base = format!("http://127.0.0.1:{}", server.port);
+    for sv in spans.iter().filter(|s| s.is_server()) {
+        let full = format!("{base}{}", sv.str("url.path").unwrap());
+        let cl = spans
+            .iter()
+            .find(|c| c.is_client() && c.str("url.full").as_deref() == Some(full.as_str()))
+            .unwrap();
+        assert_child(sv, cl);
     }
     agent.stop();
     assert_clean(&agent);

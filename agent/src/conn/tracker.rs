@@ -485,6 +485,18 @@ impl Tracker {
         }
     }
 
+    /// The probes learnt the peer of accepted connection `key` in its
+    /// first read (its accept asked for no address): before that read's
+    /// bytes, so its first request's span has it.
+    pub fn peer_known(&mut self, key: ConnKey, peer: SocketAddr) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            if conn.ends.peer.is_none() {
+                conn.ends.peer = Some(peer);
+                Stats::inc(&self.stats.connections_peer_learnt);
+            }
+        }
+    }
+
     pub fn close(&mut self, key: ConnKey) {
         self.forget_fd(key);
         self.linker.connection_closed(key);
