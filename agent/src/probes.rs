@@ -16,7 +16,7 @@ use aya::{
 use zerospan_common::{counter, sock_flags, traced, SockInfo, MAX_CAPTURE};
 
 pub use crate::propagation::PropagationSettings;
-use crate::{conn::tracker::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
+use crate::{conn::protocol::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
 
 /// Every program in the object, with its tracepoint category.
 const TRACEPOINTS: &[(&str, &str)] = &[

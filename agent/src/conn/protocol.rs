@@ -32,6 +32,29 @@ pub enum Verdict {
     /// plaintext will come from the TLS library, and the protocol goes on
     /// inside it after [`Protocol::tls_started`].
     AwaitTls,
+    /// The connection now carries another protocol (HTTP/1.1 upgraded to
+    /// h2c): [`Protocol::take_switch`] hands it over.
+    Switch,
+}
+
+/// How deeply the kernel should capture a connection, once the agent
+/// recognised its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deepen {
+    /// A database on a socket the probes did not see connect: its reads
+    /// whole (responses), and its writes as requests.
+    Database,
+    /// HTTP/2: every header block in both directions.
+    Http2,
+}
+
+/// The protocol a connection switched to, from where in the segment that
+/// switched it its bytes begin.
+pub struct Switch {
+    pub to: Box<dyn Protocol>,
+    /// Offset into the captured bytes of the segment just fed.
+    pub at: usize,
+    pub deepen: Option<Deepen>,
 }
 
 pub trait Protocol {
@@ -62,6 +85,11 @@ pub trait Protocol {
     /// of this connection's segments may be missing. A protocol whose
     /// state depends on every byte (HPACK) stops trusting it.
     fn events_lost(&mut self) {}
+
+    /// After [`Verdict::Switch`]: the protocol the connection now carries.
+    fn take_switch(&mut self) -> Option<Switch> {
+        None
+    }
 
     /// The connection's bytes now come, as plaintext, from its TLS library.
     fn tls_started(&mut self) {}

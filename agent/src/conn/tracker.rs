@@ -19,7 +19,7 @@ use super::{
     http1::HttpConn,
     mysql::MysqlConn,
     postgres::PgConn,
-    protocol::{Cx, Protocol, Verdict},
+    protocol::{Cx, Deepen, Protocol, Verdict},
     Endpoints, Outcome, Role,
 };
 use crate::events::{Chosen, ConnKey};
@@ -42,17 +42,6 @@ pub struct Limits {
     pub idle_timeout_ns: u64,
     /// How SQL connections report what they see.
     pub sql: SqlOptions,
-}
-
-/// How deeply the kernel should capture a connection, once the agent
-/// recognised its protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deepen {
-    /// A database on a socket the probes did not see connect: its reads
-    /// whole (responses), and its writes as requests.
-    Database,
-    /// HTTP/2: every header block in both directions.
-    Http2,
 }
 
 enum State {
@@ -426,8 +415,31 @@ impl Tracker {
             return;
         };
         let mut cx = Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
-        match p.feed(egress, tid, seg, &mut cx) {
-            Verdict::Continue => {}
+        let mut verdict = p.feed(egress, tid, seg, &mut cx);
+        if verdict == Verdict::Switch {
+            let Some(switch) = p.take_switch() else {
+                return;
+            };
+            log::debug!("{key:?}: {} becomes {}", p.name(), switch.to.name());
+            if let Some(how) = switch.deepen {
+                self.deepen.push((key, how));
+            }
+            *p = switch.to;
+            // The rest of the segment is the new protocol's first bytes.
+            let at = switch.at.min(seg.bytes.len());
+            let rest = Segment {
+                bytes: &seg.bytes[at..],
+                len: seg.len.saturating_sub(at as u64),
+                stamp: seg.stamp,
+            };
+            verdict = if rest.len > 0 {
+                p.feed(egress, tid, rest, &mut cx)
+            } else {
+                Verdict::Continue
+            };
+        }
+        match verdict {
+            Verdict::Continue | Verdict::Switch => {}
             Verdict::AwaitTls => conn.tls_wait = Some(0),
             Verdict::NotMine => {
                 log::debug!("{key:?} is not {} after all: ignored", p.name());
