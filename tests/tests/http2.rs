@@ -646,7 +646,13 @@ fn curl_upgrades_to_h2c_with_hypercorn() {
         assert_eq!(s.str("url.path").as_deref(), Some(*path));
         assert_eq!(s.str("user_agent.original").as_deref(), Some("curl/7.88.1"));
         assert_eq!(c.str("url.full"), Some(format!("{base}{path}")));
-        assert_child(s, c);
+        // curl stops reading once it has the `content-length` bytes and
+        // closes, so its span ends at that read, and Hypercorn's END_STREAM
+        // write may come later: the server span is the client's child,
+        // but need not end first.
+        assert_eq!(s.span.trace_id, c.span.trace_id);
+        assert_eq!(s.span.parent_span_id, c.span.span_id);
+        assert!(s.span.start_time_unix_nano >= c.span.start_time_unix_nano);
     }
     agent.stop();
     assert_clean(&agent);

@@ -79,7 +79,8 @@ fn usage() -> ! {
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
          bench   set up, build, and measure overhead: wrk against nginx (http, https),\n\
-                 redis-benchmark, pgbench (root)\n\
+                 h2load against nghttpd, grpcio unary calls, redis-benchmark, pgbench (root);\n\
+                 `bench NAME` runs one: http, h2, redis or postgres\n\
          fuzz    fuzz each parser for SECS seconds (default 60)"
     );
     std::process::exit(2)
@@ -114,7 +115,7 @@ fn main() -> Result<()> {
                 "--bin",
                 "otlp-sink",
             ]))?;
-            bench::run(&root())
+            bench::run(&root(), std::env::args().nth(2).as_deref())
         }
         "fuzz" => {
             setup()?;

@@ -31,7 +31,7 @@ struct Wrk {
     p99_ms: f64,
 }
 
-fn parse_latency_ms(v: &str) -> Option<f64> {
+pub(super) fn parse_latency_ms(v: &str) -> Option<f64> {
     let (num, scale) = if let Some(n) = v.strip_suffix("us") {
         (n, 1e-3)
     } else if let Some(n) = v.strip_suffix("ms") {
