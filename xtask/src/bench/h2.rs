@@ -237,8 +237,7 @@ fn measure(root: &Path, server: u32, title: &str, load: impl Fn() -> Result<Load
     let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
     let spans = sum("spans_created");
     let received: u64 = runs.iter().map(|r| r.received).sum();
-    let dropped =
-        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
+    let kernel_dropped = sum("kernel_ringbuf_full") + sum("kernel_args_map_full");
     println!(
         "\nzerospan benchmark: {title}, {ROUNDS} alternating rounds of {DURATION_S}s, medians"
     );
@@ -275,7 +274,10 @@ fn measure(root: &Path, server: u32, title: &str, load: impl Fn() -> Result<Load
         "spans created: {spans}, received by the collector: {received} (requests completed: {traced_requests})"
     );
     println!(
-        "events dropped: {dropped}; HTTP/2 framing lost: {}",
+        "kernel events dropped: {kernel_dropped}; spans dropped: {} (export queue full), {} \
+         (export failed); HTTP/2 framing lost: {}",
+        sum("spans_dropped_queue_full"),
+        sum("spans_dropped_export"),
         sum("h2_desyncs")
     );
     for (i, r) in runs.iter().enumerate() {
