@@ -138,7 +138,11 @@ impl EventPath {
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
             }
             Event::TlsOwner { key, ssl } => {
-                for held in self.unowned.claim(key.tgid, ssl) {
+                // A connection's id is the time it opened (see the probes'
+                // `track`).
+                let (held, stale) = self.unowned.claim(key.tgid, ssl, key.conn_id);
+                Stats::add(&self.stats.tls_writes_unclaimed, stale);
+                for held in held {
                     self.tracker.plaintext(key, held.tid, true, held.segment());
                 }
             }
@@ -166,9 +170,13 @@ impl EventPath {
                 egress,
                 chosen,
             } => self.tracker.chosen(key, egress, chosen),
-            Event::ConnPeer { key, peer } => {
+            Event::ConnPeer {
+                key,
+                peer,
+                local_port,
+            } => {
                 if let Some(peer) = peer {
-                    self.tracker.peer_known(key, peer);
+                    self.tracker.peer_known(key, peer, local_port);
                 }
             }
             Event::ConnLocal { tgid, fd, local } => {
@@ -188,6 +196,9 @@ impl EventPath {
             Event::ExecSeen { pid } => self.exec_seen(pid),
             Event::Exec { pid, comm } => {
                 self.registry.exec(pid, &comm);
+                // The old image's TLS objects are gone with it.
+                let dropped = self.unowned.forget_process(pid);
+                Stats::add(&self.stats.tls_writes_unclaimed, dropped);
                 // Its executable now; its libraries once the loader has
                 // mapped them (next tick).
                 self.probes.exec(pid);

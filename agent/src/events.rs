@@ -62,6 +62,8 @@ pub enum Event<'a> {
     ConnPeer {
         key: ConnKey,
         peer: Option<SocketAddr>,
+        /// The local port of the socket the probes read it from.
+        local_port: u16,
     },
     /// The local address of `(tgid, fd)`'s outgoing connection.
     ConnLocal {
@@ -235,6 +237,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             Event::ConnPeer {
                 key,
                 peer: socket_addr(c.family, c.peer_port, &c.peer_addr),
+                local_port: c.listen_fd as u16,
             }
         }
         kind::EXEC_SEEN => Event::ExecSeen { pid: h.tgid },
@@ -416,11 +419,16 @@ mod tests {
             },
             family: 2,
             peer_port: 51000,
+            listen_fd: 8080,
             peer_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             ..Default::default()
         };
         match decode(&bytes_of(&ev)).unwrap() {
-            Event::ConnPeer { key, peer } => {
+            Event::ConnPeer {
+                key,
+                peer,
+                local_port: 8080,
+            } => {
                 assert_eq!((key.tgid, key.fd, key.conn_id), (7, 5, 42));
                 assert_eq!(peer, Some("127.0.0.1:51000".parse().unwrap()));
             }

@@ -507,10 +507,17 @@ impl Linker {
         // Taken already when the exchange was collected; dropped here when
         // it ends any other way.
         self.adopted.remove(&ctx.span_id);
-        if let Some(v) = self.serving.get_mut(&(conn.tgid, tid)) {
+        self.unbind_thread(conn.tgid, tid, ctx);
+    }
+
+    /// Server exchange `ctx`, read on thread `tid` of `tgid`, goes on
+    /// where threads do not follow it (its connection switched to HTTP/2):
+    /// it parents that thread's calls no more, and stays linkable.
+    pub fn unbind_thread(&mut self, tgid: u32, tid: u32, ctx: &SpanContext) {
+        if let Some(v) = self.serving.get_mut(&(tgid, tid)) {
             v.retain(|c| c.span_id != ctx.span_id);
             if v.is_empty() {
-                self.serving.remove(&(conn.tgid, tid));
+                self.serving.remove(&(tgid, tid));
             }
         }
     }

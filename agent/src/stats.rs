@@ -35,9 +35,10 @@ counters! {
     kernel_read_user_failed,
     /// TLS plaintext dropped: the library call's socket was not known.
     kernel_tls_unattributed,
-    /// TLS writes made before their socket was known (a memory-buffer
-    /// library's object that had not read yet) and never claimed by one:
-    /// dropped past the bounds, or when nothing named their socket.
+    /// Segments of TLS writes made before their socket was known (a
+    /// memory-buffer library's object that had not read yet) that no
+    /// socket got: past the bounds, from before the socket that claimed
+    /// the object opened, or never claimed.
     tls_writes_unclaimed,
     /// TLS connections whose plaintext never appeared (a TLS library the
     /// agent does not hook): skipped, no longer captured.
@@ -45,7 +46,8 @@ counters! {
     /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
     connections_unknown_protocol,
     /// Accepted connections whose accept passed no address buffer (libuv,
-    /// so Node.js; nghttpd): the probes learn the peer in the first read.
+    /// so Node.js; nghttpd; also Unix sockets, which have no peer to
+    /// learn): the probes learn a TCP peer in the first read.
     connections_peer_unknown,
     /// ... and those whose peer they then learnt. The difference never
     /// read, or lost the report: their server spans get no same-host
@@ -67,7 +69,8 @@ counters! {
     /// Requests ended without a response because it may have been in bytes
     /// that could not be framed (see `conn::http1`).
     http_responses_lost,
-    /// Pipelined requests dropped past the per-connection bound.
+    /// Pipelined requests dropped past the per-connection bound, or framed
+    /// after a request that upgraded the connection to h2c.
     http_pipeline_overflow,
     /// Times an HTTP/2 connection lost its framing (bytes went uncaptured
     /// outside DATA payloads, or were not HTTP/2): its open streams end

@@ -179,7 +179,10 @@ struct TlsCall {
     direction: u8,
     /// A write's plaintext was already sent, from its nested syscall.
     emitted: u8,
-    _pad: [u8; 2],
+    /// A data syscall nested in the call, on a socket tracked or not: the
+    /// library works on the socket itself, not on memory buffers.
+    nested: u8,
+    _pad: u8,
 }
 
 /// A socket as it was when seen: the fd alone could since name another.
@@ -449,7 +452,18 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
                 conn_id: sock.conn_id,
             };
             let _ = LAST_READ.insert(&pid_tgid, &r, 0);
+        } else {
+            // A socket not tracked (ignored, or no socket at all): what
+            // the library decrypts next is not the last tracked one's.
+            let _ = LAST_READ.remove(&pid_tgid);
         }
+    }
+    // A TLS call with a syscall inside works on a socket: even when that
+    // socket is not tracked, its plaintext must not be attributed by the
+    // memory-buffer rules (see `tls_exit`).
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: map values stay valid for the program's run.
+        unsafe { (*call).nested = 1 };
     }
     // SAFETY: helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -833,7 +847,8 @@ fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
         fd: -1,
         direction: dir,
         emitted: 0,
-        _pad: [0; 2],
+        nested: 0,
+        _pad: 0,
     };
     // A call already open on this thread is the outer one of a nested
     // pair (TLS through a TLS proxy): the inner one's bytes are the
@@ -904,6 +919,11 @@ fn tls_exit(ctx: &RetProbeContext) {
         return;
     }
     if moved == 0 || call.buf == 0 {
+        return;
+    }
+    if call.fd < 0 && call.nested != 0 {
+        // On a socket the probes do not track (the agent gave it up):
+        // nothing to send, and no guess from the thread's other sockets.
         return;
     }
     // SAFETY: read-only copies of plain values.
@@ -990,6 +1010,13 @@ fn claim_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, fd: i32) {
     };
     // SAFETY: map values stay valid for the program's run.
     let sock = unsafe { &mut *sock };
+    if sock.flags & sock_flags::TLS != 0 {
+        // The socket already has another library object's plaintext: the
+        // read that named it here is in doubt, so the held writes are not
+        // given to it (the agent drops them, counted, when they age).
+        bump(counter::TLS_UNATTRIBUTED);
+        return;
+    }
     sock.flags |= sock_flags::TLS | sock_flags::FIRST_TLS_WRITE_SEEN;
     if deep != 0 && sock.flags & sock_flags::OUTGOING != 0 {
         sock.flags |= sock_flags::DEEP_READS;
@@ -1555,9 +1582,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// (libuv, so Node.js; nghttpd), from inside its first read: TCP adjusts
 /// the receive space of the socket being read as it copies, in the
 /// reading thread, and this record names the socket's addresses. The
-/// thread's stashed read says which fd that is; nothing else is read in
-/// that syscall. Offsets: this tracepoint's record, stable since Linux
-/// 4.16 (the socket cookie was appended later).
+/// thread's stashed read says which fd that is. A record about another
+/// socket in the same syscall (kTLS or a sockmap parser in softirq on top
+/// of the thread) would need the listener's local port too: the agent
+/// checks it.
+/// Offsets: this tracepoint's record as Linux 5.15 to 6.18 lay it out.
 #[tracepoint]
 pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, tgid, tid)) = traced_tgid() else {
@@ -1582,8 +1611,9 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     }
     sock.flags |= sock_flags::PEER_SEEN;
     // SAFETY: fixed offsets in the tcp:tcp_rcv_space_adjust record.
-    let (dport, family) = unsafe {
+    let (sport, dport, family) = unsafe {
         (
+            ctx.read_at::<u16>(16).unwrap_or(0),
             ctx.read_at::<u16>(18).unwrap_or(0),
             ctx.read_at::<u16>(20).unwrap_or(0),
         )
@@ -1609,7 +1639,9 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
         family,
         peer_port: dport,
         _pad2: 0,
-        listen_fd: -1,
+        // The record's local port, for the agent to check against the
+        // listener's: a record about another socket cannot pass for it.
+        listen_fd: i32::from(sport),
         peer_addr: addr,
     });
     0

@@ -110,6 +110,9 @@ struct Stream {
     grpc: bool,
     request_at: Stamp,
     request_body: u64,
+    /// The request's body size is not known (an upgrading HTTP/1.1
+    /// request whose body could not be framed).
+    request_body_unknown: bool,
     request_ended: bool,
     /// A final response's HEADERS arrived (not a 1xx).
     answered: bool,
@@ -207,6 +210,7 @@ impl Side<'_, '_> {
                 grpc,
                 request_at: at,
                 request_body: 0,
+                request_body_unknown: false,
                 request_ended: end_stream,
                 answered: false,
                 status: None,
@@ -265,6 +269,7 @@ impl Sink for Side<'_, '_> {
             }
             s.answered = true;
             s.status = status;
+            s.response_data_at = at;
             s.response_length = fields
                 .and_then(|f| f.get("content-length"))
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
@@ -371,6 +376,7 @@ impl H2Conn {
                 grpc: false,
                 request_at: x.request_at,
                 request_body: x.request_body.unwrap_or(0),
+                request_body_unknown: x.request_body.is_none(),
                 // Stream 1 is half-closed: the HTTP/1.1 request was all of it.
                 request_ended: true,
                 answered: false,
@@ -440,7 +446,8 @@ impl H2Conn {
                     request: s.request,
                     response,
                     request_at: s.request_at,
-                    request_body: s.request_ended.then_some(s.request_body),
+                    request_body: (s.request_ended && !s.request_body_unknown)
+                        .then_some(s.request_body),
                     end_at: s.end_at,
                     response_body: s.response_ended.then_some(s.response_body),
                     outcome,
@@ -560,7 +567,9 @@ impl Protocol for H2Conn {
                 .streams
                 .iter()
                 .filter(|(_, s)| {
-                    s.answered
+                    // Not gRPC: its outcome is in the trailers.
+                    !s.grpc
+                        && s.answered
                         && s.request_ended
                         && s.reset.is_none()
                         && s.response_length == Some(s.response_body)
@@ -884,6 +893,47 @@ mod tests {
                 assert_eq!(text(r, "error.type"), Some("connection_closed"));
             }
         }
+    }
+
+    /// An empty body announced as such, then a close: the span ends at
+    /// the response's HEADERS, not before them. A gRPC call that closes
+    /// without trailers is not made complete by a `content-length`.
+    #[test]
+    fn a_close_after_an_empty_announced_body_and_grpc_without_trailers() {
+        let mut t = tracker();
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(settings());
+        c.extend(get(1, "/empty"));
+        c.extend(grpc_call(3));
+        t.data(KEY, 7, true, seg(&c, 10));
+        let mut answer = settings();
+        answer.extend(headers(
+            1,
+            false,
+            &[(":status", "404"), ("content-length", "0")],
+        ));
+        answer.extend(headers(
+            3,
+            false,
+            &[
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("content-length", "7"),
+            ],
+        ));
+        answer.extend(data(3, false, 7));
+        t.data(KEY, 7, false, seg(&answer, 20));
+        t.close(KEY);
+        let done = by_name(t.drain().collect());
+        assert_eq!(done.len(), 2);
+        let (http, grpc) = (&done[0], &done[1]);
+        assert_eq!(int(http, "http.response.status_code"), Some(404));
+        assert_eq!(int(http, "http.response.body.size"), Some(0));
+        assert_eq!(text(http, "error.type"), Some("404"));
+        assert_eq!(http.end_ns, 21);
+        assert_eq!(grpc.name, "demo.Echo/Say");
+        assert!(matches!(grpc.status, Status::Error(_)), "{grpc:?}");
     }
 
     /// A 101 to WebSocket is not h2c: the exchange ends, and the rest is

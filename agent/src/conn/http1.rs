@@ -321,6 +321,12 @@ impl Protocol for HttpConn {
             // §7.8): anything framed after it was not a request.
             for x in self.book.pending.drain(..) {
                 cx.forget(self.role, x.tid, &x.ctx);
+                Stats::inc(&cx.stats.http_pipeline_overflow);
+            }
+            // Its response comes as HTTP/2 stream 1, among streams its
+            // thread may serve next: it must not parent their calls.
+            if self.role == Role::Server {
+                cx.unbind_thread(x.tid, &x.ctx);
             }
             let at = self.responses.stopped_at().unwrap_or(seg.bytes.len());
             self.switch = Some(Switch {

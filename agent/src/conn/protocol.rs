@@ -141,6 +141,12 @@ impl<'a> Cx<'a> {
         self.linker.ended(self.key, role, self.ends, tid, ctx);
     }
 
+    /// A server exchange that goes on where its thread does not follow
+    /// (HTTP/1.1 upgraded to HTTP/2): no longer the parent of `tid`'s calls.
+    pub fn unbind_thread(&mut self, tid: u32, ctx: &SpanContext) {
+        self.linker.unbind_thread(self.key.tgid, tid, ctx);
+    }
+
     /// A finished exchange: it is no one's parent any more, and leaves
     /// with the context it ended with (a server span may have been adopted
     /// since it started).

@@ -500,9 +500,12 @@ impl Tracker {
     /// The probes learnt the peer of accepted connection `key` in its
     /// first read (its accept asked for no address): before that read's
     /// bytes, so its first request's span has it.
-    pub fn peer_known(&mut self, key: ConnKey, peer: SocketAddr) {
+    /// Only a record whose local port is the listener's can be about this
+    /// socket; without the listener's address, none is taken.
+    pub fn peer_known(&mut self, key: ConnKey, peer: SocketAddr, local_port: u16) {
         if let Some(conn) = self.conns.get_mut(&key) {
-            if conn.ends.peer.is_none() {
+            let ours = conn.ends.local.is_some_and(|l| l.port() == local_port);
+            if conn.ends.peer.is_none() && ours {
                 conn.ends.peer = Some(peer);
                 Stats::inc(&self.stats.connections_peer_learnt);
             }
@@ -700,6 +703,37 @@ mod tests {
         fd: 4,
         conn_id: 1,
     };
+
+    /// A peer the probes learnt in the first read is taken only from a
+    /// record whose local port is the listener's.
+    #[test]
+    fn a_learnt_peer_must_come_from_the_listeners_port() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        for (port, taken) in [(9090, false), (8080, true)] {
+            let mut t = Tracker::new(limits(), Default::default(), Arc::default());
+            t.open(KEY, origin::ACCEPTED, None, Some(local), 0);
+            t.peer_known(KEY, peer, port);
+            feed(
+                &mut t,
+                KEY,
+                1,
+                false,
+                seg(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 10),
+            );
+            feed(
+                &mut t,
+                KEY,
+                1,
+                true,
+                seg(b"HTTP/1.1 204 No Content\r\n\r\n", 20),
+            );
+            let done: Vec<Record> = t.drain().collect();
+            assert_eq!(done.len(), 1);
+            let want = taken.then_some("127.0.0.1");
+            assert_eq!(text(&done[0], "network.peer.address"), want, "port {port}");
+        }
+    }
 
     #[test]
     fn keep_alive_server_pairs_in_order() {

@@ -5,8 +5,10 @@
 //! read. What it wrote before (a client's request, an HTTP/2 preface) the
 //! probes send with no socket, named by the library object; this module
 //! holds it until the probes say whose it is (`kind::TLS_OWNER`), and then
-//! it goes to the tracker ahead of the read that named the socket. Nothing
-//! is attributed by guess: what is never claimed is dropped and counted.
+//! it goes to the tracker ahead of the read that named the socket. What
+//! is never claimed, what came before the socket opened (a freed object's
+//! address reused), and an object's writes past the bounds are dropped
+//! and counted, never replayed with a hole in them.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -45,6 +47,9 @@ struct Writes {
     bytes: usize,
     /// When its first write was held.
     since: u64,
+    /// A write went past the bounds: the rest would be a stream with a
+    /// hole in it, so nothing of this object is replayed.
+    poisoned: bool,
 }
 
 /// Writes waiting for their socket, by `(tgid, library object)`.
@@ -75,9 +80,16 @@ impl Unowned {
             held: Vec::new(),
             bytes: 0,
             since: seg.stamp.exit_ns,
+            poisoned: false,
         });
-        if writes.bytes + seg.bytes.len() > MAX_BYTES {
+        if writes.poisoned {
             return dropped + 1;
+        }
+        if writes.bytes + seg.bytes.len() > MAX_BYTES {
+            writes.poisoned = true;
+            let lost = writes.held.len() as u64 + 1;
+            writes.held = Vec::new();
+            return dropped + lost;
         }
         writes.bytes += seg.bytes.len();
         writes.held.push(Held {
@@ -90,12 +102,19 @@ impl Unowned {
     }
 
     /// The writes held for object `ssl` of `tgid`, oldest first: their
-    /// socket is now known.
-    pub fn claim(&mut self, tgid: u32, ssl: u64) -> Vec<Held> {
-        self.by_object
-            .remove(&(tgid, ssl))
-            .map(|w| w.held)
-            .unwrap_or_default()
+    /// socket, opened at `opened_ns`, is now known. Writes from before it
+    /// opened were another object's that had the same address and went
+    /// away without a read: they are dropped (the second value counts
+    /// them), never given to this socket.
+    pub fn claim(&mut self, tgid: u32, ssl: u64, opened_ns: u64) -> (Vec<Held>, u64) {
+        let Some(w) = self.by_object.remove(&(tgid, ssl)) else {
+            return (Vec::new(), 0);
+        };
+        let (mine, before): (Vec<Held>, Vec<Held>) = w
+            .held
+            .into_iter()
+            .partition(|h| h.stamp.enter_ns >= opened_ns);
+        (mine, before.len() as u64)
     }
 
     /// Drops what waited since before `now_ns - MAX_AGE_NS`. Returns how
@@ -163,11 +182,41 @@ mod tests {
         assert_eq!(u.hold(7, 0xa, 1, seg(b"PRI * HTTP/2.0", 1)), 0);
         assert_eq!(u.hold(7, 0xb, 1, seg(b"other", 2)), 0);
         assert_eq!(u.hold(7, 0xa, 1, seg(b"HEADERS", 3)), 0);
-        assert!(u.claim(8, 0xa).is_empty(), "another process's object");
-        let got: Vec<Vec<u8>> = u.claim(7, 0xa).into_iter().map(|h| h.bytes).collect();
+        assert!(u.claim(8, 0xa, 0).0.is_empty(), "another process's object");
+        let got: Vec<Vec<u8>> = u.claim(7, 0xa, 0).0.into_iter().map(|h| h.bytes).collect();
         assert_eq!(got, [b"PRI * HTTP/2.0".to_vec(), b"HEADERS".to_vec()]);
-        assert!(u.claim(7, 0xa).is_empty(), "claimed once");
-        assert_eq!(u.claim(7, 0xb).len(), 1);
+        assert!(u.claim(7, 0xa, 0).0.is_empty(), "claimed once");
+        assert_eq!(u.claim(7, 0xb, 0).0.len(), 1);
+    }
+
+    #[test]
+    fn writes_from_before_the_socket_opened_are_not_its() {
+        let mut u = Unowned::default();
+        u.hold(7, 0xa, 1, seg(b"old request", 5));
+        u.hold(7, 0xa, 1, seg(b"new request", 50));
+        let (mine, dropped) = u.claim(7, 0xa, 40);
+        assert_eq!(dropped, 1);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].bytes, b"new request");
+    }
+
+    #[test]
+    fn past_the_budget_nothing_of_the_object_is_replayed() {
+        let mut u = Unowned::default();
+        let big = vec![0u8; 4096];
+        let mut dropped = 0;
+        for i in 0..(MAX_BYTES / 4096) {
+            dropped += u.hold(1, 1, 1, seg(&big, i as u64));
+        }
+        assert_eq!(dropped, 0);
+        // One more does not fit: all of it goes, and what follows too,
+        // however small (a stream with a hole would be misframed).
+        assert_eq!(
+            u.hold(1, 1, 1, seg(&big, 100)),
+            (MAX_BYTES / 4096) as u64 + 1
+        );
+        assert_eq!(u.hold(1, 1, 1, seg(b"x", 101)), 1);
+        assert!(u.claim(1, 1, 0).0.is_empty());
     }
 
     #[test]
@@ -175,18 +224,18 @@ mod tests {
         let mut u = Unowned::default();
         let big = vec![0u8; 4096];
         let mut dropped = 0;
-        for i in 0..(MAX_BYTES / 4096 + 2) {
+        for i in 0..(MAX_BYTES / 4096) {
             dropped += u.hold(1, 1, 1, seg(&big, i as u64));
         }
-        assert_eq!(dropped, 2);
+        assert_eq!(dropped, 0);
         for ssl in 2..(MAX_OBJECTS as u64 + 2) {
             dropped += u.hold(1, ssl, 1, seg(b"x", 5));
         }
         // Object 1, the oldest, went to make room.
-        assert_eq!(dropped, 2 + (MAX_BYTES / 4096) as u64);
-        assert!(u.claim(1, 1).is_empty());
+        assert_eq!(dropped, (MAX_BYTES / 4096) as u64);
+        assert!(u.claim(1, 1, 0).0.is_empty());
         assert_eq!(u.expire(MAX_AGE_NS + 6), MAX_OBJECTS as u64);
-        assert!(u.claim(1, 2).is_empty());
+        assert!(u.claim(1, 2, 0).0.is_empty());
     }
 
     #[test]
@@ -195,17 +244,17 @@ mod tests {
         u.hold(3, 1, 1, seg(b"x", 100));
         u.hold(4, 1, 1, seg(b"y", 100));
         assert_eq!(u.forget_process(3), 1);
-        assert!(u.claim(3, 1).is_empty());
-        assert_eq!(u.claim(4, 1).len(), 1);
+        assert!(u.claim(3, 1, 0).0.is_empty());
+        assert_eq!(u.claim(4, 1, 0).0.len(), 1);
     }
 
     #[test]
     fn an_object_claimed_and_held_again_keeps_its_own_age() {
         let mut u = Unowned::default();
         u.hold(1, 9, 1, seg(b"first", 10));
-        assert_eq!(u.claim(1, 9).len(), 1);
+        assert_eq!(u.claim(1, 9, 0).0.len(), 1);
         u.hold(1, 9, 1, seg(b"second", MAX_AGE_NS));
         assert_eq!(u.expire(MAX_AGE_NS + 20), 0);
-        assert_eq!(u.claim(1, 9).len(), 1);
+        assert_eq!(u.claim(1, 9, 0).0.len(), 1);
     }
 }
