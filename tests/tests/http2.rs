@@ -160,6 +160,66 @@ fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
     assert_clean(&agent);
 }
 
+/// Spans from curls run one per path (`curl CURL_ARGS BASE PATH`) by a
+/// traced shell, so each curl is traced from its first instruction, with
+/// the agent tracing `server` too. Asserts that every curl got the status
+/// `statuses` names over HTTP/2.
+struct Curls {
+    servers: Vec<FlatSpan>,
+    clients: Vec<FlatSpan>,
+    agent: Agent,
+    _collector: Collector,
+}
+
+fn curls_from_a_traced_shell(
+    server: u32,
+    curl_args: &str,
+    base: &str,
+    paths: &[(&str, u16)],
+) -> Curls {
+    let list: Vec<String> = paths.iter().map(|(p, _)| format!("'{p}'")).collect();
+    let script = format!(
+        "read go; for p in {}; do \
+         curl {curl_args} -w '%{{http_code}} %{{http_version}}\\n' -o /dev/null \"{base}$p\"; done",
+        list.join(" ")
+    );
+    let mut shell = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collector = Collector::start();
+    let agent = Agent::for_pids(&[server, shell.id()], &collector, &[]);
+    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let want: String = paths.iter().map(|(_, st)| format!("{st} 2\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    let spans = collector.wait_for(2 * paths.len(), Duration::from_secs(10), |_| true);
+    let side = |server: bool| {
+        let mut v: Vec<FlatSpan> = spans
+            .iter()
+            .filter(|s| s.is_server() == server)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        v
+    };
+    let (servers, clients) = (side(true), side(false));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (paths.len(), paths.len()),
+        "{}",
+        agent.stderr()
+    );
+    Curls {
+        servers,
+        clients,
+        agent,
+        _collector: collector,
+    }
+}
+
 /// `nghttpd --no-tls`, and curl with prior knowledge: three requests, the
 /// server side and the client side, exact HTTP attributes with
 /// `network.protocol.version` 2.
@@ -171,41 +231,30 @@ fn curl_with_prior_knowledge_against_nghttpd() {
     let port = free_port();
     let nghttpd = Nghttpd::start(&dir, port);
     let base = format!("http://127.0.0.1:{port}");
-    // The curls are children of a traced shell, so they are traced from
-    // their first instruction. One curl per request: curl 7.88 does not
-    // send a second request on a prior-knowledge connection it reuses.
-    let script = format!(
-        "read go; for p in /index.html /missing '/index.html?user=alice'; do \
-         curl -s --http2-prior-knowledge -w '%{{http_code}} %{{http_version}}\\n' \
-         -o /dev/null \"{base}$p\"; done"
+    // One curl per request: curl 7.88 does not send a second request on a
+    // prior-knowledge connection it reuses.
+    let Curls {
+        servers,
+        clients,
+        mut agent,
+        ..
+    } = curls_from_a_traced_shell(
+        nghttpd.pid(),
+        "-s --http2-prior-knowledge",
+        &base,
+        &[
+            ("/index.html", 200),
+            ("/missing", 404),
+            ("/index.html?user=alice", 200),
+        ],
     );
-    let mut shell = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let collector = Collector::start();
-    let mut agent = Agent::for_pids(&[nghttpd.pid(), shell.id()], &collector, &[]);
-    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
-    let out = shell.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200 2\n404 2\n200 2\n"
-    );
-    let spans = collector.wait_for(6, Duration::from_secs(10), |_| true);
-    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
-    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
-    servers.sort_by_key(|s| s.span.start_time_unix_nano);
-    clients.sort_by_key(|s| s.span.start_time_unix_nano);
-    assert_eq!((servers.len(), clients.len()), (3, 3), "{}", agent.stderr());
     let want = [
         ("/index.html", None, 200, 15),
         ("/missing", None, 404, -1),
         ("/index.html", Some("user=REDACTED"), 200, 15),
     ];
     for (i, (path, query, status, size)) in want.iter().enumerate() {
-        let (s, c) = (servers[i], clients[i]);
+        let (s, c) = (&servers[i], &clients[i]);
         for span in [s, c] {
             assert_eq!(span.span.name, "GET");
             assert_eq!(span.str("http.request.method").as_deref(), Some("GET"));
@@ -557,29 +606,19 @@ fn curl_http2_against_nginx_over_tls() {
     let port = free_port();
     let nginx = zerospan_tests::procs::Nginx::start_tls_h2(&root.0, port);
     let base = format!("https://127.0.0.1:{port}");
-    let script = format!(
-        "read go; for p in /index.html /missing; do \
-         curl -sk --http2 -w '%{{http_code}} %{{http_version}}\\n' -o /dev/null \"{base}$p\"; done"
+    let Curls {
+        servers,
+        clients,
+        mut agent,
+        ..
+    } = curls_from_a_traced_shell(
+        nginx.pid(),
+        "-sk --http2",
+        &base,
+        &[("/index.html", 200), ("/missing", 404)],
     );
-    let mut shell = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let collector = Collector::start();
-    let mut agent = Agent::for_pids(&[nginx.pid(), shell.id()], &collector, &[]);
-    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
-    let out = shell.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2\n404 2\n");
-    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
-    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
-    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
-    servers.sort_by_key(|s| s.span.start_time_unix_nano);
-    clients.sort_by_key(|s| s.span.start_time_unix_nano);
-    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", agent.stderr());
     for (i, (path, status)) in [("/index.html", 200), ("/missing", 404)].iter().enumerate() {
-        let (s, c) = (servers[i], clients[i]);
+        let (s, c) = (&servers[i], &clients[i]);
         for span in [s, c] {
             assert_eq!(span.str("http.request.method").as_deref(), Some("GET"));
             assert_eq!(span.str("network.protocol.version").as_deref(), Some("2"));
@@ -614,30 +653,20 @@ fn curl_upgrades_to_h2c_with_hypercorn() {
             .arg(port.to_string()),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let script = format!(
-        "read go; for p in /index.html /missing; do \
-         curl -s --http2 -w '%{{http_code}} %{{http_version}}\\n' -o /dev/null \"{base}$p\"; done"
+    let Curls {
+        servers,
+        clients,
+        mut agent,
+        ..
+    } = curls_from_a_traced_shell(
+        server.pid(),
+        "-s --http2",
+        &base,
+        &[("/index.html", 200), ("/missing", 404)],
     );
-    let mut shell = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let collector = Collector::start();
-    let mut agent = Agent::for_pids(&[server.pid(), shell.id()], &collector, &[]);
-    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
-    let out = shell.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2\n404 2\n");
-    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
-    let mut servers: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_server()).collect();
-    let mut clients: Vec<&FlatSpan> = spans.iter().filter(|s| s.is_client()).collect();
-    servers.sort_by_key(|s| s.span.start_time_unix_nano);
-    clients.sort_by_key(|s| s.span.start_time_unix_nano);
-    assert_eq!((servers.len(), clients.len()), (2, 2), "{}", agent.stderr());
     let want = [("/index.html", 200, 25), ("/missing", 404, 0)];
     for (i, (path, status, size)) in want.iter().enumerate() {
-        let (s, c) = (servers[i], clients[i]);
+        let (s, c) = (&servers[i], &clients[i]);
         for span in [s, c] {
             assert_eq!(span.span.name, "GET");
             assert_eq!(span.str("network.protocol.version").as_deref(), Some("2"));
