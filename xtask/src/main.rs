@@ -241,6 +241,12 @@ fn setup() -> Result<()> {
     // versions package-lock.json pins.
     let node_fixtures = root().join("tests/fixtures/node");
     if !node_fixtures.join("node_modules/@grpc/grpc-js").exists() {
+        // NodeSource's Node.js brings npm; Debian's packages it apart.
+        if !succeeds(Command::new("npm").arg("--version")) {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "npm"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
         run(Command::new("npm").current_dir(&node_fixtures).args([
             "ci",
             "--no-audit",
