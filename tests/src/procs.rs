@@ -229,6 +229,15 @@ impl Agent {
         }
     }
 
+    /// The whole log with the final counters, for a failed assertion's
+    /// message: stops the agent first if it still runs.
+    pub fn final_log(&mut self) -> String {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        self.stderr()
+    }
+
     /// SIGINT, then wait: the agent flushes and exits.
     pub fn stop(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.

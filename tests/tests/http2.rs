@@ -102,8 +102,8 @@ fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
     let spans = collector.wait_for(2 * calls, Duration::from_secs(20), |_| true);
     let servers: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
     let clients: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
-    assert_eq!(servers.len(), calls, "{}", agent.stderr());
-    assert_eq!(clients.len(), calls, "{}", agent.stderr());
+    assert_eq!(servers.len(), calls, "{}", agent.final_log());
+    assert_eq!(clients.len(), calls, "{}", agent.final_log());
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for c in 0..channels {
         for i in 0..rounds {
@@ -190,7 +190,7 @@ fn curls_from_a_traced_shell(
         .spawn()
         .unwrap();
     let collector = Collector::start();
-    let agent = Agent::for_pids(&[server, shell.id()], &collector, &[]);
+    let mut agent = Agent::for_pids(&[server, shell.id()], &collector, &[]);
     writeln!(shell.stdin.take().unwrap(), "go").unwrap();
     let out = shell.wait_with_output().unwrap();
     let want: String = paths.iter().map(|(_, st)| format!("{st} 2\n")).collect();
@@ -210,7 +210,7 @@ fn curls_from_a_traced_shell(
         (servers.len(), clients.len()),
         (paths.len(), paths.len()),
         "{}",
-        agent.stderr()
+        agent.final_log()
     );
     Curls {
         servers,
@@ -313,7 +313,7 @@ fn a_hundred_concurrent_streams_on_one_connection() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("100 succeeded"), "{report}");
     let spans = collector.wait_for(100, Duration::from_secs(10), |s| s.is_server());
-    assert_eq!(spans.len(), 100, "{}", agent.stderr());
+    assert_eq!(spans.len(), 100, "{}", agent.final_log());
     for s in &spans {
         assert_eq!(s.str("url.path").as_deref(), Some("/index.html"));
         assert_eq!(s.int("http.response.status_code"), Some(200));
@@ -359,7 +359,7 @@ fn a_connection_from_before_the_agent_never_gets_a_wrong_header() {
     }
     call("Fresh");
     let spans = collector.wait_for(7, Duration::from_secs(10), |s| s.is_server());
-    assert_eq!(spans.len(), 7, "{spans:#?}\n{}", agent.stderr());
+    assert_eq!(spans.len(), 7, "{spans:#?}\n{}", agent.final_log());
     for s in &spans {
         // Whatever is known is right; what is not is absent and said so.
         match s.str("rpc.method") {
@@ -389,9 +389,9 @@ fn a_connection_from_before_the_agent_never_gets_a_wrong_header() {
     assert!(
         agent.stat("h2_fields_unknown").unwrap_or(0) >= 5,
         "{}",
-        agent.stderr()
+        agent.final_log()
     );
-    assert_eq!(agent.stat("h2_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(agent.stat("h2_desyncs"), Some(0), "{}", agent.final_log());
 }
 
 /// The Node.js fixture (see `tests/fixtures/node/h2_service.js`), with
@@ -469,7 +469,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
         (servers.len(), clients.len()),
         (calls, calls),
         "{}",
-        agent.stderr()
+        agent.final_log()
     );
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for i in 0..rounds {
@@ -507,7 +507,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
             agent.stat(counter),
             Some(n),
             "{counter}\n{}",
-            agent.stderr()
+            agent.final_log()
         );
     }
 }
@@ -552,7 +552,7 @@ fn node_http2_server_and_client() {
             .iter()
             .filter(|s| s.is_server() == server_side)
             .collect();
-        assert_eq!(side.len(), n, "{}", agent.stderr());
+        assert_eq!(side.len(), n, "{}", agent.final_log());
         side.sort_by_key(|s| s.str("url.path").or_else(|| s.str("url.full")));
         let mut want: Vec<(String, i64, i64)> = (0..n)
             .map(|i| {
@@ -687,7 +687,7 @@ fn curl_upgrades_to_h2c_with_hypercorn() {
     }
     agent.stop();
     assert_clean(&agent);
-    assert_eq!(agent.stat("http_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(agent.stat("http_desyncs"), Some(0), "{}", agent.final_log());
 }
 
 /// `nghttpd --no-tls` serving `dir`, killed when dropped.
