@@ -232,15 +232,17 @@ impl Agent {
     /// The whole log with the final counters, for a failed assertion's
     /// message: stops the agent first if it still runs.
     pub fn final_log(&mut self) -> String {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
+        self.stop();
         self.stderr()
     }
 
-    /// SIGINT, then wait: the agent flushes and exits.
+    /// SIGINT, then wait: the agent flushes and exits. Once it has exited,
+    /// only its status: its pid may already belong to another process.
     pub fn stop(&mut self) -> ExitStatus {
-        // SAFETY: signalling our own child.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.wait(Duration::from_secs(30))
     }
