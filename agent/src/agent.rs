@@ -134,6 +134,9 @@ impl EventPath {
                     len,
                     stamp: Stamp { enter_ns, exit_ns },
                 };
+                log::trace!(
+                    "pid {tgid}: TLS object {ssl:#x} wrote {len} bytes before its socket was known"
+                );
                 let dropped = self.unowned.hold(tgid, ssl, tid, seg);
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
             }
@@ -141,6 +144,10 @@ impl EventPath {
                 // A connection's id is the time it opened (see the probes'
                 // `track`).
                 let (held, stale) = self.unowned.claim(key.tgid, ssl, key.conn_id);
+                log::debug!(
+                    "{key:?}: TLS object {ssl:#x} is this socket's: {} held writes, {stale} from before it opened",
+                    held.len()
+                );
                 Stats::add(&self.stats.tls_writes_unclaimed, stale);
                 for held in held {
                     self.tracker.plaintext(key, held.tid, true, held.segment());

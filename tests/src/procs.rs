@@ -236,6 +236,39 @@ impl Agent {
         self.stderr()
     }
 
+    /// For a failed assertion's message on an agent started with `-vv`:
+    /// stops it, then gives its INFO and WARN lines (the final counters
+    /// among them), the TLS writes process `tgid` made before their socket
+    /// was known, and its trace of `tgid`'s connections: only of those
+    /// whose framing was lost, when some were.
+    pub fn final_connections_log(&mut self, tgid: u32) -> String {
+        self.stop();
+        let log = self.stderr();
+        let key_of = |l: &str| {
+            let at = l.find("ConnKey { tgid: ")?;
+            let end = at + l[at..].find('}')?;
+            Some(l[at..=end].to_owned())
+        };
+        let mine = format!("ConnKey {{ tgid: {tgid}, ");
+        let lost: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(&mine) && l.contains("framing lost"))
+            .filter_map(key_of)
+            .collect();
+        let held = format!("pid {tgid}: TLS object ");
+        log.lines()
+            .filter(|l| {
+                l.starts_with("zerospan INFO")
+                    || l.starts_with("zerospan WARN")
+                    || l.contains(&held)
+                    || key_of(l).is_some_and(|k| {
+                        k.starts_with(&mine) && (lost.is_empty() || lost.contains(&k))
+                    })
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// SIGINT, then wait: the agent flushes and exits. Once it has exited,
     /// only its status: its pid may already belong to another process.
     pub fn stop(&mut self) -> ExitStatus {

@@ -83,8 +83,10 @@ fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
     require_root();
     let server = grpc_server();
     let collector = Collector::start();
+    // -vv: should a connection go wrong, its trace is in the message.
     let mut agent = Agent::start(
         &[
+            "-vv",
             "--otlp-endpoint",
             &collector.grpc_endpoint,
             "--cmdline",
@@ -102,8 +104,9 @@ fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
     let spans = collector.wait_for(2 * calls, Duration::from_secs(20), |_| true);
     let servers: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
     let clients: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
-    assert_eq!(servers.len(), calls, "{}", agent.final_log());
-    assert_eq!(clients.len(), calls, "{}", agent.final_log());
+    let why = |agent: &mut Agent| agent.final_connections_log(server.pid());
+    assert_eq!(servers.len(), calls, "{}", why(&mut agent));
+    assert_eq!(clients.len(), calls, "{}", why(&mut agent));
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for c in 0..channels {
         for i in 0..rounds {
@@ -433,8 +436,10 @@ fn grpc_js_over_tls_through_nodes_openssl() {
         &rounds.to_string(),
     ]));
     let collector = Collector::start();
+    // -vv: should a connection go wrong, its trace is in the message.
     let mut agent = Agent::start(
         &[
+            "-vv",
             "--otlp-endpoint",
             &collector.grpc_endpoint,
             "--cmdline",
@@ -469,7 +474,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
         (servers.len(), clients.len()),
         (calls, calls),
         "{}",
-        agent.final_log()
+        agent.final_connections_log(server.pid())
     );
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for i in 0..rounds {
@@ -507,7 +512,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
             agent.stat(counter),
             Some(n),
             "{counter}\n{}",
-            agent.final_log()
+            agent.final_connections_log(server.pid())
         );
     }
 }

@@ -501,6 +501,7 @@ impl Protocol for H2Conn {
     }
 
     fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let (seg_len, seg_bytes) = (seg.len, seg.bytes);
         let mut finished = Vec::new();
         let (framer, other) = if egress {
             (&mut self.writes, &mut self.reads)
@@ -532,9 +533,11 @@ impl Protocol for H2Conn {
         // The framing is gone for good: whatever is open may have been
         // answered in the bytes that could not be framed.
         log::debug!(
-            "{:?}: HTTP/2 framing lost in the {} direction: {}",
+            "{:?}: HTTP/2 framing lost in the {} direction, in a segment of {} bytes starting like {}: {}",
             cx.key,
             if egress { "written" } else { "read" },
+            seg_len,
+            crate::conn::tracker::starts_like(seg_bytes),
             why
         );
         Stats::inc(&cx.stats.h2_desyncs);

@@ -66,6 +66,52 @@ enum State {
     Ignored,
 }
 
+impl State {
+    /// For the logs.
+    fn name(&self) -> &'static str {
+        match self {
+            State::Detecting { .. } => "detecting",
+            State::Incoming => "incoming",
+            State::Outgoing => "outgoing",
+            State::GreetingHeader { .. } => "greeting-header",
+            State::Active(p) => p.name(),
+            State::Tls { .. } => "tls-waiting",
+            State::Ignored => "ignored",
+        }
+    }
+}
+
+/// -vv: each segment a connection is given, to follow one that went wrong
+/// (a lost framing, a missing span) step by step. Never its bytes, which
+/// may hold secrets: only its size and what it starts like.
+fn trace_segment(
+    key: ConnKey,
+    source: &str,
+    (tid, egress): (u32, bool),
+    seg: &Segment<'_>,
+    state: &State,
+) {
+    log::trace!(
+        "{key:?}: thread {tid}'s {source} {} of {} bytes ({} captured) in state {}, starting like {}",
+        if egress { "write" } else { "read" },
+        seg.len,
+        seg.bytes.len(),
+        state.name(),
+        starts_like(seg.bytes)
+    );
+}
+
+/// What `bytes` start like, for the logs.
+pub fn starts_like(bytes: &[u8]) -> &'static str {
+    if h2::starts_preface(bytes) {
+        "the HTTP/2 client preface"
+    } else if tls::looks_like_record(bytes) {
+        "a TLS record"
+    } else {
+        "anything else"
+    }
+}
+
 /// A new HTTP/1 connection in `role`.
 fn http_conn(role: Role, opts: &Arc<Options>) -> State {
     State::Active(Box::new(HttpConn::new(role, opts.clone())))
@@ -147,6 +193,7 @@ impl Tracker {
         if !self.admit(key) {
             return;
         }
+        log::trace!("{key:?}: opened ({how}), peer {peer:?}, local {local:?}");
         if how == origin::ACCEPTED && peer.is_none() {
             Stats::inc(&self.stats.connections_peer_unknown);
         }
@@ -184,6 +231,7 @@ impl Tracker {
             return;
         }
         let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
+        trace_segment(key, "syscall", (tid, egress), &seg, &conn.state);
         if conn.ends.tls {
             // Ciphertext: the plaintext comes from the TLS library.
             return;
@@ -247,6 +295,7 @@ impl Tracker {
             return;
         }
         let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
+        trace_segment(key, "TLS", (tid, egress), &seg, &conn.state);
         if !conn.ends.tls {
             conn.ends.tls = true;
             conn.tls_wait = None;
@@ -513,6 +562,7 @@ impl Tracker {
     }
 
     pub fn close(&mut self, key: ConnKey) {
+        log::trace!("{key:?}: closed");
         self.forget_fd(key);
         self.linker.connection_closed(key);
         if let Some(conn) = self.conns.remove(&key) {
