@@ -141,9 +141,7 @@ impl EventPath {
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
             }
             Event::TlsOwner { key, ssl } => {
-                // A connection's id is the time it opened (see the probes'
-                // `track`).
-                let (held, stale) = self.unowned.claim(key.tgid, ssl, key.conn_id);
+                let (held, stale) = self.unowned.claim(key.tgid, ssl, key.opened_ns());
                 log::debug!(
                     "{key:?}: TLS object {ssl:#x} is this socket's: {} held writes, {stale} from before it opened",
                     held.len()

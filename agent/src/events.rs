@@ -19,6 +19,18 @@ pub struct ConnKey {
     pub conn_id: u64,
 }
 
+impl ConnKey {
+    /// The top bit of the ids of sockets the agent seeded from `/proc` (they
+    /// predate it); the probes' ids are the boot-time ns the connection
+    /// opened at, which never reach it.
+    pub const SEEDED: u64 = 1 << 63;
+
+    /// When the connection opened, if known: not for a seeded socket.
+    pub fn opened_ns(&self) -> Option<u64> {
+        (self.conn_id & Self::SEEDED == 0).then_some(self.conn_id)
+    }
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Data {

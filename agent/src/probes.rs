@@ -78,10 +78,9 @@ pub struct Probes {
 
 static NEXT_SEEDED_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Ids for sockets seeded from `/proc`; the probes use boot-time ns, which
-/// never reach the top bit.
+/// Ids for sockets seeded from `/proc` (see [`ConnKey::SEEDED`]).
 fn seeded_conn_id() -> u64 {
-    (1 << 63) | NEXT_SEEDED_ID.fetch_add(1, Ordering::Relaxed)
+    ConnKey::SEEDED | NEXT_SEEDED_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 fn mount_if_missing(path: &str, fstype: &str) -> anyhow::Result<()> {

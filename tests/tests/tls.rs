@@ -315,6 +315,69 @@ fn node_https_server_through_its_own_openssl() {
     assert_eq!(agent.stat("http_desyncs"), Some(0));
 }
 
+/// A Node.js HTTPS client whose keep-alive connection predates the agent:
+/// its next request is written before the probes know the socket (Node's
+/// OpenSSL works on memory buffers), held, and given to the socket the
+/// agent found in `/proc` once the response names it. Exact CLIENT spans,
+/// and no write left unclaimed.
+#[test]
+fn node_https_client_on_a_connection_from_before_the_agent() {
+    require_root();
+    let dir = TempDir::new("tls-node-client");
+    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
+    let server = Fixture::start(
+        Command::new("node")
+            .arg(fixture("https_server.js"))
+            .arg(&cert)
+            .arg(&key),
+    );
+    let mut client = Fixture::start(
+        Command::new("node")
+            .arg(fixture("https_keepalive_client.js"))
+            .arg(server.port.to_string()),
+    );
+    // The client's port: its one connection, opened before the agent.
+    let local = client.port;
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[client.pid()], &collector, &[]);
+    for (path, status) in [("/after", 200), ("/missing", 404)] {
+        client.send_line(path);
+        assert_eq!(client.read_line().trim(), format!("{status} {local}"));
+    }
+    let spans = collector.wait_for(2, Duration::from_secs(10), |_| true);
+    assert!(agent.stop().success());
+    let mut got: Vec<(String, i64)> = spans
+        .iter()
+        .map(|s| {
+            assert!(s.is_client(), "{}", summary(&spans));
+            assert!(!s.has("zerospan.incomplete"), "{s:?}");
+            assert_eq!(s.str("http.request.method").as_deref(), Some("GET"));
+            assert_eq!(s.int("server.port"), Some(i64::from(server.port)));
+            // Its handshake went before the agent: the version is not
+            // known, so not guessed.
+            assert!(!s.has("tls.protocol.version"), "{s:?}");
+            (
+                s.str("url.full").unwrap(),
+                s.int("http.response.status_code").unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let base = format!("https://127.0.0.1:{}", server.port);
+    assert_eq!(
+        got,
+        [
+            (format!("{base}/after"), 200),
+            (format!("{base}/missing"), 404)
+        ],
+        "{}",
+        agent.stderr()
+    );
+    assert_clean(&agent);
+    assert_eq!(agent.stat("tls_writes_unclaimed"), Some(0));
+    assert_eq!(agent.stat("http_orphan_responses"), Some(0));
+}
+
 /// GnuTLS (`gnutls_record_send`/`recv`), through gnutls-cli, held to
 /// TLS 1.2 (the other tests negotiate 1.3).
 #[test]

@@ -105,15 +105,17 @@ impl Unowned {
     /// socket, opened at `opened_ns`, is now known. Writes from before it
     /// opened were another object's that had the same address and went
     /// away without a read: they are dropped (the second value counts
-    /// them), never given to this socket.
-    pub fn claim(&mut self, tgid: u32, ssl: u64, opened_ns: u64) -> (Vec<Held>, u64) {
+    /// them), never given to this socket. A socket that predates the agent
+    /// (`None`: its opening was not seen) keeps them all: the probes sent
+    /// none before the agent attached, so none predate the socket.
+    pub fn claim(&mut self, tgid: u32, ssl: u64, opened_ns: Option<u64>) -> (Vec<Held>, u64) {
         let Some(w) = self.by_object.remove(&(tgid, ssl)) else {
             return (Vec::new(), 0);
         };
         let (mine, before): (Vec<Held>, Vec<Held>) = w
             .held
             .into_iter()
-            .partition(|h| h.stamp.enter_ns >= opened_ns);
+            .partition(|h| opened_ns.is_none_or(|t| h.stamp.enter_ns >= t));
         (mine, before.len() as u64)
     }
 
@@ -164,6 +166,7 @@ impl Unowned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ConnKey;
 
     fn seg(bytes: &[u8], at: u64) -> Segment<'_> {
         Segment {
@@ -182,11 +185,19 @@ mod tests {
         assert_eq!(u.hold(7, 0xa, 1, seg(b"PRI * HTTP/2.0", 1)), 0);
         assert_eq!(u.hold(7, 0xb, 1, seg(b"other", 2)), 0);
         assert_eq!(u.hold(7, 0xa, 1, seg(b"HEADERS", 3)), 0);
-        assert!(u.claim(8, 0xa, 0).0.is_empty(), "another process's object");
-        let got: Vec<Vec<u8>> = u.claim(7, 0xa, 0).0.into_iter().map(|h| h.bytes).collect();
+        assert!(
+            u.claim(8, 0xa, Some(0)).0.is_empty(),
+            "another process's object"
+        );
+        let got: Vec<Vec<u8>> = u
+            .claim(7, 0xa, Some(0))
+            .0
+            .into_iter()
+            .map(|h| h.bytes)
+            .collect();
         assert_eq!(got, [b"PRI * HTTP/2.0".to_vec(), b"HEADERS".to_vec()]);
-        assert!(u.claim(7, 0xa, 0).0.is_empty(), "claimed once");
-        assert_eq!(u.claim(7, 0xb, 0).0.len(), 1);
+        assert!(u.claim(7, 0xa, Some(0)).0.is_empty(), "claimed once");
+        assert_eq!(u.claim(7, 0xb, Some(0)).0.len(), 1);
     }
 
     #[test]
@@ -194,10 +205,27 @@ mod tests {
         let mut u = Unowned::default();
         u.hold(7, 0xa, 1, seg(b"old request", 5));
         u.hold(7, 0xa, 1, seg(b"new request", 50));
-        let (mine, dropped) = u.claim(7, 0xa, 40);
+        let (mine, dropped) = u.claim(7, 0xa, Some(40));
         assert_eq!(dropped, 1);
         assert_eq!(mine.len(), 1);
         assert_eq!(mine[0].bytes, b"new request");
+    }
+
+    #[test]
+    fn a_socket_that_predates_the_agent_gets_every_write() {
+        // Its id says nothing of when it opened (`ConnKey::opened_ns`).
+        let mut u = Unowned::default();
+        u.hold(7, 0xa, 1, seg(b"request", 5));
+        u.hold(7, 0xa, 1, seg(b"more", 50));
+        let key = ConnKey {
+            tgid: 7,
+            fd: 3,
+            conn_id: ConnKey::SEEDED | 1,
+        };
+        let (mine, dropped) = u.claim(7, 0xa, key.opened_ns());
+        assert_eq!(dropped, 0);
+        let got: Vec<&[u8]> = mine.iter().map(|h| h.bytes.as_slice()).collect();
+        assert_eq!(got, [b"request".as_slice(), b"more"]);
     }
 
     #[test]
@@ -216,7 +244,7 @@ mod tests {
             (MAX_BYTES / 4096) as u64 + 1
         );
         assert_eq!(u.hold(1, 1, 1, seg(b"x", 101)), 1);
-        assert!(u.claim(1, 1, 0).0.is_empty());
+        assert!(u.claim(1, 1, Some(0)).0.is_empty());
     }
 
     #[test]
@@ -233,9 +261,9 @@ mod tests {
         }
         // Object 1, the oldest, went to make room.
         assert_eq!(dropped, (MAX_BYTES / 4096) as u64);
-        assert!(u.claim(1, 1, 0).0.is_empty());
+        assert!(u.claim(1, 1, Some(0)).0.is_empty());
         assert_eq!(u.expire(MAX_AGE_NS + 6), MAX_OBJECTS as u64);
-        assert!(u.claim(1, 2, 0).0.is_empty());
+        assert!(u.claim(1, 2, Some(0)).0.is_empty());
     }
 
     #[test]
@@ -244,17 +272,17 @@ mod tests {
         u.hold(3, 1, 1, seg(b"x", 100));
         u.hold(4, 1, 1, seg(b"y", 100));
         assert_eq!(u.forget_process(3), 1);
-        assert!(u.claim(3, 1, 0).0.is_empty());
-        assert_eq!(u.claim(4, 1, 0).0.len(), 1);
+        assert!(u.claim(3, 1, Some(0)).0.is_empty());
+        assert_eq!(u.claim(4, 1, Some(0)).0.len(), 1);
     }
 
     #[test]
     fn an_object_claimed_and_held_again_keeps_its_own_age() {
         let mut u = Unowned::default();
         u.hold(1, 9, 1, seg(b"first", 10));
-        assert_eq!(u.claim(1, 9, 0).0.len(), 1);
+        assert_eq!(u.claim(1, 9, Some(0)).0.len(), 1);
         u.hold(1, 9, 1, seg(b"second", MAX_AGE_NS));
         assert_eq!(u.expire(MAX_AGE_NS + 20), 0);
-        assert_eq!(u.claim(1, 9, 0).0.len(), 1);
+        assert_eq!(u.claim(1, 9, Some(0)).0.len(), 1);
     }
 }
