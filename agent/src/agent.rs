@@ -442,6 +442,7 @@ impl EventPath {
             (&st.kernel_sock_map_full, counter::SOCK_MAP_FULL),
             (&st.kernel_read_user_failed, counter::READ_USER_FAILED),
             (&st.kernel_tls_unattributed, counter::TLS_UNATTRIBUTED),
+            (&st.kernel_tls_claims_refused, counter::TLS_CLAIM_REFUSED),
             (&st.kernel_context_injected, counter::INJECTED),
             (&st.kernel_context_had_header, counter::INJECT_HAD_HEADER),
             (&st.kernel_context_gave_up, counter::INJECT_GAVE_UP),

@@ -296,7 +296,11 @@ pub mod counter {
     /// The kernel refused to grow a message for the header: sent unchanged,
     /// and the connection left alone from then on.
     pub const INJECT_FAILED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// A library object first seen with a socket that already had another
+    /// object's plaintext: the socket named is in doubt, so the object's
+    /// held writes were not given to it.
+    pub const TLS_CLAIM_REFUSED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[cfg(feature = "user")]

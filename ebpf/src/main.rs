@@ -1014,7 +1014,7 @@ fn claim_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, fd: i32) {
         // The socket already has another library object's plaintext: the
         // read that named it here is in doubt, so the held writes are not
         // given to it (the agent drops them, counted, when they age).
-        bump(counter::TLS_UNATTRIBUTED);
+        bump(counter::TLS_CLAIM_REFUSED);
         return;
     }
     sock.flags |= sock_flags::TLS | sock_flags::FIRST_TLS_WRITE_SEEN;

@@ -505,6 +505,8 @@ fn grpc_js_over_tls_through_nodes_openssl() {
     assert_clean(&agent);
     for (counter, n) in [
         ("tls_writes_unclaimed", 0),
+        ("kernel_tls_unattributed", 0),
+        ("kernel_tls_claims_refused", 0),
         ("connections_peer_unknown", channels),
         ("connections_peer_learnt", channels),
     ] {

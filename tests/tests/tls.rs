@@ -32,6 +32,7 @@ fn assert_clean(agent: &Agent) {
         "connections_tls_unhooked",
         "http_desyncs",
         "kernel_tls_unattributed",
+        "kernel_tls_claims_refused",
     ] {
         assert_eq!(agent.stat(stat), Some(0), "{stat}: {}", agent.stderr());
     }
