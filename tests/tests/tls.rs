@@ -257,13 +257,10 @@ fn postgresql_with_sslmode_require() {
     assert_eq!(agent.stat("db_desyncs"), Some(0));
 }
 
-/// Node.js: OpenSSL is linked into the node binary and works on memory
-/// buffers, so no syscall nests in its calls; reads are attributed to the
-/// socket the thread last read. SERVER spans, exact.
-#[test]
-fn node_https_server_through_its_own_openssl() {
-    require_root();
-    let dir = TempDir::new("tls-node");
+/// The Node.js HTTPS fixture, with a certificate made in a new directory
+/// (kept as long as the server).
+fn node_https_server(name: &str) -> (TempDir, Fixture) {
+    let dir = TempDir::new(name);
     let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
     let server = Fixture::start(
         Command::new("node")
@@ -271,6 +268,16 @@ fn node_https_server_through_its_own_openssl() {
             .arg(&cert)
             .arg(&key),
     );
+    (dir, server)
+}
+
+/// Node.js: OpenSSL is linked into the node binary and works on memory
+/// buffers, so no syscall nests in its calls; reads are attributed to the
+/// socket the thread last read. SERVER spans, exact.
+#[test]
+fn node_https_server_through_its_own_openssl() {
+    require_root();
+    let (_dir, server) = node_https_server("tls-node");
     let collector = Collector::start();
     let mut agent = Agent::for_pids(&[server.pid()], &collector, &[]);
     let base = format!("https://127.0.0.1:{}", server.port);
@@ -324,14 +331,7 @@ fn node_https_server_through_its_own_openssl() {
 #[test]
 fn node_https_client_on_a_connection_from_before_the_agent() {
     require_root();
-    let dir = TempDir::new("tls-node-client");
-    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
-    let server = Fixture::start(
-        Command::new("node")
-            .arg(fixture("https_server.js"))
-            .arg(&cert)
-            .arg(&key),
-    );
+    let (_dir, server) = node_https_server("tls-node-client");
     let mut client = Fixture::start(
         Command::new("node")
             .arg(fixture("https_keepalive_client.js"))
