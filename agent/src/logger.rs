@@ -29,7 +29,15 @@ fn json_line(unix_s: f64, r: &Record<'_>) -> String {
 
 impl log::Log for Stderr {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= self.level
+        // Trace is for the agent's own modules (each connection's
+        // segments): the libraries' trace of the agent's own OTLP and
+        // Kubernetes traffic would drown it.
+        let level = if m.target().starts_with("zerospan") {
+            self.level
+        } else {
+            self.level.min(LevelFilter::Debug)
+        };
+        m.level() <= level
     }
 
     fn log(&self, r: &Record<'_>) {
@@ -86,5 +94,20 @@ mod tests {
         assert_eq!(v["message"], "tracing \"curl\" (pid 7)");
         assert_eq!(v["ts"], 1_795_000_000.123);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn trace_is_the_agents_own() {
+        let logger = Stderr {
+            level: LevelFilter::Trace,
+            format: Format::Text,
+        };
+        let at = |level, target| {
+            let m = Metadata::builder().level(level).target(target).build();
+            log::Log::enabled(&logger, &m)
+        };
+        assert!(at(log::Level::Trace, "zerospan::conn::tracker"));
+        assert!(!at(log::Level::Trace, "h2::codec"));
+        assert!(at(log::Level::Debug, "aya::bpf"));
     }
 }

@@ -35,9 +35,10 @@ counters! {
     kernel_read_user_failed,
     /// TLS plaintext dropped: the library call's socket was not known.
     kernel_tls_unattributed,
-    /// A memory-buffer library object's held writes not given to the
-    /// socket its first read named, which already had another object's
-    /// plaintext (the naming is in doubt).
+    /// Memory-buffer library objects whose held writes were kept from the
+    /// socket their first read named, because it already had another
+    /// object's plaintext (the naming is in doubt); the writes themselves
+    /// count in `tls_writes_unclaimed` when they age out.
     kernel_tls_claims_refused,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no

@@ -18,7 +18,7 @@ pub fn require_root() {
     assert_eq!(
         euid, 0,
         "\n\nzerospan's integration tests load and attach real eBPF probes and must run as root.\n\
-         Run them with `sudo cargo xtask test` (CI runs as root).\n\n"
+         Run them from a root shell (`sudo -i`, then `cargo xtask test`: sudo alone may not find cargo).\n\n"
     );
 }
 
@@ -237,36 +237,37 @@ impl Agent {
     }
 
     /// For a failed assertion's message on an agent started with `-vv`:
-    /// stops it, then gives its INFO and WARN lines (the final counters
-    /// among them), the TLS writes process `tgid` made before their socket
-    /// was known, and its trace of `tgid`'s connections: only of those
+    /// its lines but the debug and trace ones (the final counters, and
+    /// anything it printed as it failed), the TLS writes held before their
+    /// socket was known, and its trace of every connection: only of those
     /// whose framing was lost, when some were.
-    pub fn final_connections_log(&mut self, tgid: u32) -> String {
-        self.stop();
+    pub fn connections_log(&self) -> String {
         let log = self.stderr();
         let key_of = |l: &str| {
-            let at = l.find("ConnKey { tgid: ")?;
+            let at = l.find("ConnKey { ")?;
             let end = at + l[at..].find('}')?;
             Some(l[at..=end].to_owned())
         };
-        let mine = format!("ConnKey {{ tgid: {tgid}, ");
         let lost: Vec<String> = log
             .lines()
-            .filter(|l| l.contains(&mine) && l.contains("framing lost"))
+            .filter(|l| l.contains("framing lost"))
             .filter_map(key_of)
             .collect();
-        let held = format!("pid {tgid}: TLS object ");
         log.lines()
             .filter(|l| {
-                l.starts_with("zerospan INFO")
-                    || l.starts_with("zerospan WARN")
-                    || l.contains(&held)
-                    || key_of(l).is_some_and(|k| {
-                        k.starts_with(&mine) && (lost.is_empty() || lost.contains(&k))
-                    })
+                let quiet = l.starts_with("zerospan DEBUG") || l.starts_with("zerospan TRACE");
+                !quiet
+                    || l.contains(": TLS object ")
+                    || key_of(l).is_some_and(|k| lost.is_empty() || lost.contains(&k))
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// [`Agent::connections_log`], once the agent has stopped.
+    pub fn final_connections_log(&mut self) -> String {
+        self.stop();
+        self.connections_log()
     }
 
     /// SIGINT, then wait: the agent flushes and exits. Once it has exited,

@@ -68,7 +68,7 @@ fn assert_clean(agent: &Agent) {
             agent.stat(counter),
             Some(0),
             "{counter}:\n{}",
-            agent.stderr()
+            agent.connections_log()
         );
     }
 }
@@ -104,9 +104,8 @@ fn grpcio_calls_on_eight_channels_give_exact_linked_spans() {
     let spans = collector.wait_for(2 * calls, Duration::from_secs(20), |_| true);
     let servers: Vec<FlatSpan> = spans.iter().filter(|s| s.is_server()).cloned().collect();
     let clients: Vec<FlatSpan> = spans.iter().filter(|s| s.is_client()).cloned().collect();
-    let why = |agent: &mut Agent| agent.final_connections_log(server.pid());
-    assert_eq!(servers.len(), calls, "{}", why(&mut agent));
-    assert_eq!(clients.len(), calls, "{}", why(&mut agent));
+    assert_eq!(servers.len(), calls, "{}", agent.final_connections_log());
+    assert_eq!(clients.len(), calls, "{}", agent.final_connections_log());
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for c in 0..channels {
         for i in 0..rounds {
@@ -474,7 +473,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
         (servers.len(), clients.len()),
         (calls, calls),
         "{}",
-        agent.final_connections_log(server.pid())
+        agent.final_connections_log()
     );
     let (servers, clients) = (by_name(&servers), by_name(&clients));
     for i in 0..rounds {
@@ -514,7 +513,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
             agent.stat(counter),
             Some(n),
             "{counter}\n{}",
-            agent.final_connections_log(server.pid())
+            agent.final_connections_log()
         );
     }
 }

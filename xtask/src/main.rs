@@ -370,12 +370,17 @@ fn demo() -> Result<()> {
     // exits by itself once the server is stopped.
     let script = "dir=$(mktemp -d); echo 'hello from zerospan' > \"$dir/index.html\"; \
         python3 -m http.server 8765 --bind 127.0.0.1 --directory \"$dir\" >/dev/null 2>&1 & \
-        server=$!; sleep 1; \
-        curl -s -o /dev/null http://127.0.0.1:8765/index.html; \
+        server=$!; \
+        curl -s -o /dev/null --retry 10 --retry-connrefused http://127.0.0.1:8765/index.html; \
         curl -s -o /dev/null 'http://127.0.0.1:8765/search?q=secret&page=2'; \
         curl -s -o /dev/null http://127.0.0.1:8765/missing; \
         sleep 0.5; kill $server; wait; rm -rf \"$dir\"";
-    run(Command::new(bin).args(["--", "sh", "-c", script]))
+    // The traces print here: a collector configured in the environment
+    // would take them instead.
+    run(Command::new(bin)
+        .args(["--", "sh", "-c", script])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
 extern "C" {

@@ -193,7 +193,14 @@ impl Tracker {
         if !self.admit(key) {
             return;
         }
-        log::trace!("{key:?}: opened ({how}), peer {peer:?}, local {local:?}");
+        log::trace!(
+            "{key:?}: {}, peer {peer:?}, local {local:?}",
+            match how {
+                origin::ACCEPTED => "accepted",
+                origin::CONNECTED => "connected",
+                _ => "found open at attach",
+            }
+        );
         if how == origin::ACCEPTED && peer.is_none() {
             Stats::inc(&self.stats.connections_peer_unknown);
         }

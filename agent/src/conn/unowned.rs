@@ -107,7 +107,9 @@ impl Unowned {
     /// away without a read: they are dropped (the second value counts
     /// them), never given to this socket. A socket that predates the agent
     /// (`None`: its opening was not seen) keeps them all: the probes sent
-    /// none before the agent attached, so none predate the socket.
+    /// none before the agent attached, so none predate the socket. (An
+    /// object freed without a read since the attach, whose address a new
+    /// object on such a socket reuses, is not told apart: rare.)
     pub fn claim(&mut self, tgid: u32, ssl: u64, opened_ns: Option<u64>) -> (Vec<Held>, u64) {
         let Some(w) = self.by_object.remove(&(tgid, ssl)) else {
             return (Vec::new(), 0);
