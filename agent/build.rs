@@ -3,6 +3,12 @@
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf");
+    // The probes share `common` with the agent (layouts, counters, bounds):
+    // a change there alone must rebuild them too, or the two disagree.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src")
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "zerospan-ebpf",

@@ -15,7 +15,7 @@ pub const MAX_IOV_SEGMENTS: u32 = 8;
 
 /// The same, on a connection captured deeply: gRPC writes each frame's
 /// header and payload as iovecs of their own, a dozen or more per call.
-pub const MAX_DEEP_IOV_SEGMENTS: u32 = 32;
+pub const MAX_DEEP_IOV_SEGMENTS: u32 = 128;
 
 /// Event kinds (first byte of every record).
 pub mod kind {
