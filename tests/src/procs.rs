@@ -240,7 +240,8 @@ impl Agent {
     /// its lines but the debug and trace ones (the final counters, and
     /// anything it printed as it failed), the TLS writes held before their
     /// socket was known, and its trace of every connection: only of those
-    /// whose framing was lost, when some were.
+    /// whose framing was lost, when some were, and up to the loss (what
+    /// follows is ignored bytes), so that a failure's tail shows why.
     pub fn connections_log(&self) -> String {
         let log = self.stderr();
         let key_of = |l: &str| {
@@ -253,12 +254,22 @@ impl Agent {
             .filter(|l| l.contains("framing lost"))
             .filter_map(key_of)
             .collect();
+        let mut past_loss = std::collections::HashSet::new();
         log.lines()
             .filter(|l| {
                 let quiet = l.starts_with("zerospan DEBUG") || l.starts_with("zerospan TRACE");
-                !quiet
-                    || l.contains(": TLS object ")
-                    || key_of(l).is_some_and(|k| lost.is_empty() || lost.contains(&k))
+                if !quiet || l.contains(": TLS object ") {
+                    return true;
+                }
+                let Some(k) = key_of(l) else {
+                    return false;
+                };
+                let wanted = lost.is_empty() || lost.contains(&k);
+                let shown = wanted && !past_loss.contains(&k);
+                if shown && l.contains("framing lost") {
+                    past_loss.insert(k);
+                }
+                shown
             })
             .collect::<Vec<_>>()
             .join("\n")
