@@ -206,7 +206,8 @@ impl EventPath {
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
                 // Its executable now; its libraries once the loader has
                 // mapped them (next tick).
-                self.probes.exec(pid);
+                let go = self.probes.exec(pid);
+                self.tracker.goroutines(pid, go);
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
@@ -315,7 +316,7 @@ impl EventPath {
             .skip(start)
             .take(TLS_RESCAN_PER_TICK.min(pids.len()))
         {
-            self.probes.hook_tls(pid);
+            self.hook_tls(pid);
             self.tls_cursor = pid;
         }
     }
@@ -379,7 +380,7 @@ impl EventPath {
         let dropped = self.unowned.expire(Clock::now_ktime_ns());
         Stats::add(&self.stats.tls_writes_unclaimed, dropped);
         for pid in std::mem::take(&mut self.tls_rescan) {
-            self.probes.hook_tls(pid);
+            self.hook_tls(pid);
         }
         self.rescan_some_for_tls();
         self.watch_ports();
@@ -414,8 +415,12 @@ impl EventPath {
         let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
             a.store(v, std::sync::atomic::Ordering::Relaxed)
         };
-        let (files, processes, failed) = self.probes.tls_counts();
-        set(&self.stats.tls_uprobes_failed, failed);
+        let tls = self.probes.tls_counts();
+        set(&self.stats.tls_uprobes_failed, tls.attach_failed);
+        set(
+            &self.stats.go_binaries_unsupported,
+            tls.go_binaries_unsupported,
+        );
         for (gauge, value) in [
             (
                 &self.stats.traced_processes,
@@ -425,8 +430,9 @@ impl EventPath {
                 &self.stats.kernel_traced_entries,
                 self.probes.traced_entries(),
             ),
-            (&self.stats.tls_files_hooked, files),
-            (&self.stats.tls_processes_known, processes),
+            (&self.stats.tls_files_hooked, tls.files_hooked),
+            (&self.stats.tls_processes_known, tls.processes_known),
+            (&self.stats.go_binaries_hooked, tls.go_binaries_hooked),
             (
                 &self.stats.export_queue_depth,
                 self.spans.max_capacity() - self.spans.capacity(),
@@ -443,6 +449,7 @@ impl EventPath {
             (&st.kernel_read_user_failed, counter::READ_USER_FAILED),
             (&st.kernel_tls_unattributed, counter::TLS_UNATTRIBUTED),
             (&st.kernel_tls_claims_refused, counter::TLS_CLAIM_REFUSED),
+            (&st.kernel_go_conn_unknown, counter::GO_CONN_UNKNOWN),
             (&st.kernel_context_injected, counter::INJECTED),
             (&st.kernel_context_had_header, counter::INJECT_HAD_HEADER),
             (&st.kernel_context_gave_up, counter::INJECT_GAVE_UP),
@@ -453,10 +460,17 @@ impl EventPath {
         c
     }
 
+    /// Hooks `pid`'s TLS; a Go program's threads are no request's.
+    fn hook_tls(&mut self, pid: u32) {
+        if self.probes.hook_tls(pid) {
+            self.tracker.goroutines(pid, true);
+        }
+    }
+
     /// Starts tracing a running process and the sockets it already holds.
     fn attach_pid(&mut self, pid: u32) -> anyhow::Result<()> {
         self.probes.trace(pid)?;
-        self.probes.hook_tls(pid);
+        self.hook_tls(pid);
         self.probes.mark_existing_threads(pid);
         self.registry.add(pid);
         let now = Clock::now_ktime_ns();

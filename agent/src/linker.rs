@@ -37,7 +37,7 @@
 
 use std::{
     cell::Cell,
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
@@ -136,6 +136,10 @@ pub struct Linker {
     /// Ids the probes chose for the server request whose head is in the
     /// read that ended at `Chosen::at_ns`.
     chosen_server: HashMap<ConnKey, Chosen>,
+    /// Go processes: a goroutine may read a request on one thread and
+    /// make its calls on others, and other goroutines use the same
+    /// threads, so their threads parent nothing.
+    goroutines: HashSet<u32>,
 }
 
 /// Most orphans kept; past it new ones are not adoptable.
@@ -292,7 +296,7 @@ impl Linker {
                 ctx
             }
         };
-        if start.thread_bound {
+        if start.thread_bound && !self.goroutines.contains(&conn.tgid) {
             let serving = self.serving.entry((conn.tgid, tid)).or_default();
             push_bounded(serving, ctx.clone());
         }
@@ -486,6 +490,10 @@ impl Linker {
     /// its own (any protocol): the child of the one request that thread is
     /// serving, else a root.
     fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
+        if self.goroutines.contains(&conn.tgid) {
+            Stats::inc(&stats.context_goroutine_unknown);
+            return SpanContext::root();
+        }
         match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
             Some([one]) => {
                 if let Some(orphan) = self.orphans.get(&one.span_id) {
@@ -542,7 +550,17 @@ impl Linker {
     }
 
     /// Forgets everything of a process that is gone.
+    /// Whether `tgid` runs Go (see `goroutines`).
+    pub fn goroutines(&mut self, tgid: u32, go: bool) {
+        if go {
+            self.goroutines.insert(tgid);
+        } else {
+            self.goroutines.remove(&tgid);
+        }
+    }
+
     pub fn process_exited(&mut self, tgid: u32) {
+        self.goroutines.remove(&tgid);
         self.chosen_requests.retain(|k, _| k.tgid != tgid);
         self.chosen_server.retain(|k, _| k.tgid != tgid);
         self.serving.retain(|(t, _), _| *t != tgid);

@@ -15,6 +15,7 @@ mod discovery;
 mod doctor;
 mod events;
 mod export;
+mod golang;
 mod k8s;
 mod linker;
 mod logger;

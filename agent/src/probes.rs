@@ -13,7 +13,7 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use zerospan_common::{counter, sock_flags, traced, SockInfo, MAX_CAPTURE};
+use zerospan_common::{counter, sock_flags, traced, GoProc, SockInfo, MAX_CAPTURE};
 
 pub use crate::propagation::PropagationSettings;
 use crate::{conn::protocol::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
@@ -74,6 +74,8 @@ pub struct Probes {
     late: HashMap<MapData, u32, u8>,
     socks: HashMap<MapData, u64, SockInfo>,
     counters: PerCpuArray<MapData, u64>,
+    /// Traced Go processes whose `crypto/tls` is hooked.
+    go_procs: HashMap<MapData, u32, GoProc>,
 }
 
 static NEXT_SEEDED_ID: AtomicU64 = AtomicU64::new(1);
@@ -263,6 +265,7 @@ impl Probes {
         let late = HashMap::try_from(take(&mut ebpf, "LATE")?)?;
         let socks = HashMap::try_from(take(&mut ebpf, "SOCKS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+        let go_procs = HashMap::try_from(take(&mut ebpf, "GO_PROCS")?)?;
         log::info!("attached {} tracepoints", TRACEPOINTS.len());
         if let Some((dir, _)) = &propagation {
             propagation::attach(&mut ebpf, dir)
@@ -280,27 +283,51 @@ impl Probes {
                 late,
                 socks,
                 counters,
+                go_procs,
             },
             ring,
         ))
     }
 
     /// Hooks the TLS libraries `pid` maps (and its executable, for a
-    /// statically linked OpenSSL) that are not hooked yet.
-    pub fn hook_tls(&mut self, pid: u32) {
-        if self.tls.hook_process(&mut self.ebpf, pid) {
-            // A statically linked OpenSSL is Node.js's, on memory buffers:
-            // the probes attribute its reads by the thread's last read.
-            if let Ok(flags) = self.traced.get(&pid, 0) {
-                let _ = self.traced.insert(pid, flags | traced::MEMORY_BIO, 0);
+    /// statically linked OpenSSL or Go's own TLS) that are not hooked yet.
+    /// Returns whether it runs a Go executable.
+    pub fn hook_tls(&mut self, pid: u32) -> bool {
+        let hooked = self.tls.hook_process(&mut self.ebpf, pid);
+        // A statically linked OpenSSL is Node.js's, on memory buffers:
+        // the probes attribute its reads by the thread's last read.
+        let mut flags = if hooked.openssl_in_exe {
+            traced::MEMORY_BIO
+        } else {
+            0
+        };
+        if let Some(go) = hooked.go {
+            if let Err(e) = self.go_procs.insert(pid, go, 0) {
+                log::warn!("pid {pid}: Go's TLS is not traced: the probes' Go map: {e}");
             }
         }
+        if hooked.go_runtime {
+            flags |= traced::GO;
+        }
+        if flags != 0 {
+            if let Ok(old) = self.traced.get(&pid, 0) {
+                let _ = self.traced.insert(pid, old | flags, 0);
+            }
+        }
+        hooked.go_runtime
     }
 
     /// A traced process exec'd: it maps its new image's files now.
-    pub fn exec(&mut self, pid: u32) {
+    /// Returns whether the new image is a Go executable.
+    pub fn exec(&mut self, pid: u32) -> bool {
         self.tls.forget_process(pid);
-        self.hook_tls(pid);
+        let _ = self.go_procs.remove(&pid);
+        if let Ok(old) = self.traced.get(&pid, 0) {
+            let _ = self
+                .traced
+                .insert(pid, old & !(traced::GO | traced::MEMORY_BIO), 0);
+        }
+        self.hook_tls(pid)
     }
 
     /// Detaches the TLS probes of files no traced process maps any more.
@@ -313,8 +340,7 @@ impl Probes {
         }
     }
 
-    /// TLS files with probes, processes known to map any, failed attaches.
-    pub fn tls_counts(&self) -> (usize, usize, u64) {
+    pub fn tls_counts(&self) -> crate::tls_hooks::Counts {
         self.tls.counts()
     }
 
@@ -408,6 +434,7 @@ impl Probes {
     /// the TLS libraries only it mapped become candidates for release.
     pub fn forget_process(&mut self, tgid: u32) {
         self.tls.forget_process(tgid);
+        let _ = self.go_procs.remove(&tgid);
         let keys: Vec<u64> = self
             .socks
             .keys()

@@ -40,6 +40,10 @@ counters! {
     /// object's plaintext (the naming is in doubt); the writes themselves
     /// count in `tls_writes_unclaimed` when they age out.
     kernel_tls_claims_refused,
+    /// Go `crypto/tls` calls on a connection that is not a
+    /// `*net.TCPConn` (a wrapper, a pipe): its socket is not known for
+    /// sure, so its plaintext is not read.
+    kernel_go_conn_unknown,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no
     /// socket got: past the bounds, from before the socket that claimed
@@ -129,6 +133,10 @@ counters! {
     kernel_context_gave_up,
     /// Requests the kernel could not grow for the header: sent unchanged.
     kernel_context_failed,
+    /// Calls made by Go programs, left roots: which goroutine made them,
+    /// and for which request, is not known yet (a thread serves many
+    /// goroutines).
+    context_goroutine_unknown,
     /// Ids the probes chose for a request the agent did not frame as that
     /// request (its framing lost sync): not used.
     context_chosen_unmatched,
@@ -141,6 +149,12 @@ counters! {
     /// TLS probes that could not be attached (not counting functions a
     /// file does not have): with a refusal, TLS capture is off.
     tls_uprobes_failed,
+    /// Go executables with `crypto/tls` that are left alone (a Go release
+    /// not in the offsets table, code not as expected): the log names each
+    /// and the reason.
+    go_binaries_unsupported,
+    /// Go executables whose `crypto/tls` is hooked now (a gauge).
+    go_binaries_hooked,
     /// Library and executable files with TLS probes now (a gauge).
     tls_files_hooked,
     /// Traced processes known to map a file looked at for TLS (a gauge).

@@ -13,7 +13,12 @@ use std::{
 use anyhow::Context as _;
 use aya::{programs::UProbe, Ebpf};
 
-use crate::uprobe::{self, AttachError, Symbols, Uprobes};
+use zerospan_common::GoProc;
+
+use crate::{
+    golang::{self, GoTls},
+    uprobe::{self, AttachError, Symbols, Uprobes},
+};
 
 /// Each program, and the library functions it is attached to. OpenSSL's
 /// `SSL_write(ssl, buf, num)` and GnuTLS's `gnutls_record_send(session,
@@ -46,9 +51,16 @@ const SYSTEM_LIBRARIES: &[&str] = &[
     "/usr/lib/libssl.so.3",
 ];
 
+/// The programs on Go's `crypto/tls` (see `go_tls.rs` in the probes),
+/// attached at offsets found in each Go binary.
+const GO_READ: &str = "go_tls_read";
+const GO_WRITE: &str = "go_tls_write";
+const GO_RETURN: &str = "go_tls_return";
+
 /// Loads the TLS programs into the kernel (they attach later, per file).
 pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    for (name, _) in HOOKS {
+    let go = [GO_READ, GO_WRITE, GO_RETURN];
+    for name in HOOKS.iter().map(|(name, _)| *name).chain(go) {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -70,6 +82,31 @@ struct File {
     system: bool,
     /// Since when no known user maps it.
     unused_since: Option<Instant>,
+    /// A Go executable whose `crypto/tls` is hooked.
+    go: Option<GoTls>,
+    /// A Go executable, hooked or not.
+    go_runtime: bool,
+}
+
+/// What hooking a process found in it.
+#[derive(Default)]
+pub struct Hooked {
+    /// Its executable holds OpenSSL's functions (Node.js).
+    pub openssl_in_exe: bool,
+    /// It runs a Go executable whose `crypto/tls` is hooked: what the
+    /// probes need to read it in this process.
+    pub go: Option<GoProc>,
+    /// It runs a Go executable: its goroutines move between threads.
+    pub go_runtime: bool,
+}
+
+/// Totals for the stats.
+pub struct Counts {
+    pub files_hooked: usize,
+    pub processes_known: usize,
+    pub attach_failed: u64,
+    pub go_binaries_hooked: usize,
+    pub go_binaries_unsupported: u64,
 }
 
 /// How long a hooked file stays hooked with no traced process mapping it:
@@ -97,6 +134,8 @@ pub struct TlsHooks {
     failed: u64,
     /// Whether the agent said that TLS capture is off.
     warned_off: bool,
+    /// Go binaries with `crypto/tls` that are left alone.
+    go_unsupported: u64,
 }
 
 impl TlsHooks {
@@ -107,6 +146,7 @@ impl TlsHooks {
             uprobes: Uprobes::new(),
             failed: 0,
             warned_off: false,
+            go_unsupported: 0,
         }
     }
 
@@ -146,6 +186,10 @@ impl TlsHooks {
         if hooked > 0 {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }
+        let (go_runtime, go) = match pid {
+            Some(_) => self.hook_go(ebpf, path, &mut links),
+            None => (false, None),
+        };
         // Remembered even when empty: an executable without TLS functions
         // is not searched again while a traced process maps it.
         self.files.insert(
@@ -156,9 +200,84 @@ impl TlsHooks {
                 users: pid.into_iter().collect(),
                 system: pid.is_none(),
                 unused_since: None,
+                go,
+                go_runtime,
             },
         );
         Some(id)
+    }
+
+    /// Whether `path` is a Go executable, and, if it has `crypto/tls` with
+    /// a layout the probes know, hooks it; otherwise says why, once per
+    /// file, and counts it.
+    fn hook_go(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        links: &mut Vec<uprobe::Link>,
+    ) -> (bool, Option<GoTls>) {
+        let Some(map) = std::fs::File::open(path)
+            .ok()
+            .and_then(|f| uprobe::Mapped::of(&f).ok())
+        else {
+            return (false, None);
+        };
+        if !golang::is_go(map.bytes()) {
+            return (false, None);
+        }
+        (true, self.hook_go_tls(ebpf, path, map.bytes(), links))
+    }
+
+    fn hook_go_tls(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        bytes: &[u8],
+        links: &mut Vec<uprobe::Link>,
+    ) -> Option<GoTls> {
+        let go = match golang::inspect(bytes) {
+            Ok(Some(go)) => go,
+            Ok(None) => return None,
+            Err(e) => {
+                self.go_unsupported += 1;
+                log::warn!(
+                    "Go's TLS in {} is not traced ({}): {e}. Its HTTPS gives no spans",
+                    exe_name(path),
+                    e.reason()
+                );
+                return None;
+            }
+        };
+        // Returns first: an entry probe without them would leave calls
+        // open. All or none: a half-hooked method would lose its calls.
+        let points = go
+            .read
+            .returns
+            .iter()
+            .chain(&go.write.returns)
+            .map(|&at| (GO_RETURN, at))
+            .chain([(GO_READ, go.read.entry), (GO_WRITE, go.write.entry)]);
+        let mut mine = Vec::new();
+        for (name, at) in points {
+            let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
+                return None;
+            };
+            match self.uprobes.attach_at(prog, path, at) {
+                Ok(link) => mine.push(link),
+                Err(e) => {
+                    self.attach_failed(path, name, &e);
+                    return None;
+                }
+            }
+        }
+        log::info!(
+            "hooked Go's crypto/tls in {} ({}): {} probes",
+            exe_name(path),
+            go.version,
+            mine.len()
+        );
+        links.extend(mine);
+        Some(go)
     }
 
     /// Counts a failed attach; the first refusal says, loudly, that TLS
@@ -261,29 +380,50 @@ impl TlsHooks {
         links
     }
 
-    /// Files with probes and processes known to map any (gauges), and
-    /// failed attaches (a total).
-    pub fn counts(&self) -> (usize, usize, u64) {
-        let hooked = self.files.values().filter(|f| !f.links.is_empty()).count();
-        (hooked, self.by_pid.len(), self.failed)
+    pub fn counts(&self) -> Counts {
+        Counts {
+            files_hooked: self.files.values().filter(|f| !f.links.is_empty()).count(),
+            processes_known: self.by_pid.len(),
+            attach_failed: self.failed,
+            go_binaries_hooked: self.files.values().filter(|f| f.go.is_some()).count(),
+            go_binaries_unsupported: self.go_unsupported,
+        }
     }
 
     /// Hooks what `pid` maps now: its TLS libraries, and its executable
-    /// (Node.js links OpenSSL statically and exports its functions).
-    /// Returns whether the executable itself holds TLS functions.
-    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) -> bool {
-        let mut exe_hooked = false;
+    /// (Node.js links OpenSSL statically and exports its functions; Go has
+    /// its own TLS).
+    pub fn hook_process(&mut self, ebpf: &mut Ebpf, pid: u32) -> Hooked {
+        let mut out = Hooked::default();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         for path in candidates(pid) {
             let Some(id) = self.hook(ebpf, &path, Some(pid)) else {
                 continue;
             };
             self.by_pid.entry(pid).or_default().insert(id);
-            if path == exe {
-                exe_hooked = self.files.get(&id).is_some_and(|f| !f.links.is_empty());
+            if path != exe {
+                continue;
+            }
+            let Some(file) = self.files.get(&id) else {
+                continue;
+            };
+            out.go_runtime = file.go_runtime;
+            match &file.go {
+                Some(go) => {
+                    let load = if go.is_pie() {
+                        load_address(pid, id)
+                    } else {
+                        None
+                    };
+                    out.go = go.proc_info(load);
+                    if out.go.is_none() {
+                        log::warn!("pid {pid}: where its Go executable is loaded is not known");
+                    }
+                }
+                None => out.openssl_in_exe = !file.links.is_empty(),
             }
         }
-        exe_hooked
+        out
     }
 
     /// Detaches everything (side by side, like the tracepoints).
@@ -291,6 +431,33 @@ impl TlsHooks {
         self.by_pid.clear();
         self.files.drain().flat_map(|(_, f)| f.links).collect()
     }
+}
+
+/// Where `pid` maps the start of the file `(dev, ino)`: its first mapping
+/// at file offset 0.
+fn load_address(pid: u32, (dev, ino): (u64, u64)) -> Option<u64> {
+    let wanted = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let ino = ino.to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let range = f.next()?;
+            let offset = f.nth(1)?;
+            let (device, inode) = (f.next()?, f.next()?);
+            (offset.trim_start_matches('0').is_empty() && device == wanted && inode == ino)
+                .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+                .flatten()
+        })
+}
+
+/// A file's name for the log: the program's, through `/proc/PID/exe`.
+fn exe_name(path: &Path) -> String {
+    std::fs::read_link(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
 }
 
 /// Does `pid` map the file `(dev, ino)`, as its executable or a mapping?

@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::programs::{
-    uprobe::{UProbeError, UProbeLink, UProbeScope},
+    uprobe::{UProbeAttachLocation, UProbeError, UProbeLink, UProbeScope},
     ProbeKind, ProgramError, UProbe,
 };
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -136,8 +136,33 @@ impl Uprobes {
         symbol: &str,
         file: &mut Symbols<'_>,
     ) -> Result<Option<Link>, AttachError> {
+        let path = file.path;
+        self.attach_with(prog, path, symbol.into(), || file.offset(symbol))
+    }
+
+    /// Attaches `prog` at file offset `offset` of `path` (an instruction
+    /// the caller found, not a symbol).
+    pub fn attach_at(
+        &mut self,
+        prog: &mut UProbe,
+        path: &Path,
+        offset: u64,
+    ) -> Result<Link, AttachError> {
+        self.attach_with(prog, path, offset.into(), || Ok(Some(offset)))?
+            .ok_or_else(|| AttachError::Failed(format!("no offset {offset:#x}")))
+    }
+
+    /// Through the PMU while it is open, else through tracefs, at the
+    /// file offset `offset` gives.
+    fn attach_with(
+        &mut self,
+        prog: &mut UProbe,
+        path: &Path,
+        location: UProbeAttachLocation<'_>,
+        offset: impl FnOnce() -> Result<Option<u64>, String>,
+    ) -> Result<Option<Link>, AttachError> {
         if self.route == Route::Pmu {
-            match prog.attach(symbol, file.path, UProbeScope::AllProcesses) {
+            match prog.attach(location, path, UProbeScope::AllProcesses) {
                 Ok(id) => {
                     return prog
                         .take_link(id)
@@ -159,11 +184,11 @@ impl Uprobes {
         if self.route == Route::None {
             return Err(AttachError::Refused("no uprobe route is open".into()));
         }
-        let Some(offset) = file.offset(symbol).map_err(AttachError::Failed)? else {
+        let Some(offset) = offset().map_err(AttachError::Failed)? else {
             return Ok(None);
         };
         let ret = matches!(prog.kind(), ProbeKind::Return);
-        match attach_tracefs(prog, file.path, offset, ret) {
+        match attach_tracefs(prog, path, offset, ret) {
             Ok(link) => Ok(Some(Link::Tracefs(link))),
             Err(e) if is_refusal(&e) => {
                 self.route = Route::None;
@@ -341,13 +366,13 @@ fn function_offsets(
 
 /// A read-only mapping of a whole file (Node.js's executable is ~100 MB:
 /// mapped, not read).
-struct Mapped {
+pub struct Mapped {
     ptr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapped {
-    fn of(file: &std::fs::File) -> io::Result<Mapped> {
+    pub fn of(file: &std::fs::File) -> io::Result<Mapped> {
         let len = file.metadata()?.len() as usize;
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "empty file"));
@@ -369,7 +394,7 @@ impl Mapped {
         Ok(Mapped { ptr, len })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping lives as long as self and is `len` bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
     }

@@ -70,6 +70,9 @@ pub mod traced {
     /// asyncio): no syscall nests in a library call, so a read's plaintext
     /// belongs to the socket the thread last read from.
     pub const MEMORY_BIO: u8 = 2;
+    /// A Go program: goroutines move between threads, so the thread that
+    /// read a request says nothing about who makes the next call.
+    pub const GO: u8 = 4;
 }
 
 /// Where a data event's bytes were seen.
@@ -261,6 +264,32 @@ pub const PG_STARTUP_CODES: [u32; 3] = [0x0003_0000, 80_877_103, 80_877_104];
 /// is where a database response says it is done.
 pub const REQUEST_CAPTURE_CHUNKS: u32 = 4;
 
+/// Where a traced Go program keeps what the `crypto/tls` probes read,
+/// written by the agent for each Go process it hooks (the probes' `GO_PROCS`
+/// map, keyed by tgid). Field offsets come from the agent's table for the
+/// binary's Go version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoProc {
+    /// Where the binary's type data (`runtime.types`) is in the process:
+    /// type names are offsets from it.
+    pub types: u64,
+    /// The `net.Conn` itab of `*net.TCPConn`, once the probes have checked
+    /// one by its type's name (0 until then).
+    pub tcp_conn_itab: u64,
+    /// `crypto/tls.Conn.conn` (a `net.Conn`) in a `tls.Conn`.
+    pub conn: u16,
+    /// `net.TCPConn`'s `fd` (a `*net.netFD`, through the embedded `conn`).
+    pub netfd: u16,
+    /// `poll.FD.Sysfd`, from the start of a `netFD` (through `pfd`).
+    pub sysfd: u16,
+    /// `abi.Type.Str`, `.TFlag` and `.Kind_` in a type descriptor.
+    pub type_str: u16,
+    pub type_tflag: u16,
+    pub type_kind: u16,
+    pub _pad: u32,
+}
+
 /// Runtime settings the agent writes into the probes' config map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -300,7 +329,11 @@ pub mod counter {
     /// object's plaintext: the socket named is in doubt, so the object's
     /// held writes were not given to it.
     pub const TLS_CLAIM_REFUSED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A Go `crypto/tls` call on a connection that is not a
+    /// `*net.TCPConn` (a wrapper, a pipe): its socket cannot be named for
+    /// sure, so its plaintext is not sent.
+    pub const GO_CONN_UNKNOWN: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]
@@ -308,4 +341,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers with explicit padding fields.
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::GoProc {}
 }

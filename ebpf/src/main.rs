@@ -11,6 +11,7 @@
 #![no_std]
 #![no_main]
 
+mod go_tls;
 mod propagate;
 
 use core::{mem::size_of, ptr};

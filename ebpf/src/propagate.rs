@@ -28,9 +28,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use zerospan_common::{context_origin, counter, direction, kind, sock_flags, ContextEvent};
+use zerospan_common::{context_origin, counter, direction, kind, sock_flags, traced, ContextEvent};
 
-use crate::{bump, header, output, sock_key, SOCKS};
+use crate::{bump, header, output, sock_key, SOCKS, TRACED};
 
 /// Set by the agent when it writes `traceparent` headers
 /// (`--context-propagation=headers`).
@@ -604,6 +604,13 @@ pub fn server_request_read(pid_tgid: u64, fd: i32, conn_id: u64, ptr: u64, moved
     };
     let ids = from_header.unwrap_or_else(new_root);
     let tid = pid_tgid as u32;
+    // A Go program's calls are made by other goroutines, on any thread:
+    // its threads serve nothing the probes could name.
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { TRACED.get(&tgid) }.is_some_and(|f| f & traced::GO != 0) {
+        report(direction::INGRESS, tgid, tid, fd, conn_id, ts, &ids);
+        return;
+    }
     // SAFETY: read-only copy of a plain value.
     let busy = unsafe { SERVING.get(&tid) }.is_some_and(|c| c.fd != fd);
     let ctx = ServerCtx {

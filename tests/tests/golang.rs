@@ -1,0 +1,477 @@
+//! Go programs: plaintext from uprobes on Go's own `crypto/tls`, in
+//! binaries built by Debian's Go 1.19 and by Go 1.27, with their symbol
+//! tables and stripped. Real `net/http` servers and clients, curl, and the
+//! real probes.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use zerospan_tests::{
+    assert_child,
+    golang::{self, Build},
+    procs::self_signed_cert,
+    require_root, Agent, Collector, Fixture, FlatSpan, TempDir,
+};
+
+fn summary(spans: &[FlatSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} pid={:?} {:?} {:?} {:?} h{:?}\n",
+                if s.is_server() { "SERVER" } else { "CLIENT" },
+                s.res_int("process.pid"),
+                s.str("url.full").or(s.str("url.path")),
+                s.int("http.response.status_code"),
+                s.int("http.response.body.size"),
+                s.str("network.protocol.version"),
+            )
+        })
+        .collect()
+}
+
+/// Nothing was lost or guessed on the way.
+fn assert_clean(agent: &Agent) {
+    for stat in [
+        "kernel_go_conn_unknown",
+        "kernel_tls_unattributed",
+        "go_binaries_unsupported",
+        "connections_tls_unhooked",
+        "connections_unknown_protocol",
+        "http_desyncs",
+        "h2_desyncs",
+    ] {
+        assert_eq!(agent.stat(stat), Some(0), "{stat}: {}", agent.stderr());
+    }
+}
+
+/// The agent tracing `pids` with `-vv`: should a connection go wrong, its
+/// trace is in the failure's message.
+fn agent_for(pids: &[u32], collector: &Collector) -> Agent {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let mut args = vec!["-vv", "--otlp-endpoint", collector.grpc_endpoint.as_str()];
+    for pid in &pids {
+        args.extend(["--pid", pid.as_str()]);
+    }
+    Agent::start(&args, &[])
+}
+
+/// A Go HTTPS server fixture built as `build`, with a new certificate.
+fn server(build: &Build, dir: &TempDir) -> Fixture {
+    let (cert, key) = self_signed_cert(&dir.0);
+    Fixture::start(Command::new(&build.path).arg(&cert).arg(&key))
+}
+
+/// The body the fixture answers `path` with.
+fn body(path: &str) -> String {
+    format!("hello from go {path}\n")
+}
+
+/// One `net/http` HTTPS server per build, all traced by one agent; curl
+/// asks each over HTTP/1.1 and HTTP/2 (ALPN). Exact SERVER spans.
+#[test]
+fn go_https_servers_give_exact_server_spans() {
+    require_root();
+    let builds = golang::builds("https_server");
+    let dir = TempDir::new("go-servers");
+    let servers: Vec<Fixture> = builds.iter().map(|b| server(b, &dir)).collect();
+    let collector = Collector::start();
+    let pids: Vec<u32> = servers.iter().map(Fixture::pid).collect();
+    let mut agent = agent_for(&pids, &collector);
+    for (build, server) in builds.iter().zip(&servers) {
+        let base = format!("https://127.0.0.1:{}", server.port);
+        let label = build.label();
+        let h1 = zerospan_tests::curl(&["-sk", "--http1.1", &format!("{base}/h1/{label}")]);
+        assert_eq!(h1, body(&format!("/h1/{label}")));
+        let h2 =
+            zerospan_tests::curl(&["-sk", "--http2", &format!("{base}/h2/{label}?token=secret")]);
+        assert_eq!(h2, body(&format!("/h2/{label}")));
+        zerospan_tests::curl(&[
+            "-sk",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            &format!("{base}/missing"),
+        ]);
+    }
+    let want = 3 * builds.len();
+    let spans = collector.wait_for(want, Duration::from_secs(15), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}\n{}", summary(&spans), agent.stderr());
+    for (build, server) in builds.iter().zip(&servers) {
+        let label = build.label();
+        let mine: Vec<&FlatSpan> = spans
+            .iter()
+            .filter(|s| s.res_int("process.pid") == Some(i64::from(server.pid())))
+            .collect();
+        assert_eq!(mine.len(), 3, "{label}: {}", summary(&spans));
+        let find = |path: &str| {
+            *mine
+                .iter()
+                .find(|s| s.str("url.path").as_deref() == Some(path))
+                .unwrap_or_else(|| panic!("{label}: no span for {path}: {}", summary(&spans)))
+        };
+        for (path, version, status, size, query) in [
+            (
+                format!("/h1/{label}"),
+                "1.1",
+                200,
+                body(&format!("/h1/{label}")).len(),
+                None,
+            ),
+            (
+                format!("/h2/{label}"),
+                "2",
+                200,
+                body(&format!("/h2/{label}")).len(),
+                Some("token=REDACTED"),
+            ),
+            ("/missing".to_owned(), "1.1", 404, "not here\n".len(), None),
+        ] {
+            let s = find(&path);
+            assert!(s.is_server(), "{label} {path}");
+            assert_eq!(s.span.name, "GET", "{label} {path}");
+            assert_eq!(
+                s.str("url.scheme").as_deref(),
+                Some("https"),
+                "{label} {path}"
+            );
+            assert_eq!(s.str("url.query").as_deref(), query, "{label} {path}");
+            assert_eq!(
+                s.str("network.protocol.version").as_deref(),
+                Some(version),
+                "{label} {path}"
+            );
+            assert_eq!(
+                s.int("http.response.status_code"),
+                Some(status),
+                "{label} {path}"
+            );
+            assert_eq!(
+                s.int("http.response.body.size"),
+                Some(size as i64),
+                "{label} {path}"
+            );
+            assert_eq!(
+                s.int("server.port"),
+                Some(i64::from(server.port)),
+                "{label} {path}"
+            );
+            assert_eq!(
+                s.str("tls.protocol.version").as_deref(),
+                Some("1.3"),
+                "{label} {path}"
+            );
+            assert_eq!(
+                s.res_str("process.executable.name").as_deref(),
+                Some("https_server"),
+                "{label} {path}"
+            );
+            // curl is not traced here: nobody's child.
+            assert!(s.span.parent_span_id.is_empty(), "{label} {path}");
+        }
+    }
+    let log = agent.stderr();
+    for build in &builds {
+        let hooked = format!(
+            "hooked Go's crypto/tls in {} ({}",
+            build.path.display(),
+            build.toolchain.release
+        );
+        assert!(log.contains(&hooked), "{hooked:?} in:\n{log}");
+    }
+    assert_eq!(agent.stat("go_binaries_hooked"), Some(builds.len() as u64));
+    assert_clean(&agent);
+}
+
+/// Go `net/http` clients of every build call a traced Go server, over
+/// HTTP/2 (Go's default with ALPN) and HTTP/1.1. Exact CLIENT spans, and
+/// every server span is the child of the client span that made it: the
+/// request path carries the client's label, so a wrong link shows.
+#[test]
+fn go_https_clients_give_exact_client_spans_linked_to_the_server() {
+    require_root();
+    let clients = golang::builds("https_client");
+    let server_build = golang::build(&golang::toolchains()[1], "https_server", true);
+    let dir = TempDir::new("go-clients");
+    let server = server(&server_build, &dir);
+    let base = format!("https://127.0.0.1:{}", server.port);
+    // Each build as an HTTP/2 client, and the first also as HTTP/1.1.
+    let runs: Vec<(String, &Build, bool)> = clients
+        .iter()
+        .map(|b| (format!("{}-h2", b.label()), b, false))
+        .chain([(format!("{}-h1", clients[0].label()), &clients[0], true)])
+        .collect();
+    let mut fixtures: Vec<Fixture> = runs
+        .iter()
+        .map(|(name, build, http1)| {
+            let mut cmd = Command::new(&build.path);
+            if *http1 {
+                cmd.arg("http1");
+            }
+            cmd.arg(format!("{base}/c/{name}/1"))
+                .arg(format!("{base}/c/{name}/2"))
+                .arg(format!("{base}/missing"));
+            Fixture::start(&mut cmd)
+        })
+        .collect();
+    let collector = Collector::start();
+    let mut pids: Vec<u32> = fixtures.iter().map(Fixture::pid).collect();
+    pids.push(server.pid());
+    let mut agent = agent_for(&pids, &collector);
+    for ((name, _, http1), client) in runs.iter().zip(&mut fixtures) {
+        client.send_line("go");
+        let proto = if *http1 { "HTTP/1.1" } else { "HTTP/2.0" };
+        let size = body(&format!("/c/{name}/1")).len();
+        let out = client.rest_of_output();
+        assert_eq!(
+            out,
+            format!("200 {size} {proto}\n200 {size} {proto}\n404 9 {proto}\nDONE\n"),
+            "{name}"
+        );
+    }
+    let want = 6 * runs.len();
+    let spans = collector.wait_for(want, Duration::from_secs(15), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}\n{}", summary(&spans), agent.stderr());
+    let all = format!("{}\n{}", summary(&spans), agent.connections_log());
+    for ((name, _, http1), client) in runs.iter().zip(&fixtures) {
+        let version = if *http1 { "1.1" } else { "2" };
+        let mine: Vec<&FlatSpan> = spans
+            .iter()
+            .filter(|s| s.res_int("process.pid") == Some(i64::from(client.pid())))
+            .collect();
+        assert_eq!(mine.len(), 3, "{name}: {}", summary(&spans));
+        for (path, status) in [
+            (format!("/c/{name}/1"), 200),
+            (format!("/c/{name}/2"), 200),
+            ("/missing".to_owned(), 404),
+        ] {
+            let url = format!("{base}{path}");
+            let c = mine
+                .iter()
+                .find(|s| s.str("url.full").as_deref() == Some(url.as_str()))
+                .unwrap_or_else(|| panic!("{name}: no client span for {url}: {}", summary(&spans)));
+            assert!(c.is_client(), "{name} {path}");
+            assert_eq!(
+                c.int("http.response.status_code"),
+                Some(status),
+                "{name} {path}: {all}"
+            );
+            assert_eq!(
+                c.str("network.protocol.version").as_deref(),
+                Some(version),
+                "{name} {path}"
+            );
+            assert_eq!(
+                c.int("server.port"),
+                Some(i64::from(server.port)),
+                "{name} {path}"
+            );
+            assert_eq!(
+                c.res_str("process.executable.name").as_deref(),
+                Some("https_client"),
+                "{name} {path}"
+            );
+            // Its child is the server span of the same request.
+            let kids: Vec<&FlatSpan> = spans
+                .iter()
+                .filter(|s| s.span.parent_span_id == c.span.span_id)
+                .collect();
+            assert_eq!(kids.len(), 1, "{name} {path}: {all}");
+            let s = kids[0];
+            assert!(s.is_server(), "{name} {path}");
+            assert_eq!(
+                s.str("url.path").as_deref(),
+                Some(path.as_str()),
+                "{name}: wrong link"
+            );
+            assert_eq!(s.res_int("process.pid"), Some(i64::from(server.pid())));
+            assert_child(s, c);
+        }
+    }
+    // Every server span has its client as parent: none is left a root.
+    let roots = spans
+        .iter()
+        .filter(|s| s.is_server() && s.span.parent_span_id.is_empty())
+        .count();
+    assert_eq!(roots, 0, "{}", summary(&spans));
+    assert_clean(&agent);
+}
+
+/// A Go binary whose release is not in the offsets table (its build info
+/// rewritten to say go1.99) is left alone: no probes, a warning naming the
+/// binary and the reason, a counter, and the program works.
+#[test]
+fn a_go_binary_of_an_unknown_release_is_left_alone_and_counted() {
+    require_root();
+    let build = golang::build(&golang::toolchains()[0], "https_server", false);
+    let dir = TempDir::new("go-unknown");
+    let patched = dir.0.join("https_server");
+    let mut bytes = std::fs::read(&build.path).unwrap();
+    let magic = b"\xff Go buildinf:";
+    let at = bytes
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .expect("build info");
+    let version = at + 33;
+    assert_eq!(&bytes[version..version + 6], b"go1.19");
+    bytes[version..version + 6].copy_from_slice(b"go1.99");
+    std::fs::write(&patched, &bytes).unwrap();
+    std::fs::set_permissions(
+        &patched,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (cert, key) = self_signed_cert(&dir.0);
+    let server = Fixture::start(Command::new(&patched).arg(&cert).arg(&key));
+    let collector = Collector::start();
+    let mut agent = agent_for(&[server.pid()], &collector);
+    let url = format!("https://127.0.0.1:{}/unknown", server.port);
+    assert_eq!(zerospan_tests::curl(&["-sk", &url]), body("/unknown"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.stop().success());
+    let log = agent.stderr();
+    let warning = format!(
+        "Go's TLS in {} is not traced (version): its Go version (go1.99",
+        patched.display()
+    );
+    assert!(log.contains(&warning), "{warning:?} in:\n{log}");
+    assert_eq!(agent.stat("go_binaries_unsupported"), Some(1), "{log}");
+    assert_eq!(agent.stat("go_binaries_hooked"), Some(0), "{log}");
+    // Its TLS connection was seen, and given up as unhooked.
+    assert_eq!(agent.stat("connections_tls_unhooked"), Some(1), "{log}");
+    assert!(
+        collector.spans().is_empty(),
+        "{}",
+        summary(&collector.spans())
+    );
+}
+
+/// The traced program comes to no harm: Go servers of both releases under
+/// parallel HTTP/1.1 and HTTP/2 traffic, with the garbage collector
+/// running all the time (GOGC=1) and handlers whose stacks grow 20 000
+/// frames deep around the traced calls, while the agent attaches and, later,
+/// detaches in the middle of the traffic. Every request gets its exact
+/// answer, the servers live on, and every span is exactly one of the
+/// requests made.
+#[test]
+fn go_servers_come_to_no_harm_under_gc_stack_growth_and_attach_detach() {
+    require_root();
+    let toolchains = golang::toolchains();
+    let builds: Vec<Build> = toolchains
+        .iter()
+        .map(|tc| golang::build(tc, "https_server", false))
+        .collect();
+    let dir = TempDir::new("go-safety");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let servers: Vec<Fixture> = builds
+        .iter()
+        .map(|b| Fixture::start(Command::new(&b.path).arg(&cert).arg(&key).env("GOGC", "1")))
+        .collect();
+    // Traffic: 8 parallel transfers per round, each a deep request, on
+    // HTTP/2 and HTTP/1.1 by turns, until the test says stop.
+    let stop = dir.0.join("stop");
+    let traffic: Vec<std::process::Child> = servers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            ["--http2", "--http1.1"].map(|proto| {
+                let urls: String = (0..8)
+                    .map(|k| format!(" 'https://127.0.0.1:{}/deep/20000?s={i}&k={k}'", s.port))
+                    .collect();
+                let script = format!(
+                    "while [ ! -e {stop} ]; do \
+                       curl -sSk --no-progress-meter {proto} --parallel --parallel-max 8 {urls} || exit 1; \
+                       sleep 0.05; \
+                     done",
+                    stop = stop.display()
+                );
+                Command::new("sh")
+                    .args(["-c", &script])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let collector = Collector::start();
+    let pids: Vec<u32> = servers.iter().map(Fixture::pid).collect();
+    let mut agent = agent_for(&pids, &collector);
+    // The agent detaches while the traffic still runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.stop().success());
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    let expected = body("/deep/20000");
+    for child in traffic {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "curl failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let answers = text.matches(expected.as_str()).count();
+        assert!(answers >= 8 && answers.is_multiple_of(8), "{answers} answers");
+        assert_eq!(text.len(), answers * expected.len(), "every answer exact");
+    }
+    // The servers live on, and answer the same after the agent is gone.
+    for s in &servers {
+        let url = format!("https://127.0.0.1:{}/after", s.port);
+        assert_eq!(zerospan_tests::curl(&["-sk", &url]), body("/after"));
+    }
+    let spans = collector.spans();
+    assert!(!spans.is_empty(), "{}", agent.stderr());
+    // Connections from before the agent give what is certain of them
+    // (an HTTP/2 header table it did not see), marked so; never a wrong
+    // value.
+    for s in &spans {
+        let all = summary(&spans);
+        assert!(s.is_server(), "{all}");
+        if let Some(path) = s.str("url.path") {
+            assert_eq!(path, "/deep/20000", "{all}");
+        } else {
+            assert!(s.str("zerospan.incomplete").is_some(), "{all}");
+        }
+        assert_eq!(s.int("http.response.status_code"), Some(200), "{all}");
+        if let Some(size) = s.int("http.response.body.size") {
+            assert_eq!(size, expected.len() as i64, "{all}");
+        }
+    }
+    assert_eq!(agent.stat("kernel_go_conn_unknown"), Some(0));
+}
+
+/// The checked-in offsets table is what each toolchain's own `reflect`
+/// says (`cargo xtask go-offsets` regenerates it).
+#[test]
+fn the_offsets_table_is_what_each_toolchain_says() {
+    let table = std::fs::read_to_string(
+        zerospan_tests::procs::workspace().join("agent/src/golang/offsets.rs"),
+    )
+    .unwrap();
+    for tc in golang::toolchains() {
+        let target = zerospan_tests::procs::workspace().join("target/go");
+        let out = Command::new(&tc.go)
+            .arg("run")
+            .arg(zerospan_tests::procs::fixture("go/offsets.go"))
+            .env("GO111MODULE", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", target.join("cache"))
+            .env("GOPATH", target.join("gopath"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], tc.release);
+        let row = format!(
+            "Layout {{ release: \"{}\", conn: {}, netfd: {}, sysfd: {} }}",
+            f[0], f[1], f[2], f[3]
+        );
+        assert!(table.contains(&row), "{row} in:\n{table}");
+    }
+}
