@@ -412,7 +412,10 @@ fn go_servers_come_to_no_harm_under_gc_stack_growth_and_attach_detach() {
         assert!(out.status.success(), "curl failed");
         let text = String::from_utf8_lossy(&out.stdout);
         let answers = text.matches(expected.as_str()).count();
-        assert!(answers >= 8 && answers.is_multiple_of(8), "{answers} answers");
+        assert!(
+            answers >= 8 && answers.is_multiple_of(8),
+            "{answers} answers"
+        );
         assert_eq!(text.len(), answers * expected.len(), "every answer exact");
     }
     // The servers live on, and answer the same after the agent is gone.
@@ -474,4 +477,59 @@ fn the_offsets_table_is_what_each_toolchain_says() {
         );
         assert!(table.contains(&row), "{row} in:\n{table}");
     }
+}
+
+/// A plaintext Go service calls its backend for each request, 200 requests
+/// 8 at a time. Which goroutine made each call is not known yet, so no
+/// thread may parent it: every Go span is a root, counted, and the one
+/// link made (backend server span under the Go client span, same host, by
+/// 4-tuple) is right by the id both paths carry. Never a wrong parent.
+#[test]
+fn a_go_service_calling_a_backend_gets_no_wrong_parent() {
+    require_root();
+    let dir = TempDir::new("go-chain");
+    let backend = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let build = golang::build(&golang::toolchains()[0], "chain_server", false);
+    let service = Fixture::start(Command::new(&build.path).arg(backend.port.to_string()));
+    let collector = Collector::start();
+    let mut agent = agent_for(&[service.pid(), backend.pid()], &collector);
+    let n = 200;
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("http://127.0.0.1:{}/r/{i}", service.port))
+        .collect();
+    let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = zerospan_tests::curl(&args);
+    assert_eq!(out.lines().count(), n, "{out}");
+    let want = 3 * n;
+    let spans = collector.wait_for(want, Duration::from_secs(20), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}", agent.stderr());
+    let id_of = |s: &FlatSpan| {
+        let url = s.str("url.path").or(s.str("url.full")).unwrap_or_default();
+        url.rsplit('/').next().unwrap_or_default().to_owned()
+    };
+    let go = i64::from(service.pid());
+    let (mut clients, mut linked) = (0, 0);
+    for s in &spans {
+        let pid = s.res_int("process.pid");
+        if pid == Some(go) {
+            // The Go server span (curl is not traced) and the Go client
+            // span: both roots.
+            assert!(s.span.parent_span_id.is_empty(), "{}", summary(&spans));
+            clients += usize::from(s.is_client());
+            continue;
+        }
+        // The backend's span: the child of the Go call for the same id.
+        assert!(s.is_server());
+        let parent = spans
+            .iter()
+            .find(|p| p.span.span_id == s.span.parent_span_id)
+            .unwrap_or_else(|| panic!("backend span {} has no parent", id_of(s)));
+        assert!(parent.is_client());
+        assert_eq!(id_of(parent), id_of(s), "a wrong link");
+        linked += 1;
+    }
+    assert_eq!((clients, linked), (n, n));
+    assert_eq!(agent.stat("context_goroutine_unknown"), Some(n as u64));
 }
