@@ -199,7 +199,7 @@ fn functions(obj: &object::File<'_>) -> Result<Option<(Range, Range)>, Unsupport
             .unwrap_or(0),
         t => t,
     };
-    let at = |(start, end): Range| (text + start, text + end);
+    let at = |(start, end): Range| (text.saturating_add(start), text.saturating_add(end));
     Ok(Some((at(r), at(w))))
 }
 
@@ -207,7 +207,7 @@ fn functions(obj: &object::File<'_>) -> Result<Option<(Range, Range)>, Unsupport
 fn symbol(obj: &object::File<'_>, name: &str) -> Option<Range> {
     obj.symbols()
         .find(|s| s.name() == Ok(name))
-        .map(|s| (s.address(), s.address() + s.size()))
+        .map(|s| (s.address(), s.address().saturating_add(s.size())))
 }
 
 /// The entry and `RET`s of the function at `range`, as file offsets.
@@ -218,7 +218,9 @@ fn probe_points(
 ) -> Result<Function, Unsupported> {
     let section = obj
         .sections()
-        .find(|s| s.address() <= start && end <= s.address() + s.size())
+        .find(|s| {
+            s.address() <= start && start <= end && end <= s.address().saturating_add(s.size())
+        })
         .ok_or(Unsupported::Outside(name))?;
     let (file_start, _) = section.file_range().ok_or(Unsupported::Outside(name))?;
     let data = section.data().map_err(|_| Unsupported::Outside(name))?;
