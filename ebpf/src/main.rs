@@ -548,6 +548,20 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     if moved <= 0 {
         return;
     }
+    // What the buffer is comes from which syscall this is, a constant in
+    // each program, not from the stash: the verifier then walks only this
+    // syscall's way of emitting (the iovec walk is no read's), where a
+    // value from the map would make it walk every way, past its limit.
+    // The stash adds only whether a TLS library's write is nested in it;
+    // anything else there is left over from another syscall.
+    let stashed = match buf {
+        Buf::Msg => Buf::Iov,
+        b => b,
+    };
+    let nested_tls = dir == direction::EGRESS && args.buf == Buf::Tls;
+    if args.buf != stashed && !nested_tls {
+        return;
+    }
     let mut hdr = header(
         kind::DATA,
         args.direction,
@@ -563,7 +577,7 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     if args.first_read != 0 {
         // The first buffer the read filled: of readv/recvmsg, the first
         // iovec entry's.
-        let (first, first_len) = match args.buf {
+        let (first, first_len) = match stashed {
             Buf::Iov => {
                 // SAFETY: bpf_probe_read_user validates the user pointer.
                 match unsafe { bpf_probe_read_user(args.ptr as *const Iovec) } {
@@ -596,13 +610,16 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
             unsafe { (*sock).flags |= sock_flags::FIRST_READ_SEEN | more };
         }
     }
-    if args.buf == Buf::Plain && dir == direction::INGRESS {
+    if stashed == Buf::Plain && dir == direction::INGRESS {
         propagate::server_request_read(pid_tgid, args.fd, args.conn_id, args.ptr, moved, now);
     } else if dir == direction::EGRESS && args.deep == 0 {
         propagate::server_response_written(pid_tgid as u32, args.fd);
     }
-    match args.buf {
-        Buf::Tls => tls_nested_write(pid_tgid, tgid, args.fd),
+    if nested_tls {
+        tls_nested_write(pid_tgid, tgid, args.fd);
+        return;
+    }
+    match stashed {
         Buf::Plain if deep => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),
         Buf::Iov => emit_iovecs(&hdr, args.ptr, args.count, moved, deep),
@@ -612,10 +629,24 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
 
 #[inline(always)]
 fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64, deep: bool) {
+    // How many entries get a segment, and how much of each is copied,
+    // fixed before the walk: a branch on `deep` at each entry would give
+    // the verifier two ways through every one of them. Deeply, one
+    // segment per entry still, with up to MAX_CAPTURE of it copied (the
+    // entries that matter, frame headers and header blocks, are small).
+    let (bound, limit) = if deep {
+        (MAX_DEEP_IOV_SEGMENTS, MAX_CAPTURE as u64)
+    } else {
+        // SAFETY: CAPTURE_BYTES is a load-time constant.
+        (
+            MAX_IOV_SEGMENTS,
+            unsafe { ptr::read_volatile(&CAPTURE_BYTES) } as u64,
+        )
+    };
     let mut remaining = moved;
     let mut i: u32 = 0;
     while i < MAX_DEEP_IOV_SEGMENTS {
-        if remaining == 0 || i as u64 >= iovcnt || (!deep && i >= MAX_IOV_SEGMENTS) {
+        if remaining == 0 || i >= bound || i as u64 >= iovcnt {
             break;
         }
         let at = iov + (i as u64) * size_of::<Iovec>() as u64;
@@ -624,13 +655,8 @@ fn emit_iovecs(hdr: &EventHeader, iov: u64, iovcnt: u64, moved: u64, deep: bool)
             break;
         };
         let seg = if v.len < remaining { v.len } else { remaining };
-        // Deeply: one segment per entry still, with up to MAX_CAPTURE of
-        // it copied (the entries that matter, frame headers and header
-        // blocks, are small).
-        if seg > 0 && deep {
-            emit_bytes(hdr, v.base, seg, MAX_CAPTURE as u64);
-        } else if seg > 0 {
-            emit_segment(hdr, v.base, seg);
+        if seg > 0 {
+            emit_bytes(hdr, v.base, seg, limit);
         }
         remaining -= seg;
         i += 1;
@@ -876,14 +902,21 @@ fn still_open(tgid: u32, r: Option<SockRef>) -> Option<i32> {
     (sock.conn_id == r.conn_id).then_some(r.fd)
 }
 
+/// The return of a library read (`dir` INGRESS) or write.
 #[inline(always)]
-fn tls_exit(ctx: &RetProbeContext) {
+fn tls_exit(ctx: &RetProbeContext, dir: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: read-only copy of a plain value.
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(mut call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
+    if call.direction != dir {
+        return; // not this function's call
+    }
+    // A constant from here on: each return program holds only its own
+    // direction's code, which keeps the verifier's walk of it short.
+    call.direction = dir;
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
         tgid,
@@ -1062,7 +1095,11 @@ fn tls_nested_write(pid_tgid: u64, tgid: u32, fd: i32) {
         return;
     }
     call.emitted = 1;
-    let copy = *call;
+    let mut copy = *call;
+    // Only a write's plaintext is sent from here (see `data_args`). Said
+    // as a constant, it keeps the read side of `emit_plaintext` (the
+    // server-request scan) out of the write programs the verifier walks.
+    copy.direction = direction::EGRESS;
     // A library write moves all it was asked to, or fails and is retried
     // with the same bytes (OpenSSL without partial writes, GnuTLS): the
     // bytes a failed or short attempt already sent are skipped.
@@ -1169,7 +1206,7 @@ macro_rules! tls_probe {
         }
         #[uretprobe]
         pub fn $exit(ctx: RetProbeContext) -> u32 {
-            tls_exit(&ctx);
+            tls_exit(&ctx, $dir);
             0
         }
     };

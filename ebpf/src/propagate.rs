@@ -317,18 +317,36 @@ fn content_length(s: &mut Scan, ls: u32, p: u32) {
     s.content_length = value;
 }
 
+/// A lowercase hex digit's value, plus 0x100 when `c` is not one.
+/// Without branches: the verifier walks one path through a whole id, not
+/// one per kind of digit in it (with a branch per digit, the exit programs
+/// went past the verifier's limit of a million instructions).
 #[inline(always)]
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+fn hex_value(c: u8) -> u32 {
+    let c = i32::from(c);
+    let d = c - i32::from(b'0');
+    let l = c - i32::from(b'a');
+    // 1 when out of 0..=9 (0..=5): the sign bit of d, or of 9 - d.
+    let not_digit = ((d | (9 - d)) as u32) >> 31;
+    let not_letter = ((l | (5 - l)) as u32) >> 31;
+    let value =
+        (d as u32 & not_digit.wrapping_sub(1)) | ((l + 10) as u32 & not_letter.wrapping_sub(1));
+    (value & 0xf) | ((not_digit & not_letter) << 8)
+}
+
+/// The two hex digits at `from` as a byte, plus 0x100 when either is not a
+/// lowercase hex digit.
+#[inline(always)]
+fn hex_pair(s: &Scan, from: u32) -> u32 {
+    let hi = hex_value(at(s, from));
+    let lo = hex_value(at(s, from + 1));
+    ((hi & 0xf) << 4) | (lo & 0xf) | ((hi | lo) & 0x100)
 }
 
 #[inline(always)]
 fn hex_byte(s: &Scan, from: u32) -> Option<u8> {
-    Some((hex_value(at(s, from))? << 4) | hex_value(at(s, from + 1))?)
+    let v = hex_pair(s, from);
+    (v & 0x100 == 0).then_some(v as u8)
 }
 
 /// The first `traceparent` header, on the line at `ls`, by the agent's
@@ -364,12 +382,14 @@ fn past_blanks(s: &Scan, from: u32) -> u32 {
 #[inline(always)]
 fn nonzero_id<const N: usize>(s: &Scan, from: u32) -> Option<[u8; N]> {
     let mut id = [0u8; N];
-    let mut any = 0u8;
+    let mut all = 0u32;
     for (i, byte) in id.iter_mut().enumerate() {
-        *byte = hex_byte(s, from + 2 * i as u32)?;
-        any |= *byte;
+        let v = hex_pair(s, from + 2 * i as u32);
+        all |= v;
+        *byte = v as u8;
     }
-    (any != 0).then_some(id)
+    // Every pair hex (no 0x100), and some byte not zero.
+    (all & 0x100 == 0 && all & 0xff != 0).then_some(id)
 }
 
 #[inline(always)]
@@ -391,10 +411,24 @@ fn parse_traceparent(s: &mut Scan, from: u32) -> Option<()> {
     Some(())
 }
 
-/// A line ended at `p`. Not inlined: whichever way it went, the caller's
-/// state after the call is the same, so the verifier checks what follows
-/// once, not once per path through here.
+/// A line ended at `p`. A global function (exported, so its BTF says so):
+/// the verifier checks it once, on its own, for any `Scan` and any `p`,
+/// and at each call only that the arguments fit. As a static function it
+/// was checked again for every state a caller reached it in: nearly a
+/// million instructions for the read programs on Linux 6.18, past the
+/// verifier's limit once TLS reads scan too.
+#[no_mangle]
 #[inline(never)]
+pub extern "C" fn zerospan_newline(s: *mut Scan, p: u32) -> u32 {
+    if s.is_null() {
+        return 0;
+    }
+    // SAFETY: not null; the verifier checked its size against `Scan`.
+    newline(unsafe { &mut *s }, p);
+    0
+}
+
+#[inline(always)]
 fn newline(s: &mut Scan, p: u32) {
     if s.line_end == 0 {
         s.line_end = p + 1;
@@ -433,7 +467,7 @@ unsafe extern "C" fn scan_byte(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     if s.data[p as usize] == b'\n' {
-        newline(s, p);
+        zerospan_newline(s, p);
     }
     0
 }
