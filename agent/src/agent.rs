@@ -101,7 +101,7 @@ impl EventPath {
         match event {
             Event::Data {
                 key,
-                tid,
+                task,
                 egress,
                 tls,
                 enter_ns,
@@ -115,15 +115,15 @@ impl EventPath {
                     stamp: Stamp { enter_ns, exit_ns },
                 };
                 if tls {
-                    self.tracker.plaintext(key, tid, egress, seg);
+                    self.tracker.plaintext(key, task, egress, seg);
                 } else {
-                    self.tracker.data(key, tid, egress, seg);
+                    self.tracker.data(key, task, egress, seg);
                 }
             }
             Event::Unowned {
                 tgid,
                 ssl,
-                tid,
+                task,
                 enter_ns,
                 exit_ns,
                 len,
@@ -137,7 +137,7 @@ impl EventPath {
                 log::trace!(
                     "pid {tgid}: TLS object {ssl:#x} wrote {len} bytes before its socket was known"
                 );
-                let dropped = self.unowned.hold(tgid, ssl, tid, seg);
+                let dropped = self.unowned.hold(tgid, ssl, task, seg);
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
             }
             Event::TlsOwner { key, ssl } => {
@@ -148,7 +148,7 @@ impl EventPath {
                 );
                 Stats::add(&self.stats.tls_writes_unclaimed, stale);
                 for held in held {
-                    self.tracker.plaintext(key, held.tid, true, held.segment());
+                    self.tracker.plaintext(key, held.task, true, held.segment());
                 }
             }
             Event::ConnOpen {
@@ -197,6 +197,12 @@ impl EventPath {
                 Stats::inc(&self.stats.processes_forked);
                 self.registry.fork(parent, child, &comm);
                 self.probes.fork(parent, child);
+                // A Go program that forks without exec (rare in Go) runs
+                // the same image in the child: its goroutines still serve.
+                if self.tracker.is_go(parent) && procfs::tgid_of(child) == Some(child) {
+                    self.probes.fork_go(parent, child);
+                    self.tracker.goroutines(child, true);
+                }
             }
             Event::ExecSeen { pid } => self.exec_seen(pid),
             Event::Exec { pid, comm } => {
@@ -211,6 +217,12 @@ impl EventPath {
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
+            Event::Go {
+                tgid,
+                task,
+                act,
+                object,
+            } => self.tracker.go_event(tgid, task, act, object),
         }
     }
 
@@ -450,6 +462,7 @@ impl EventPath {
             (&st.kernel_tls_unattributed, counter::TLS_UNATTRIBUTED),
             (&st.kernel_tls_claims_refused, counter::TLS_CLAIM_REFUSED),
             (&st.kernel_go_conn_unknown, counter::GO_CONN_UNKNOWN),
+            (&st.kernel_go_g_mismatch, counter::GO_G_MISMATCH),
             (&st.kernel_context_injected, counter::INJECTED),
             (&st.kernel_context_had_header, counter::INJECT_HAD_HEADER),
             (&st.kernel_context_gave_up, counter::INJECT_GAVE_UP),

@@ -137,6 +137,22 @@ pub fn run_checks() -> Vec<Check> {
             Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
         )
     });
+    // Go programs' goroutines are read at each thread's fs base, which
+    // BTF says where to find in the task.
+    out.push(match crate::btf::task_fsbase() {
+        Ok(at) => check(
+            "go goroutines",
+            Verdict::Ok,
+            format!("a task's fs base is at offset {at} (BTF)"),
+            None,
+        ),
+        Err(e) => check(
+            "go goroutines",
+            Verdict::Warn,
+            format!("not followed: {e:#}"),
+            Some("calls made by Go programs stay roots; use an x86_64 kernel with BTF"),
+        ),
+    });
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     out.push(match procfs::mounted("tracefs", &mounts) {
         Some(at) => check("tracefs", Verdict::Ok, format!("mounted at {at}"), None),

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use zerospan_common::{
-    context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, OwnerEvent, ProcEvent,
-    MAX_CAPTURE,
+    context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, GoEvent, OwnerEvent,
+    ProcEvent, MAX_CAPTURE,
 };
 
 /// Identifies one connection: fd numbers are reused, `conn_id` is not.
@@ -31,11 +31,46 @@ impl ConnKey {
     }
 }
 
+/// Who made an event happen: a thread, and in a Go program the goroutine
+/// running on it, when the probes know it (0 when not).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Task {
+    pub tid: u32,
+    pub goroutine: u64,
+}
+
+impl Task {
+    /// A thread of a program that is not Go (or whose goroutine is not
+    /// known).
+    #[cfg(test)]
+    pub const fn thread(tid: u32) -> Task {
+        Task { tid, goroutine: 0 }
+    }
+
+    fn of(h: &EventHeader) -> Task {
+        Task {
+            tid: h.tid,
+            goroutine: h.goroutine,
+        }
+    }
+}
+
+/// What a Go program's runtime or `net/http` did (see [`Event::Go`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoAct {
+    /// The goroutine started goroutine `object`.
+    Spawn,
+    /// The goroutine asked for a request on `*persistConn` `object`.
+    RoundTrip,
+    /// The goroutine writes `*persistConn` `object`'s requests.
+    WriteLoop,
+}
+
 #[derive(Debug)]
 pub enum Event<'a> {
     Data {
         key: ConnKey,
-        tid: u32,
+        task: Task,
         egress: bool,
         /// Plaintext from a TLS library's probes, not a syscall's bytes.
         tls: bool,
@@ -49,7 +84,7 @@ pub enum Event<'a> {
     Unowned {
         tgid: u32,
         ssl: u64,
-        tid: u32,
+        task: Task,
         enter_ns: u64,
         exit_ns: u64,
         len: u64,
@@ -104,6 +139,13 @@ pub enum Event<'a> {
         key: ConnKey,
         egress: bool,
         chosen: Chosen,
+    },
+    /// Goroutine `task.goroutine` of Go process `tgid` did `act`.
+    Go {
+        tgid: u32,
+        task: Task,
+        act: GoAct,
+        object: u64,
     },
 }
 
@@ -185,8 +227,11 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             if buf.len() < DataEvent::HEADER_SIZE {
                 return Err(DecodeError::Short(buf.len()));
             }
-            let len = u64::from_ne_bytes(buf[40..48].try_into().expect("8 bytes"));
-            let captured = u32::from_ne_bytes(buf[48..52].try_into().expect("4 bytes")) as usize;
+            let at = std::mem::offset_of!(DataEvent, len);
+            let len = u64::from_ne_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+            let at = std::mem::offset_of!(DataEvent, captured);
+            let captured =
+                u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
             let carried = buf.len() - DataEvent::HEADER_SIZE;
             if captured > carried || captured > MAX_CAPTURE || captured as u64 > len {
                 return Err(DecodeError::BadCapture {
@@ -203,7 +248,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 return Ok(Event::Unowned {
                     tgid: h.tgid,
                     ssl: h.conn_id,
-                    tid: h.tid,
+                    task: Task::of(&h),
                     enter_ns: h.ts_enter_ns,
                     exit_ns: h.ts_exit_ns,
                     len,
@@ -212,7 +257,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             }
             Event::Data {
                 key,
-                tid: h.tid,
+                task: Task::of(&h),
                 egress: h.direction == zerospan_common::direction::EGRESS,
                 tls: h.source == zerospan_common::source::TLS,
                 enter_ns: h.ts_enter_ns,
@@ -287,6 +332,19 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 _ => Event::Exit { pid: h.tgid },
             }
         }
+        kind::GO_SPAWN | kind::GO_ROUND_TRIP | kind::GO_WRITE_LOOP => {
+            let g: GoEvent = read(buf)?;
+            Event::Go {
+                tgid: h.tgid,
+                task: Task::of(&h),
+                act: match h.kind {
+                    kind::GO_SPAWN => GoAct::Spawn,
+                    kind::GO_ROUND_TRIP => GoAct::RoundTrip,
+                    _ => GoAct::WriteLoop,
+                },
+                object: g.object,
+            }
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -303,8 +361,8 @@ mod tests {
 
     #[test]
     fn header_layout_matches_the_probes() {
-        assert_eq!(size_of::<EventHeader>(), 40);
-        assert_eq!(DataEvent::HEADER_SIZE, 56);
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(DataEvent::HEADER_SIZE, 64);
         assert_eq!(
             std::mem::offset_of!(DataEvent, data),
             DataEvent::HEADER_SIZE
@@ -388,7 +446,11 @@ mod tests {
             Event::Unowned {
                 tgid: 7,
                 ssl: 0xdead,
-                tid: 8,
+                task:
+                    Task {
+                        tid: 8,
+                        goroutine: 0,
+                    },
                 enter_ns: 10,
                 exit_ns: 20,
                 len: 24,
@@ -415,6 +477,58 @@ mod tests {
                     conn_id: 42
                 }
             ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn go_events_name_their_goroutines() {
+        let spawn = GoEvent {
+            header: EventHeader {
+                kind: kind::GO_SPAWN,
+                tgid: 7,
+                tid: 8,
+                goroutine: 0xc000_0010,
+                ..Default::default()
+            },
+            object: 0xc000_0020,
+        };
+        match decode(&bytes_of(&spawn)).unwrap() {
+            Event::Go {
+                tgid: 7,
+                task,
+                act: GoAct::Spawn,
+                object: 0xc000_0020,
+            } => assert_eq!(
+                task,
+                Task {
+                    tid: 8,
+                    goroutine: 0xc000_0010
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut ev = DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                tgid: 7,
+                tid: 8,
+                fd: 3,
+                goroutine: 0xc000_0030,
+                ..Default::default()
+            },
+            len: 2,
+            captured: 2,
+            _pad: 0,
+            data: [0; MAX_CAPTURE],
+        };
+        ev.data[..2].copy_from_slice(b"hi");
+        let raw = bytes_of(&ev);
+        match decode(&raw[..DataEvent::HEADER_SIZE + 2]).unwrap() {
+            Event::Data { task, bytes, .. } => {
+                assert_eq!(task.goroutine, 0xc000_0030);
+                assert_eq!(bytes, b"hi");
+            }
             other => panic!("{other:?}"),
         }
     }

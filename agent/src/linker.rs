@@ -11,7 +11,11 @@
 //! 3. Client side, same process: the one server request in flight on the
 //!    thread that writes this request (thread-per-request servers). With
 //!    two or more in flight on that thread, the parent cannot be known: the
-//!    span stays a root and is counted.
+//!    span stays a root and is counted. In a Go program the goroutine
+//!    takes the thread's place ([`goroutines`](crate::goroutines)): the
+//!    one that read the request, the one that asked for the call (across
+//!    `net/http`'s hand-off to its writer goroutine), and those it
+//!    started while the request was in flight.
 //!
 //! A server span that found no parent (2) may still get one: the client's
 //! request can reach the agent a moment after the server's (with TLS, the
@@ -37,7 +41,7 @@
 
 use std::{
     cell::Cell,
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -45,7 +49,8 @@ use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::{
     conn::{Endpoints, Role},
-    events::{Chosen, ConnKey, Origin},
+    events::{Chosen, ConnKey, GoAct, Origin, Task},
+    goroutines::{Asker, Doer, Goroutines, Under},
     spans::context::{parse_traceparent, SpanContext},
     stats::Stats,
 };
@@ -108,6 +113,17 @@ struct Call {
     ctx: SpanContext,
 }
 
+/// What a thread or goroutine serves (see [`Linker::served_by`]).
+enum Served<'a> {
+    One(&'a SpanContext),
+    /// Through the goroutine's start, from the one its starter served.
+    Inherited(&'a SpanContext),
+    Many,
+    /// The goroutine's start was under a request that has ended.
+    Stale(u64),
+    Nothing,
+}
+
 /// A server span in flight that found no parent (see the module docs).
 struct Orphan {
     /// Its connection's addresses: the client's local address, and ours.
@@ -115,15 +131,16 @@ struct Orphan {
     local: SocketAddr,
     /// See [`Start::stream`].
     stream: u32,
-    serving: (u32, u32),
+    serving: Option<(u32, Doer)>,
     /// Set once a call was made as its child: then it cannot move.
     has_children: Cell<bool>,
 }
 
 #[derive(Default)]
 pub struct Linker {
-    /// Server spans in flight, by the (tgid, tid) that read their request.
-    serving: HashMap<(u32, u32), Vec<SpanContext>>,
+    /// Server spans in flight, by the thread (or goroutine) of the process
+    /// that read their request.
+    serving: HashMap<(u32, Doer), Vec<SpanContext>>,
     calling: HashMap<u16, Vec<Call>>,
     /// Orphans by span id, and their span ids by peer address.
     orphans: HashMap<[u8; 8], Orphan>,
@@ -136,10 +153,8 @@ pub struct Linker {
     /// Ids the probes chose for the server request whose head is in the
     /// read that ended at `Chosen::at_ns`.
     chosen_server: HashMap<ConnKey, Chosen>,
-    /// Go processes: a goroutine may read a request on one thread and
-    /// make its calls on others, and other goroutines use the same
-    /// threads, so their threads parent nothing.
-    goroutines: HashSet<u32>,
+    /// Go processes: their goroutines serve requests, not their threads.
+    go: Goroutines,
 }
 
 /// Most orphans kept; past it new ones are not adoptable.
@@ -176,26 +191,28 @@ fn from_header(start: &Start<'_>, stats: &Stats) -> Option<SpanContext> {
 }
 
 impl Linker {
-    /// A request starts on `conn`, on thread `tid`, in the syscall `at`
-    /// that moved its first bytes: its span context, whatever the protocol.
+    /// A request starts on `conn`, by `task`, in the syscall `at` that
+    /// moved its first bytes: its span context, whatever the protocol.
     #[allow(clippy::too_many_arguments)]
     pub fn started(
         &mut self,
         conn: ConnKey,
         role: Role,
         ends: Endpoints,
-        tid: u32,
+        task: Task,
         at: Stamp,
         start: Start<'_>,
         stats: &Stats,
     ) -> SpanContext {
         match role {
-            Role::Server => self.server_started(conn, tid, start, ends, at, stats),
+            Role::Server => self.server_started(conn, task, start, ends, at, stats),
             Role::Client if start.linkable => {
-                self.client_started(conn, tid, start, ends, at, stats)
+                self.client_started(conn, task, start, ends, at, stats)
             }
-            Role::Client => from_header(&start, stats)
-                .unwrap_or_else(|| self.call_on_own_thread(conn, tid, &start, stats)),
+            Role::Client => match from_header(&start, stats) {
+                Some(ctx) => ctx,
+                None => self.call_by_own(conn, task, &start, stats),
+            },
         }
     }
 
@@ -206,11 +223,11 @@ impl Linker {
         conn: ConnKey,
         role: Role,
         ends: Endpoints,
-        tid: u32,
+        task: Task,
         ctx: &SpanContext,
     ) {
         match role {
-            Role::Server => self.server_finished(conn, tid, ctx),
+            Role::Server => self.server_finished(conn, task, ctx),
             Role::Client => self.client_finished(ends.peer, ctx),
         }
     }
@@ -243,12 +260,12 @@ impl Linker {
         found
     }
 
-    /// A traced process read a request on `conn`, on thread `tid`, in the
-    /// read that moved its first bytes at `at`.
+    /// A traced process read a request on `conn`, by `task`, in the read
+    /// that moved its first bytes at `at`.
     fn server_started<'h>(
         &mut self,
         conn: ConnKey,
-        tid: u32,
+        task: Task,
         start: impl Into<Start<'h>>,
         ends: Endpoints,
         at: Stamp,
@@ -291,20 +308,37 @@ impl Linker {
                     }
                 }
                 if linked.is_none() {
-                    self.add_orphan(&ctx, (conn.tgid, tid), ends, stream);
+                    let doer = self.serving_doer(conn.tgid, task, &start);
+                    self.add_orphan(&ctx, doer.map(|d| (conn.tgid, d)), ends, stream);
                 }
                 ctx
             }
         };
-        if start.thread_bound && !self.goroutines.contains(&conn.tgid) {
-            let serving = self.serving.entry((conn.tgid, tid)).or_default();
+        if let Some(doer) = self.serving_doer(conn.tgid, task, &start) {
+            let serving = self.serving.entry((conn.tgid, doer)).or_default();
             push_bounded(serving, ctx.clone());
         }
         ctx
     }
 
+    /// Who serves a request `task` read, for the calls it causes: its
+    /// thread or goroutine, if the request is handled where it is read
+    /// ([`Start::thread_bound`]) and the goroutine is known.
+    fn serving_doer(&self, tgid: u32, task: Task, start: &Start<'_>) -> Option<Doer> {
+        start
+            .thread_bound
+            .then(|| self.go.doer(tgid, task))
+            .flatten()
+    }
+
     /// Remembers a parentless server span whose peer is on this host.
-    fn add_orphan(&mut self, ctx: &SpanContext, serving: (u32, u32), ends: Endpoints, stream: u32) {
+    fn add_orphan(
+        &mut self,
+        ctx: &SpanContext,
+        serving: Option<(u32, Doer)>,
+        ends: Endpoints,
+        stream: u32,
+    ) {
         let (Some(peer), Some(local)) = (ends.peer, ends.local) else {
             return;
         };
@@ -359,7 +393,7 @@ impl Linker {
             span_id,
             ..SpanContext::child_of(parent)
         };
-        if let Some(v) = self.serving.get_mut(&serving) {
+        if let Some(v) = serving.and_then(|s| self.serving.get_mut(&s)) {
             for c in v.iter_mut().filter(|c| c.span_id == span_id) {
                 *c = ctx.clone();
             }
@@ -411,12 +445,12 @@ impl Linker {
         }
     }
 
-    /// A traced process wrote a request on `conn`, on thread `tid`, in the
-    /// write at `at`.
+    /// A traced process wrote a request on `conn`, by `task`, in the write
+    /// at `at`.
     fn client_started<'h>(
         &mut self,
         conn: ConnKey,
-        tid: u32,
+        task: Task,
         start: impl Into<Start<'h>>,
         ends: Endpoints,
         at: Stamp,
@@ -424,9 +458,11 @@ impl Linker {
     ) -> SpanContext {
         let start = start.into();
         let ctx = match self.take_chosen_request(conn, at, stats) {
-            Some(k) => self.injected_call(conn, tid, &k, stats),
-            None => from_header(&start, stats)
-                .unwrap_or_else(|| self.call_on_own_thread(conn, tid, &start, stats)),
+            Some(k) => self.injected_call(conn, task, &k, stats),
+            None => match from_header(&start, stats) {
+                Some(ctx) => ctx,
+                None => self.call_by_own(conn, task, &start, stats),
+            },
         };
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
@@ -448,13 +484,19 @@ impl Linker {
     }
 
     /// The context of a call the probes wrote `traceparent` into: their
-    /// span id; the parent the agent sees on the thread if there is one;
-    /// else a root of the probes' trace, which the next hop joins. (The
-    /// probes remember only the last request a thread read; where the
-    /// agent sees none or several in flight, their choice could name a
-    /// wrong parent, so it is not used.)
-    fn injected_call(&self, conn: ConnKey, tid: u32, k: &Chosen, stats: &Stats) -> SpanContext {
-        let local = self.call_on_thread(conn, tid, stats);
+    /// span id; the parent the agent sees for it if there is one; else a
+    /// root of the probes' trace, which the next hop joins. (The probes
+    /// remember only the last request a thread read; where the agent sees
+    /// none or several in flight, their choice could name a wrong parent,
+    /// so it is not used.)
+    fn injected_call(
+        &mut self,
+        conn: ConnKey,
+        task: Task,
+        k: &Chosen,
+        stats: &Stats,
+    ) -> SpanContext {
+        let local = self.call_by(conn, task, stats);
         if local.parent_span_id != [0; 8] {
             return SpanContext {
                 span_id: k.span_id,
@@ -470,62 +512,147 @@ impl Linker {
         }
     }
 
-    /// [`Linker::call_on_thread`] for a call whose thread is its own
+    /// [`Linker::call_by`] for a call whose thread is its own
     /// ([`Start::thread_bound`]); a root otherwise.
-    fn call_on_own_thread(
-        &self,
+    fn call_by_own(
+        &mut self,
         conn: ConnKey,
-        tid: u32,
+        task: Task,
         start: &Start<'_>,
         stats: &Stats,
     ) -> SpanContext {
         if start.thread_bound {
-            self.call_on_thread(conn, tid, stats)
+            self.call_by(conn, task, stats)
         } else {
             SpanContext::root()
         }
     }
 
-    /// The context of a call made on thread `tid` that carries no header of
-    /// its own (any protocol): the child of the one request that thread is
-    /// serving, else a root.
-    fn call_on_thread(&self, conn: ConnKey, tid: u32, stats: &Stats) -> SpanContext {
-        if self.goroutines.contains(&conn.tgid) {
+    /// The context of a call made by `task` that carries no header of its
+    /// own (any protocol): the child of the one request its thread (or, in
+    /// Go, the goroutine it is made for) serves, else a root.
+    fn call_by(&mut self, conn: ConnKey, task: Task, stats: &Stats) -> SpanContext {
+        let tgid = conn.tgid;
+        let Some(mut doer) = self.go.doer(tgid, task) else {
             Stats::inc(&stats.context_goroutine_unknown);
             return SpanContext::root();
-        }
-        match self.serving.get(&(conn.tgid, tid)).map(Vec::as_slice) {
-            Some([one]) => {
-                if let Some(orphan) = self.orphans.get(&one.span_id) {
-                    orphan.has_children.set(true);
+        };
+        let mut handed_off = false;
+        if let Doer::Goroutine(g) = doer {
+            match self.go.asker(tgid, g) {
+                Asker::Itself => {}
+                Asker::Goroutine(asker) => {
+                    doer = Doer::Goroutine(asker);
+                    handed_off = true;
                 }
-                SpanContext::child_of(one)
+                Asker::Unknown => {
+                    Stats::inc(&stats.context_goroutine_unknown);
+                    return SpanContext::root();
+                }
             }
-            Some([_, _, ..]) => {
+        }
+        let parent = match self.served_by(tgid, doer) {
+            Served::One(parent) => parent,
+            Served::Inherited(parent) => {
+                Stats::inc(&stats.context_goroutine_inherited);
+                parent
+            }
+            Served::Many => {
                 Stats::inc(&stats.context_parent_ambiguous);
-                SpanContext::root()
+                return SpanContext::root();
             }
-            _ => SpanContext::root(),
+            Served::Stale(g) => {
+                Stats::inc(&stats.context_goroutine_stale);
+                self.go.forget_under(tgid, g);
+                return SpanContext::root();
+            }
+            Served::Nothing => return SpanContext::root(),
+        };
+        if handed_off {
+            Stats::inc(&stats.context_goroutine_handoff);
+        }
+        if let Some(orphan) = self.orphans.get(&parent.span_id) {
+            orphan.has_children.set(true);
+        }
+        SpanContext::child_of(parent)
+    }
+
+    /// What `doer` of process `tgid` serves now: the requests it read and
+    /// has not answered; for a goroutine that read none, the request it
+    /// was started under, while that is in flight.
+    fn served_by(&self, tgid: u32, doer: Doer) -> Served<'_> {
+        match self.serving.get(&(tgid, doer)).map(Vec::as_slice) {
+            Some([one]) => return Served::One(one),
+            Some([_, _, ..]) => return Served::Many,
+            _ => {}
+        }
+        let Doer::Goroutine(g) = doer else {
+            return Served::Nothing;
+        };
+        let Some(under) = self.go.under(tgid, g) else {
+            return Served::Nothing;
+        };
+        match self
+            .serving
+            .get(&(tgid, under.doer))
+            .and_then(|v| v.iter().find(|c| c.span_id == under.span_id))
+        {
+            Some(ctx) => Served::Inherited(ctx),
+            None => Served::Stale(g),
         }
     }
 
+    /// Goroutine `task.goroutine` of Go process `tgid` did `act` on
+    /// `object` (see [`GoAct`]).
+    pub fn go_event(&mut self, tgid: u32, task: Task, act: GoAct, object: u64) {
+        let g = task.goroutine;
+        if !self.go.is_go(tgid) || g == 0 {
+            return;
+        }
+        match act {
+            GoAct::Spawn => {
+                let under = match self.served_by(tgid, Doer::Goroutine(g)) {
+                    Served::One(ctx) => Some(Under {
+                        doer: Doer::Goroutine(g),
+                        span_id: ctx.span_id,
+                    }),
+                    // The same request: started under what its starter was.
+                    Served::Inherited(_) => self.go.under(tgid, g),
+                    Served::Many | Served::Stale(_) | Served::Nothing => None,
+                };
+                self.go.spawned(tgid, object, under);
+            }
+            GoAct::RoundTrip => self.go.round_trip(tgid, g, object),
+            GoAct::WriteLoop => self.go.write_loop(tgid, g, object),
+        }
+    }
+
+    /// The kernel dropped events: what is known of goroutines may be
+    /// missing a start or a hand-off, so it is forgotten.
+    pub fn events_lost(&mut self) {
+        self.go.events_lost();
+    }
+
     /// A server exchange ended: it can no longer be anyone's parent.
-    fn server_finished(&mut self, conn: ConnKey, tid: u32, ctx: &SpanContext) {
+    fn server_finished(&mut self, conn: ConnKey, task: Task, ctx: &SpanContext) {
         self.forget_orphan(&ctx.span_id);
         // Taken already when the exchange was collected; dropped here when
         // it ends any other way.
         self.adopted.remove(&ctx.span_id);
-        self.unbind_thread(conn.tgid, tid, ctx);
+        self.unbind_thread(conn.tgid, task, ctx);
     }
 
-    /// Server exchange `ctx`, read on thread `tid` of `tgid`, goes on
-    /// where threads do not follow it (its connection switched to HTTP/2):
-    /// it parents that thread's calls no more, and stays linkable.
-    pub fn unbind_thread(&mut self, tgid: u32, tid: u32, ctx: &SpanContext) {
-        if let Some(v) = self.serving.get_mut(&(tgid, tid)) {
+    /// Server exchange `ctx`, read by `task` of `tgid`, goes on where its
+    /// thread (or goroutine) does not follow it (its connection switched
+    /// to HTTP/2): it parents that one's calls no more, and stays linkable.
+    pub fn unbind_thread(&mut self, tgid: u32, task: Task, ctx: &SpanContext) {
+        let Some(doer) = self.go.doer(tgid, task) else {
+            return;
+        };
+        if let Some(v) = self.serving.get_mut(&(tgid, doer)) {
             v.retain(|c| c.span_id != ctx.span_id);
             if v.is_empty() {
-                self.serving.remove(&(tgid, tid));
+                self.serving.remove(&(tgid, doer));
             }
         }
     }
@@ -549,25 +676,26 @@ impl Linker {
         self.chosen_server.remove(&conn);
     }
 
-    /// Forgets everything of a process that is gone.
-    /// Whether `tgid` runs Go (see `goroutines`).
+    /// Whether `tgid` runs Go: its goroutines serve requests, not its
+    /// threads.
     pub fn goroutines(&mut self, tgid: u32, go: bool) {
-        if go {
-            self.goroutines.insert(tgid);
-        } else {
-            self.goroutines.remove(&tgid);
-        }
+        self.go.set_go(tgid, go);
     }
 
+    pub fn is_go(&self, tgid: u32) -> bool {
+        self.go.is_go(tgid)
+    }
+
+    /// Forgets everything of a process that is gone.
     pub fn process_exited(&mut self, tgid: u32) {
-        self.goroutines.remove(&tgid);
+        self.go.forget_process(tgid);
         self.chosen_requests.retain(|k, _| k.tgid != tgid);
         self.chosen_server.retain(|k, _| k.tgid != tgid);
         self.serving.retain(|(t, _), _| *t != tgid);
         let gone: Vec<[u8; 8]> = self
             .orphans
             .iter()
-            .filter(|(_, o)| o.serving.0 == tgid)
+            .filter(|(_, o)| o.serving.is_some_and(|(t, _)| t == tgid))
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -613,6 +741,19 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A thread of a program that is not Go.
+    fn t(tid: u32) -> Task {
+        Task::thread(tid)
+    }
+
+    /// Goroutine `g`, running on some thread.
+    fn g(g: u64) -> Task {
+        Task {
+            tid: 99,
+            goroutine: g,
+        }
+    }
+
     fn ends(peer: Option<&str>, local: Option<&str>) -> Endpoints {
         Endpoints {
             peer: peer.map(addr),
@@ -627,7 +768,14 @@ mod tests {
         let stats = Stats::default();
         let mut l = Linker::default();
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let ctx = l.server_started(key(1, 3), 1, &head(Some(tp)), ends(None, None), AT, &stats);
+        let ctx = l.server_started(
+            key(1, 3),
+            t(1),
+            &head(Some(tp)),
+            ends(None, None),
+            AT,
+            &stats,
+        );
         assert_eq!(ctx.trace_id[0], 0x4b);
         assert_eq!(
             ctx.parent_span_id,
@@ -636,7 +784,7 @@ mod tests {
         assert_eq!(ctx.remote_sampled, Some(false));
         let bad = l.server_started(
             key(1, 4),
-            2,
+            t(2),
             &head(Some("00-zz")),
             ends(None, None),
             AT,
@@ -655,16 +803,16 @@ mod tests {
     fn a_client_call_on_the_serving_thread_is_its_child_unless_ambiguous() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        let server = l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
-        let client = l.client_started(key(1, 9), 7, &head(None), ends(None, None), AT, &stats);
+        let server = l.server_started(key(1, 3), t(7), &head(None), ends(None, None), AT, &stats);
+        let client = l.client_started(key(1, 9), t(7), &head(None), ends(None, None), AT, &stats);
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, server.span_id);
         // Another thread of the same process: no parent.
-        let other = l.client_started(key(1, 10), 8, &head(None), ends(None, None), AT, &stats);
+        let other = l.client_started(key(1, 10), t(8), &head(None), ends(None, None), AT, &stats);
         assert_eq!(other.parent_span_id, [0; 8]);
         // Two requests in flight on thread 7: cannot know, stays a root.
-        let _second = l.server_started(key(1, 4), 7, &head(None), ends(None, None), AT, &stats);
-        let unknown = l.client_started(key(1, 11), 7, &head(None), ends(None, None), AT, &stats);
+        let _second = l.server_started(key(1, 4), t(7), &head(None), ends(None, None), AT, &stats);
+        let unknown = l.client_started(key(1, 11), t(7), &head(None), ends(None, None), AT, &stats);
         assert_eq!(unknown.parent_span_id, [0; 8]);
         assert_eq!(
             stats
@@ -673,8 +821,8 @@ mod tests {
             1
         );
         // Once the first ends, the second is the only one again.
-        l.server_finished(key(1, 3), 7, &server);
-        let after = l.client_started(key(1, 12), 7, &head(None), ends(None, None), AT, &stats);
+        l.server_finished(key(1, 3), t(7), &server);
+        let after = l.client_started(key(1, 12), t(7), &head(None), ends(None, None), AT, &stats);
         assert_eq!(after.parent_span_id, _second.span_id);
     }
 
@@ -699,7 +847,7 @@ mod tests {
         l.chosen(key(1, 3), false, chosen(Origin::Header, 20, 1, 9));
         let server = l.server_started(
             key(1, 3),
-            7,
+            t(7),
             &head(Some(tp)),
             ends(None, None),
             stamp(10, 20),
@@ -714,7 +862,7 @@ mod tests {
         l.chosen(key(1, 5), true, chosen(Origin::Thread, 35, 2, 1));
         let call = l.client_started(
             key(1, 5),
-            7,
+            t(7),
             &head(None),
             ends(None, None),
             stamp(30, 40),
@@ -729,7 +877,7 @@ mod tests {
         l.chosen(key(1, 5), true, chosen(Origin::New, 99, 4, 0));
         let third = l.client_started(
             key(1, 5),
-            7,
+            t(7),
             &head(None),
             ends(None, None),
             stamp(50, 60),
@@ -738,10 +886,10 @@ mod tests {
         assert_ne!(third.span_id, [3; 8]);
         assert_ne!(third.span_id, [4; 8]);
         assert_eq!(stats.context_chosen_unmatched.load(Relaxed), 1);
-        l.server_finished(key(1, 3), 7, &server);
+        l.server_finished(key(1, 3), t(7), &server);
         let fourth = l.client_started(
             key(1, 5),
-            7,
+            t(7),
             &head(None),
             ends(None, None),
             stamp(90, 100),
@@ -757,9 +905,16 @@ mod tests {
     fn an_sdk_traceparent_on_a_client_request_wins() {
         let stats = Stats::default();
         let mut l = Linker::default();
-        l.server_started(key(1, 3), 7, &head(None), ends(None, None), AT, &stats);
+        l.server_started(key(1, 3), t(7), &head(None), ends(None, None), AT, &stats);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let client = l.client_started(key(1, 9), 7, &head(Some(tp)), ends(None, None), AT, &stats);
+        let client = l.client_started(
+            key(1, 9),
+            t(7),
+            &head(Some(tp)),
+            ends(None, None),
+            AT,
+            &stats,
+        );
         assert_eq!(client.trace_id[0], 0x4b);
         assert_eq!(client.parent_span_id[1], 0xf0);
     }
@@ -773,7 +928,7 @@ mod tests {
         // 2 serves on a listener bound to 0.0.0.0:8000.
         let caller = l.client_started(
             key(1, 5),
-            1,
+            t(1),
             &head(None),
             ends(Some("127.0.0.1:8000"), None),
             AT,
@@ -787,7 +942,7 @@ mod tests {
         );
         let bystander = l.client_started(
             key(3, 5),
-            1,
+            t(1),
             &head(None),
             ends(Some("127.0.0.1:8000"), Some("127.0.0.1:40002")),
             AT,
@@ -795,7 +950,7 @@ mod tests {
         );
         let server = l.server_started(
             key(2, 7),
-            2,
+            t(2),
             &head(None),
             ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
             AT,
@@ -805,7 +960,7 @@ mod tests {
         assert_eq!(server.parent_span_id, caller.span_id);
         let other = l.server_started(
             key(2, 8),
-            3,
+            t(3),
             &head(None),
             ends(Some("127.0.0.1:40002"), Some("0.0.0.0:8000")),
             AT,
@@ -815,7 +970,7 @@ mod tests {
         // A request from an untraced client stays a root.
         let stranger = l.server_started(
             key(2, 9),
-            4,
+            t(4),
             &head(None),
             ends(Some("127.0.0.1:40009"), Some("0.0.0.0:8000")),
             AT,
@@ -826,12 +981,169 @@ mod tests {
         l.client_finished(Some(addr("127.0.0.1:8000")), &caller);
         let late = l.server_started(
             key(2, 10),
-            5,
+            t(5),
             &head(None),
             ends(Some("127.0.0.1:40000"), Some("0.0.0.0:8000")),
             AT,
             &stats,
         );
         assert_eq!(late.parent_span_id, [0; 8]);
+    }
+
+    fn go_linker() -> Linker {
+        let mut l = Linker::default();
+        l.goroutines(1, true);
+        l
+    }
+
+    #[test]
+    fn a_goroutine_parents_the_calls_it_makes_for_its_request() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        let b = l.server_started(key(1, 4), g(0xb), &head(None), ends(None, None), AT, &stats);
+        // Goroutine a's call, on whatever thread: a's child, not b's.
+        let call = l.client_started(key(1, 9), g(0xa), &head(None), ends(None, None), AT, &stats);
+        assert_eq!(call.parent_span_id, a.span_id);
+        let call = l.client_started(
+            key(1, 10),
+            g(0xb),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(call.parent_span_id, b.span_id);
+        // A goroutine the probes did not name: a root, counted.
+        let unknown = l.client_started(key(1, 11), g(0), &head(None), ends(None, None), AT, &stats);
+        assert_eq!(unknown.parent_span_id, [0; 8]);
+        assert_eq!(stats.context_goroutine_unknown.load(Relaxed), 1);
+        // Its thread means nothing: the same tid read both requests.
+        assert_eq!(l.serving.len(), 2);
+    }
+
+    #[test]
+    fn a_net_http_writer_writes_for_the_goroutine_that_asked() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        let b = l.server_started(key(1, 4), g(0xb), &head(None), ends(None, None), AT, &stats);
+        // Writer goroutine 0x71 writes persistConn 0x500's requests.
+        l.go_event(1, g(0x71), GoAct::WriteLoop, 0x500);
+        l.go_event(1, g(0xb), GoAct::RoundTrip, 0x500);
+        let call = l.client_started(
+            key(1, 9),
+            g(0x71),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(call.parent_span_id, b.span_id);
+        l.go_event(1, g(0xa), GoAct::RoundTrip, 0x500);
+        let call = l.client_started(
+            key(1, 9),
+            g(0x71),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(call.parent_span_id, a.span_id);
+        assert_eq!(stats.context_goroutine_handoff.load(Relaxed), 2);
+        // A write nobody was seen asking for: a root, counted.
+        let call = l.client_started(
+            key(1, 9),
+            g(0x71),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(call.parent_span_id, [0; 8]);
+        assert_eq!(stats.context_goroutine_unknown.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn goroutines_started_for_a_request_parent_its_calls_while_it_is_in_flight() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        // a starts c, which starts d: both work for a's request.
+        l.go_event(1, g(0xa), GoAct::Spawn, 0xc);
+        l.go_event(1, g(0xc), GoAct::Spawn, 0xd);
+        let call = l.client_started(key(1, 9), g(0xd), &head(None), ends(None, None), AT, &stats);
+        assert_eq!(call.parent_span_id, a.span_id);
+        assert_eq!(call.trace_id, a.trace_id);
+        assert_eq!(stats.context_goroutine_inherited.load(Relaxed), 1);
+        // A goroutine started by one that serves nothing works for nobody.
+        l.go_event(1, g(0xe), GoAct::Spawn, 0xf);
+        let call = l.client_started(
+            key(1, 10),
+            g(0xf),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(call.parent_span_id, [0; 8]);
+        // Once a's request is answered, c is a worker that outlived it:
+        // its calls are roots, never a's children.
+        l.server_finished(key(1, 3), g(0xa), &a);
+        let late = l.client_started(
+            key(1, 11),
+            g(0xc),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(late.parent_span_id, [0; 8]);
+        assert_eq!(stats.context_goroutine_stale.load(Relaxed), 1);
+        // Even when goroutine a serves the next request.
+        let next = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        let again = l.client_started(
+            key(1, 12),
+            g(0xd),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_ne!(again.parent_span_id, next.span_id);
+        assert_eq!(again.parent_span_id, [0; 8]);
+        // A reused g starts over: d, started again under the new request.
+        l.go_event(1, g(0xa), GoAct::Spawn, 0xd);
+        let reused = l.client_started(
+            key(1, 13),
+            g(0xd),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(reused.parent_span_id, next.span_id);
+    }
+
+    #[test]
+    fn lost_events_leave_goroutines_parentless_never_wrong() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        l.go_event(1, g(0xa), GoAct::Spawn, 0xc);
+        l.go_event(1, g(0x71), GoAct::WriteLoop, 0x500);
+        l.events_lost();
+        let call = l.client_started(key(1, 9), g(0xc), &head(None), ends(None, None), AT, &stats);
+        assert_eq!(call.parent_span_id, [0; 8]);
+        // The reading goroutine itself still knows its request.
+        let own = l.client_started(
+            key(1, 10),
+            g(0xa),
+            &head(None),
+            ends(None, None),
+            AT,
+            &stats,
+        );
+        assert_eq!(own.parent_span_id, a.span_id);
     }
 }

@@ -7,6 +7,7 @@
 compile_error!("zerospan supports x86_64 only for now");
 
 mod agent;
+mod btf;
 mod clock;
 mod config;
 mod conn;
@@ -16,6 +17,7 @@ mod doctor;
 mod events;
 mod export;
 mod golang;
+mod goroutines;
 mod k8s;
 mod linker;
 mod logger;

@@ -224,12 +224,22 @@ impl Probes {
             Some((_, bound)) => (1u8, *bound),
             None => (0u8, u64::MAX),
         };
+        // Go programs' goroutines are read from the thread's TLS, at its fs
+        // base; without it, their calls stay roots.
+        let task_fsbase = crate::btf::task_fsbase().unwrap_or_else(|e| {
+            log::warn!(
+                "Go goroutines are not followed: where the kernel keeps a thread's fs base \
+                 is not known ({e:#}); calls made by Go programs stay roots"
+            );
+            0
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("PROPAGATE", &propagate, true)
             .override_global("SAMPLE_BOUND", &sample_bound, true)
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("DISCOVER", &u8::from(s.discover), true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("TASK_FSBASE", &task_fsbase, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .map_max_entries("SOCKS", s.max_connections)
@@ -428,6 +438,15 @@ impl Probes {
     /// A traced process forked: its child maps the same TLS libraries.
     pub fn fork(&mut self, parent: u32, child: u32) {
         self.tls.inherit(parent, child);
+    }
+
+    /// A traced Go process forked a process (not a thread) that runs the
+    /// same image: the probes read its goroutines and TLS as its parent's.
+    /// (Its `TRACED` flags the fork probe copied already.)
+    pub fn fork_go(&mut self, parent: u32, child: u32) {
+        if let Ok(info) = self.go_procs.get(&parent, 0) {
+            let _ = self.go_procs.insert(child, info, 0);
+        }
     }
 
     /// Drops a dead process's sockets (exit closes fds without close(2));

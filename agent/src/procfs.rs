@@ -217,6 +217,22 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The process (thread group) task `pid` belongs to: itself for a
+/// process, another for a thread.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_tgid(&status)
+}
+
+fn parse_status_tgid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn is_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -297,5 +313,15 @@ mod tests {
             None
         );
         assert_eq!(env_value(b"", "OTEL_SERVICE_NAME"), None);
+    }
+
+    #[test]
+    fn a_task_names_its_thread_group() {
+        assert_eq!(
+            parse_status_tgid("Name:\tgo\nTgid:\t41\nPid:\t43\n"),
+            Some(41)
+        );
+        assert_eq!(parse_status_tgid("Name:\tgo\n"), None);
+        assert_eq!(tgid_of(std::process::id()), Some(std::process::id()));
     }
 }

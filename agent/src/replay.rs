@@ -15,7 +15,7 @@ use crate::{
         db::SqlOptions,
         tracker::{Limits, Tracker},
     },
-    events::ConnKey,
+    events::{ConnKey, Task},
     spans::{Status, Value},
     stats::Stats,
 };
@@ -84,7 +84,7 @@ fn replay(chunks: &[(bool, Vec<u8>)], split: Option<(usize, usize)>) -> (Vec<See
                     exit_ns: ts + 1,
                 },
             };
-            t.data(KEY, 1, *egress, seg);
+            t.data(KEY, Task::thread(1), *egress, seg);
         }
     }
     t.close(KEY);

@@ -44,6 +44,9 @@ counters! {
     /// `*net.TCPConn` (a wrapper, a pipe): its socket is not known for
     /// sure, so its plaintext is not read.
     kernel_go_conn_unknown,
+    /// Go processes whose TLS slot did not hold the running goroutine
+    /// where the probes checked it: their goroutines are not followed.
+    kernel_go_g_mismatch,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no
     /// socket got: past the bounds, from before the socket that claimed
@@ -133,10 +136,21 @@ counters! {
     kernel_context_gave_up,
     /// Requests the kernel could not grow for the header: sent unchanged.
     kernel_context_failed,
-    /// Calls made by Go programs, left roots: which goroutine made them,
-    /// and for which request, is not known yet (a thread serves many
-    /// goroutines).
+    /// Calls made by Go programs, left roots because the goroutine they
+    /// were made for is not known: the probes could not read it (not
+    /// checked yet, or not followed in that binary), or a `net/http`
+    /// writer goroutine wrote a request no goroutine was seen asking for.
     context_goroutine_unknown,
+    /// Go calls parented through `net/http`'s hand-off: the request asked
+    /// for on the handler's goroutine, written by the connection's writer.
+    context_goroutine_handoff,
+    /// Go calls made on a goroutine started while a request was in flight,
+    /// parented to that request.
+    context_goroutine_inherited,
+    /// Go calls made on a goroutine started under a request that has
+    /// ended since (a worker started by the first request it served):
+    /// left roots, never parented to an ended request.
+    context_goroutine_stale,
     /// Ids the probes chose for a request the agent did not frame as that
     /// request (its framing lost sync): not used.
     context_chosen_unmatched,

@@ -2,6 +2,8 @@
 //! uses, and attaching the probes' uprobes to its read and write
 //! functions, once per library file (the kernel shares a uprobe among
 //! every process that maps the file; the programs filter by traced tgid).
+//! A Go executable is hooked the same way, per file: its own `crypto/tls`,
+//! and the functions that tell which goroutine works for which request.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,7 +18,7 @@ use aya::{programs::UProbe, Ebpf};
 use zerospan_common::GoProc;
 
 use crate::{
-    golang::{self, GoTls},
+    golang::{self, GoBinary},
     uprobe::{self, AttachError, Symbols, Uprobes},
 };
 
@@ -56,10 +58,23 @@ const SYSTEM_LIBRARIES: &[&str] = &[
 const GO_READ: &str = "go_tls_read";
 const GO_WRITE: &str = "go_tls_write";
 const GO_RETURN: &str = "go_tls_return";
+/// The programs on Go's runtime and `net/http` (see `go_runtime.rs`).
+const GO_NEWPROC1: &str = "go_newproc1";
+const GO_NEWPROC1_RETURN: &str = "go_newproc1_return";
+const GO_ROUND_TRIP: &str = "go_round_trip";
+const GO_WRITE_LOOP: &str = "go_write_loop";
 
 /// Loads the TLS programs into the kernel (they attach later, per file).
 pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let go = [GO_READ, GO_WRITE, GO_RETURN];
+    let go = [
+        GO_READ,
+        GO_WRITE,
+        GO_RETURN,
+        GO_NEWPROC1,
+        GO_NEWPROC1_RETURN,
+        GO_ROUND_TRIP,
+        GO_WRITE_LOOP,
+    ];
     for name in HOOKS.iter().map(|(name, _)| *name).chain(go) {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
@@ -82,8 +97,8 @@ struct File {
     system: bool,
     /// Since when no known user maps it.
     unused_since: Option<Instant>,
-    /// A Go executable whose `crypto/tls` is hooked.
-    go: Option<GoTls>,
+    /// A Go executable with probes (its `crypto/tls`, its goroutines).
+    go: Option<GoBinary>,
     /// A Go executable, hooked or not.
     go_runtime: bool,
 }
@@ -93,8 +108,8 @@ struct File {
 pub struct Hooked {
     /// Its executable holds OpenSSL's functions (Node.js).
     pub openssl_in_exe: bool,
-    /// It runs a Go executable whose `crypto/tls` is hooked: what the
-    /// probes need to read it in this process.
+    /// It runs a Go executable with probes: what they need to read it in
+    /// this process.
     pub go: Option<GoProc>,
     /// It runs a Go executable: its goroutines move between threads.
     pub go_runtime: bool,
@@ -134,7 +149,7 @@ pub struct TlsHooks {
     failed: u64,
     /// Whether the agent said that TLS capture is off.
     warned_off: bool,
-    /// Go binaries with `crypto/tls` that are left alone.
+    /// Go binaries left alone, wholly or in part.
     go_unsupported: u64,
 }
 
@@ -207,15 +222,14 @@ impl TlsHooks {
         Some(id)
     }
 
-    /// Whether `path` is a Go executable, and, if it has `crypto/tls` with
-    /// a layout the probes know, hooks it; otherwise says why, once per
-    /// file, and counts it.
+    /// Whether `path` is a Go executable, and, if the probes know its
+    /// layout, hooks it; otherwise says why, once per file, and counts it.
     fn hook_go(
         &mut self,
         ebpf: &mut Ebpf,
         path: &Path,
         links: &mut Vec<uprobe::Link>,
-    ) -> (bool, Option<GoTls>) {
+    ) -> (bool, Option<GoBinary>) {
         let Some(map) = std::fs::File::open(path)
             .ok()
             .and_then(|f| uprobe::Mapped::of(&f).ok())
@@ -225,38 +239,48 @@ impl TlsHooks {
         if !golang::is_go(map.bytes()) {
             return (false, None);
         }
-        (true, self.hook_go_tls(ebpf, path, map.bytes(), links))
-    }
-
-    fn hook_go_tls(
-        &mut self,
-        ebpf: &mut Ebpf,
-        path: &Path,
-        bytes: &[u8],
-        links: &mut Vec<uprobe::Link>,
-    ) -> Option<GoTls> {
-        let go = match golang::inspect(bytes) {
+        let go = match golang::inspect(map.bytes()) {
             Ok(Some(go)) => go,
-            Ok(None) => return None,
+            Ok(None) => return (true, None),
             Err(e) => {
                 self.go_unsupported += 1;
                 log::warn!(
-                    "Go's TLS in {} is not traced ({}): {e}. Its HTTPS gives no spans",
+                    "Go's TLS in {} is not traced ({}): {e}. Its HTTPS gives no spans, \
+                     and its calls stay roots",
                     exe_name(path),
                     e.reason()
                 );
-                return None;
+                return (true, None);
             }
         };
-        // Returns first: an entry probe without them would leave calls
-        // open. All or none: a half-hooked method would lose its calls.
-        let points = go
-            .read
-            .returns
-            .iter()
-            .chain(&go.write.returns)
-            .map(|&at| (GO_RETURN, at))
-            .chain([(GO_READ, go.read.entry), (GO_WRITE, go.write.entry)]);
+        let tls = go
+            .tls
+            .as_ref()
+            .is_some_and(|tls| self.hook_go_tls(ebpf, path, &go.version, tls, links));
+        let goroutines = match &go.goroutines {
+            Ok(g) => self.hook_goroutines(ebpf, path, &go.version, g, links),
+            Err(e) => {
+                self.go_unsupported += 1;
+                log::warn!(
+                    "goroutines in {} are not followed ({}): {e}. Its calls stay roots",
+                    exe_name(path),
+                    e.reason()
+                );
+                false
+            }
+        };
+        (true, (tls || goroutines).then_some(go))
+    }
+
+    /// Attaches `points` (program, file offset) to `path`, all or none: a
+    /// half-hooked function would lose its calls. Returns whether it did.
+    fn attach_all(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        points: impl IntoIterator<Item = (&'static str, u64)>,
+        links: &mut Vec<uprobe::Link>,
+    ) -> Option<usize> {
         let mut mine = Vec::new();
         for (name, at) in points {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
@@ -270,14 +294,72 @@ impl TlsHooks {
                 }
             }
         }
-        log::info!(
-            "hooked Go's crypto/tls in {} ({}): {} probes",
-            exe_name(path),
-            go.version,
-            mine.len()
-        );
+        let n = mine.len();
         links.extend(mine);
-        Some(go)
+        Some(n)
+    }
+
+    fn hook_go_tls(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        version: &str,
+        tls: &golang::TlsMethods,
+        links: &mut Vec<uprobe::Link>,
+    ) -> bool {
+        // Returns first: an entry probe without them would leave calls
+        // open.
+        let points: Vec<_> = tls
+            .read
+            .returns
+            .iter()
+            .chain(&tls.write.returns)
+            .map(|&at| (GO_RETURN, at))
+            .chain([(GO_READ, tls.read.entry), (GO_WRITE, tls.write.entry)])
+            .collect();
+        let Some(n) = self.attach_all(ebpf, path, points, links) else {
+            return false;
+        };
+        log::info!(
+            "hooked Go's crypto/tls in {} ({version}): {n} probes",
+            exe_name(path)
+        );
+        true
+    }
+
+    fn hook_goroutines(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        version: &str,
+        g: &golang::Goroutines,
+        links: &mut Vec<uprobe::Link>,
+    ) -> bool {
+        // Returns first, as for TLS; and the writer goroutines before the
+        // round trips they will write.
+        let mut points: Vec<_> = g
+            .newproc1
+            .returns
+            .iter()
+            .map(|&at| (GO_NEWPROC1_RETURN, at))
+            .chain([(GO_NEWPROC1, g.newproc1.entry)])
+            .collect();
+        if let Some((round_trip, write_loop)) = g.http_handoff {
+            points.extend([(GO_WRITE_LOOP, write_loop), (GO_ROUND_TRIP, round_trip)]);
+        }
+        let Some(n) = self.attach_all(ebpf, path, points, links) else {
+            return false;
+        };
+        log::info!(
+            "following goroutines in {} ({version}{}): {n} probes",
+            exe_name(path),
+            if g.http_handoff.is_some() {
+                ", net/http client hand-offs"
+            } else {
+                ""
+            }
+        );
+        true
     }
 
     /// Counts a failed attach; the first refusal says, loudly, that TLS

@@ -52,6 +52,17 @@ pub mod kind {
     /// learnt in its first read ([`super::ConnEvent`], the peer in its
     /// `peer_*` fields). Sent before that read's data.
     pub const CONN_PEER: u8 = 11;
+    /// A Go program started a goroutine ([`super::GoEvent`]: the header's
+    /// `goroutine` made the `object` one).
+    pub const GO_SPAWN: u8 = 12;
+    /// A goroutine asked `net/http`'s transport for a round trip on a
+    /// persistent connection ([`super::GoEvent`]: the `object` is the
+    /// `*persistConn`); its request is written by that connection's
+    /// writer goroutine, not by the asking one.
+    pub const GO_ROUND_TRIP: u8 = 13;
+    /// A goroutine became a `*persistConn`'s writer (its `writeLoop`;
+    /// [`super::GoEvent`], the `object` is the connection).
+    pub const GO_WRITE_LOOP: u8 = 14;
 }
 
 /// Data direction, from the traced process's point of view.
@@ -112,6 +123,10 @@ pub struct EventHeader {
     pub ts_enter_ns: u64,
     /// `bpf_ktime_get_ns` at syscall exit.
     pub ts_exit_ns: u64,
+    /// In a Go program, the goroutine (its `g`) that made the event
+    /// happen, once the probes have checked that they read it right in
+    /// that process; 0 otherwise.
+    pub goroutine: u64,
 }
 
 /// Bytes one syscall (or one iovec segment of it) moved on a tracked socket.
@@ -176,6 +191,16 @@ pub struct ContextEvent {
     /// One of [`context_origin`].
     pub origin: u8,
     pub _pad: [u8; 6],
+}
+
+/// What a Go program's runtime or `net/http` did (see [`kind::GO_SPAWN`],
+/// [`kind::GO_ROUND_TRIP`], [`kind::GO_WRITE_LOOP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoEvent {
+    pub header: EventHeader,
+    /// The goroutine spawned, or the `*persistConn`.
+    pub object: u64,
 }
 
 /// The socket of earlier unowned TLS writes (see [`kind::TLS_OWNER`]).
@@ -288,6 +313,24 @@ pub struct GoProc {
     pub type_tflag: u16,
     pub type_kind: u16,
     pub _pad: u32,
+    /// Where the running goroutine's `g` is kept, from the thread's fs
+    /// base (Go's TLS slot; -8 when Go links the binary itself); 0 when
+    /// not known.
+    pub tls_g: i64,
+    /// One of [`go_g`]: whether reading `g` there was checked against a
+    /// Go function's R14, which always holds it.
+    pub g_state: u8,
+    pub _pad2: [u8; 7],
+}
+
+/// States of [`GoProc::g_state`].
+pub mod go_g {
+    /// Not checked yet: events carry no goroutine.
+    pub const UNCHECKED: u8 = 0;
+    /// The slot held R14's `g`: events carry their goroutine.
+    pub const GOOD: u8 = 1;
+    /// It did not: this process's events never carry one.
+    pub const BAD: u8 = 2;
 }
 
 /// Runtime settings the agent writes into the probes' config map.
@@ -333,7 +376,10 @@ pub mod counter {
     /// `*net.TCPConn` (a wrapper, a pipe): its socket cannot be named for
     /// sure, so its plaintext is not sent.
     pub const GO_CONN_UNKNOWN: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A Go process whose TLS slot did not hold the running goroutine
+    /// where R14 said it was: its goroutines are not reported.
+    pub const GO_G_MISMATCH: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]

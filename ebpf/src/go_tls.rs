@@ -24,16 +24,15 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::ProbeContext,
 };
 use zerospan_common::{counter, direction, GoProc};
 
-use crate::{bump, emit_plaintext, still_open, traced_tgid, SockRef, SslKey, TlsCall, SOCKS};
-
-/// Traced Go processes and where their fields are (set by the agent).
-#[map]
-static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+use crate::{
+    bump, emit_plaintext, go_runtime::GO_PROCS, still_open, traced_tgid, SockRef, SslKey, TlsCall,
+    SOCKS,
+};
 
 /// Calls in progress, by (tgid, goroutine).
 #[map]
@@ -177,16 +176,17 @@ fn go_enter(ctx: &ProbeContext, dir: u8) {
         // A write is sent as it starts: `Write` sends all of `b` or fails
         // the connection, and its peer may answer, and another goroutine
         // read the answer, before this one returns.
-        emit(pid_tgid, tgid, &call, call.len);
+        emit(pid_tgid, tgid, &call, call.len, r.r14);
     }
 }
 
 /// How soon after a write's entry its entry may run again for stack growth.
 const REENTRY_NS: u64 = 100_000_000;
 
-/// Sends `moved` bytes of `call`'s buffer as plaintext of its socket.
+/// Sends `moved` bytes of `call`'s buffer as plaintext of its socket,
+/// made by goroutine `g`.
 #[inline(always)]
-fn emit(pid_tgid: u64, tgid: u32, call: &GoCall, moved: u64) {
+fn emit(pid_tgid: u64, tgid: u32, call: &GoCall, moved: u64, g: u64) {
     // The fd may have been closed and reused while the call blocked.
     let Some(fd) = still_open(tgid, Some(call.sock)) else {
         bump(counter::TLS_UNATTRIBUTED);
@@ -203,6 +203,7 @@ fn emit(pid_tgid: u64, tgid: u32, call: &GoCall, moved: u64) {
         emitted: 0,
         nested: 0,
         _pad: 0,
+        goroutine: g,
     };
     emit_plaintext(pid_tgid, tgid, fd, &tls, 0, moved);
 }
@@ -241,7 +242,7 @@ fn go_return(ctx: &ProbeContext) {
     } else {
         call.len
     };
-    emit(pid_tgid, tgid, &call, moved);
+    emit(pid_tgid, tgid, &call, moved, r.r14);
 }
 
 #[uprobe]

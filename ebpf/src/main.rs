@@ -11,6 +11,7 @@
 #![no_std]
 #![no_main]
 
+mod go_runtime;
 mod go_tls;
 mod propagate;
 
@@ -157,11 +158,16 @@ struct SyscallArgs {
     /// look at it for a MySQL/MariaDB greeting.
     first_read: u8,
     fd: i32,
+    _pad: u32,
     ptr: u64,
     count: u64,
     conn_id: u64,
     ts_enter: u64,
     peer_addr: [u8; 16],
+    /// In a Go program, the goroutine making the syscall. Read at entry:
+    /// a syscall keeps its goroutine on its thread until it returns, and
+    /// the exit programs, the verifier's largest, gain no branch.
+    goroutine: u64,
 }
 
 #[repr(C)]
@@ -184,6 +190,8 @@ struct TlsCall {
     /// library works on the socket itself, not on memory buffers.
     nested: u8,
     _pad: u8,
+    /// The goroutine making the call, in a Go program; 0 otherwise.
+    goroutine: u64,
 }
 
 /// A socket as it was when seen: the fd alone could since name another.
@@ -257,6 +265,7 @@ fn header(kind: u8, dir: u8, tgid: u32, tid: u32, fd: i32, conn_id: u64) -> Even
         conn_id,
         ts_enter_ns: 0,
         ts_exit_ns: 0,
+        goroutine: 0,
     }
 }
 
@@ -308,11 +317,13 @@ fn data_args(
                 deep: 0,
                 first_read: 0,
                 fd,
+                _pad: 0,
                 ptr: 0,
                 count: 0,
                 conn_id: sock.conn_id,
                 ts_enter: ts,
                 peer_addr: [0; 16],
+                goroutine: 0,
             });
         }
         return None;
@@ -367,11 +378,13 @@ fn data_args(
         deep: u8::from(deep),
         first_read: u8::from(first_read),
         fd,
+        _pad: 0,
         ptr,
         count,
         conn_id: sock.conn_id,
         ts_enter: ts,
         peer_addr: [0; 16],
+        goroutine: 0,
     })
 }
 
@@ -468,7 +481,7 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     }
     // SAFETY: helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(args) = data_args(
+    if let Some(mut args) = data_args(
         tgid,
         arg(ctx, 0) as i32,
         buf,
@@ -477,6 +490,9 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
         arg(ctx, 2),
         now,
     ) {
+        if flags & traced::GO != 0 {
+            args.goroutine = go_runtime::current_g(tgid);
+        }
         stash(pid_tgid, &args);
     }
 }
@@ -572,6 +588,7 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     );
     hdr.ts_enter_ns = args.ts_enter;
     hdr.ts_exit_ns = now;
+    hdr.goroutine = args.goroutine;
     let moved = moved as u64;
     let mut deep = args.deep != 0;
     if args.first_read != 0 {
@@ -876,6 +893,7 @@ fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
         emitted: 0,
         nested: 0,
         _pad: 0,
+        goroutine: 0,
     };
     // A call already open on this thread is the outer one of a nested
     // pair (TLS through a TLS proxy): the inner one's bytes are the
@@ -1023,6 +1041,7 @@ fn send_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, call: &TlsCall, moved: u
         call.ssl,
     );
     hdr.source = source::TLS;
+    hdr.goroutine = call.goroutine;
     hdr.ts_enter_ns = call.ts_enter;
     // SAFETY: helper has no preconditions.
     hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
@@ -1172,6 +1191,7 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, 
         sock.conn_id,
     );
     hdr.source = source::TLS;
+    hdr.goroutine = call.goroutine;
     hdr.ts_enter_ns = call.ts_enter;
     // SAFETY: helper has no preconditions.
     hdr.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
@@ -1285,11 +1305,13 @@ fn enter_accept(ctx: &TracePointContext) {
         deep: 0,
         first_read: 0,
         fd: arg(ctx, 0) as i32,
+        _pad: 0,
         ptr: arg(ctx, 1),
         count: 0,
         conn_id: 0,
         ts_enter: 0,
         peer_addr: [0; 16],
+        goroutine: 0,
     };
     stash(pid_tgid, &args);
 }
@@ -1364,11 +1386,13 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         deep: 0,
         first_read: 0,
         fd: arg(&ctx, 0) as i32,
+        _pad: 0,
         ptr: 0,
         count: 0,
         conn_id: 0,
         ts_enter: 0,
         peer_addr: addr,
+        goroutine: 0,
     };
     stash(pid_tgid, &args);
     0
@@ -1482,7 +1506,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let _ = TRACED.insert(&child, &traced::YES, 0);
+    // The child runs its parent's image until it execs: what the parent's
+    // flags say (a Go program, a memory-buffer TLS library) holds for it
+    // from its first instruction, before the agent hears of the fork.
+    // SAFETY: read-only copy of a plain value.
+    let flags = unsafe { TRACED.get(&tgid) }.copied().unwrap_or(traced::YES);
+    let _ = TRACED.insert(&child, &flags, 0);
     proc_event(kind::PROC_FORK, tgid, tid, child);
     0
 }

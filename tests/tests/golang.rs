@@ -4,6 +4,7 @@
 //! real probes.
 
 use std::{
+    collections::HashMap,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -490,57 +491,195 @@ fn the_offsets_table_is_what_each_toolchain_says() {
     }
 }
 
-/// A plaintext Go service calls its backend for each request, 200 requests
-/// 8 at a time. Which goroutine made each call is not known yet, so no
-/// thread may parent it: every Go span is a root, counted, and the one
-/// link made (backend server span under the Go client span, same host, by
-/// 4-tuple) is right by the id both paths carry. Never a wrong parent.
+/// The request's id: the last segment of its path (`/r/go1.19-r7`,
+/// `http://…/b/go1.19-r7`).
+fn id_of(s: &FlatSpan) -> String {
+    let url = s.str("url.path").or(s.str("url.full")).unwrap_or_default();
+    url.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Go services calling their backend for each request, in every shape of
+/// `chain_server.go`, built by each toolchain with and without symbols,
+/// all under one agent. Every parent is checked by the id the request
+/// carries (build, shape, number): not one may be wrong; whole traces (Go
+/// server → Go client → backend server) for at least 99% of the hand-offs
+/// and of the goroutines started for a request; and a worker goroutine
+/// that outlived the request that started it parents none of the later
+/// calls it makes.
 #[test]
-fn a_go_service_calling_a_backend_gets_no_wrong_parent() {
+fn go_services_give_whole_traces_across_goroutines() {
     require_root();
+    const HANDOFF: usize = 200;
+    const STARTED: usize = 100;
+    const WORKER: usize = 8;
     let dir = TempDir::new("go-chain");
     let backend = Fixture::http_server("127.0.0.1", &dir.0, &[]);
-    let build = golang::build(&golang::toolchains()[0], "chain_server", false);
-    let service = Fixture::start(Command::new(&build.path).arg(backend.port.to_string()));
-    let collector = Collector::start();
-    let mut agent = agent_for(&[service.pid(), backend.pid()], &collector);
-    let n = 200;
-    let urls: Vec<String> = (0..n)
-        .map(|i| format!("http://127.0.0.1:{}/r/{i}", service.port))
+    let builds = golang::builds("chain_server");
+    let services: Vec<Fixture> = builds
+        .iter()
+        .map(|b| Fixture::start(Command::new(&b.path).arg(backend.port.to_string())))
         .collect();
-    let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
-    args.extend(urls.iter().map(String::as_str));
-    let out = zerospan_tests::curl(&args);
-    assert_eq!(out.lines().count(), n, "{out}");
-    let want = 3 * n;
-    let spans = collector.wait_for(want, Duration::from_secs(20), |_| true);
+    let collector = Collector::start();
+    let mut pids: Vec<u32> = services.iter().map(Fixture::pid).collect();
+    pids.push(backend.pid());
+    let mut agent = agent_for(&pids, &collector);
+    for (build, service) in builds.iter().zip(&services) {
+        let label = build.label();
+        let url = |shape: &str, i: usize| {
+            format!(
+                "http://127.0.0.1:{}/{shape}/{label}-{shape}{i}",
+                service.port
+            )
+        };
+        // Hand-offs and started goroutines, 8 requests at a time.
+        let urls: Vec<String> = (0..HANDOFF)
+            .map(|i| url("r", i))
+            .chain((0..STARTED).map(|i| url("f", i)))
+            .collect();
+        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
+        args.extend(urls.iter().map(String::as_str));
+        let out = zerospan_tests::curl(&args);
+        assert_eq!(out.lines().count(), HANDOFF + STARTED, "{out}");
+        // The worker, one request at a time: the first starts it.
+        for i in 0..WORKER {
+            let out = zerospan_tests::curl(&["-sS", &url("w", i)]);
+            assert_eq!(out, format!("{label}-w{i} 404\n"));
+        }
+    }
+    let want = 3 * (HANDOFF + STARTED + WORKER) * builds.len();
+    let spans = collector.wait_for(want, Duration::from_secs(30), |_| true);
     assert!(agent.stop().success());
     assert_eq!(spans.len(), want, "{}", agent.stderr());
-    let id_of = |s: &FlatSpan| {
-        let url = s.str("url.path").or(s.str("url.full")).unwrap_or_default();
-        url.rsplit('/').next().unwrap_or_default().to_owned()
-    };
-    let go = i64::from(service.pid());
-    let (mut clients, mut linked) = (0, 0);
+    let by_id: HashMap<&[u8], &FlatSpan> = spans
+        .iter()
+        .map(|s| (s.span.span_id.as_slice(), s))
+        .collect();
+    let parent_of = |s: &FlatSpan| by_id.get(s.span.parent_span_id.as_slice()).copied();
+    // Not one wrong parent, by the ids the requests carry.
     for s in &spans {
-        let pid = s.res_int("process.pid");
-        if pid == Some(go) {
-            // The Go server span (curl is not traced) and the Go client
-            // span: both roots.
-            assert!(s.span.parent_span_id.is_empty(), "{}", summary(&spans));
-            clients += usize::from(s.is_client());
-            continue;
+        if let Some(p) = parent_of(s) {
+            assert_eq!(id_of(p), id_of(s), "a wrong parent:\n{}", summary(&spans));
         }
-        // The backend's span: the child of the Go call for the same id.
-        assert!(s.is_server());
-        let parent = spans
+    }
+    let backend_pid = Some(i64::from(backend.pid()));
+    let (mut handed_off, mut inherited) = (0, 0);
+    for (build, service) in builds.iter().zip(&services) {
+        let pid = Some(i64::from(service.pid()));
+        let label = build.label();
+        // A request's whole trace, by its id: the backend's span, the
+        // child of the Go call, the child of the Go request.
+        let whole = |id: &str| {
+            spans.iter().any(|b| {
+                b.res_int("process.pid") == backend_pid
+                    && id_of(b) == id
+                    && parent_of(b).is_some_and(|c| {
+                        c.is_client()
+                            && c.res_int("process.pid") == pid
+                            && parent_of(c).is_some_and(|s| s.is_server())
+                    })
+            })
+        };
+        let count = |shape: &str, n: usize| {
+            (0..n)
+                .filter(|i| whole(&format!("{label}-{shape}{i}")))
+                .count()
+        };
+        let (r, f) = (count("r", HANDOFF), count("f", STARTED));
+        assert!(
+            r * 100 >= HANDOFF * 99 && f * 100 >= STARTED * 99,
+            "{label}: {r}/{HANDOFF} hand-offs and {f}/{STARTED} started goroutines whole\n{}",
+            agent.stderr()
+        );
+        // The worker's first call was for the request that started it;
+        // its later ones, made after that request ended, are roots.
+        assert!(whole(&format!("{label}-w0")), "{}", summary(&spans));
+        for i in 1..WORKER {
+            assert!(
+                !whole(&format!("{label}-w{i}")),
+                "worker call {i} got a parent"
+            );
+        }
+        for c in spans
+            .iter()
+            .filter(|c| c.res_int("process.pid") == pid && c.is_client() && parent_of(c).is_some())
+        {
+            handed_off += 1;
+            let id = id_of(c);
+            inherited += u64::from(
+                id.starts_with(&format!("{label}-f")) || id.starts_with(&format!("{label}-w")),
+            );
+        }
+    }
+    // Every parented Go call crossed net/http's hand-off; those made on
+    // started goroutines also took their request from their starters.
+    assert_eq!(agent.stat("context_goroutine_handoff"), Some(handed_off));
+    assert_eq!(agent.stat("context_goroutine_inherited"), Some(inherited));
+    // One worker per service outlived the request that started it.
+    assert_eq!(
+        agent.stat("context_goroutine_stale"),
+        Some(builds.len() as u64)
+    );
+    assert_eq!(agent.stat("context_goroutine_unknown"), Some(0));
+    assert_eq!(agent.stat("kernel_go_g_mismatch"), Some(0));
+}
+
+/// A Go service starting 100 000 goroutines under traced requests, while
+/// others call its backend: every answer is exact, and every parent right.
+#[test]
+fn a_go_service_starting_many_goroutines_comes_to_no_harm() {
+    require_root();
+    let dir = TempDir::new("go-spawn");
+    let backend = Fixture::http_server("127.0.0.1", &dir.0, &[]);
+    let builds: Vec<Build> = golang::toolchains()
+        .iter()
+        .map(|tc| golang::build(tc, "chain_server", false))
+        .collect();
+    let services: Vec<Fixture> = builds
+        .iter()
+        .map(|b| Fixture::start(Command::new(&b.path).arg(backend.port.to_string())))
+        .collect();
+    let collector = Collector::start();
+    let mut pids: Vec<u32> = services.iter().map(Fixture::pid).collect();
+    pids.push(backend.pid());
+    let mut agent = agent_for(&pids, &collector);
+    const SPAWNS: usize = 5;
+    const GOROUTINES: u64 = 20_000;
+    const CALLS: usize = 40;
+    for (build, service) in builds.iter().zip(&services) {
+        let label = build.label();
+        let urls: Vec<String> = (0..SPAWNS)
+            .map(|_| format!("http://127.0.0.1:{}/s/{GOROUTINES}", service.port))
+            .chain((0..CALLS).map(|i| format!("http://127.0.0.1:{}/f/{label}-f{i}", service.port)))
+            .collect();
+        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
+        args.extend(urls.iter().map(String::as_str));
+        let out = zerospan_tests::curl(&args);
+        let sum = GOROUTINES * (GOROUTINES + 1) / 2;
+        assert_eq!(
+            out.lines()
+                .filter(|l| *l == format!("{GOROUTINES} {sum}"))
+                .count(),
+            SPAWNS,
+            "{out}"
+        );
+        assert_eq!(out.lines().filter(|l| l.ends_with(" 404")).count(), CALLS);
+    }
+    let want = (SPAWNS + 3 * CALLS) * builds.len();
+    let spans = collector.wait_for(want, Duration::from_secs(30), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}", agent.stderr());
+    for s in &spans {
+        if let Some(p) = spans
             .iter()
             .find(|p| p.span.span_id == s.span.parent_span_id)
-            .unwrap_or_else(|| panic!("backend span {} has no parent", id_of(s)));
-        assert!(parent.is_client());
-        assert_eq!(id_of(parent), id_of(s), "a wrong link");
-        linked += 1;
+        {
+            assert_eq!(id_of(p), id_of(s), "a wrong parent:\n{}", summary(&spans));
+        }
     }
-    assert_eq!((clients, linked), (n, n));
-    assert_eq!(agent.stat("context_goroutine_unknown"), Some(n as u64));
+    // The services live on after the agent is gone.
+    for s in &services {
+        let url = format!("http://127.0.0.1:{}/s/3", s.port);
+        assert_eq!(zerospan_tests::curl(&["-sS", &url]), "3 6\n");
+    }
+    assert_eq!(agent.stat("kernel_go_g_mismatch"), Some(0));
 }

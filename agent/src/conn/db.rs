@@ -8,6 +8,7 @@
 //! reply stream resynchronises when the client next writes a command after
 //! everything it sent was answered or given up.
 
+use crate::events::Task;
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
@@ -126,7 +127,7 @@ pub struct Call {
     pub end_at: Stamp,
     pub reply: Option<Reply>,
     pub outcome: Outcome,
-    pub tid: u32,
+    pub task: Task,
 }
 
 impl Call {
@@ -136,7 +137,7 @@ impl Call {
         op: Arc<Operation>,
         namespace: Option<Arc<str>>,
         user: Option<Arc<str>>,
-        tid: u32,
+        task: Task,
         at: Stamp,
     ) -> Self {
         Call {
@@ -148,7 +149,7 @@ impl Call {
             end_at: at,
             reply: None,
             outcome: Outcome::Complete,
-            tid,
+            task,
         }
     }
 }
@@ -223,7 +224,7 @@ struct CommandSink<'a, F: FnMut() -> SpanContext> {
     owed: &'a mut u32,
     namespace: &'a mut Option<Arc<str>>,
     context: F,
-    tid: u32,
+    task: Task,
     stats: &'a Stats,
 }
 
@@ -270,7 +271,7 @@ impl<F: FnMut() -> SpanContext> CommandSink<'_, F> {
             Arc::new(Operation::command(&command)),
             namespace,
             None,
-            self.tid,
+            self.task,
             at,
         ));
     }
@@ -365,7 +366,7 @@ impl DbConn {
     pub fn feed(
         &mut self,
         egress: bool,
-        tid: u32,
+        task: Task,
         seg: Segment<'_>,
         context: impl FnMut() -> SpanContext,
         stats: &Stats,
@@ -389,7 +390,7 @@ impl DbConn {
                 owed: &mut self.owed,
                 namespace: &mut self.namespace,
                 context,
-                tid,
+                task,
                 stats,
             };
             match &mut self.framers {
@@ -439,10 +440,10 @@ impl DbConn {
 /// one segment: the child of what the thread serves, or a root.
 pub fn call_context<'c, 'a>(
     cx: &'c mut Cx<'a>,
-    tid: u32,
+    task: Task,
     at: Stamp,
 ) -> impl FnMut() -> SpanContext + use<'c, 'a> {
-    move || cx.start(Role::Client, tid, at, Start::UNLINKED)
+    move || cx.start(Role::Client, task, at, Start::UNLINKED)
 }
 
 /// Hands a database connection's finished calls out as records.
@@ -457,9 +458,9 @@ impl Protocol for DbConn {
         self.system
     }
 
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
         let stats = cx.stats;
-        self.feed(egress, tid, seg, call_context(cx, tid, seg.stamp), stats);
+        self.feed(egress, task, seg, call_context(cx, task, seg.stamp), stats);
         collect(self.system, &mut self.finished, cx);
         Verdict::Continue
     }
@@ -492,17 +493,23 @@ mod tests {
         let mut c = DbConn::redis();
         let cmds = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n\
             *2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nEXEC\r\n";
-        c.feed(true, 7, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            true,
+            Task::thread(7),
+            seg(cmds, 10),
+            SpanContext::root,
+            &stats,
+        );
         c.feed(
             false,
-            7,
+            Task::thread(7),
             seg(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n", 20),
             SpanContext::root,
             &stats,
         );
         c.feed(
             false,
-            7,
+            Task::thread(7),
             seg(b"*2\r\n+OK\r\n-ERR value is not an integer\r\n", 30),
             SpanContext::root,
             &stats,
@@ -518,7 +525,7 @@ mod tests {
             ]
         );
         assert_eq!(c.finished[3].end_at.exit_ns, 31);
-        assert_eq!(c.finished[0].tid, 7);
+        assert_eq!(c.finished[0].task, Task::thread(7));
     }
 
     #[test]
@@ -527,14 +534,14 @@ mod tests {
         let mut c = DbConn::redis();
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10),
             SpanContext::root,
             &stats,
         );
         c.feed(
             false,
-            1,
+            Task::thread(1),
             seg(b"-WRONGTYPE Operation against a key\r\n", 20),
             SpanContext::root,
             &stats,
@@ -544,7 +551,7 @@ mod tests {
         // given up, and the next command/reply pair is framed again.
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 30),
             SpanContext::root,
             &stats,
@@ -557,16 +564,22 @@ mod tests {
                 exit_ns: 41,
             },
         };
-        c.feed(false, 1, lost, SpanContext::root, &stats);
+        c.feed(false, Task::thread(1), lost, SpanContext::root, &stats);
         assert_eq!(c.finished[1].outcome, Outcome::ResponseLost);
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*1\r\n$4\r\nPING\r\n", 50),
             SpanContext::root,
             &stats,
         );
-        c.feed(false, 1, seg(b"+PONG\r\n", 60), SpanContext::root, &stats);
+        c.feed(
+            false,
+            Task::thread(1),
+            seg(b"+PONG\r\n", 60),
+            SpanContext::root,
+            &stats,
+        );
         assert_eq!(c.finished[2].op.name.as_deref(), Some("PING"));
         assert_eq!(c.finished[2].reply, Some(Reply::Ok));
     }
@@ -576,10 +589,16 @@ mod tests {
         let stats = Stats::default();
         let mut c = DbConn::redis().seen_from_start();
         let cmds = b"*1\r\n$4\r\nPING\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*1\r\n$4\r\nPING\r\n";
-        c.feed(true, 1, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            true,
+            Task::thread(1),
+            seg(cmds, 10),
+            SpanContext::root,
+            &stats,
+        );
         c.feed(
             false,
-            1,
+            Task::thread(1),
             seg(b"+PONG\r\n+OK\r\n+PONG\r\n", 20),
             SpanContext::root,
             &stats,
@@ -590,12 +609,18 @@ mod tests {
         let mut c = DbConn::redis();
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*1\r\n$4\r\nPING\r\n", 30),
             SpanContext::root,
             &stats,
         );
-        c.feed(false, 1, seg(b"+PONG\r\n", 40), SpanContext::root, &stats);
+        c.feed(
+            false,
+            Task::thread(1),
+            seg(b"+PONG\r\n", 40),
+            SpanContext::root,
+            &stats,
+        );
         assert_eq!(c.finished[0].namespace, None);
     }
 
@@ -604,10 +629,16 @@ mod tests {
         let stats = Stats::default();
         let mut c = DbConn::memcached();
         let cmds = b"set a 0 0 1 noreply\r\nx\r\nget a\r\ndelete b\r\n";
-        c.feed(true, 1, seg(cmds, 10), SpanContext::root, &stats);
+        c.feed(
+            true,
+            Task::thread(1),
+            seg(cmds, 10),
+            SpanContext::root,
+            &stats,
+        );
         c.feed(
             false,
-            1,
+            Task::thread(1),
             seg(b"VALUE a 0 1\r\nx\r\nEND\r\nNOT_FOUND\r\n", 20),
             SpanContext::root,
             &stats,
@@ -651,7 +682,7 @@ mod tests {
         let mut c = DbConn::redis();
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*1\r\n$4\r\nPING\r\n", 10),
             SpanContext::root,
             &stats,
@@ -659,14 +690,14 @@ mod tests {
         c.end_pending(Outcome::TimedOut, Stamp::default());
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 20),
             SpanContext::root,
             &stats,
         );
         c.feed(
             false,
-            1,
+            Task::thread(1),
             seg(b"+PONG\r\n-ERR nope\r\n", 30),
             SpanContext::root,
             &stats,

@@ -8,6 +8,7 @@
 //! are left out, never guessed, and the span says so in
 //! `zerospan.incomplete`.
 
+use crate::events::Task;
 use std::{collections::HashMap, sync::Arc};
 
 use zerospan_protocols::h2::{hpack::Fields, Framer, Sink, PREFACE};
@@ -105,7 +106,7 @@ pub struct H2Conn {
 struct Stream {
     ctx: SpanContext,
     /// Thread that moved the request's first HEADERS.
-    tid: u32,
+    task: Task,
     request: Head,
     grpc: bool,
     request_at: Stamp,
@@ -141,7 +142,7 @@ struct Side<'a, 'c> {
     role: Role,
     /// This direction carries the requests (client to server).
     requests: bool,
-    tid: u32,
+    task: Task,
     streams: &'a mut HashMap<u32, Stream>,
     cx: &'a mut Cx<'c>,
     finished: &'a mut Vec<(Stream, Outcome)>,
@@ -171,7 +172,7 @@ impl Side<'_, '_> {
                 .min_by_key(|(_, s)| s.request_at.exit_ns)
                 .map(|(id, _)| *id);
             if let Some(s) = oldest.and_then(|id| self.streams.remove(&id)) {
-                self.cx.forget(self.role, s.tid, &s.ctx);
+                self.cx.forget(self.role, s.task, &s.ctx);
                 Stats::inc(&self.cx.stats.h2_streams_dropped);
             }
         }
@@ -191,7 +192,7 @@ impl Side<'_, '_> {
             .is_some_and(|v| v.starts_with(b"application/grpc"));
         let ctx = self.cx.start(
             self.role,
-            self.tid,
+            self.task,
             at,
             Start {
                 traceparent: request.traceparent.as_deref(),
@@ -205,7 +206,7 @@ impl Side<'_, '_> {
             id,
             Stream {
                 ctx,
-                tid: self.tid,
+                task: self.task,
                 request,
                 grpc,
                 request_at: at,
@@ -372,7 +373,7 @@ impl H2Conn {
             1,
             Stream {
                 ctx: x.ctx,
-                tid: x.tid,
+                task: x.task,
                 grpc: false,
                 request_at: x.request_at,
                 request_body: x.request_body.unwrap_or(0),
@@ -428,7 +429,7 @@ impl H2Conn {
                     end_at: s.end_at,
                     outcome,
                     reset: s.reset,
-                    tid: s.tid,
+                    task: s.task,
                 },
                 self.role,
                 cx.ends,
@@ -451,7 +452,7 @@ impl H2Conn {
                     end_at: s.end_at,
                     response_body: s.response_ended.then_some(s.response_body),
                     outcome,
-                    tid: s.tid,
+                    task: s.task,
                     version: "2",
                 },
                 self.role,
@@ -500,7 +501,7 @@ impl Protocol for H2Conn {
         "http2"
     }
 
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
         let (seg_len, seg_bytes) = (seg.len, seg.bytes);
         let mut finished = Vec::new();
         let (framer, other) = if egress {
@@ -511,7 +512,7 @@ impl Protocol for H2Conn {
         let mut side = Side {
             role: self.role,
             requests: egress == (self.role == Role::Client),
-            tid,
+            task,
             streams: &mut self.streams,
             cx,
             finished: &mut finished,
@@ -766,9 +767,9 @@ mod tests {
         for cut in 8..=c.len() {
             let mut t = tracker();
             t.open(KEY, origin::ACCEPTED, None, None, 0);
-            t.data(KEY, 7, false, seg(&c[..cut], 10));
-            t.data(KEY, 7, false, seg(&c[cut..], 20));
-            t.data(KEY, 7, true, seg(&s, 30));
+            t.data(KEY, Task::thread(7), false, seg(&c[..cut], 10));
+            t.data(KEY, Task::thread(7), false, seg(&c[cut..], 20));
+            t.data(KEY, Task::thread(7), true, seg(&s, 30));
             let done = by_name(t.drain().collect());
             assert_eq!(done.len(), 2, "cut {cut}");
             let (http, grpc) = (&done[0], &done[1]);
@@ -827,11 +828,21 @@ mod tests {
                 let peer: SocketAddr = "127.0.0.1:8080".parse().unwrap();
                 t.open(KEY, how, Some(peer), None, 0);
                 // Requests move in the direction the role reads them.
-                t.data(KEY, 7, !reads_requests, seg(request, 10));
-                t.data(KEY, 7, reads_requests, seg(&answer[..cut], 20));
-                t.data(KEY, 7, reads_requests, seg(&answer[cut..], 30));
-                t.data(KEY, 7, !reads_requests, seg(&client, 40));
-                t.data(KEY, 7, reads_requests, seg(&next, 50));
+                t.data(KEY, Task::thread(7), !reads_requests, seg(request, 10));
+                t.data(
+                    KEY,
+                    Task::thread(7),
+                    reads_requests,
+                    seg(&answer[..cut], 20),
+                );
+                t.data(
+                    KEY,
+                    Task::thread(7),
+                    reads_requests,
+                    seg(&answer[cut..], 30),
+                );
+                t.data(KEY, Task::thread(7), !reads_requests, seg(&client, 40));
+                t.data(KEY, Task::thread(7), reads_requests, seg(&next, 50));
                 let mut done: Vec<Record> = t.drain().collect();
                 done.sort_by_key(|r| r.start_ns);
                 assert_eq!(done.len(), 2, "{role:?} cut {cut}");
@@ -874,7 +885,7 @@ mod tests {
             let mut c = PREFACE.to_vec();
             c.extend(settings());
             c.extend(get(1, "/x"));
-            t.data(KEY, 7, true, seg(&c, 10));
+            t.data(KEY, Task::thread(7), true, seg(&c, 10));
             let mut answer = settings();
             answer.extend(headers(
                 1,
@@ -882,7 +893,7 @@ mod tests {
                 &[(":status", "200"), ("content-length", "25")],
             ));
             answer.extend(data(1, false, body));
-            t.data(KEY, 7, false, seg(&answer, 20));
+            t.data(KEY, Task::thread(7), false, seg(&answer, 20));
             t.close(KEY);
             let done: Vec<Record> = t.drain().collect();
             assert_eq!(done.len(), 1);
@@ -909,7 +920,7 @@ mod tests {
         c.extend(settings());
         c.extend(get(1, "/empty"));
         c.extend(grpc_call(3));
-        t.data(KEY, 7, true, seg(&c, 10));
+        t.data(KEY, Task::thread(7), true, seg(&c, 10));
         let mut answer = settings();
         answer.extend(headers(
             1,
@@ -926,7 +937,7 @@ mod tests {
             ],
         ));
         answer.extend(data(3, false, 7));
-        t.data(KEY, 7, false, seg(&answer, 20));
+        t.data(KEY, Task::thread(7), false, seg(&answer, 20));
         t.close(KEY);
         let done = by_name(t.drain().collect());
         assert_eq!(done.len(), 2);
@@ -947,7 +958,7 @@ mod tests {
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             false,
             seg(
                 b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
@@ -956,7 +967,7 @@ mod tests {
         );
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
@@ -974,8 +985,8 @@ mod tests {
     fn a_client_connection_reports_grpc_errors_as_errors() {
         let mut t = tracker();
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        t.data(KEY, 7, true, seg(&client_bytes(), 10));
-        t.data(KEY, 7, false, seg(&server_bytes(), 20));
+        t.data(KEY, Task::thread(7), true, seg(&client_bytes(), 10));
+        t.data(KEY, Task::thread(7), false, seg(&server_bytes(), 20));
         let done = by_name(t.drain().collect());
         assert_eq!(done.len(), 2);
         assert_eq!(done[0].kind, SpanKind::Client);
@@ -996,7 +1007,7 @@ mod tests {
         let mut c = PREFACE.to_vec();
         c.extend(grpc_call(1));
         c.extend(grpc_call(3));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         let mut s = headers(
             1,
             true,
@@ -1007,7 +1018,7 @@ mod tests {
             ],
         );
         s.extend(grpc_answer(3, "0"));
-        t.data(KEY, 7, true, seg(&s, 20));
+        t.data(KEY, Task::thread(7), true, seg(&s, 20));
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 2);
         let unimplemented = done
@@ -1030,16 +1041,21 @@ mod tests {
         let mut c = PREFACE.to_vec();
         c.extend(grpc_call(1));
         c.extend(get(3, "/slow"));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // The client cancels stream 1 (CANCEL = 8).
-        t.data(KEY, 7, false, seg(&frame(3, 0, 1, &8u32.to_be_bytes()), 20));
+        t.data(
+            KEY,
+            Task::thread(7),
+            false,
+            seg(&frame(3, 0, 1, &8u32.to_be_bytes()), 20),
+        );
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(text(&done[0], "error.type"), Some("CANCEL"));
         assert!(matches!(done[0].status, Status::Error(_)));
         assert_eq!(done[0].end_ns, 21);
         // Stream 3 times out alone; a stream opened later does not.
-        t.data(KEY, 7, false, seg(&get(5, "/later"), 1500));
+        t.data(KEY, Task::thread(7), false, seg(&get(5, "/later"), 1500));
         t.sweep(1_200);
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
@@ -1047,7 +1063,7 @@ mod tests {
         assert_eq!(text(&done[0], "error.type"), Some("timeout"));
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&[headers(5, true, &[(":status", "200")])].concat(), 1600),
         );
@@ -1065,7 +1081,7 @@ mod tests {
         for i in 0..100u32 {
             c.extend(get(2 * i + 1, &format!("/item/{i}")));
         }
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // Answered in reverse order, each with its own status and size.
         let mut s = Vec::new();
         for i in (0..100u32).rev() {
@@ -1073,7 +1089,7 @@ mod tests {
             s.extend(headers(2 * i + 1, false, &[(":status", status)]));
             s.extend(data(2 * i + 1, true, i as usize));
         }
-        t.data(KEY, 7, true, seg(&s, 20));
+        t.data(KEY, Task::thread(7), true, seg(&s, 20));
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 100);
         for r in &done {
@@ -1092,10 +1108,10 @@ mod tests {
         // A request whose `:path` and `:authority` are references into a
         // dynamic table filled before the agent attached (0xbe, 0xbf).
         let req = frame(1, END_HEADERS | END_STREAM, 41, &[0x82, 0x86, 0xbe, 0xbf]);
-        t.data(KEY, 7, false, seg(&req, 10));
+        t.data(KEY, Task::thread(7), false, seg(&req, 10));
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&headers(41, true, &[(":status", "200")]), 20),
         );
@@ -1120,7 +1136,7 @@ mod tests {
         // A response for a stream that opened before the agent: no span.
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&headers(39, true, &[(":status", "200")]), 30),
         );
@@ -1133,9 +1149,14 @@ mod tests {
         t.open(KEY, origin::ACCEPTED, None, None, 0);
         let mut c = PREFACE.to_vec();
         c.extend(get(1, "/a"));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // A CONTINUATION with no block open: a protocol error.
-        t.data(KEY, 7, false, seg(&frame(9, END_HEADERS, 1, &[0x82]), 20));
+        t.data(
+            KEY,
+            Task::thread(7),
+            false,
+            seg(&frame(9, END_HEADERS, 1, &[0x82]), 20),
+        );
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(
@@ -1155,8 +1176,8 @@ mod tests {
                 .collect();
             let mut t = tracker();
             t.open(KEY, origin::PREEXISTING, None, None, 0);
-            t.data(KEY, 7, false, seg(&junk, 10));
-            t.data(KEY, 7, true, seg(&junk, 20));
+            t.data(KEY, Task::thread(7), false, seg(&junk, 10));
+            t.data(KEY, Task::thread(7), true, seg(&junk, 20));
             assert_eq!(t.drain().count(), 0);
         }
     }
@@ -1177,16 +1198,16 @@ mod tests {
         let mut c = PREFACE.to_vec();
         c.extend(get(1, "/one"));
         c.extend(get(3, "/three"));
-        t.data(ck, 7, true, seg(&c, 10));
+        t.data(ck, Task::thread(7), true, seg(&c, 10));
         // The server reads the streams; it answers 3 first, then 1.
-        t.data(sk, 8, false, seg(&c, 12));
+        t.data(sk, Task::thread(8), false, seg(&c, 12));
         let answers = [
             headers(3, true, &[(":status", "200")]),
             headers(1, true, &[(":status", "200")]),
         ]
         .concat();
-        t.data(sk, 8, true, seg(&answers, 20));
-        t.data(ck, 7, false, seg(&answers, 22));
+        t.data(sk, Task::thread(8), true, seg(&answers, 20));
+        t.data(ck, Task::thread(7), false, seg(&answers, 22));
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 4);
         let find = |kind: SpanKind, path: &str| {
@@ -1215,20 +1236,20 @@ mod tests {
             false,
             &[(":method", "POST"), (":scheme", "http"), (":path", "/up")],
         ));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         t.sweep(2_000);
         assert_eq!(t.drain().count(), 1, "timed out");
         // Its trailers, late, and a HEADERS on a lower id: no new span.
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             false,
             seg(&headers(3, true, &[("x-sum", "1")]), 2_100),
         );
-        t.data(KEY, 7, false, seg(&get(1, "/old"), 2_200));
+        t.data(KEY, Task::thread(7), false, seg(&get(1, "/old"), 2_200));
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&headers(1, true, &[(":status", "200")]), 2_300),
         );
@@ -1251,10 +1272,10 @@ mod tests {
         first.extend_from_slice(b"svc:8080");
         let mut c = PREFACE.to_vec();
         c.extend(frame(1, END_HEADERS | END_STREAM, 1, &first));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&headers(1, true, &[(":status", "200")]), 20),
         );
@@ -1265,7 +1286,7 @@ mod tests {
         t.events_lost();
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             false,
             seg(
                 &frame(1, END_HEADERS | END_STREAM, 3, &[0x82, 0x86, 0x84, 0xbe]),
@@ -1274,7 +1295,7 @@ mod tests {
         );
         t.data(
             KEY,
-            7,
+            Task::thread(7),
             true,
             seg(&headers(3, true, &[(":status", "200")]), 40),
         );
@@ -1292,10 +1313,10 @@ mod tests {
         let mut t = tracker();
         t.open(KEY, origin::PREEXISTING, None, None, 0);
         let req = frame(1, END_HEADERS | END_STREAM, 41, &[0x82, 0x86, 0x84]);
-        t.data(KEY, 7, false, seg(&req, 10));
+        t.data(KEY, Task::thread(7), false, seg(&req, 10));
         // The other direction starts inside a DATA payload: "frame" type
         // 0x78 of a 7.9 MB length.
-        t.data(KEY, 7, true, seg(&[b'x'; 40], 20));
+        t.data(KEY, Task::thread(7), true, seg(&[b'x'; 40], 20));
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(
@@ -1312,11 +1333,11 @@ mod tests {
         let mut c = PREFACE.to_vec();
         c.extend(get(1, "/done"));
         c.extend(get(3, "/refused"));
-        t.data(KEY, 7, false, seg(&c, 10));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // The server answers 1, then says it processed nothing past it.
         let mut s = headers(1, true, &[(":status", "200")]);
         s.extend(frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
-        t.data(KEY, 7, true, seg(&s, 20));
+        t.data(KEY, Task::thread(7), true, seg(&s, 20));
         let mut done: Vec<Record> = t.drain().collect();
         done.sort_by_key(|r| text(r, "url.path").map(str::to_owned));
         assert_eq!(done.len(), 2);

@@ -7,6 +7,7 @@
 //! position (see [`ResponseSink::give_up_before`]); requests that time out
 //! are owed the next responses, which are skipped, not paired.
 
+use crate::events::Task;
 use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Segment, Sink, Stamp};
@@ -44,7 +45,7 @@ struct Book {
     /// Whether the response being framed belongs to `pending.front()`.
     response_matched: bool,
     finished: Vec<Exchange>,
-    tid: u32,
+    task: Task,
     last_at: Stamp,
     /// The segment in which the response stream last lost sync, until the
     /// next response head is framed.
@@ -67,13 +68,13 @@ impl Sink for RequestSink<'_, '_> {
     fn on_head(&mut self, head: Head, at: Stamp) {
         if self.book.pending.len() >= MAX_PENDING {
             if let Some(dropped) = self.book.pending.pop_back() {
-                self.cx.forget(self.role, dropped.tid, &dropped.ctx);
+                self.cx.forget(self.role, dropped.task, &dropped.ctx);
             }
             Stats::inc(&self.cx.stats.http_pipeline_overflow);
         }
         let ctx = self
             .cx
-            .start(self.role, self.book.tid, at, Start::from(&head));
+            .start(self.role, self.book.task, at, Start::from(&head));
         self.book.pending.push_back(Exchange {
             version: head.protocol_version(),
             ctx,
@@ -84,7 +85,7 @@ impl Sink for RequestSink<'_, '_> {
             end_at: at,
             response_body: None,
             outcome: Outcome::Complete,
-            tid: self.book.tid,
+            task: self.book.task,
         });
     }
 
@@ -228,9 +229,15 @@ impl HttpConn {
     }
 
     /// Feeds one segment; returns false once the stream is known not to be HTTP/1.
-    fn feed_segment(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> bool {
+    fn feed_segment(
+        &mut self,
+        egress: bool,
+        task: Task,
+        seg: Segment<'_>,
+        cx: &mut Cx<'_>,
+    ) -> bool {
         let stats = cx.stats;
-        self.book.tid = tid;
+        self.book.task = task;
         self.book.last_at = seg.stamp;
         let carries_requests = match self.role {
             Role::Server => !egress,
@@ -313,20 +320,20 @@ impl Protocol for HttpConn {
         "http"
     }
 
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
-        let still_http = self.feed_segment(egress, tid, seg, cx);
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+        let still_http = self.feed_segment(egress, task, seg, cx);
         self.collect(cx);
         if let Some(x) = self.book.upgraded.take() {
             // Nothing may follow an upgrade request on HTTP/1 (RFC 9110
             // §7.8): anything framed after it was not a request.
             for x in self.book.pending.drain(..) {
-                cx.forget(self.role, x.tid, &x.ctx);
+                cx.forget(self.role, x.task, &x.ctx);
                 Stats::inc(&cx.stats.http_pipeline_overflow);
             }
             // Its response comes as HTTP/2 stream 1, among streams its
             // thread may serve next: it must not parent their calls.
             if self.role == Role::Server {
-                cx.unbind_thread(x.tid, &x.ctx);
+                cx.unbind_thread(x.task, &x.ctx);
             }
             let at = self.responses.stopped_at().unwrap_or(seg.bytes.len());
             self.switch = Some(Switch {
@@ -342,7 +349,7 @@ impl Protocol for HttpConn {
         // Requests framed before the bytes stopped making sense must not
         // stay anyone's candidate parent.
         for x in self.book.pending.drain(..) {
-            cx.forget(self.role, x.tid, &x.ctx);
+            cx.forget(self.role, x.task, &x.ctx);
         }
         Verdict::NotMine
     }

@@ -19,6 +19,7 @@
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
+use crate::events::Task;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -161,7 +162,7 @@ impl MysqlConn {
     pub fn feed(
         &mut self,
         egress: bool,
-        tid: u32,
+        task: Task,
         seg: Segment<'_>,
         mut context: impl FnMut() -> SpanContext,
         stats: &Stats,
@@ -176,7 +177,7 @@ impl MysqlConn {
             let was_lost = self.client.is_lost();
             // The framer lends its packets to methods of `self`.
             let mut client = std::mem::replace(&mut self.client, Framer::new(Direction::Client));
-            client.feed(seg, |p| self.on_client(p, tid, &mut context, stats));
+            client.feed(seg, |p| self.on_client(p, task, &mut context, stats));
             self.client = client;
             if self.client.is_lost() && !was_lost {
                 stats.db_desync("mysql");
@@ -195,8 +196,8 @@ impl MysqlConn {
         !self.encrypted && !self.compressed
     }
 
-    fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
-        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), tid, at)
+    fn new_call(&self, op: Arc<Operation>, task: Task, at: Stamp, ctx: SpanContext) -> Call {
+        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), task, at)
     }
 
     fn push(&mut self, kind: Kind, stats: &Stats) {
@@ -221,7 +222,7 @@ impl MysqlConn {
     fn on_client(
         &mut self,
         p: Packet<'_>,
-        tid: u32,
+        task: Task,
         context: &mut impl FnMut() -> SpanContext,
         stats: &Stats,
     ) {
@@ -262,7 +263,7 @@ impl MysqlConn {
                             }
                             None => Arc::default(),
                         };
-                        Kind::Call(self.new_call(op, tid, p.first_at, context()))
+                        Kind::Call(self.new_call(op, task, p.first_at, context()))
                     }
                     command::STMT_EXECUTE => {
                         let op = match mysql::statement_id(p.body)
@@ -274,7 +275,7 @@ impl MysqlConn {
                                 Arc::default()
                             }
                         };
-                        Kind::Call(self.new_call(op, tid, p.first_at, context()))
+                        Kind::Call(self.new_call(op, task, p.first_at, context()))
                     }
                     command::STMT_PREPARE => Kind::Prepare(Operation::sql(
                         &String::from_utf8_lossy(rest),
@@ -544,9 +545,9 @@ impl Protocol for MysqlConn {
         "mysql"
     }
 
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
         let stats = cx.stats;
-        let readable = self.feed(egress, tid, seg, call_context(cx, tid, seg.stamp), stats);
+        let readable = self.feed(egress, task, seg, call_context(cx, task, seg.stamp), stats);
         collect(self.system, &mut self.finished, cx);
         match (readable, self.compressed) {
             (true, _) => Verdict::Continue,
@@ -668,14 +669,23 @@ mod tests {
         }
         fn send(&mut self, b: &[u8]) {
             self.t += 10;
-            assert!(self
-                .c
-                .feed(true, 1, seg(b, self.t), SpanContext::root, &self.stats));
+            assert!(self.c.feed(
+                true,
+                Task::thread(1),
+                seg(b, self.t),
+                SpanContext::root,
+                &self.stats
+            ));
         }
         fn recv(&mut self, b: &[u8]) {
             self.t += 10;
-            self.c
-                .feed(false, 1, seg(b, self.t), SpanContext::root, &self.stats);
+            self.c.feed(
+                false,
+                Task::thread(1),
+                seg(b, self.t),
+                SpanContext::root,
+                &self.stats,
+            );
         }
         fn spans(&self) -> Vec<(String, Option<Reply>, Option<String>)> {
             self.c
@@ -794,7 +804,7 @@ mod tests {
         ssl.extend_from_slice(&[0; 28]);
         assert!(!r.c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(&packet(1, &ssl), 5),
             SpanContext::root,
             &r.stats
@@ -808,7 +818,7 @@ mod tests {
             len: (rs.len() - 50) as u64,
             stamp: Stamp::default(),
         };
-        r.c.feed(false, 1, head, SpanContext::root, &r.stats);
+        r.c.feed(false, Task::thread(1), head, SpanContext::root, &r.stats);
         assert!(r.c.server.is_lost());
         r.recv(&rs[rs.len() - 50..]);
         assert_eq!(r.spans()[0].1, Some(Reply::Ok));
@@ -826,7 +836,7 @@ mod tests {
         let coldef = b"\x03def\0\0\0\x01x\0\x0c\x21\0\0\0\0\xfd\0\0\0\0\0";
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(&query("SELECT x FROM t WHERE 0"), 1),
             SpanContext::root,
             &stats,
@@ -834,15 +844,27 @@ mod tests {
         let mut empty = packet(1, &[1]);
         empty.extend(packet(2, coldef));
         empty.extend(packet(3, &[0xfe, 0, 0, 2, 0, 0, 0]));
-        c.feed(false, 1, seg(&empty, 2), SpanContext::root, &stats);
+        c.feed(
+            false,
+            Task::thread(1),
+            seg(&empty, 2),
+            SpanContext::root,
+            &stats,
+        );
         c.feed(
             true,
-            1,
+            Task::thread(1),
             seg(&query("SELECT x FROM t"), 3),
             SpanContext::root,
             &stats,
         );
-        c.feed(false, 1, seg(&result_set(2), 4), SpanContext::root, &stats);
+        c.feed(
+            false,
+            Task::thread(1),
+            seg(&result_set(2), 4),
+            SpanContext::root,
+            &stats,
+        );
         let replies: Vec<_> = c.finished.iter().map(|c| c.reply.clone()).collect();
         assert_eq!(replies, [Some(Reply::Ok), Some(Reply::Ok)]);
         assert_eq!(c.system, "mysql");
@@ -907,13 +929,25 @@ mod tests {
             let mut c = MysqlConn::new(opts(true));
             c.feed(
                 false,
-                1,
+                Task::thread(1),
                 seg(&greeting(false), 1),
                 SpanContext::root,
                 &stats,
             );
-            c.feed(true, 1, seg(&junk, 2), SpanContext::root, &stats);
-            c.feed(false, 1, seg(&junk, 3), SpanContext::root, &stats);
+            c.feed(
+                true,
+                Task::thread(1),
+                seg(&junk, 2),
+                SpanContext::root,
+                &stats,
+            );
+            c.feed(
+                false,
+                Task::thread(1),
+                seg(&junk, 3),
+                SpanContext::root,
+                &stats,
+            );
         }
     }
 }

@@ -19,6 +19,7 @@
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
+use crate::events::Task;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -119,7 +120,7 @@ impl PgConn {
     pub fn feed(
         &mut self,
         egress: bool,
-        tid: u32,
+        task: Task,
         seg: Segment<'_>,
         mut context: impl FnMut() -> SpanContext,
         stats: &Stats,
@@ -139,7 +140,7 @@ impl PgConn {
             // steps out of `self` while it runs.
             let mut front =
                 std::mem::replace(&mut self.front, Framer::mid_stream(Direction::Frontend));
-            front.feed(seg, |m| self.on_frontend(m, tid, &mut context, stats));
+            front.feed(seg, |m| self.on_frontend(m, task, &mut context, stats));
             self.front = front;
             if self.front.is_lost() && !was_lost {
                 stats.db_desync(SYSTEM);
@@ -161,8 +162,8 @@ impl PgConn {
         !self.encrypted
     }
 
-    fn new_call(&self, op: Arc<Operation>, tid: u32, at: Stamp, ctx: SpanContext) -> Call {
-        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), tid, at)
+    fn new_call(&self, op: Arc<Operation>, task: Task, at: Stamp, ctx: SpanContext) -> Call {
+        Call::sent(ctx, op, self.namespace.clone(), self.user.clone(), task, at)
     }
 
     fn push(&mut self, unit: Unit, stats: &Stats) {
@@ -181,7 +182,7 @@ impl PgConn {
     fn on_frontend(
         &mut self,
         m: Message<'_>,
-        tid: u32,
+        task: Task,
         context: &mut impl FnMut() -> SpanContext,
         stats: &Stats,
     ) {
@@ -205,7 +206,7 @@ impl PgConn {
             }
             Tag::Typed(b'Q') => {
                 let op = Operation::sql(&postgres::query_text(m.body), self.opts.sanitize);
-                let call = self.new_call(op, tid, m.first_at, context());
+                let call = self.new_call(op, task, m.first_at, context());
                 self.push(Unit::Query(call), stats);
             }
             Tag::Typed(b'P') => {
@@ -228,7 +229,7 @@ impl PgConn {
             Tag::Typed(b'E') => {
                 let portal = postgres::execute(m.body);
                 let op = self.portals.get(&portal).cloned().unwrap_or_default();
-                let call = self.new_call(op, tid, m.first_at, context());
+                let call = self.new_call(op, task, m.first_at, context());
                 self.push(Unit::Execute(call), stats);
             }
             // A function call is answered like a simple query, without SQL.
@@ -405,9 +406,9 @@ impl Protocol for PgConn {
         SYSTEM
     }
 
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict {
         let stats = cx.stats;
-        let readable = self.feed(egress, tid, seg, call_context(cx, tid, seg.stamp), stats);
+        let readable = self.feed(egress, task, seg, call_context(cx, task, seg.stamp), stats);
         collect(SYSTEM, &mut self.finished, cx);
         if readable {
             Verdict::Continue
@@ -493,14 +494,23 @@ mod tests {
         }
         fn send(&mut self, bytes: &[u8]) {
             self.t += 10;
-            assert!(self
-                .c
-                .feed(true, 1, seg(bytes, self.t), SpanContext::root, &self.stats));
+            assert!(self.c.feed(
+                true,
+                Task::thread(1),
+                seg(bytes, self.t),
+                SpanContext::root,
+                &self.stats
+            ));
         }
         fn recv(&mut self, bytes: &[u8]) {
             self.t += 10;
-            self.c
-                .feed(false, 1, seg(bytes, self.t), SpanContext::root, &self.stats);
+            self.c.feed(
+                false,
+                Task::thread(1),
+                seg(bytes, self.t),
+                SpanContext::root,
+                &self.stats,
+            );
         }
         fn spans(&self) -> Vec<(String, Option<Reply>, Outcome)> {
             self.c
@@ -672,8 +682,13 @@ mod tests {
         let mut r = Run::new();
         r.send(&ssl);
         r.t += 10;
-        let still =
-            r.c.feed(false, 1, seg(b"S", r.t), SpanContext::root, &r.stats);
+        let still = r.c.feed(
+            false,
+            Task::thread(1),
+            seg(b"S", r.t),
+            SpanContext::root,
+            &r.stats,
+        );
         assert!(!still);
     }
 
@@ -699,17 +714,23 @@ mod tests {
                 exit_ns: r.t + 1,
             },
         };
-        r.c.feed(false, 1, head, SpanContext::root, &r.stats);
+        r.c.feed(false, Task::thread(1), head, SpanContext::root, &r.stats);
         let gap = Segment {
             bytes: &[],
             len: (rows.len() - 4096 - 10) as u64,
             stamp: head.stamp,
         };
-        r.c.feed(false, 1, gap, SpanContext::root, &r.stats);
+        r.c.feed(false, Task::thread(1), gap, SpanContext::root, &r.stats);
         assert!(r.c.back.is_lost());
         let mut last = rows[rows.len() - 10..].to_vec();
         last.extend(&tail);
-        r.c.feed(false, 1, seg(&last, r.t), SpanContext::root, &r.stats);
+        r.c.feed(
+            false,
+            Task::thread(1),
+            seg(&last, r.t),
+            SpanContext::root,
+            &r.stats,
+        );
         assert_eq!(
             r.spans(),
             vec![("SELECT big".into(), Some(Reply::Ok), Outcome::Complete)]
@@ -728,11 +749,23 @@ mod tests {
         let mut c = PgConn::mid_stream(opts(true));
         let mut b = execute("old");
         b.extend(msg(b'S', b""));
-        c.feed(true, 1, seg(&b, 10), SpanContext::root, &stats);
+        c.feed(
+            true,
+            Task::thread(1),
+            seg(&b, 10),
+            SpanContext::root,
+            &stats,
+        );
         let mut resp = msg(b'2', b"");
         resp.extend(msg(b'C', b"SELECT 1\0"));
         resp.extend(ready());
-        c.feed(false, 1, seg(&resp, 20), SpanContext::root, &stats);
+        c.feed(
+            false,
+            Task::thread(1),
+            seg(&resp, 20),
+            SpanContext::root,
+            &stats,
+        );
         assert_eq!(c.finished.len(), 1);
         assert_eq!(*c.finished[0].op, Operation::default());
         assert_eq!(c.finished[0].namespace, None);
@@ -769,9 +802,27 @@ mod tests {
         for cut in 0..stream.len() {
             let stats = Stats::default();
             let mut c = PgConn::new(opts(false));
-            c.feed(true, 1, seg(&stream[..cut], 1), SpanContext::root, &stats);
-            c.feed(true, 1, seg(&stream[cut..], 2), SpanContext::root, &stats);
-            c.feed(false, 1, seg(&stream, 3), SpanContext::root, &stats);
+            c.feed(
+                true,
+                Task::thread(1),
+                seg(&stream[..cut], 1),
+                SpanContext::root,
+                &stats,
+            );
+            c.feed(
+                true,
+                Task::thread(1),
+                seg(&stream[cut..], 2),
+                SpanContext::root,
+                &stats,
+            );
+            c.feed(
+                false,
+                Task::thread(1),
+                seg(&stream, 3),
+                SpanContext::root,
+                &stats,
+            );
         }
     }
 }

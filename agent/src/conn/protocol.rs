@@ -11,7 +11,7 @@ use zerospan_protocols::http1::{Segment, Stamp};
 
 use super::{Endpoints, Outcome, Role};
 use crate::{
-    events::ConnKey,
+    events::{ConnKey, Task},
     linker::{Linker, Start},
     spans::{context::SpanContext, Record, SpanKind},
     stats::Stats,
@@ -62,8 +62,8 @@ pub trait Protocol {
     fn name(&self) -> &'static str;
 
     /// Feeds one segment, read (`egress` false) or written by the traced
-    /// process on thread `tid`.
-    fn feed(&mut self, egress: bool, tid: u32, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict;
+    /// process's `task`.
+    fn feed(&mut self, egress: bool, task: Task, seg: Segment<'_>, cx: &mut Cx<'_>) -> Verdict;
 
     /// When the oldest exchange still waiting for its answer started
     /// (monotonic ns), for the request timeout.
@@ -127,24 +127,24 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// The span context of a request that starts now: on `tid`, in the
+    /// The span context of a request that starts now: by `task`, in the
     /// syscall `at` that moved its first bytes, with what it carries.
-    pub fn start(&mut self, role: Role, tid: u32, at: Stamp, carried: Start<'_>) -> SpanContext {
+    pub fn start(&mut self, role: Role, task: Task, at: Stamp, carried: Start<'_>) -> SpanContext {
         self.linker
-            .started(self.key, role, self.ends, tid, at, carried, self.stats)
+            .started(self.key, role, self.ends, task, at, carried, self.stats)
     }
 
     /// A started exchange that will never be reported (dropped past a
     /// bound, or framed from bytes that turned out not to be the
     /// protocol): it is no one's parent any more.
-    pub fn forget(&mut self, role: Role, tid: u32, ctx: &SpanContext) {
-        self.linker.ended(self.key, role, self.ends, tid, ctx);
+    pub fn forget(&mut self, role: Role, task: Task, ctx: &SpanContext) {
+        self.linker.ended(self.key, role, self.ends, task, ctx);
     }
 
     /// A server exchange that goes on where its thread does not follow
-    /// (HTTP/1.1 upgraded to HTTP/2): no longer the parent of `tid`'s calls.
-    pub fn unbind_thread(&mut self, tid: u32, ctx: &SpanContext) {
-        self.linker.unbind_thread(self.key.tgid, tid, ctx);
+    /// (HTTP/1.1 upgraded to HTTP/2): no longer the parent of `task`'s calls.
+    pub fn unbind_thread(&mut self, task: Task, ctx: &SpanContext) {
+        self.linker.unbind_thread(self.key.tgid, task, ctx);
     }
 
     /// A finished exchange: it is no one's parent any more, and leaves
@@ -158,7 +158,7 @@ impl<'a> Cx<'a> {
             SpanKind::Server => Role::Server,
             SpanKind::Client => Role::Client,
         };
-        self.linker.ended(self.key, role, self.ends, r.tid, &r.ctx);
+        self.linker.ended(self.key, role, self.ends, r.task, &r.ctx);
         self.out.push(r);
     }
 }

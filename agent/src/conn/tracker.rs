@@ -22,7 +22,7 @@ use super::{
     protocol::{Cx, Deepen, Protocol, Verdict},
     Endpoints, Outcome, Role,
 };
-use crate::events::{Chosen, ConnKey};
+use crate::events::{Chosen, ConnKey, GoAct, Task};
 use crate::linker::Linker;
 use crate::spans::{context::SpanContext, http::Options, Record};
 use crate::stats::Stats;
@@ -87,12 +87,12 @@ impl State {
 fn trace_segment(
     key: ConnKey,
     source: &str,
-    (tid, egress): (u32, bool),
+    (task, egress): (Task, bool),
     seg: &Segment<'_>,
     state: &State,
 ) {
     log::trace!(
-        "{key:?}: thread {tid}'s {source} {} of {} bytes ({} captured) in state {}, starting like {}",
+        "{key:?}: {task:?}'s {source} {} of {} bytes ({} captured) in state {}, starting like {}",
         if egress { "write" } else { "read" },
         seg.len,
         seg.bytes.len(),
@@ -233,12 +233,12 @@ impl Tracker {
     }
 
     /// Bytes a syscall moved on a socket.
-    pub fn data(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+    pub fn data(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
         if !self.admit(key) {
             return;
         }
         let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
-        trace_segment(key, "syscall", (tid, egress), &seg, &conn.state);
+        trace_segment(key, "syscall", (task, egress), &seg, &conn.state);
         if conn.ends.tls {
             // Ciphertext: the plaintext comes from the TLS library.
             return;
@@ -292,17 +292,17 @@ impl Tracker {
                 return;
             }
         }
-        self.feed(key, tid, egress, seg);
+        self.feed(key, task, egress, seg);
     }
 
     /// Plaintext a TLS library call moved on a socket: from now on the
     /// connection's bytes are these, and its syscalls' are ignored.
-    pub fn plaintext(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+    pub fn plaintext(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
         if !self.admit(key) {
             return;
         }
         let conn = Self::conn(&mut self.conns, key, seg.stamp.exit_ns);
-        trace_segment(key, "TLS", (tid, egress), &seg, &conn.state);
+        trace_segment(key, "TLS", (task, egress), &seg, &conn.state);
         if !conn.ends.tls {
             conn.ends.tls = true;
             conn.tls_wait = None;
@@ -325,7 +325,7 @@ impl Tracker {
                 other => other,
             };
         }
-        self.feed(key, tid, egress, seg);
+        self.feed(key, task, egress, seg);
     }
 
     /// The connection `key`, known from now on if it was not, active at
@@ -343,7 +343,7 @@ impl Tracker {
         conn
     }
 
-    fn feed(&mut self, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
+    fn feed(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -380,7 +380,7 @@ impl Tracker {
                 stamp: at,
             };
             let stats = &self.stats;
-            m.feed(false, tid, head, SpanContext::root, stats);
+            m.feed(false, task, head, SpanContext::root, stats);
             conn.state = State::Active(Box::new(m));
             self.deepen.push((key, Deepen::Database));
         }
@@ -471,7 +471,7 @@ impl Tracker {
             return;
         };
         let mut cx = Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
-        let mut verdict = p.feed(egress, tid, seg, &mut cx);
+        let mut verdict = p.feed(egress, task, seg, &mut cx);
         if verdict == Verdict::Switch {
             let Some(switch) = p.take_switch() else {
                 return;
@@ -489,7 +489,7 @@ impl Tracker {
                 stamp: seg.stamp,
             };
             verdict = if rest.len > 0 {
-                p.feed(egress, tid, rest, &mut cx)
+                p.feed(egress, task, rest, &mut cx)
             } else {
                 Verdict::Continue
             };
@@ -594,9 +594,19 @@ impl Tracker {
         }
     }
 
-    /// Whether `tgid` runs Go: its threads parent none of its calls.
+    /// Whether `tgid` runs Go: its goroutines, not its threads, parent
+    /// its calls.
     pub fn goroutines(&mut self, tgid: u32, go: bool) {
         self.linker.goroutines(tgid, go);
+    }
+
+    pub fn is_go(&self, tgid: u32) -> bool {
+        self.linker.is_go(tgid)
+    }
+
+    /// What a Go program's runtime or `net/http` did (see [`GoAct`]).
+    pub fn go_event(&mut self, tgid: u32, task: Task, act: GoAct, object: u64) {
+        self.linker.go_event(tgid, task, act, object);
     }
 
     /// Closes every connection of a process that exited.
@@ -663,8 +673,10 @@ impl Tracker {
         }
     }
 
-    /// The kernel dropped events: every connection may have missed bytes.
+    /// The kernel dropped events: every connection may have missed bytes,
+    /// and the linker goroutine starts and hand-offs.
     pub fn events_lost(&mut self) {
+        self.linker.events_lost();
         for conn in self.conns.values_mut() {
             if let State::Active(p) = &mut conn.state {
                 p.events_lost();
@@ -756,8 +768,8 @@ mod tests {
         }
     }
 
-    fn feed(t: &mut Tracker, key: ConnKey, tid: u32, egress: bool, seg: Segment<'_>) {
-        t.data(key, tid, egress, seg);
+    fn feed(t: &mut Tracker, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
+        t.data(key, task, egress, seg);
     }
 
     const KEY: ConnKey = ConnKey {
@@ -779,14 +791,14 @@ mod tests {
             feed(
                 &mut t,
                 KEY,
-                1,
+                Task::thread(1),
                 false,
                 seg(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 10),
             );
             feed(
                 &mut t,
                 KEY,
-                1,
+                Task::thread(1),
                 true,
                 seg(b"HTTP/1.1 204 No Content\r\n\r\n", 20),
             );
@@ -805,14 +817,14 @@ mod tests {
             feed(
                 &mut t,
                 KEY,
-                1,
+                Task::thread(1),
                 false,
                 seg(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", i * 10),
             );
             feed(
                 &mut t,
                 KEY,
-                1,
+                Task::thread(1),
                 true,
                 seg(
                     b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno",
@@ -835,13 +847,13 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             seg(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n", 0),
         );
         feed(&mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
@@ -860,7 +872,13 @@ mod tests {
         let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         // Neither HTTP/1 nor anything else we know.
-        feed(&mut t, KEY, 1, true, seg(b"\x00\xff garbage \r\n", 0));
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
+            true,
+            seg(b"\x00\xff garbage \r\n", 0),
+        );
         assert_eq!(t.take_evictions(), vec![KEY]);
         assert_eq!(
             stats
@@ -868,7 +886,13 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
-        feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.1\r\n\r\n", 1));
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
+            true,
+            seg(b"GET / HTTP/1.1\r\n\r\n", 1),
+        );
         assert_eq!(t.drain().count(), 0);
     }
 
@@ -881,12 +905,34 @@ mod tests {
         let mut t = Tracker::new(limits(), Default::default(), stats.clone());
         t.open(KEY, origin::CONNECTED, None, None, 0);
         let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
-        feed(&mut t, KEY, 1, true, seg(hello, 0));
-        feed(&mut t, KEY, 1, false, seg(b"\x16\x03\x03\x00\x7a\x02", 1));
+        feed(&mut t, KEY, Task::thread(1), true, seg(hello, 0));
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
+            false,
+            seg(b"\x16\x03\x03\x00\x7a\x02", 1),
+        );
         assert!(t.take_evictions().is_empty());
-        t.plaintext(KEY, 1, true, seg(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2));
-        feed(&mut t, KEY, 1, true, seg(b"\x17\x03\x03\x00\x20", 3));
-        t.plaintext(KEY, 1, false, seg(b"HTTP/1.1 204 No Content\r\n\r\n", 4));
+        t.plaintext(
+            KEY,
+            Task::thread(1),
+            true,
+            seg(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 2),
+        );
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
+            true,
+            seg(b"\x17\x03\x03\x00\x20", 3),
+        );
+        t.plaintext(
+            KEY,
+            Task::thread(1),
+            false,
+            seg(b"HTTP/1.1 204 No Content\r\n\r\n", 4),
+        );
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(text(&done[0], "url.full"), Some("https://a/x"));
@@ -895,7 +941,13 @@ mod tests {
         let other = ConnKey { fd: 9, ..KEY };
         t.open(other, origin::CONNECTED, None, None, 0);
         for i in 0..=MAX_TLS_WAIT_SEGMENTS {
-            feed(&mut t, other, 1, i % 2 == 0, seg(hello, u64::from(i)));
+            feed(
+                &mut t,
+                other,
+                Task::thread(1),
+                i % 2 == 0,
+                seg(hello, u64::from(i)),
+            );
         }
         assert_eq!(t.take_evictions(), vec![other]);
         assert_eq!(
@@ -913,21 +965,21 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"partial body of an old response", 0),
         );
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             seg(b"GET /next HTTP/1.1\r\n\r\n", 10),
         );
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20),
         );
@@ -940,14 +992,26 @@ mod tests {
     fn close_and_timeout_end_unanswered_requests_as_errors() {
         let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::ACCEPTED, None, None, 0);
-        feed(&mut t, KEY, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
+            false,
+            seg(b"GET / HTTP/1.1\r\n\r\n", 0),
+        );
         t.close(KEY);
         let done: Vec<_> = t.drain().collect();
         assert_eq!(outcome(&done[0]), Outcome::Closed);
 
         let key2 = ConnKey { fd: 5, ..KEY };
         t.open(key2, origin::ACCEPTED, None, None, 0);
-        feed(&mut t, key2, 1, false, seg(b"GET / HTTP/1.1\r\n\r\n", 0));
+        feed(
+            &mut t,
+            key2,
+            Task::thread(1),
+            false,
+            seg(b"GET / HTTP/1.1\r\n\r\n", 0),
+        );
         t.sweep(500);
         assert_eq!(t.drain().count(), 0);
         t.sweep(5_000);
@@ -958,7 +1022,7 @@ mod tests {
         feed(
             &mut t,
             key2,
-            1,
+            Task::thread(1),
             false,
             seg(b"GET /again HTTP/1.1\r\n\r\n", 6_000),
         );
@@ -966,14 +1030,14 @@ mod tests {
         feed(
             &mut t,
             key2,
-            1,
+            Task::thread(1),
             true,
             seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 6_050),
         );
         feed(
             &mut t,
             key2,
-            1,
+            Task::thread(1),
             true,
             seg(b"HTTP/1.1 204 No Content\r\n\r\n", 6_100),
         );
@@ -990,11 +1054,17 @@ mod tests {
     fn response_delimited_by_close_ends_at_close() {
         let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        feed(&mut t, KEY, 1, true, seg(b"GET / HTTP/1.0\r\n\r\n", 0));
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
+            true,
+            seg(b"GET / HTTP/1.0\r\n\r\n", 0),
+        );
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
             false,
             seg(b"HTTP/1.0 200 OK\r\n\r\nbody", 10),
         );
@@ -1031,11 +1101,17 @@ mod tests {
         t.open(KEY, origin::CONNECTED, None, None, 0);
         let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: h\r\n\r\n");
         let pipelined = get("/a") + &get("/chunked") + &get("/503");
-        feed(&mut t, KEY, 1, true, seg(pipelined.as_bytes(), 10));
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
+            true,
+            seg(pipelined.as_bytes(), 10),
+        );
+        feed(
+            &mut t,
+            KEY,
+            Task::thread(1),
             false,
             seg(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 20),
         );
@@ -1049,7 +1125,7 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             Segment {
                 bytes: captured,
@@ -1060,14 +1136,14 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"POST /p HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 40),
         );
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             seg(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 50),
         );
@@ -1104,7 +1180,7 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             Segment {
                 bytes: captured,
@@ -1116,21 +1192,21 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 10),
         );
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             seg(b"GET /next HTTP/1.1\r\n\r\n", 20),
         );
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"HTTP/1.1 204 No Content\r\n\r\n", 30),
         );
@@ -1155,7 +1231,7 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", 10),
         );
@@ -1166,7 +1242,7 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             false,
             Segment {
                 bytes: b"",
@@ -1189,11 +1265,11 @@ mod tests {
         feed(
             &mut t,
             KEY,
-            1,
+            Task::thread(1),
             true,
             seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", 10),
         );
-        feed(&mut t, KEY, 1, false, seg(b"$1\r\nv\r\n", 20));
+        feed(&mut t, KEY, Task::thread(1), false, seg(b"$1\r\nv\r\n", 20));
         let calls: Vec<_> = t.drain().collect();
         assert_eq!(calls.len(), 1);
         assert_eq!(text(&calls[0], "db.operation.name"), Some("GET"));

@@ -10,6 +10,7 @@
 //! address reused), and an object's writes past the bounds are dropped
 //! and counted, never replayed with a hole in them.
 
+use crate::events::Task;
 use std::collections::{HashMap, VecDeque};
 
 use zerospan_protocols::http1::{Segment, Stamp};
@@ -26,7 +27,7 @@ const MAX_AGE_NS: u64 = 10_000_000_000;
 /// One write, copied out of the ring buffer.
 #[derive(Debug)]
 pub struct Held {
-    pub tid: u32,
+    pub task: Task,
     pub bytes: Vec<u8>,
     pub len: u64,
     pub stamp: Stamp,
@@ -64,7 +65,7 @@ pub struct Unowned {
 impl Unowned {
     /// Holds a write of object `ssl` in process `tgid`. Returns how many
     /// writes were dropped to stay within the bounds.
-    pub fn hold(&mut self, tgid: u32, ssl: u64, tid: u32, seg: Segment<'_>) -> u64 {
+    pub fn hold(&mut self, tgid: u32, ssl: u64, task: Task, seg: Segment<'_>) -> u64 {
         let mut dropped = 0;
         let key = (tgid, ssl);
         if !self.by_object.contains_key(&key) {
@@ -93,7 +94,7 @@ impl Unowned {
         }
         writes.bytes += seg.bytes.len();
         writes.held.push(Held {
-            tid,
+            task,
             bytes: seg.bytes.to_vec(),
             len: seg.len,
             stamp: seg.stamp,
@@ -184,9 +185,12 @@ mod tests {
     #[test]
     fn writes_are_claimed_in_order_by_their_object_only() {
         let mut u = Unowned::default();
-        assert_eq!(u.hold(7, 0xa, 1, seg(b"PRI * HTTP/2.0", 1)), 0);
-        assert_eq!(u.hold(7, 0xb, 1, seg(b"other", 2)), 0);
-        assert_eq!(u.hold(7, 0xa, 1, seg(b"HEADERS", 3)), 0);
+        assert_eq!(
+            u.hold(7, 0xa, Task::thread(1), seg(b"PRI * HTTP/2.0", 1)),
+            0
+        );
+        assert_eq!(u.hold(7, 0xb, Task::thread(1), seg(b"other", 2)), 0);
+        assert_eq!(u.hold(7, 0xa, Task::thread(1), seg(b"HEADERS", 3)), 0);
         assert!(
             u.claim(8, 0xa, Some(0)).0.is_empty(),
             "another process's object"
@@ -205,8 +209,8 @@ mod tests {
     #[test]
     fn writes_from_before_the_socket_opened_are_not_its() {
         let mut u = Unowned::default();
-        u.hold(7, 0xa, 1, seg(b"old request", 5));
-        u.hold(7, 0xa, 1, seg(b"new request", 50));
+        u.hold(7, 0xa, Task::thread(1), seg(b"old request", 5));
+        u.hold(7, 0xa, Task::thread(1), seg(b"new request", 50));
         let (mine, dropped) = u.claim(7, 0xa, Some(40));
         assert_eq!(dropped, 1);
         assert_eq!(mine.len(), 1);
@@ -217,8 +221,8 @@ mod tests {
     fn a_socket_that_predates_the_agent_gets_every_write() {
         // Its id says nothing of when it opened (`ConnKey::opened_ns`).
         let mut u = Unowned::default();
-        u.hold(7, 0xa, 1, seg(b"request", 5));
-        u.hold(7, 0xa, 1, seg(b"more", 50));
+        u.hold(7, 0xa, Task::thread(1), seg(b"request", 5));
+        u.hold(7, 0xa, Task::thread(1), seg(b"more", 50));
         let key = ConnKey {
             tgid: 7,
             fd: 3,
@@ -236,16 +240,16 @@ mod tests {
         let big = vec![0u8; 4096];
         let mut dropped = 0;
         for i in 0..(MAX_BYTES / 4096) {
-            dropped += u.hold(1, 1, 1, seg(&big, i as u64));
+            dropped += u.hold(1, 1, Task::thread(1), seg(&big, i as u64));
         }
         assert_eq!(dropped, 0);
         // One more does not fit: all of it goes, and what follows too,
         // however small (a stream with a hole would be misframed).
         assert_eq!(
-            u.hold(1, 1, 1, seg(&big, 100)),
+            u.hold(1, 1, Task::thread(1), seg(&big, 100)),
             (MAX_BYTES / 4096) as u64 + 1
         );
-        assert_eq!(u.hold(1, 1, 1, seg(b"x", 101)), 1);
+        assert_eq!(u.hold(1, 1, Task::thread(1), seg(b"x", 101)), 1);
         assert!(u.claim(1, 1, Some(0)).0.is_empty());
     }
 
@@ -255,11 +259,11 @@ mod tests {
         let big = vec![0u8; 4096];
         let mut dropped = 0;
         for i in 0..(MAX_BYTES / 4096) {
-            dropped += u.hold(1, 1, 1, seg(&big, i as u64));
+            dropped += u.hold(1, 1, Task::thread(1), seg(&big, i as u64));
         }
         assert_eq!(dropped, 0);
         for ssl in 2..(MAX_OBJECTS as u64 + 2) {
-            dropped += u.hold(1, ssl, 1, seg(b"x", 5));
+            dropped += u.hold(1, ssl, Task::thread(1), seg(b"x", 5));
         }
         // Object 1, the oldest, went to make room.
         assert_eq!(dropped, (MAX_BYTES / 4096) as u64);
@@ -271,8 +275,8 @@ mod tests {
     #[test]
     fn a_process_that_exited_loses_what_it_held() {
         let mut u = Unowned::default();
-        u.hold(3, 1, 1, seg(b"x", 100));
-        u.hold(4, 1, 1, seg(b"y", 100));
+        u.hold(3, 1, Task::thread(1), seg(b"x", 100));
+        u.hold(4, 1, Task::thread(1), seg(b"y", 100));
         assert_eq!(u.forget_process(3), 1);
         assert!(u.claim(3, 1, Some(0)).0.is_empty());
         assert_eq!(u.claim(4, 1, Some(0)).0.len(), 1);
@@ -281,9 +285,9 @@ mod tests {
     #[test]
     fn an_object_claimed_and_held_again_keeps_its_own_age() {
         let mut u = Unowned::default();
-        u.hold(1, 9, 1, seg(b"first", 10));
+        u.hold(1, 9, Task::thread(1), seg(b"first", 10));
         assert_eq!(u.claim(1, 9, Some(0)).0.len(), 1);
-        u.hold(1, 9, 1, seg(b"second", MAX_AGE_NS));
+        u.hold(1, 9, Task::thread(1), seg(b"second", MAX_AGE_NS));
         assert_eq!(u.expire(MAX_AGE_NS + 20), 0);
         assert_eq!(u.claim(1, 9, Some(0)).0.len(), 1);
     }

@@ -1,6 +1,7 @@
-//! Go executables: whether one holds `crypto/tls`, where its `Read` and
-//! `Write` methods start and return, and where its data lives, so that the
-//! probes can read Go's TLS plaintext (see `go_tls.rs` in the probes).
+//! Go executables: where their `crypto/tls` `Read` and `Write` methods,
+//! their goroutine maker and `net/http`'s hand-off start and return, and
+//! where their data lives, so that the probes can read Go's TLS plaintext
+//! (see `go_tls.rs` in the probes) and follow goroutines (`go_runtime.rs`).
 //!
 //! Everything comes from the file, and works on stripped binaries:
 //! - the Go version from `.go.buildinfo`;
@@ -8,7 +9,8 @@
 //!   runtime's own function table, `.gopclntab`;
 //! - their `RET`s by decoding them ([`returns`]);
 //! - struct field offsets from a table per Go release line, generated from
-//!   each toolchain ([`offsets`]). A release not in it is not hooked.
+//!   each toolchain ([`offsets`]). A release not in it is not hooked;
+//! - where a thread keeps its running goroutine, from the TLS segment.
 //!
 //! Pure: the caller reads the file and the process's maps.
 
@@ -17,11 +19,17 @@ mod offsets;
 mod pclntab;
 mod returns;
 
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
-use zerospan_common::GoProc;
+use object::{
+    read::elf::{ElfFile64, ProgramHeader as _},
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _,
+};
+use zerospan_common::{go_g, GoProc};
 
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
+pub const NEWPROC1: &str = "runtime.newproc1";
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+pub const WRITE_LOOP: &str = "net/http.(*persistConn).writeLoop";
 
 /// Where one Go release line keeps the fields the probes follow from a
 /// `*tls.Conn` to its socket's fd (see [`GoProc`]).
@@ -48,21 +56,44 @@ pub struct Function {
     pub returns: Vec<u64>,
 }
 
-/// A Go executable with `crypto/tls`, as the probes need it.
+/// Go's `crypto/tls` methods in an executable.
 #[derive(Clone, Debug)]
-pub struct GoTls {
-    pub version: String,
+pub struct TlsMethods {
     pub read: Function,
     pub write: Function,
+}
+
+/// What the probes follow goroutines through in an executable.
+#[derive(Clone, Debug)]
+pub struct Goroutines {
+    /// `runtime.newproc1`, which makes every goroutine.
+    pub newproc1: Function,
+    /// The entries of `net/http.(*persistConn).roundTrip` and `writeLoop`,
+    /// if it has `net/http`'s client: a request asked for on one goroutine
+    /// is written by the connection's writer goroutine.
+    pub http_handoff: Option<(u64, u64)>,
+}
+
+/// A Go executable, as the probes need it.
+#[derive(Clone, Debug)]
+pub struct GoBinary {
+    pub version: String,
+    /// Its `crypto/tls`, if it links it.
+    pub tls: Option<TlsMethods>,
+    /// Its goroutines, unless where a thread keeps the running one is not
+    /// known (then they are not followed, and its calls stay roots).
+    pub goroutines: Result<Goroutines, Unsupported>,
     /// The address of `runtime.types` in the file.
     types: u64,
     layout: Layout,
     /// The first loaded address, for a position-independent executable
     /// (its addresses move by where it is loaded); `None` otherwise.
     pie_base: Option<u64>,
+    /// Where the running goroutine is, from a thread's fs base.
+    tls_g: i64,
 }
 
-impl GoTls {
+impl GoBinary {
     /// What the probes need for one process that runs this binary, loaded
     /// at `load` (the start of its first mapping; ignored unless PIE).
     pub fn proc_info(&self, load: Option<u64>) -> Option<GoProc> {
@@ -80,6 +111,9 @@ impl GoTls {
             type_tflag: TYPE_TFLAG,
             type_kind: TYPE_KIND,
             _pad: 0,
+            tls_g: self.tls_g,
+            g_state: go_g::UNCHECKED,
+            _pad2: [0; 7],
         })
     }
 
@@ -88,8 +122,8 @@ impl GoTls {
     }
 }
 
-/// Why a Go binary with `crypto/tls` is left alone.
-#[derive(Debug, thiserror::Error)]
+/// Why a Go binary, or a part of it, is left alone.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Unsupported {
     #[error("its Go version ({0}) is not in the field-offset table (known: {known})", known = known_releases())]
     Version(String),
@@ -103,6 +137,13 @@ pub enum Unsupported {
     Outside(&'static str),
     #[error("it has neither runtime.types, .go.type nor .rodata")]
     NoTypes,
+    #[error("it has no {0}")]
+    Missing(&'static str),
+    #[error(
+        "where its threads keep the running goroutine is not known \
+         (no runtime.tlsg, and a TLS segment of {0} bytes)"
+    )]
+    TlsSlot(u64),
 }
 
 impl Unsupported {
@@ -114,6 +155,8 @@ impl Unsupported {
             Unsupported::Pclntab(_) => "pclntab",
             Unsupported::Code(..) | Unsupported::Outside(_) => "code",
             Unsupported::NoTypes => "types",
+            Unsupported::Missing(_) => "missing",
+            Unsupported::TlsSlot(_) => "tls_slot",
         }
     }
 }
@@ -131,17 +174,14 @@ pub fn is_go(data: &[u8]) -> bool {
     object::File::parse(data).is_ok_and(|obj| obj.section_by_name(".go.buildinfo").is_some())
 }
 
-/// Looks at an ELF file: `Ok(None)` if it is not a Go program with
-/// `crypto/tls` (nothing to do), `Err` if it is one the probes cannot
-/// read for sure.
-pub fn inspect(data: &[u8]) -> Result<Option<GoTls>, Unsupported> {
+/// Looks at an ELF file: `Ok(None)` if it is not a Go program (nothing to
+/// do), `Err` if it is one the probes cannot read for sure. Within one
+/// they can, a part they cannot (its goroutines) says why in its place.
+pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
     let Ok(obj) = object::File::parse(data) else {
         return Ok(None);
     };
     let Some(buildinfo) = obj.section_by_name(".go.buildinfo") else {
-        return Ok(None);
-    };
-    let Some((read, write)) = functions(&obj)? else {
         return Ok(None);
     };
     let version = buildinfo
@@ -153,54 +193,143 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoTls>, Unsupported> {
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(Unsupported::Arch(obj.architecture()));
     }
+    // The field offsets, and the registers `newproc1` takes its arguments
+    // in, are known for these releases only.
     let layout = buildinfo::release_line(&version)
         .and_then(|line| offsets::LAYOUTS.iter().find(|l| l.release == line))
         .copied()
         .ok_or_else(|| Unsupported::Version(version.clone()))?;
+    let find = Finder::new(&obj)?;
+    let tls = match (find.range(READ), find.range(WRITE)) {
+        (Some(r), Some(w)) => Some(TlsMethods {
+            read: probe_points(&obj, READ, r)?,
+            write: probe_points(&obj, WRITE, w)?,
+        }),
+        _ => None,
+    };
     let types = symbol(&obj, "runtime.types")
         .map(|(a, _)| a)
         .or_else(|| obj.section_by_name(".go.type").map(|s| s.address()))
         .or_else(|| obj.section_by_name(".rodata").map(|s| s.address()))
         .ok_or(Unsupported::NoTypes)?;
+    let slot = tls_slot(data, &obj);
+    let goroutines = match slot {
+        Ok(_) => goroutines(&obj, &find),
+        Err(ref e) => Err(e.clone()),
+    };
     let pie_base = (obj.kind() == object::ObjectKind::Dynamic)
         .then(|| obj.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff);
-    Ok(Some(GoTls {
+    Ok(Some(GoBinary {
         version,
-        read: probe_points(&obj, READ, read)?,
-        write: probe_points(&obj, WRITE, write)?,
+        tls,
+        // 0 tells the probes the slot is unknown.
+        tls_g: if goroutines.is_ok() {
+            slot.unwrap_or(0)
+        } else {
+            0
+        },
+        goroutines,
         types,
         layout,
         pie_base,
     }))
 }
 
-/// The address range of `Read` and `Write`, if the binary has both.
+/// `newproc1` with its `RET`s, and `net/http`'s hand-off if the binary
+/// has its client (both functions, or neither).
+fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Goroutines, Unsupported> {
+    let range = find.range(NEWPROC1).ok_or(Unsupported::Missing(NEWPROC1))?;
+    let newproc1 = probe_points(obj, NEWPROC1, range)?;
+    let http_handoff = match (find.range(ROUND_TRIP), find.range(WRITE_LOOP)) {
+        (Some(rt), Some(wl)) => Some((
+            probe_points(obj, ROUND_TRIP, rt)?.entry,
+            probe_points(obj, WRITE_LOOP, wl)?.entry,
+        )),
+        _ => None,
+    };
+    Ok(Goroutines {
+        newproc1,
+        http_handoff,
+    })
+}
+
+/// Where a thread keeps the running goroutine, from its fs base: Go's
+/// `runtime.tlsg`, a thread-local variable of the executable, whose TLS
+/// block ends right at the thread pointer (x86-64's variant II). Go alone
+/// in the block, as when it links the binary itself, is at -8; a binary
+/// linked with C code that has TLS of its own needs the symbol to say
+/// where. The probes check the answer against R14 before they use it.
+fn tls_slot(data: &[u8], obj: &object::File<'_>) -> Result<i64, Unsupported> {
+    let elf =
+        ElfFile64::<object::LittleEndian>::parse(data).map_err(|_| Unsupported::TlsSlot(0))?;
+    let endian = elf.endian();
+    let segment = elf
+        .elf_program_headers()
+        .iter()
+        .find(|p| p.p_type(endian) == object::elf::PT_TLS)
+        .ok_or(Unsupported::TlsSlot(0))?;
+    let size = segment.p_memsz(endian);
+    let align = segment.p_align(endian).max(1);
+    let block = size
+        .checked_next_multiple_of(align)
+        .ok_or(Unsupported::TlsSlot(size))?;
+    let at = match symbol(obj, "runtime.tlsg") {
+        Some((value, _)) => value,
+        None if size <= 8 => 0,
+        None => return Err(Unsupported::TlsSlot(size)),
+    };
+    match (i64::try_from(at), i64::try_from(block)) {
+        (Ok(at), Ok(block)) if at + 8 <= block => Ok(at - block),
+        _ => Err(Unsupported::TlsSlot(size)),
+    }
+}
+
+/// A function's address range.
 type Range = (u64, u64);
 
-fn functions(obj: &object::File<'_>) -> Result<Option<(Range, Range)>, Unsupported> {
-    if let (Some(r), Some(w)) = (symbol(obj, READ), symbol(obj, WRITE)) {
-        return Ok(Some((r, w)));
+/// Finds functions: by symbol when the binary has its symbol table, else
+/// in `.gopclntab`, which stripping keeps.
+struct Finder<'o, 'd> {
+    obj: &'o object::File<'d>,
+    table: Option<pclntab::Pclntab<'d>>,
+    /// Where `.gopclntab`'s offsets count from.
+    text: u64,
+}
+
+impl<'o, 'd> Finder<'o, 'd> {
+    fn new(obj: &'o object::File<'d>) -> Result<Self, Unsupported> {
+        let table = match obj.section_by_name(".gopclntab") {
+            Some(s) if symbol(obj, NEWPROC1).is_none() => {
+                Some(pclntab::Pclntab::parse(s.data().unwrap_or_default())?)
+            }
+            _ => None,
+        };
+        // Go 1.26 and later leave the text start out: it is
+        // `runtime.text`, the start of `.text` when Go links the binary
+        // itself. Were it not, the stack check would not be where a
+        // function starts, and the binary would be refused, not
+        // misprobed.
+        let text = match table.as_ref().map(pclntab::Pclntab::text_start) {
+            Some(0) => symbol(obj, "runtime.text")
+                .map(|(a, _)| a)
+                .or_else(|| obj.section_by_name(".text").map(|s| s.address()))
+                .unwrap_or(0),
+            Some(t) => t,
+            None => 0,
+        };
+        Ok(Finder { obj, table, text })
     }
-    let Some(section) = obj.section_by_name(".gopclntab") else {
-        return Ok(None);
-    };
-    let table = pclntab::Pclntab::parse(section.data().unwrap_or_default())?;
-    let (Some(r), Some(w)) = (table.find(READ), table.find(WRITE)) else {
-        return Ok(None);
-    };
-    // Go 1.26 and later leave the text start out: it is `runtime.text`,
-    // the start of `.text` when Go links the binary itself. Were it not,
-    // the stack check would not be where a function starts, and the
-    // binary would be refused, not misprobed.
-    let text = match table.text_start() {
-        0 => symbol(obj, "runtime.text")
-            .map(|(a, _)| a)
-            .or_else(|| obj.section_by_name(".text").map(|s| s.address()))
-            .unwrap_or(0),
-        t => t,
-    };
-    let at = |(start, end): Range| (text.saturating_add(start), text.saturating_add(end));
-    Ok(Some((at(r), at(w))))
+
+    fn range(&self, name: &str) -> Option<Range> {
+        let Some(table) = &self.table else {
+            return symbol(self.obj, name);
+        };
+        let (start, end) = table.find(name)?;
+        Some((
+            self.text.saturating_add(start),
+            self.text.saturating_add(end),
+        ))
+    }
 }
 
 /// A function symbol's address range.

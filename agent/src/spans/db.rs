@@ -51,7 +51,7 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
         attrs.push(("server.port", i64::from(peer.port()).into()));
     }
     peer_attributes(&mut attrs, ends);
-    attrs.push(("thread.id", i64::from(call.tid).into()));
+    attrs.push(("thread.id", i64::from(call.task.tid).into()));
     let status = match &call.reply {
         Some(Reply::Error(word)) => {
             let word = if word.is_empty() {
@@ -69,7 +69,7 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
     let start_ns = call.sent_at.enter_ns;
     Record {
         tgid,
-        tid: call.tid,
+        task: call.task,
         kind: SpanKind::Client,
         category: Category::Db,
         ctx: call.ctx.clone(),

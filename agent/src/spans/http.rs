@@ -4,6 +4,7 @@
 use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Value};
 #[cfg(test)]
 use super::{Resource, Span};
+use crate::events::Task;
 use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::conn::{Endpoints, Outcome, Role};
@@ -26,7 +27,7 @@ pub struct Exchange {
     pub response_body: Option<u64>,
     pub outcome: Outcome,
     /// Thread that moved the request's first byte.
-    pub tid: u32,
+    pub task: Task,
     /// `network.protocol.version`: "1.0", "1.1" or "2".
     pub version: &'static str,
 }
@@ -247,7 +248,7 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     tls_attributes(&mut attrs, ends);
     attrs.push(("network.protocol.name", "http".into()));
     // The thread that read the request (server) or wrote it (client).
-    attrs.push(("thread.id", i64::from(x.tid).into()));
+    attrs.push(("thread.id", i64::from(x.task.tid).into()));
     attrs.push(("network.protocol.version", x.version.into()));
     if let Some(ua) = &req.user_agent {
         if role == Role::Server {
@@ -277,7 +278,7 @@ pub fn record(x: &Exchange, role: Role, ends: Endpoints, opts: &Options, tgid: u
     };
     Record {
         tgid,
-        tid: x.tid,
+        task: x.task,
         kind,
         category: Category::Http,
         ctx: x.ctx.clone(),
@@ -340,7 +341,7 @@ mod tests {
             },
             response_body: Some(42),
             outcome: Outcome::Complete,
-            tid: 1,
+            task: Task::thread(1),
             version: "1.1",
         }
     }

@@ -12,6 +12,7 @@ pub mod route;
 pub mod rpc;
 pub mod sampler;
 
+use crate::events::Task;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,7 +73,7 @@ pub struct Record {
     /// The traced process.
     pub tgid: u32,
     /// The thread that moved the request's first byte.
-    pub tid: u32,
+    pub task: Task,
     pub kind: SpanKind,
     pub category: Category,
     /// Given when the request started (see `linker`); it may still change

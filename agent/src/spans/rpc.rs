@@ -7,6 +7,7 @@ use super::{
     Category, Record, SpanKind, Status, Value,
 };
 use crate::conn::{Endpoints, Outcome, Role};
+use crate::events::Task;
 use zerospan_protocols::http1::Stamp;
 
 /// One gRPC call, as framed on one HTTP/2 stream.
@@ -28,7 +29,7 @@ pub struct Call {
     /// The HTTP/2 error code of a stream reset that ended the call.
     pub reset: Option<u32>,
     /// Thread that moved the request's first byte.
-    pub tid: u32,
+    pub task: Task,
 }
 
 /// gRPC status codes by number.
@@ -119,7 +120,7 @@ pub fn record(c: &Call, role: Role, ends: Endpoints, tgid: u32) -> Record {
     tls_attributes(&mut attrs, ends);
     attrs.push(("network.protocol.name", "http".into()));
     attrs.push(("network.protocol.version", "2".into()));
-    attrs.push(("thread.id", i64::from(c.tid).into()));
+    attrs.push(("thread.id", i64::from(c.task.tid).into()));
     let status = match (c.outcome, c.status, c.reset) {
         (Outcome::Complete, Some(code), _) if code != 0 => {
             let error = match role {
@@ -146,7 +147,7 @@ pub fn record(c: &Call, role: Role, ends: Endpoints, tgid: u32) -> Record {
     };
     Record {
         tgid,
-        tid: c.tid,
+        task: c.task,
         kind,
         category: Category::Rpc,
         ctx: c.ctx.clone(),
