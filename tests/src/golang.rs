@@ -62,6 +62,9 @@ pub fn toolchains() -> Vec<Toolchain> {
     out
 }
 
+/// Where Debian's Go library packages keep their sources.
+const DEBIAN_GOCODE: &str = "/usr/share/gocode";
+
 /// A Go fixture built by one toolchain.
 #[derive(Clone, Debug)]
 pub struct Build {
@@ -96,9 +99,14 @@ pub fn build(tc: &Toolchain, name: &str, stripped: bool) -> Build {
     }
     let result = cmd
         .arg(&source)
-        // The standard library only, in GOPATH mode: no module proxy here.
+        // GOPATH mode: no module proxy here. The standard library, and Go
+        // packages from Debian (golang-google-grpc-dev and what it needs),
+        // which keeps their sources in /usr/share/gocode.
         .env("GO111MODULE", "off")
-        .env("GOPATH", target.join("gopath"))
+        .env(
+            "GOPATH",
+            format!("{}:{DEBIAN_GOCODE}", target.join("gopath").display()),
+        )
         .env("GOCACHE", target.join("cache"))
         .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "-buildvcs=false")

@@ -456,6 +456,104 @@ fn go_servers_come_to_no_harm_under_gc_stack_growth_and_attach_detach() {
     assert_eq!(agent.stat("kernel_go_conn_unknown"), Some(0));
 }
 
+/// gRPC-Go (Debian's golang-google-grpc-dev) over TLS: each build's client
+/// makes 40 health checks at once on one connection to the same build's
+/// server, 10 of them for a service the server does not know. Every call
+/// is a client span and a server span by the RPC conventions, with its
+/// status, the server span the child of the client span of its stream.
+#[test]
+fn grpc_go_over_tls_gives_linked_spans_with_their_status() {
+    require_root();
+    const CALLS: usize = 40;
+    let servers = golang::builds("grpc_server");
+    let clients = golang::builds("grpc_client");
+    let dir = TempDir::new("go-grpc");
+    let (cert, key) = self_signed_cert(&dir.0);
+    let servers: Vec<Fixture> = servers
+        .iter()
+        .map(|b| Fixture::start(Command::new(&b.path).arg(&cert).arg(&key)))
+        .collect();
+    let mut runs: Vec<Fixture> = clients
+        .iter()
+        .zip(&servers)
+        .map(|(b, server)| {
+            Fixture::start(
+                Command::new(&b.path)
+                    .arg(format!("127.0.0.1:{}", server.port))
+                    .arg(CALLS.to_string()),
+            )
+        })
+        .collect();
+    let collector = Collector::start();
+    let pids: Vec<u32> = servers.iter().chain(&runs).map(Fixture::pid).collect();
+    let mut agent = agent_for(&pids, &collector);
+    let (ok, not_found) = (CALLS - CALLS / 4, CALLS / 4);
+    for client in &mut runs {
+        client.send_line("go");
+        assert_eq!(
+            client.rest_of_output(),
+            format!("OK {ok} NOT_FOUND {not_found}\n")
+        );
+    }
+    let want = 2 * CALLS * runs.len();
+    let spans = collector.wait_for(want, Duration::from_secs(20), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}", agent.stderr());
+    for ((build, server), client) in clients.iter().zip(&servers).zip(&runs) {
+        let of = |pid: u32| -> Vec<&FlatSpan> {
+            spans
+                .iter()
+                .filter(|s| s.res_int("process.pid") == Some(i64::from(pid)))
+                .collect()
+        };
+        let (server_spans, client_spans) = (of(server.pid()), of(client.pid()));
+        for (side, mine, server_side) in [
+            ("server", &server_spans, true),
+            ("client", &client_spans, false),
+        ] {
+            assert_eq!(mine.len(), CALLS, "{} {side}", build.label());
+            for s in mine.iter() {
+                assert_eq!(s.is_server(), server_side);
+                assert_eq!(s.span.name, "grpc.health.v1.Health/Check");
+                assert_eq!(s.str("rpc.system.name").as_deref(), Some("grpc"));
+                assert_eq!(
+                    s.str("rpc.method").as_deref(),
+                    Some("grpc.health.v1.Health/Check")
+                );
+            }
+            let status = |code: &str| {
+                mine.iter()
+                    .filter(|s| s.str("rpc.response.status_code").as_deref() == Some(code))
+                    .count()
+            };
+            assert_eq!(
+                (status("OK"), status("NOT_FOUND")),
+                (ok, not_found),
+                "{} {side}",
+                build.label()
+            );
+        }
+        // Each server span is the child of the call on its own stream:
+        // the same status, and no call parents two.
+        let mut parents = std::collections::HashSet::new();
+        for s in &server_spans {
+            let parent = client_spans
+                .iter()
+                .find(|c| c.span.span_id == s.span.parent_span_id)
+                .unwrap_or_else(|| {
+                    panic!("{}: a server span with no client parent", build.label())
+                });
+            assert_child(s, parent);
+            assert_eq!(
+                s.str("rpc.response.status_code"),
+                parent.str("rpc.response.status_code")
+            );
+            assert!(parents.insert(parent.span.span_id.clone()));
+        }
+    }
+    assert_clean(&agent);
+}
+
 /// The checked-in offsets table is what each toolchain's own `reflect`
 /// says (`cargo xtask go-offsets` regenerates it).
 #[test]

