@@ -201,7 +201,7 @@ impl EventPath {
                 // the same image in the child: its goroutines still serve.
                 if self.tracker.is_go(parent) && procfs::tgid_of(child) == Some(child) {
                     self.probes.fork_go(parent, child);
-                    self.tracker.goroutines(child, true);
+                    self.tracker.set_go(child, true);
                 }
             }
             Event::ExecSeen { pid } => self.exec_seen(pid),
@@ -213,7 +213,7 @@ impl EventPath {
                 // Its executable now; its libraries once the loader has
                 // mapped them (next tick).
                 let go = self.probes.exec(pid);
-                self.tracker.goroutines(pid, go);
+                self.tracker.exec(pid, go);
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
@@ -222,7 +222,8 @@ impl EventPath {
                 task,
                 act,
                 object,
-            } => self.tracker.go_event(tgid, task, act, object),
+                at_ns,
+            } => self.tracker.go_event(tgid, (task, at_ns), act, object),
         }
     }
 
@@ -476,7 +477,7 @@ impl EventPath {
     /// Hooks `pid`'s TLS; a Go program's threads are no request's.
     fn hook_tls(&mut self, pid: u32) {
         if self.probes.hook_tls(pid) {
-            self.tracker.goroutines(pid, true);
+            self.tracker.set_go(pid, true);
         }
     }
 

@@ -156,12 +156,16 @@ impl Btf {
     }
 
     /// Where `field` is in struct (or union) `id`, in bytes, looking into
-    /// anonymous members too; with the field's type.
-    fn field(&self, id: u32, field: &str) -> Option<(u64, u32)> {
+    /// anonymous members too (at most `depth` deep: a blob whose types
+    /// refer to themselves must not recurse forever); with its type.
+    fn field(&self, id: u32, field: &str, depth: u32) -> Option<(u64, u32)> {
         for m in self.composite(id)? {
             let at = u64::from(m.bits / 8);
             if m.name == 0 {
-                if let Some((inner, ty)) = self.field(m.ty, field) {
+                if depth == 0 {
+                    continue;
+                }
+                if let Some((inner, ty)) = self.field(m.ty, field, depth - 1) {
                     return Some((at + inner, ty));
                 }
             } else if self.string(m.name) == field {
@@ -181,7 +185,7 @@ impl Btf {
         let mut offset = 0;
         for part in path.split('.') {
             let (at, ty) = self
-                .field(id, part)
+                .field(id, part, 8)
                 .ok_or_else(|| Error::NoField(name.to_owned(), path.to_owned()))?;
             offset += at;
             id = ty;

@@ -140,12 +140,14 @@ pub enum Event<'a> {
         egress: bool,
         chosen: Chosen,
     },
-    /// Goroutine `task.goroutine` of Go process `tgid` did `act`.
+    /// Goroutine `task.goroutine` of Go process `tgid` did `act`, at
+    /// `at_ns`.
     Go {
         tgid: u32,
         task: Task,
         act: GoAct,
         object: u64,
+        at_ns: u64,
     },
 }
 
@@ -343,6 +345,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                     _ => GoAct::WriteLoop,
                 },
                 object: g.object,
+                at_ns: h.ts_exit_ns,
             }
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -499,6 +502,7 @@ mod tests {
                 task,
                 act: GoAct::Spawn,
                 object: 0xc000_0020,
+                ..
             } => assert_eq!(
                 task,
                 Task {

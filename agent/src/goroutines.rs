@@ -19,8 +19,11 @@
 //!
 //! A `g` is reused for a new goroutine once its goroutine ends; every new
 //! goroutine comes from `runtime.newproc1`, whose report clears what was
-//! known of the old one. When the kernel drops events, a report may be
-//! missing, so everything is forgotten ([`Goroutines::events_lost`]).
+//! known of the old one (the linker also drops what the old one was
+//! serving). When the kernel drops events, a report may be missing, so
+//! everything is forgotten ([`Goroutines::events_lost`]) at the next tick,
+//! when the agent reads the kernel's drop counters: what is linked from
+//! events between the drop and that tick is the exposure left.
 //!
 //! Pure bookkeeping, bounded; no I/O.
 
@@ -57,9 +60,17 @@ pub enum Asker {
     Unknown,
 }
 
-/// Most goroutines remembered per kind of fact; past it, new goroutines
-/// are not (their calls stay roots).
-const MAX_GOROUTINES: usize = 65_536;
+/// Most entries in each of the tables below; past it, a new goroutine or
+/// connection is not remembered (its calls stay roots) and the agent
+/// counts it.
+const MAX_ENTRIES: usize = 65_536;
+
+/// A round trip asked for on a connection, not written yet.
+#[derive(Clone, Copy, Debug)]
+struct Asked {
+    g: u64,
+    at_ns: u64,
+}
 
 #[derive(Default)]
 pub struct Goroutines {
@@ -69,9 +80,27 @@ pub struct Goroutines {
     under: HashMap<(u32, u64), Under>,
     /// By (tgid, writer g): the `*persistConn` a writer goroutine writes.
     writers: HashMap<(u32, u64), u64>,
-    /// By (tgid, `*persistConn`): the goroutine whose request the
-    /// connection writes next.
-    asked: HashMap<(u32, u64), u64>,
+    /// By (tgid, `*persistConn`): whose request the connection writes next.
+    asked: HashMap<(u32, u64), Asked>,
+    /// By (tgid, g): the connection a goroutine's round trip waits on,
+    /// so that a reused `g` can take its old question back.
+    asking: HashMap<(u32, u64), u64>,
+}
+
+/// A table was full: the fact was not remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+) -> Result<(), Full> {
+    if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
+        return Err(Full);
+    }
+    map.insert(key, value);
+    Ok(())
 }
 
 impl Goroutines {
@@ -98,16 +127,20 @@ impl Goroutines {
         (task.goroutine != 0).then_some(Doer::Goroutine(task.goroutine))
     }
 
-    /// Goroutine `parent` started `child`, under `under` if it served (or
-    /// was started under) a request in flight.
-    pub fn spawned(&mut self, tgid: u32, child: u64, under: Option<Under>) {
-        // A reused `g`: nothing of its last goroutine holds.
+    /// A goroutine `child` started, under `under` if its starter served
+    /// (or was started under) a request in flight. Nothing known of the
+    /// last goroutine with the same `g` holds any more.
+    pub fn spawned(&mut self, tgid: u32, child: u64, under: Option<Under>) -> Result<(), Full> {
         self.under.remove(&(tgid, child));
         self.writers.remove(&(tgid, child));
-        if let Some(under) = under {
-            if self.under.len() < MAX_GOROUTINES {
-                self.under.insert((tgid, child), under);
+        if let Some(conn) = self.asking.remove(&(tgid, child)) {
+            if self.asked.get(&(tgid, conn)).is_some_and(|a| a.g == child) {
+                self.asked.remove(&(tgid, conn));
             }
+        }
+        match under {
+            Some(under) => insert_bounded(&mut self.under, (tgid, child), under),
+            None => Ok(()),
         }
     }
 
@@ -123,17 +156,15 @@ impl Goroutines {
     }
 
     /// Goroutine `g` writes `*persistConn` `conn`'s requests.
-    pub fn write_loop(&mut self, tgid: u32, g: u64, conn: u64) {
-        if self.writers.len() < MAX_GOROUTINES || self.writers.contains_key(&(tgid, g)) {
-            self.writers.insert((tgid, g), conn);
-        }
+    pub fn write_loop(&mut self, tgid: u32, g: u64, conn: u64) -> Result<(), Full> {
+        insert_bounded(&mut self.writers, (tgid, g), conn)
     }
 
-    /// Goroutine `g` asked for a request on `*persistConn` `conn`.
-    pub fn round_trip(&mut self, tgid: u32, g: u64, conn: u64) {
-        if self.asked.len() < MAX_GOROUTINES || self.asked.contains_key(&(tgid, conn)) {
-            self.asked.insert((tgid, conn), g);
-        }
+    /// Goroutine `g` asked, at `at_ns`, for a request on `*persistConn`
+    /// `conn`.
+    pub fn round_trip(&mut self, tgid: u32, g: u64, conn: u64, at_ns: u64) -> Result<(), Full> {
+        insert_bounded(&mut self.asked, (tgid, conn), Asked { g, at_ns })?;
+        insert_bounded(&mut self.asking, (tgid, g), conn)
     }
 
     /// Whom the request goroutine `g` writes now is for. A round trip is
@@ -143,9 +174,25 @@ impl Goroutines {
             return Asker::Itself;
         };
         match self.asked.remove(&(tgid, conn)) {
-            Some(asker) => Asker::Goroutine(asker),
+            Some(a) => {
+                if self.asking.get(&(tgid, a.g)) == Some(&conn) {
+                    self.asking.remove(&(tgid, a.g));
+                }
+                Asker::Goroutine(a.g)
+            }
             None => Asker::Unknown,
         }
+    }
+
+    /// Forgets round trips asked before `cutoff_ns` and never written
+    /// (the request was cancelled before its write), and goroutines
+    /// started under requests that are no longer `in_flight`.
+    pub fn sweep(&mut self, cutoff_ns: u64, in_flight: impl Fn(u32, &Under) -> bool) {
+        self.asked.retain(|_, a| a.at_ns >= cutoff_ns);
+        let asked = &self.asked;
+        self.asking
+            .retain(|&(tgid, g), conn| asked.get(&(tgid, *conn)).is_some_and(|a| a.g == g));
+        self.under.retain(|&(tgid, _), u| in_flight(tgid, u));
     }
 
     /// The kernel dropped events: a goroutine's start, or a round trip,
@@ -155,13 +202,21 @@ impl Goroutines {
         self.under.clear();
         self.writers.clear();
         self.asked.clear();
+        self.asking.clear();
+    }
+
+    /// Forgets what is known of `tgid`'s goroutines (it exited, or exec'd
+    /// another image, whose goroutines may have the same addresses).
+    pub fn forget_goroutines(&mut self, tgid: u32) {
+        self.under.retain(|(t, _), _| *t != tgid);
+        self.writers.retain(|(t, _), _| *t != tgid);
+        self.asked.retain(|(t, _), _| *t != tgid);
+        self.asking.retain(|(t, _), _| *t != tgid);
     }
 
     pub fn forget_process(&mut self, tgid: u32) {
         self.procs.remove(&tgid);
-        self.under.retain(|(t, _), _| *t != tgid);
-        self.writers.retain(|(t, _), _| *t != tgid);
-        self.asked.retain(|(t, _), _| *t != tgid);
+        self.forget_goroutines(tgid);
     }
 }
 
@@ -188,15 +243,15 @@ mod tests {
     fn a_writer_writes_for_whoever_asked_once() {
         let mut go = Goroutines::default();
         go.set_go(1, true);
-        go.write_loop(1, 0xa0, 0x500);
+        go.write_loop(1, 0xa0, 0x500).unwrap();
         assert_eq!(go.asker(1, 0xb0), Asker::Itself);
         assert_eq!(go.asker(1, 0xa0), Asker::Unknown);
-        go.round_trip(1, 0xc0, 0x500);
+        go.round_trip(1, 0xc0, 0x500, 0).unwrap();
         assert_eq!(go.asker(1, 0xa0), Asker::Goroutine(0xc0));
         // Used up: the next request on the connection is asked for again.
         assert_eq!(go.asker(1, 0xa0), Asker::Unknown);
         // Another process's connection at the same address is its own.
-        go.round_trip(2, 0xd0, 0x500);
+        go.round_trip(2, 0xd0, 0x500, 0).unwrap();
         assert_eq!(go.asker(1, 0xa0), Asker::Unknown);
     }
 
@@ -208,11 +263,11 @@ mod tests {
             doer: Doer::Goroutine(0xc0),
             span_id: [1; 8],
         };
-        go.spawned(1, 0xa0, Some(under));
-        go.write_loop(1, 0xa0, 0x500);
+        go.spawned(1, 0xa0, Some(under)).unwrap();
+        go.write_loop(1, 0xa0, 0x500).unwrap();
         assert_eq!(go.under(1, 0xa0), Some(under));
         // The goroutine ended; its g is reused by one started under nothing.
-        go.spawned(1, 0xa0, None);
+        go.spawned(1, 0xa0, None).unwrap();
         assert_eq!(go.under(1, 0xa0), None);
         assert_eq!(go.asker(1, 0xa0), Asker::Itself);
     }
@@ -225,12 +280,43 @@ mod tests {
             doer: Doer::Goroutine(0xc0),
             span_id: [1; 8],
         };
-        go.spawned(1, 0xa0, Some(under));
-        go.write_loop(1, 0xb0, 0x500);
-        go.round_trip(1, 0xc0, 0x500);
+        go.spawned(1, 0xa0, Some(under)).unwrap();
+        go.write_loop(1, 0xb0, 0x500).unwrap();
+        go.round_trip(1, 0xc0, 0x500, 0).unwrap();
         go.events_lost();
         assert_eq!(go.under(1, 0xa0), None);
         assert_eq!(go.asker(1, 0xb0), Asker::Itself);
         assert!(go.is_go(1));
+    }
+
+    #[test]
+    fn a_reused_g_takes_back_the_round_trip_its_old_goroutine_asked() {
+        let mut go = Goroutines::default();
+        go.set_go(1, true);
+        go.write_loop(1, 0x71, 0x500).unwrap();
+        // 0xc0 asked, and ended before its request was written; a new
+        // goroutine gets its g.
+        go.round_trip(1, 0xc0, 0x500, 10).unwrap();
+        go.spawned(1, 0xc0, None).unwrap();
+        assert_eq!(go.asker(1, 0x71), Asker::Unknown);
+    }
+
+    #[test]
+    fn the_sweep_forgets_unwritten_round_trips_and_ended_requests() {
+        let mut go = Goroutines::default();
+        go.set_go(1, true);
+        go.write_loop(1, 0x71, 0x500).unwrap();
+        go.round_trip(1, 0xc0, 0x500, 10).unwrap();
+        let under = |span: u8| Under {
+            doer: Doer::Goroutine(0xa),
+            span_id: [span; 8],
+        };
+        go.spawned(1, 0xd1, Some(under(1))).unwrap();
+        go.spawned(1, 0xd2, Some(under(2))).unwrap();
+        go.sweep(20, |_, u| u.span_id == [2; 8]);
+        assert_eq!(go.asker(1, 0x71), Asker::Unknown);
+        assert_eq!(go.under(1, 0xd1), None);
+        assert_eq!(go.under(1, 0xd2), Some(under(2)));
+        assert!(go.asking.is_empty());
     }
 }

@@ -69,12 +69,14 @@ pub struct Start<'a> {
     /// at once on one connection (HTTP/2); 0 for the others. A same-host
     /// link is only ever made between the two ends of the same stream.
     pub stream: u32,
-    /// Whether the thread that moved the request's first bytes is the one
-    /// that handles it, so that it may parent the calls that thread makes
-    /// (thread-per-request servers), and the request's own calls may take
+    /// Whether the thread that moved the request's first bytes (in Go,
+    /// the goroutine) is the one that handles it, so that it may parent
+    /// the calls it makes (thread-per-request servers, `net/http`'s
+    /// HTTP/1 server goroutines), and the request's own calls may take
     /// their parent from it. Not for HTTP/2 (its streams are read and
-    /// written by I/O threads), nor for a request whose fields were not
-    /// all known (its own header may have named another parent).
+    /// written by I/O threads or goroutines), nor for a request whose
+    /// fields were not all known (its own header may have named another
+    /// parent).
     pub thread_bound: bool,
 }
 
@@ -131,7 +133,9 @@ struct Orphan {
     local: SocketAddr,
     /// See [`Start::stream`].
     stream: u32,
-    serving: Option<(u32, Doer)>,
+    /// The process, and who in it serves the span, if known.
+    tgid: u32,
+    doer: Option<Doer>,
     /// Set once a call was made as its child: then it cannot move.
     has_children: Cell<bool>,
 }
@@ -309,7 +313,7 @@ impl Linker {
                 }
                 if linked.is_none() {
                     let doer = self.serving_doer(conn.tgid, task, &start);
-                    self.add_orphan(&ctx, doer.map(|d| (conn.tgid, d)), ends, stream);
+                    self.add_orphan(&ctx, (conn.tgid, doer), ends, stream);
                 }
                 ctx
             }
@@ -335,7 +339,7 @@ impl Linker {
     fn add_orphan(
         &mut self,
         ctx: &SpanContext,
-        serving: Option<(u32, Doer)>,
+        (tgid, doer): (u32, Option<Doer>),
         ends: Endpoints,
         stream: u32,
     ) {
@@ -353,7 +357,8 @@ impl Linker {
                 peer,
                 local,
                 stream,
-                serving,
+                tgid,
+                doer,
                 has_children: Cell::new(false),
             },
         );
@@ -387,7 +392,7 @@ impl Linker {
         if !ip_ok || orphan.local.port() != peer.port() || orphan.has_children.get() {
             return;
         }
-        let serving = orphan.serving;
+        let serving = orphan.doer.map(|d| (orphan.tgid, d));
         self.forget_orphan(&span_id);
         let ctx = SpanContext {
             span_id,
@@ -603,13 +608,20 @@ impl Linker {
     }
 
     /// Goroutine `task.goroutine` of Go process `tgid` did `act` on
-    /// `object` (see [`GoAct`]).
-    pub fn go_event(&mut self, tgid: u32, task: Task, act: GoAct, object: u64) {
+    /// `object` at `at_ns` (see [`GoAct`]).
+    pub fn go_event(
+        &mut self,
+        tgid: u32,
+        (task, at_ns): (Task, u64),
+        act: GoAct,
+        object: u64,
+        stats: &Stats,
+    ) {
         let g = task.goroutine;
         if !self.go.is_go(tgid) || g == 0 {
             return;
         }
-        match act {
+        let remembered = match act {
             GoAct::Spawn => {
                 let under = match self.served_by(tgid, Doer::Goroutine(g)) {
                     Served::One(ctx) => Some(Under {
@@ -620,11 +632,38 @@ impl Linker {
                     Served::Inherited(_) => self.go.under(tgid, g),
                     Served::Many | Served::Stale(_) | Served::Nothing => None,
                 };
-                self.go.spawned(tgid, object, under);
+                // A reused `g`: a new goroutine has read nothing yet, so
+                // what its last goroutine was serving (a hijacked
+                // connection's request, an answer lost) is not its own.
+                self.serving.remove(&(tgid, Doer::Goroutine(object)));
+                self.go.spawned(tgid, object, under)
             }
-            GoAct::RoundTrip => self.go.round_trip(tgid, g, object),
+            GoAct::RoundTrip => self.go.round_trip(tgid, g, object, at_ns),
             GoAct::WriteLoop => self.go.write_loop(tgid, g, object),
+        };
+        if remembered.is_err() {
+            Stats::inc(&stats.context_goroutine_table_full);
         }
+    }
+
+    /// A tick: round trips not written within the request timeout (before
+    /// `cutoff_ns`), and goroutines started under requests that ended, are
+    /// forgotten.
+    pub fn sweep(&mut self, cutoff_ns: u64) {
+        let serving = &self.serving;
+        self.go.sweep(cutoff_ns, |tgid, under| {
+            serving
+                .get(&(tgid, under.doer))
+                .is_some_and(|v| v.iter().any(|c| c.span_id == under.span_id))
+        });
+    }
+
+    /// `tgid` exec'd a new image (Go or not): nothing its old image read
+    /// is served any more, and its goroutines are gone.
+    pub fn exec(&mut self, tgid: u32, go: bool) {
+        self.serving.retain(|(t, _), _| *t != tgid);
+        self.go.forget_goroutines(tgid);
+        self.go.set_go(tgid, go);
     }
 
     /// The kernel dropped events: what is known of goroutines may be
@@ -678,7 +717,7 @@ impl Linker {
 
     /// Whether `tgid` runs Go: its goroutines serve requests, not its
     /// threads.
-    pub fn goroutines(&mut self, tgid: u32, go: bool) {
+    pub fn set_go(&mut self, tgid: u32, go: bool) {
         self.go.set_go(tgid, go);
     }
 
@@ -695,7 +734,7 @@ impl Linker {
         let gone: Vec<[u8; 8]> = self
             .orphans
             .iter()
-            .filter(|(_, o)| o.serving.is_some_and(|(t, _)| t == tgid))
+            .filter(|(_, o)| o.tgid == tgid)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -992,7 +1031,7 @@ mod tests {
 
     fn go_linker() -> Linker {
         let mut l = Linker::default();
-        l.goroutines(1, true);
+        l.set_go(1, true);
         l
     }
 
@@ -1029,8 +1068,8 @@ mod tests {
         let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
         let b = l.server_started(key(1, 4), g(0xb), &head(None), ends(None, None), AT, &stats);
         // Writer goroutine 0x71 writes persistConn 0x500's requests.
-        l.go_event(1, g(0x71), GoAct::WriteLoop, 0x500);
-        l.go_event(1, g(0xb), GoAct::RoundTrip, 0x500);
+        l.go_event(1, (g(0x71), 0), GoAct::WriteLoop, 0x500, &stats);
+        l.go_event(1, (g(0xb), 0), GoAct::RoundTrip, 0x500, &stats);
         let call = l.client_started(
             key(1, 9),
             g(0x71),
@@ -1040,7 +1079,7 @@ mod tests {
             &stats,
         );
         assert_eq!(call.parent_span_id, b.span_id);
-        l.go_event(1, g(0xa), GoAct::RoundTrip, 0x500);
+        l.go_event(1, (g(0xa), 0), GoAct::RoundTrip, 0x500, &stats);
         let call = l.client_started(
             key(1, 9),
             g(0x71),
@@ -1070,14 +1109,14 @@ mod tests {
         let mut l = go_linker();
         let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
         // a starts c, which starts d: both work for a's request.
-        l.go_event(1, g(0xa), GoAct::Spawn, 0xc);
-        l.go_event(1, g(0xc), GoAct::Spawn, 0xd);
+        l.go_event(1, (g(0xa), 0), GoAct::Spawn, 0xc, &stats);
+        l.go_event(1, (g(0xc), 0), GoAct::Spawn, 0xd, &stats);
         let call = l.client_started(key(1, 9), g(0xd), &head(None), ends(None, None), AT, &stats);
         assert_eq!(call.parent_span_id, a.span_id);
         assert_eq!(call.trace_id, a.trace_id);
         assert_eq!(stats.context_goroutine_inherited.load(Relaxed), 1);
         // A goroutine started by one that serves nothing works for nobody.
-        l.go_event(1, g(0xe), GoAct::Spawn, 0xf);
+        l.go_event(1, (g(0xe), 0), GoAct::Spawn, 0xf, &stats);
         let call = l.client_started(
             key(1, 10),
             g(0xf),
@@ -1113,7 +1152,7 @@ mod tests {
         assert_ne!(again.parent_span_id, next.span_id);
         assert_eq!(again.parent_span_id, [0; 8]);
         // A reused g starts over: d, started again under the new request.
-        l.go_event(1, g(0xa), GoAct::Spawn, 0xd);
+        l.go_event(1, (g(0xa), 0), GoAct::Spawn, 0xd, &stats);
         let reused = l.client_started(
             key(1, 13),
             g(0xd),
@@ -1130,8 +1169,8 @@ mod tests {
         let stats = Stats::default();
         let mut l = go_linker();
         let a = l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
-        l.go_event(1, g(0xa), GoAct::Spawn, 0xc);
-        l.go_event(1, g(0x71), GoAct::WriteLoop, 0x500);
+        l.go_event(1, (g(0xa), 0), GoAct::Spawn, 0xc, &stats);
+        l.go_event(1, (g(0x71), 0), GoAct::WriteLoop, 0x500, &stats);
         l.events_lost();
         let call = l.client_started(key(1, 9), g(0xc), &head(None), ends(None, None), AT, &stats);
         assert_eq!(call.parent_span_id, [0; 8]);
@@ -1145,5 +1184,38 @@ mod tests {
             &stats,
         );
         assert_eq!(own.parent_span_id, a.span_id);
+    }
+
+    #[test]
+    fn a_reused_g_serves_nothing_its_last_goroutine_read() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        // Goroutine 0xa read a request and ended without answering it (a
+        // hijacked connection); its g starts a new goroutine, under nothing.
+        l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        l.go_event(1, (g(0xe), 0), GoAct::Spawn, 0xa, &stats);
+        let call = l.client_started(key(1, 9), g(0xa), &head(None), ends(None, None), AT, &stats);
+        assert_eq!(call.parent_span_id, [0; 8]);
+    }
+
+    #[test]
+    fn an_exec_forgets_what_the_old_image_served() {
+        let stats = Stats::default();
+        let mut l = go_linker();
+        l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
+        l.go_event(1, (g(0xa), 0), GoAct::Spawn, 0xc, &stats);
+        // A new Go image, whose goroutines may have the same addresses.
+        l.exec(1, true);
+        for goroutine in [0xa, 0xc] {
+            let call = l.client_started(
+                key(1, 9),
+                g(goroutine),
+                &head(None),
+                ends(None, None),
+                AT,
+                &stats,
+            );
+            assert_eq!(call.parent_span_id, [0; 8]);
+        }
     }
 }

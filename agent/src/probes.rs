@@ -13,7 +13,7 @@ use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
-use zerospan_common::{counter, sock_flags, traced, GoProc, SockInfo, MAX_CAPTURE};
+use zerospan_common::{counter, go_g, sock_flags, traced, GoProc, SockInfo, MAX_CAPTURE};
 
 pub use crate::propagation::PropagationSettings;
 use crate::{conn::protocol::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
@@ -444,7 +444,10 @@ impl Probes {
     /// same image: the probes read its goroutines and TLS as its parent's.
     /// (Its `TRACED` flags the fork probe copied already.)
     pub fn fork_go(&mut self, parent: u32, child: u32) {
-        if let Ok(info) = self.go_procs.get(&parent, 0) {
+        if let Ok(mut info) = self.go_procs.get(&parent, 0) {
+            // Checked again in the child: it may have exec'd another image
+            // already, whose TLS slot is elsewhere.
+            info.g_state = go_g::UNCHECKED;
             let _ = self.go_procs.insert(child, info, 0);
         }
     }

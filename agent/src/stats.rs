@@ -151,6 +151,10 @@ counters! {
     /// ended since (a worker started by the first request it served):
     /// left roots, never parented to an ended request.
     context_goroutine_stale,
+    /// Goroutine starts and `net/http` hand-offs not remembered because
+    /// the agent's tables for them were full (65 536 each): the calls they
+    /// would have parented stay roots.
+    context_goroutine_table_full,
     /// Ids the probes chose for a request the agent did not frame as that
     /// request (its framing lost sync): not used.
     context_chosen_unmatched,

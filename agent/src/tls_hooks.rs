@@ -245,7 +245,7 @@ impl TlsHooks {
             Err(e) => {
                 self.go_unsupported += 1;
                 log::warn!(
-                    "Go's TLS in {} is not traced ({}): {e}. Its HTTPS gives no spans, \
+                    "Go program {} is not hooked ({}): {e}. Its TLS gives no spans, \
                      and its calls stay roots",
                     exe_name(path),
                     e.reason()
@@ -332,7 +332,7 @@ impl TlsHooks {
         ebpf: &mut Ebpf,
         path: &Path,
         version: &str,
-        g: &golang::Goroutines,
+        g: &golang::Runtime,
         links: &mut Vec<uprobe::Link>,
     ) -> bool {
         // Returns first, as for TLS; and the writer goroutines before the

@@ -124,8 +124,9 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns` at syscall exit.
     pub ts_exit_ns: u64,
     /// In a Go program, the goroutine (its `g`) that made the event
-    /// happen, once the probes have checked that they read it right in
-    /// that process; 0 otherwise.
+    /// happen: R14 in a uprobe in Go code; read from the thread's TLS in
+    /// a syscall probe, once a uprobe has checked that slot against R14
+    /// in that process. 0 otherwise.
     pub goroutine: u64,
 }
 

@@ -24,7 +24,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
@@ -48,8 +48,9 @@ pub(crate) static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(409
 #[map]
 static GO_SPAWNING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// The registers a uprobe in Go code stopped with.
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> pt_regs {
+pub fn regs(ctx: &ProbeContext) -> pt_regs {
     // SAFETY: the context points at this probe's saved registers.
     unsafe { *ctx.regs }
 }
@@ -115,6 +116,9 @@ fn check_g(p: *mut GoProc, r14: u64) -> bool {
 fn report(kind: u8, tgid: u32, tid: u32, g: u64, object: u64) {
     let mut header = header(kind, 0, tgid, tid, -1, 0);
     header.goroutine = g;
+    // SAFETY: helper has no preconditions.
+    header.ts_enter_ns = unsafe { bpf_ktime_get_ns() };
+    header.ts_exit_ns = header.ts_enter_ns;
     output(&GoEvent { header, object });
 }
 

@@ -21,7 +21,6 @@
 //!   fd read through it could name an unrelated socket.
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::LruHashMap,
@@ -30,8 +29,9 @@ use aya_ebpf::{
 use zerospan_common::{counter, direction, GoProc};
 
 use crate::{
-    bump, emit_plaintext, go_runtime::GO_PROCS, still_open, traced_tgid, SockRef, SslKey, TlsCall,
-    SOCKS,
+    bump, emit_plaintext,
+    go_runtime::{regs, GO_PROCS},
+    still_open, traced_tgid, SockRef, SslKey, TlsCall, SOCKS,
 };
 
 /// Calls in progress, by (tgid, goroutine).
@@ -117,12 +117,6 @@ fn socket_of(proc_: *mut GoProc, conn: u64) -> Option<i32> {
     let netfd = read::<u64>(tcp + u64::from(p.netfd))?;
     let fd = read::<i64>(netfd + u64::from(p.sysfd))?;
     (0..=i32::MAX as i64).contains(&fd).then_some(fd as i32)
-}
-
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> pt_regs {
-    // SAFETY: the context points at this probe's saved registers.
-    unsafe { *ctx.regs }
 }
 
 #[inline(always)]

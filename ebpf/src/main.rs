@@ -928,10 +928,10 @@ fn tls_exit(ctx: &RetProbeContext, dir: u8) {
     let Some(mut call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
-    let _ = TLS_CALLS.remove(&pid_tgid);
     if call.direction != dir {
-        return; // not this function's call
+        return; // not this function's call: left for its own return
     }
+    let _ = TLS_CALLS.remove(&pid_tgid);
     // A constant from here on: each return program holds only its own
     // direction's code, which keeps the verifier's walk of it short.
     call.direction = dir;
@@ -1508,7 +1508,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let child = child as u32;
     // The child runs its parent's image until it execs: what the parent's
     // flags say (a Go program, a memory-buffer TLS library) holds for it
-    // from its first instruction, before the agent hears of the fork.
+    // from its first instruction, before the agent hears of the fork. (A
+    // Go child's goroutines are read once the agent has given it its
+    // `GO_PROCS` entry, and a uprobe has checked its TLS slot.)
     // SAFETY: read-only copy of a plain value.
     let flags = unsafe { TRACED.get(&tgid) }.copied().unwrap_or(traced::YES);
     let _ = TRACED.insert(&child, &flags, 0);

@@ -337,7 +337,7 @@ fn a_go_binary_of_an_unknown_release_is_left_alone_and_counted() {
     assert!(agent.stop().success());
     let log = agent.stderr();
     let warning = format!(
-        "Go's TLS in {} is not traced (version): its Go version (go1.99",
+        "Go program {} is not hooked (version): its Go version (go1.99",
         patched.display()
     );
     assert!(log.contains(&warning), "{warning:?} in:\n{log}");

@@ -105,7 +105,8 @@ pub struct H2Conn {
 
 struct Stream {
     ctx: SpanContext,
-    /// Thread that moved the request's first HEADERS.
+    /// Who moved the request's first HEADERS: its thread (in Go, with its
+    /// goroutine).
     task: Task,
     request: Head,
     grpc: bool,

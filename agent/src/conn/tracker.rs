@@ -596,17 +596,23 @@ impl Tracker {
 
     /// Whether `tgid` runs Go: its goroutines, not its threads, parent
     /// its calls.
-    pub fn goroutines(&mut self, tgid: u32, go: bool) {
-        self.linker.goroutines(tgid, go);
+    pub fn set_go(&mut self, tgid: u32, go: bool) {
+        self.linker.set_go(tgid, go);
     }
 
     pub fn is_go(&self, tgid: u32) -> bool {
         self.linker.is_go(tgid)
     }
 
-    /// What a Go program's runtime or `net/http` did (see [`GoAct`]).
-    pub fn go_event(&mut self, tgid: u32, task: Task, act: GoAct, object: u64) {
-        self.linker.go_event(tgid, task, act, object);
+    /// `tgid` exec'd a new image, a Go program's or not.
+    pub fn exec(&mut self, tgid: u32, go: bool) {
+        self.linker.exec(tgid, go);
+    }
+
+    /// What a Go program's runtime or `net/http` did at `at_ns` (see
+    /// [`GoAct`]).
+    pub fn go_event(&mut self, tgid: u32, at: (Task, u64), act: GoAct, object: u64) {
+        self.linker.go_event(tgid, at, act, object, &self.stats);
     }
 
     /// Closes every connection of a process that exited.
@@ -638,6 +644,8 @@ impl Tracker {
     /// Times out requests waiting too long and forgets idle connections.
     pub fn sweep(&mut self, now_ns: u64) {
         let limits = self.limits;
+        self.linker
+            .sweep(now_ns.saturating_sub(limits.request_timeout_ns));
         let mut timed_out = Vec::new();
         let mut idle = Vec::new();
         for (key, conn) in &self.conns {

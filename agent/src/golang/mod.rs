@@ -64,9 +64,9 @@ pub struct TlsMethods {
     pub write: Function,
 }
 
-/// What the probes follow goroutines through in an executable.
+/// The functions the probes follow goroutines through in an executable.
 #[derive(Clone, Debug)]
-pub struct Goroutines {
+pub struct Runtime {
     /// `runtime.newproc1`, which makes every goroutine.
     pub newproc1: Function,
     /// The entries of `net/http.(*persistConn).roundTrip` and `writeLoop`,
@@ -83,7 +83,7 @@ pub struct GoBinary {
     pub tls: Option<TlsMethods>,
     /// Its goroutines, unless where a thread keeps the running one is not
     /// known (then they are not followed, and its calls stay roots).
-    pub goroutines: Result<Goroutines, Unsupported>,
+    pub goroutines: Result<Runtime, Unsupported>,
     /// The address of `runtime.types` in the file.
     types: u64,
     layout: Layout,
@@ -145,6 +145,8 @@ pub enum Unsupported {
          (no runtime.tlsg, and a TLS segment of {0} bytes)"
     )]
     TlsSlot(u64),
+    #[error("it has no TLS segment (where Go keeps the running goroutine)")]
+    NoTls,
 }
 
 impl Unsupported {
@@ -157,7 +159,7 @@ impl Unsupported {
             Unsupported::Code(..) | Unsupported::Outside(_) => "code",
             Unsupported::NoTypes => "types",
             Unsupported::Missing(_) => "missing",
-            Unsupported::TlsSlot(_) => "tls_slot",
+            Unsupported::TlsSlot(_) | Unsupported::NoTls => "tls_slot",
         }
     }
 }
@@ -238,7 +240,7 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
 
 /// `newproc1` with its `RET`s, and `net/http`'s hand-off if the binary
 /// has its client (both functions, or neither).
-fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Goroutines, Unsupported> {
+fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Runtime, Unsupported> {
     let range = find.range(NEWPROC1).ok_or(Unsupported::Missing(NEWPROC1))?;
     let newproc1 = probe_points(obj, NEWPROC1, range)?;
     let http_handoff = match (find.range(ROUND_TRIP), find.range(WRITE_LOOP)) {
@@ -248,7 +250,7 @@ fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Goroutine
         )),
         _ => None,
     };
-    Ok(Goroutines {
+    Ok(Runtime {
         newproc1,
         http_handoff,
     })
@@ -261,14 +263,13 @@ fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Goroutine
 /// linked with C code that has TLS of its own needs the symbol to say
 /// where. The probes check the answer against R14 before they use it.
 fn tls_slot(data: &[u8], obj: &object::File<'_>) -> Result<i64, Unsupported> {
-    let elf =
-        ElfFile64::<object::LittleEndian>::parse(data).map_err(|_| Unsupported::TlsSlot(0))?;
+    let elf = ElfFile64::<object::LittleEndian>::parse(data).map_err(|_| Unsupported::NoTls)?;
     let endian = elf.endian();
     let segment = elf
         .elf_program_headers()
         .iter()
         .find(|p| p.p_type(endian) == object::elf::PT_TLS)
-        .ok_or(Unsupported::TlsSlot(0))?;
+        .ok_or(Unsupported::NoTls)?;
     let size = segment.p_memsz(endian);
     let align = segment.p_align(endian).max(1);
     let block = size

@@ -26,7 +26,7 @@ pub struct Exchange {
     pub end_at: Stamp,
     pub response_body: Option<u64>,
     pub outcome: Outcome,
-    /// Thread that moved the request's first byte.
+    /// Who framed the request: its thread (in Go, with its goroutine).
     pub task: Task,
     /// `network.protocol.version`: "1.0", "1.1" or "2".
     pub version: &'static str,

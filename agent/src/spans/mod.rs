@@ -72,7 +72,8 @@ pub enum Category {
 pub struct Record {
     /// The traced process.
     pub tgid: u32,
-    /// The thread that moved the request's first byte.
+    /// Who started the exchange: the thread that framed its request (in
+    /// Go, with its goroutine).
     pub task: Task,
     pub kind: SpanKind,
     pub category: Category,

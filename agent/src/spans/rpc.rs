@@ -28,7 +28,7 @@ pub struct Call {
     pub outcome: Outcome,
     /// The HTTP/2 error code of a stream reset that ended the call.
     pub reset: Option<u32>,
-    /// Thread that moved the request's first byte.
+    /// Who framed the request: its thread (in Go, with its goroutine).
     pub task: Task,
 }
 
