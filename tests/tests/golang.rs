@@ -456,6 +456,83 @@ fn go_servers_come_to_no_harm_under_gc_stack_growth_and_attach_detach() {
     assert_eq!(agent.stat("kernel_go_conn_unknown"), Some(0));
 }
 
+/// A Go handler that queries PostgreSQL through `database/sql` and
+/// `lib/pq` (Debian's packages), built by each toolchain with and without
+/// symbols, 100 requests per build at concurrency 8: every query's span is
+/// the child of the request that ran it, checked by the number the query
+/// and the path both carry.
+#[test]
+fn go_database_sql_queries_are_children_of_their_requests() {
+    require_root();
+    const N: usize = 100;
+    let pg = zerospan_tests::postgres::Postgres::start();
+    let builds = golang::builds("sql_server");
+    let services: Vec<Fixture> = builds
+        .iter()
+        .map(|b| Fixture::start(Command::new(&b.path).arg(pg.port.to_string())))
+        .collect();
+    let collector = Collector::start();
+    let pids: Vec<u32> = services.iter().map(Fixture::pid).collect();
+    let mut agent = agent_for(&pids, &collector);
+    for service in &services {
+        let urls: Vec<String> = (0..N)
+            .map(|i| format!("http://127.0.0.1:{}/q/{i}", service.port))
+            .collect();
+        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
+        args.extend(urls.iter().map(String::as_str));
+        let out = zerospan_tests::curl(&args);
+        assert_eq!(
+            out.lines().filter(|l| l.ends_with(" 1")).count(),
+            N,
+            "{out}"
+        );
+    }
+    let want = 2 * N * services.len();
+    let spans = collector.wait_for(want, Duration::from_secs(20), |_| true);
+    assert!(agent.stop().success());
+    assert_eq!(spans.len(), want, "{}", agent.stderr());
+    for (build, service) in builds.iter().zip(&services) {
+        let pid = Some(i64::from(service.pid()));
+        let mine: Vec<&FlatSpan> = spans
+            .iter()
+            .filter(|s| s.res_int("process.pid") == pid)
+            .collect();
+        let queries: Vec<&&FlatSpan> = mine
+            .iter()
+            .filter(|s| s.str("db.system.name").as_deref() == Some("postgresql"))
+            .collect();
+        assert_eq!(queries.len(), N, "{}", build.label());
+        let mut parented = 0;
+        for q in queries {
+            let text = q.str("db.query.text").unwrap_or_default();
+            let n = text
+                .strip_prefix("SELECT ? AS c_")
+                .unwrap_or_else(|| panic!("{text:?}"));
+            let Some(parent) = mine
+                .iter()
+                .find(|s| s.span.span_id == q.span.parent_span_id)
+            else {
+                continue;
+            };
+            assert_eq!(
+                parent.str("url.path"),
+                Some(format!("/q/{n}")),
+                "{}: a wrong parent",
+                build.label()
+            );
+            assert_child(q, parent);
+            parented += 1;
+        }
+        assert!(
+            parented * 100 >= N * 99,
+            "{}: {parented}/{N} queries parented\n{}",
+            build.label(),
+            agent.stderr()
+        );
+    }
+    assert_eq!(agent.stat("context_goroutine_unknown"), Some(0));
+}
+
 /// gRPC-Go (Debian's golang-google-grpc-dev) over TLS: each build's client
 /// makes 40 health checks at once on one connection to the same build's
 /// server, 10 of them for a service the server does not know. Every call

