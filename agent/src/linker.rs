@@ -182,6 +182,19 @@ fn push_bounded_deque<T>(v: &mut VecDeque<T>, item: T) {
     v.push_back(item);
 }
 
+/// The request a goroutine was started `under`, if it is still in flight
+/// (its span, as it is now: an adopted span has its new trace).
+fn still_served<'a>(
+    serving: &'a HashMap<(u32, Doer), Vec<SpanContext>>,
+    tgid: u32,
+    under: &Under,
+) -> Option<&'a SpanContext> {
+    serving
+        .get(&(tgid, under.doer))?
+        .iter()
+        .find(|c| c.span_id == under.span_id)
+}
+
 /// The context a `traceparent` on the request gives, if it has a valid one.
 fn from_header(start: &Start<'_>, stats: &Stats) -> Option<SpanContext> {
     let value = start.traceparent?;
@@ -282,6 +295,13 @@ impl Linker {
         let start = start.into();
         let stream = start.stream;
         let header = from_header(&start, stats);
+        // Who serves it, for the calls it causes: the thread (or goroutine)
+        // that read it, if the request is handled where it is read
+        // ([`Start::thread_bound`]) and the goroutine is known.
+        let doer = start
+            .thread_bound
+            .then(|| self.go.doer(conn.tgid, task))
+            .flatten();
         let ctx = match chosen {
             Some(k) if k.origin == Origin::Header => {
                 let agrees = header
@@ -312,27 +332,16 @@ impl Linker {
                     }
                 }
                 if linked.is_none() {
-                    let doer = self.serving_doer(conn.tgid, task, &start);
                     self.add_orphan(&ctx, (conn.tgid, doer), ends, stream);
                 }
                 ctx
             }
         };
-        if let Some(doer) = self.serving_doer(conn.tgid, task, &start) {
+        if let Some(doer) = doer {
             let serving = self.serving.entry((conn.tgid, doer)).or_default();
             push_bounded(serving, ctx.clone());
         }
         ctx
-    }
-
-    /// Who serves a request `task` read, for the calls it causes: its
-    /// thread or goroutine, if the request is handled where it is read
-    /// ([`Start::thread_bound`]) and the goroutine is known.
-    fn serving_doer(&self, tgid: u32, task: Task, start: &Start<'_>) -> Option<Doer> {
-        start
-            .thread_bound
-            .then(|| self.go.doer(tgid, task))
-            .flatten()
     }
 
     /// Remembers a parentless server span whose peer is on this host.
@@ -597,11 +606,7 @@ impl Linker {
         let Some(under) = self.go.under(tgid, g) else {
             return Served::Nothing;
         };
-        match self
-            .serving
-            .get(&(tgid, under.doer))
-            .and_then(|v| v.iter().find(|c| c.span_id == under.span_id))
-        {
+        match still_served(&self.serving, tgid, &under) {
             Some(ctx) => Served::Inherited(ctx),
             None => Served::Stale(g),
         }
@@ -652,9 +657,7 @@ impl Linker {
     pub fn sweep(&mut self, cutoff_ns: u64) {
         let serving = &self.serving;
         self.go.sweep(cutoff_ns, |tgid, under| {
-            serving
-                .get(&(tgid, under.doer))
-                .is_some_and(|v| v.iter().any(|c| c.span_id == under.span_id))
+            still_served(serving, tgid, under).is_some()
         });
     }
 

@@ -236,12 +236,9 @@ impl TlsHooks {
         else {
             return (false, None);
         };
-        if !golang::is_go(map.bytes()) {
-            return (false, None);
-        }
         let go = match golang::inspect(map.bytes()) {
             Ok(Some(go)) => go,
-            Ok(None) => return (true, None),
+            Ok(None) => return (false, None),
             Err(e) => {
                 self.go_unsupported += 1;
                 log::warn!(

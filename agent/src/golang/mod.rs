@@ -20,8 +20,8 @@ mod pclntab;
 mod returns;
 
 use object::{
-    read::elf::{ElfFile64, ProgramHeader as _},
-    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _,
+    read::elf::ProgramHeader as _, Object as _, ObjectSection as _, ObjectSegment as _,
+    ObjectSymbol as _,
 };
 use zerospan_common::{go_g, GoProc};
 
@@ -172,11 +172,6 @@ fn known_releases() -> String {
         .join(", ")
 }
 
-/// Whether an ELF file is a Go program (it has Go's build information).
-pub fn is_go(data: &[u8]) -> bool {
-    object::File::parse(data).is_ok_and(|obj| obj.section_by_name(".go.buildinfo").is_some())
-}
-
 /// Looks at an ELF file: `Ok(None)` if it is not a Go program (nothing to
 /// do), `Err` if it is one the probes cannot read for sure. Within one
 /// they can, a part they cannot (its goroutines) says why in its place.
@@ -215,22 +210,19 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
         .or_else(|| obj.section_by_name(".go.type").map(|s| s.address()))
         .or_else(|| obj.section_by_name(".rodata").map(|s| s.address()))
         .ok_or(Unsupported::NoTypes)?;
-    let slot = tls_slot(data, &obj);
-    let goroutines = match slot {
-        Ok(_) => goroutines(&obj, &find),
-        Err(ref e) => Err(e.clone()),
+    let slot = tls_slot(&obj);
+    let goroutines = slot.clone().and_then(|_| goroutines(&obj, &find));
+    // 0 tells the probes the slot is unknown, or not to be used.
+    let tls_g = match (&goroutines, slot) {
+        (Ok(_), Ok(at)) => at,
+        _ => 0,
     };
     let pie_base = (obj.kind() == object::ObjectKind::Dynamic)
         .then(|| obj.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff);
     Ok(Some(GoBinary {
         version,
         tls,
-        // 0 tells the probes the slot is unknown.
-        tls_g: if goroutines.is_ok() {
-            slot.unwrap_or(0)
-        } else {
-            0
-        },
+        tls_g,
         goroutines,
         types,
         layout,
@@ -262,8 +254,10 @@ fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Runtime, 
 /// in the block, as when it links the binary itself, is at -8; a binary
 /// linked with C code that has TLS of its own needs the symbol to say
 /// where. The probes check the answer against R14 before they use it.
-fn tls_slot(data: &[u8], obj: &object::File<'_>) -> Result<i64, Unsupported> {
-    let elf = ElfFile64::<object::LittleEndian>::parse(data).map_err(|_| Unsupported::NoTls)?;
+fn tls_slot(obj: &object::File<'_>) -> Result<i64, Unsupported> {
+    let object::File::Elf64(elf) = obj else {
+        return Err(Unsupported::NoTls);
+    };
     let endian = elf.endian();
     let segment = elf
         .elf_program_headers()

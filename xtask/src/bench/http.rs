@@ -20,9 +20,9 @@ use super::harness::{
 
 pub(super) const PORT: u16 = 18080;
 const TLS_PORT: u16 = 18443;
-const DURATION_S: u32 = 10;
-const ROUNDS: u32 = 3;
-const CONNECTIONS: u32 = 16;
+pub(super) const DURATION_S: u32 = 10;
+pub(super) const ROUNDS: u32 = 3;
+pub(super) const CONNECTIONS: u32 = 16;
 
 pub(super) struct Wrk {
     pub(super) rps: f64,
@@ -81,11 +81,11 @@ pub(super) fn wrk(url: &str, seconds: u32) -> Result<Wrk> {
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// CPU seconds nginx's worker used while `f` ran, and `f`'s result.
-fn with_worker_cpu<T>(worker: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-    let before = cpu_seconds(worker);
+/// CPU seconds process `pid` used while `f` ran, and `f`'s result.
+fn with_cpu<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = cpu_seconds(pid);
     let out = f()?;
-    Ok((out, cpu_seconds(worker) - before))
+    Ok((out, cpu_seconds(pid) - before))
 }
 
 /// nginx with one worker, plaintext on [`PORT`] and TLS on its own port,
@@ -164,31 +164,80 @@ fn worker_of(master: u32) -> Result<u32> {
         .context("nginx has no worker")
 }
 
+/// wrk's rounds against one server, without and with the agent.
+pub(super) struct WrkRounds {
+    pub(super) base: Vec<Wrk>,
+    pub(super) traced: Vec<Wrk>,
+    pub(super) runs: Vec<AgentRun>,
+    /// CPU seconds the measured process used in all baseline rounds, and
+    /// in all traced ones.
+    pub(super) base_cpu: f64,
+    pub(super) traced_cpu: f64,
+}
+
+/// After a warm-up, [`ROUNDS`] rounds of wrk against `url`, alone and
+/// with the agent (given `options`) attached to `traced`, alternating so
+/// that drift on a shared machine hits both sides alike; with the CPU
+/// process `cpu_of` used in each (where the probes' cost shows).
+pub(super) fn wrk_rounds(
+    root: &Path,
+    what: &str,
+    url: &str,
+    (traced, cpu_of): (u32, u32),
+    options: &[&str],
+) -> Result<WrkRounds> {
+    eprintln!("bench: {what}: warming up");
+    wrk(url, 2)?;
+    let mut r = WrkRounds {
+        base: Vec::new(),
+        traced: Vec::new(),
+        runs: Vec::new(),
+        base_cpu: 0.0,
+        traced_cpu: 0.0,
+    };
+    for round in 1..=ROUNDS {
+        eprintln!("bench: {what} round {round}/{ROUNDS}: baseline, {DURATION_S}s");
+        let (w, cpu) = with_cpu(cpu_of, || wrk(url, DURATION_S))?;
+        r.base.push(w);
+        r.base_cpu += cpu;
+        eprintln!("bench: {what} round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
+        let attached = Attached::start_with(root, traced, options)?;
+        let (w, cpu) = with_cpu(cpu_of, || wrk(url, DURATION_S))?;
+        r.traced.push(w);
+        r.traced_cpu += cpu;
+        r.runs.push(attached.finish()?);
+    }
+    Ok(r)
+}
+
+/// Prints requests/s and latency, baseline beside traced, with the ratio.
+pub(super) fn print_wrk_table(base: &[Wrk], traced: &[Wrk]) {
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
+    println!(
+        "{:<28}{:>14}{:>14}{:>10}",
+        "", "baseline", "traced", "ratio"
+    );
+    for (name, f) in [
+        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
+        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
+        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
+    ] {
+        let (b, t) = (med(base, f), med(traced, f));
+        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+    }
+}
+
 fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
     let url = format!("{scheme}://127.0.0.1:{port}/index.html");
     let worker = worker_of(nginx.id())?;
-    eprintln!("bench: {scheme}: warming up");
-    wrk(&url, 2)?;
-    // Baseline and traced rounds alternate, so drift on a shared machine
-    // hits both sides alike; medians are reported.
-    let mut base = Vec::new();
-    let mut traced = Vec::new();
-    let mut runs: Vec<AgentRun> = Vec::new();
-    let (mut base_cpu, mut traced_cpu) = (0.0, 0.0);
-    for round in 1..=ROUNDS {
-        eprintln!("bench: {scheme} round {round}/{ROUNDS}: baseline, {DURATION_S}s");
-        let (w, cpu) = with_worker_cpu(worker, || wrk(&url, DURATION_S))?;
-        base.push(w);
-        base_cpu += cpu;
-        eprintln!("bench: {scheme} round {round}/{ROUNDS}: traced by zerospan, {DURATION_S}s");
-        let attached = Attached::start(root, nginx.id())?;
-        let (w, cpu) = with_worker_cpu(worker, || wrk(&url, DURATION_S))?;
-        traced.push(w);
-        traced_cpu += cpu;
-        runs.push(attached.finish()?);
-    }
+    let WrkRounds {
+        base,
+        traced,
+        runs,
+        base_cpu,
+        traced_cpu,
+    } = wrk_rounds(root, scheme, &url, (nginx.id(), worker), &[])?;
     let base_requests: u64 = base.iter().map(|w| w.requests).sum();
-    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
     let traced_requests: u64 = traced.iter().map(|w| w.requests).sum();
     let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
@@ -206,18 +255,7 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
         "\nzerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker) \
          over {scheme}, {ROUNDS} alternating rounds, medians; {cores} cores"
     );
-    println!(
-        "{:<28}{:>14}{:>14}{:>10}",
-        "", "baseline", "traced", "ratio"
-    );
-    for (name, f) in [
-        ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
-        ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
-        ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
-    ] {
-        let (b, t) = (med(&base, f), med(&traced, f));
-        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
-    }
+    print_wrk_table(&base, &traced);
     println!(
         "agent CPU seconds per 100k requests: {:.3}",
         cpu / (traced_requests as f64 / 100_000.0)
