@@ -478,9 +478,7 @@ fn go_database_sql_queries_are_children_of_their_requests() {
         let urls: Vec<String> = (0..N)
             .map(|i| format!("http://127.0.0.1:{}/q/{i}", service.port))
             .collect();
-        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
-        args.extend(urls.iter().map(String::as_str));
-        let out = zerospan_tests::curl(&args);
+        let out = curl_8_at_a_time(&urls);
         assert_eq!(
             out.lines().filter(|l| l.ends_with(" 1")).count(),
             N,
@@ -666,6 +664,13 @@ fn the_offsets_table_is_what_each_toolchain_says() {
     }
 }
 
+/// curl's answers to `urls`, asked 8 at a time.
+fn curl_8_at_a_time(urls: &[String]) -> String {
+    let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
+    args.extend(urls.iter().map(String::as_str));
+    zerospan_tests::curl(&args)
+}
+
 /// The request's id: the last segment of its path (`/r/go1.19-r7`,
 /// `http://…/b/go1.19-r7`).
 fn id_of(s: &FlatSpan) -> String {
@@ -711,9 +716,7 @@ fn go_services_give_whole_traces_across_goroutines() {
             .map(|i| url("r", i))
             .chain((0..STARTED).map(|i| url("f", i)))
             .collect();
-        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
-        args.extend(urls.iter().map(String::as_str));
-        let out = zerospan_tests::curl(&args);
+        let out = curl_8_at_a_time(&urls);
         assert_eq!(out.lines().count(), HANDOFF + STARTED, "{out}");
         // The worker, one request at a time: the first starts it.
         for i in 0..WORKER {
@@ -826,9 +829,7 @@ fn a_go_service_starting_many_goroutines_comes_to_no_harm() {
             .map(|_| format!("http://127.0.0.1:{}/s/{GOROUTINES}", service.port))
             .chain((0..CALLS).map(|i| format!("http://127.0.0.1:{}/f/{label}-f{i}", service.port)))
             .collect();
-        let mut args = vec!["-sS", "--parallel", "--parallel-max", "8"];
-        args.extend(urls.iter().map(String::as_str));
-        let out = zerospan_tests::curl(&args);
+        let out = curl_8_at_a_time(&urls);
         let sum = GOROUTINES * (GOROUTINES + 1) / 2;
         assert_eq!(
             out.lines()
