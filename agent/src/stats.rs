@@ -47,6 +47,9 @@ counters! {
     /// Go processes whose TLS slot did not hold the running goroutine
     /// where the probes checked it: their goroutines are not followed.
     kernel_go_g_mismatch,
+    /// Node.js TLS calls made inside another on the same thread (a
+    /// callback writing while a read runs): their plaintext is not read.
+    kernel_tls_calls_nested,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no
     /// socket got: past the bounds, from before the socket that claimed

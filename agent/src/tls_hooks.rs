@@ -42,6 +42,19 @@ const HOOKS: &[(&str, &[&str])] = &[
     ("tls_set_fd", &["SSL_set_fd", "gnutls_transport_set_int2"]),
 ];
 
+/// The entry programs for a library that works only on memory buffers, by
+/// the usual entry's name. An executable's own OpenSSL is Node.js's: a
+/// syscall inside one of its calls is a callback's (JavaScript run at a
+/// handshake's end), and must not name the call's socket. (A statically
+/// linked OpenSSL on sockets still has its socket named by `SSL_set_fd`,
+/// or by the read inside its first `SSL_read`.)
+const MEMORY_ENTRIES: &[(&str, &str)] = &[
+    ("tls_write", "tls_write_mem"),
+    ("tls_read", "tls_read_mem"),
+    ("tls_write_ex", "tls_write_ex_mem"),
+    ("tls_read_ex", "tls_read_ex_mem"),
+];
+
 /// Where distributions keep the libraries, hooked at start so that a
 /// process that loads one later (Python imports `ssl` lazily, through
 /// dlopen) is covered from its first call.
@@ -75,7 +88,8 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         GO_ROUND_TRIP,
         GO_WRITE_LOOP,
     ];
-    for name in HOOKS.iter().map(|(name, _)| *name).chain(go) {
+    let memory = MEMORY_ENTRIES.iter().map(|(_, name)| *name);
+    for name in HOOKS.iter().map(|(name, _)| *name).chain(memory).chain(go) {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -166,8 +180,15 @@ impl TlsHooks {
     }
 
     /// Hooks the TLS functions `path` holds, unless its file was looked at
-    /// before; `pid` (if any) maps it. Returns the file's id.
-    fn hook(&mut self, ebpf: &mut Ebpf, path: &Path, pid: Option<u32>) -> Option<(u64, u64)> {
+    /// before; `pid` (if any) maps it, as its executable if `exe`. Returns
+    /// the file's id.
+    fn hook(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        pid: Option<u32>,
+        exe: bool,
+    ) -> Option<(u64, u64)> {
         let meta = std::fs::metadata(path).ok()?;
         let id = (meta.dev(), meta.ino());
         if let Some(file) = self.files.get_mut(&id) {
@@ -181,11 +202,15 @@ impl TlsHooks {
         let mut hooked = 0;
         let wanted: Vec<&str> = HOOKS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
         let mut symbols = Symbols::of(path, &wanted);
-        for (name, functions) in HOOKS {
-            let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
+        for &(name, functions) in HOOKS {
+            let program = match MEMORY_ENTRIES.iter().find(|(usual, _)| *usual == name) {
+                Some((_, memory)) if exe => memory,
+                _ => name,
+            };
+            let Some(Ok(prog)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) else {
                 continue;
             };
-            for function in *functions {
+            for function in functions {
                 match self.uprobes.attach(prog, function, &mut symbols) {
                     Ok(Some(link)) => {
                         links.push(link);
@@ -386,7 +411,7 @@ impl TlsHooks {
 
     pub fn hook_system_libraries(&mut self, ebpf: &mut Ebpf) {
         for path in SYSTEM_LIBRARIES {
-            self.hook(ebpf, Path::new(path), None);
+            self.hook(ebpf, Path::new(path), None, false);
         }
     }
 
@@ -476,7 +501,7 @@ impl TlsHooks {
         let mut out = Hooked::default();
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         for path in candidates(pid) {
-            let Some(id) = self.hook(ebpf, &path, Some(pid)) else {
+            let Some(id) = self.hook(ebpf, &path, Some(pid), path == exe) else {
                 continue;
             };
             self.by_pid.entry(pid).or_default().insert(id);

@@ -380,7 +380,11 @@ pub mod counter {
     /// A Go process whose TLS slot did not hold the running goroutine
     /// where R14 said it was: its goroutines are not reported.
     pub const GO_G_MISMATCH: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// A memory-buffer library call made inside another on the same
+    /// thread (a Node.js callback writing on one connection while a read
+    /// on another runs): its plaintext is not sent.
+    pub const TLS_CALL_NESTED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]

@@ -196,8 +196,9 @@ fn emit(pid_tgid: u64, tgid: u32, call: &GoCall, moved: u64, g: u64) {
         direction: call.direction,
         emitted: 0,
         nested: 0,
-        _pad: 0,
+        memory: 0,
         goroutine: g,
+        sp: 0,
     };
     emit_plaintext(pid_tgid, tgid, fd, &tls, 0, moved);
 }

@@ -189,9 +189,16 @@ struct TlsCall {
     /// A data syscall nested in the call, on a socket tracked or not: the
     /// library works on the socket itself, not on memory buffers.
     nested: u8,
-    _pad: u8,
+    /// The library works only on memory buffers (Node.js's OpenSSL): a
+    /// syscall inside one of its calls is a callback's (JavaScript run on
+    /// the handshake's end, a wake-up of the event loop), never the call's
+    /// own I/O, so it names no socket.
+    memory: u8,
     /// The goroutine making the call, in a Go program; 0 otherwise.
     goroutine: u64,
+    /// The stack pointer at entry: the return probe whose stack pointer is
+    /// one return address above it is this call's, and no other's.
+    sp: u64,
 }
 
 /// A socket as it was when seen: the fd alone could since name another.
@@ -296,7 +303,13 @@ fn data_args(
     // call's socket, and from then on the socket's plaintext comes from
     // the library's probes.
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+    // (A memory-buffer library's call names no socket: the syscall is a
+    // callback's own, captured as any other.)
+    let call = TLS_CALLS
+        .get_ptr_mut(&pid_tgid)
+        // SAFETY: as above.
+        .filter(|&call| unsafe { (*call).memory } == 0);
+    if let Some(call) = call {
         sock.flags |= sock_flags::TLS;
         // SAFETY: as above.
         let call = unsafe { &mut *call };
@@ -474,10 +487,14 @@ fn enter_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     }
     // A TLS call with a syscall inside works on a socket: even when that
     // socket is not tracked, its plaintext must not be attributed by the
-    // memory-buffer rules (see `tls_exit`).
+    // memory-buffer rules (see `tls_exit`). Not a memory-buffer library's
+    // call: what runs inside it is a callback's.
     if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
         // SAFETY: map values stay valid for the program's run.
-        unsafe { (*call).nested = 1 };
+        let call = unsafe { &mut *call };
+        if call.memory == 0 {
+            call.nested = 1;
+        }
     }
     // SAFETY: helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -867,7 +884,7 @@ data_probe!(
 // the return probe sends what was moved, as data of that socket.
 
 #[inline(always)]
-fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
+fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool, memory: bool) {
     let Some((pid_tgid, _, _)) = traced_tgid() else {
         return;
     };
@@ -892,16 +909,23 @@ fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
         direction: dir,
         emitted: 0,
         nested: 0,
-        _pad: 0,
+        memory: u8::from(memory),
         goroutine: 0,
+        // SAFETY: the context points at this probe's saved registers.
+        sp: unsafe { (*ctx.regs).rsp },
     };
-    // A call already open on this thread is the outer one of a nested
-    // pair (TLS through a TLS proxy): the inner one's bytes are the
-    // plaintext, the outer's are ciphertext. Keep the inner, unless the
-    // open one is stale (its return probe never ran).
+    // A call already open on this thread is one this call runs inside:
+    // TLS through a TLS proxy (this call moves the open one's ciphertext),
+    // or a callback of a memory-buffer library (JavaScript run at a
+    // handshake's end, writing on another connection). The open call is
+    // kept, unless it is stale (its return probe never ran), and this one
+    // is not sent: counted when it carried a callback's plaintext.
     // SAFETY: read-only copy of a plain value.
     if let Some(open) = unsafe { TLS_CALLS.get(&pid_tgid) } {
         if call.ts_enter.saturating_sub(open.ts_enter) < STALE_TLS_CALL_NS {
+            if open.memory != 0 {
+                bump(counter::TLS_CALL_NESTED);
+            }
             return;
         }
     }
@@ -928,8 +952,13 @@ fn tls_exit(ctx: &RetProbeContext, dir: u8) {
     let Some(mut call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
-    if call.direction != dir {
-        return; // not this function's call: left for its own return
+    // The call this return ends: its direction, and its stack pointer one
+    // return address below this one's. A call nested in it (see
+    // `tls_enter`) returns first and leaves it for its own return.
+    // SAFETY: the context points at this probe's saved registers.
+    let sp = unsafe { (*ctx.regs).rsp };
+    if call.direction != dir || call.sp.wrapping_add(8) != sp {
+        return;
     }
     let _ = TLS_CALLS.remove(&pid_tgid);
     // A constant from here on: each return program holds only its own
@@ -1218,10 +1247,16 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, 
 }
 
 macro_rules! tls_probe {
-    ($enter:ident, $exit:ident, $dir:expr, $ex:expr) => {
+    ($enter:ident, $memory:ident, $exit:ident, $dir:expr, $ex:expr) => {
         #[uprobe]
         pub fn $enter(ctx: ProbeContext) -> u32 {
-            tls_enter(&ctx, $dir, $ex);
+            tls_enter(&ctx, $dir, $ex, false);
+            0
+        }
+        /// The entry in a library that works only on memory buffers.
+        #[uprobe]
+        pub fn $memory(ctx: ProbeContext) -> u32 {
+            tls_enter(&ctx, $dir, $ex, true);
             0
         }
         #[uretprobe]
@@ -1234,10 +1269,34 @@ macro_rules! tls_probe {
 
 // SSL_write and gnutls_record_send share a signature (object, buffer,
 // length → bytes moved), as do SSL_read and gnutls_record_recv.
-tls_probe!(tls_write, tls_write_ret, direction::EGRESS, false);
-tls_probe!(tls_read, tls_read_ret, direction::INGRESS, false);
-tls_probe!(tls_write_ex, tls_write_ex_ret, direction::EGRESS, true);
-tls_probe!(tls_read_ex, tls_read_ex_ret, direction::INGRESS, true);
+tls_probe!(
+    tls_write,
+    tls_write_mem,
+    tls_write_ret,
+    direction::EGRESS,
+    false
+);
+tls_probe!(
+    tls_read,
+    tls_read_mem,
+    tls_read_ret,
+    direction::INGRESS,
+    false
+);
+tls_probe!(
+    tls_write_ex,
+    tls_write_ex_mem,
+    tls_write_ex_ret,
+    direction::EGRESS,
+    true
+);
+tls_probe!(
+    tls_read_ex,
+    tls_read_ex_mem,
+    tls_read_ex_ret,
+    direction::INGRESS,
+    true
+);
 
 /// `SSL_set_fd(ssl, fd)` (and GnuTLS's `gnutls_transport_set_int2(session,
 /// recv_fd, send_fd)`): the socket a library object will work on, known

@@ -601,6 +601,93 @@ fn node_http2_server_and_client() {
     assert_clean(&agent);
 }
 
+/// Node.js runs JavaScript inside the OpenSSL read that ends a handshake
+/// (the server's `secureConnection` handler). Here it wakes the event loop
+/// (a write on an eventfd) and writes a line on a plain TCP connection:
+/// neither syscall is the TLS call's own, so neither may name its socket,
+/// and the HTTP/2 preface that read decrypts stays its own connection's.
+/// Eight connections at once, so that in some the client's Finished and
+/// preface arrive in one read: one exact span per request on each side,
+/// each server span the child of its client span, none on the plain
+/// connection, nothing lost.
+#[test]
+fn node_callbacks_inside_a_tls_read_never_name_its_socket() {
+    require_root();
+    let dir = TempDir::new("h2-tls");
+    let (cert, key) = zerospan_tests::procs::self_signed_cert(&dir.0);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let server = Fixture::start(&mut node_fixture(&["h2-tls-server", &cert, &key]));
+    let collector = Collector::start();
+    let mut agent = Agent::start(
+        &[
+            "-vv",
+            "--otlp-endpoint",
+            &collector.grpc_endpoint,
+            "--cmdline",
+            r"h2_service\.js h2-tls-",
+        ],
+        &[],
+    );
+    agent.wait_for_log(
+        &format!("tracing pid {} ", server.pid()),
+        Duration::from_secs(30),
+    );
+    let n = 8;
+    let port = server.port.to_string();
+    let out = node_fixture(&["h2-tls-client", &port, &cert, &n.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("DONE {n}"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    collector.wait_for(2 * n, Duration::from_secs(20), |_| true);
+    agent.stop();
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 2 * n, "{}", agent.connections_log());
+    for i in 0..n {
+        let path = format!("/conn/{i}");
+        let full = format!("https://localhost:{port}{path}");
+        let one = |server_side: bool| {
+            let side: Vec<&FlatSpan> = spans
+                .iter()
+                .filter(|s| s.is_server() == server_side)
+                .filter(|s| {
+                    s.str("url.path").as_deref() == Some(path.as_str())
+                        || s.str("url.full").as_deref() == Some(full.as_str())
+                })
+                .collect();
+            assert_eq!(side.len(), 1, "{path}: {side:?}");
+            side[0]
+        };
+        let (sv, cl) = (one(true), one(false));
+        for s in [sv, cl] {
+            assert_eq!(s.span.name, "GET");
+            assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+            assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.3"));
+            assert_eq!(s.int("http.response.status_code"), Some(200));
+            assert!(!s.has("zerospan.incomplete"), "{s:?}");
+        }
+        assert_child(sv, cl);
+    }
+    assert_clean(&agent);
+    for counter in [
+        "tls_writes_unclaimed",
+        "kernel_tls_unattributed",
+        "kernel_tls_claims_refused",
+        "kernel_tls_calls_nested",
+    ] {
+        assert_eq!(
+            agent.stat(counter),
+            Some(0),
+            "{counter}\n{}",
+            agent.connections_log()
+        );
+    }
+}
+
 /// nginx with `http2` on a TLS listener, and `curl --http2`, which asks
 /// for h2 by ALPN: both sides traced through OpenSSL, the server span the
 /// child of the client's.
