@@ -148,6 +148,11 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub export_buffer_batches: usize,
 
+    /// MiB of spans each exporter buffers while its collector is
+    /// unreachable; past it the oldest batches are dropped (and counted).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub export_buffer_mib: usize,
+
     /// Keep query-string values in url.query and url.full (redacted by default).
     #[arg(long)]
     pub no_redact_query: bool,
@@ -418,6 +423,7 @@ impl Config {
                 batch_size: 512,
                 batch_delay: Duration::from_millis(500),
                 sink_buffer_batches: args.export_buffer_batches,
+                sink_buffer_bytes: args.export_buffer_mib.saturating_mul(1 << 20),
                 shutdown_timeout: Duration::from_secs(5),
             },
             resource,

@@ -278,6 +278,14 @@ const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "export_buffer_mib",
+        arg: "export_buffer_mib",
+        apply: |a, v| {
+            a.export_buffer_mib = number(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "redact_query",
         arg: "no_redact_query",
         apply: |a, v| {

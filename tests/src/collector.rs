@@ -281,7 +281,9 @@ pub struct Collector {
     pub grpc_endpoint: String,
     pub http_endpoint: String,
     store: Store,
-    _runtime: std::thread::JoinHandle<()>,
+    runtime: Option<std::thread::JoinHandle<()>>,
+    /// Ends the receivers, their listeners and their connections.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 async fn http_export(
@@ -318,6 +320,12 @@ async fn http_export(
         .unwrap())
 }
 
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 impl Collector {
     /// Starts both receivers on ephemeral loopback ports, keeping every span.
     pub fn start() -> Self {
@@ -348,12 +356,15 @@ impl Collector {
         grpc.set_nonblocking(true).unwrap();
         http.set_nonblocking(true).unwrap();
         let s = store.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
+            // Dropping the runtime as the thread ends closes every
+            // listener and connection its tasks hold.
+            let serve = async move {
                 let grpc = tokio::net::TcpListener::from_std(grpc).unwrap();
                 let http = tokio::net::TcpListener::from_std(http).unwrap();
                 let hs = s.clone();
@@ -402,13 +413,35 @@ impl Collector {
                         .await;
                     });
                 }
+            };
+            rt.block_on(async move {
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
             });
         });
         Collector {
             grpc_endpoint: format!("http://{grpc_addr}"),
             http_endpoint: format!("http://{http_addr}"),
             store,
-            _runtime: runtime,
+            runtime: Some(runtime),
+            stop: Some(stop),
+        }
+    }
+
+    /// Takes the collector down, as a crash would: its ports stop
+    /// listening and its connections close.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            let _ = runtime.join();
         }
     }
 

@@ -656,6 +656,92 @@ fn spans_wait_for_a_collector_that_comes_up_late() {
     );
 }
 
+/// A collector that goes down under load and comes back. What was traced
+/// meanwhile waits in a buffer bounded in bytes (`--export-buffer-mib 1`
+/// here, far less than 3000 spans take): the oldest batches go, counted,
+/// the newest span is kept, and once the collector is back what was kept
+/// reaches it within seconds (export retries at most a second apart; it
+/// used to back off to 30 s). Every span is accounted for: received, or
+/// counted as dropped, none twice.
+#[test]
+fn a_collector_that_comes_back_gets_the_newest_spans_at_once() {
+    require_root();
+    let dir = site();
+    let port = free_port();
+    let nginx = Nginx::start(&dir.0, port);
+    let collector_port = free_port();
+    let collector = Collector::start_grpc_on(collector_port);
+    let mut agent = Agent::start(
+        &[
+            "--pid",
+            &nginx.pid().to_string(),
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{collector_port}"),
+            "--export-buffer-mib",
+            "1",
+        ],
+        &[],
+    );
+    let get = |paths: std::ops::Range<usize>| {
+        let urls: Vec<String> = paths
+            .map(|i| format!("http://127.0.0.1:{port}/p/{i}"))
+            .collect();
+        let mut args = vec!["-s"];
+        for url in &urls {
+            args.extend(["-o", "/dev/null", url.as_str()]);
+        }
+        curl(&args);
+    };
+    get(0..10);
+    let before = collector.wait_for(10, Duration::from_secs(15), |_| true);
+    assert_eq!(before.len(), 10, "{}", agent.stderr());
+    collector.stop();
+    let down = std::time::Instant::now();
+    let (first, last) = (10, 3010);
+    get(first..last);
+    // Down long enough for a doubling back-off to have grown past the
+    // cap several times over.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(down.elapsed()));
+    let back = std::time::Instant::now();
+    let collector = Collector::start_grpc_on(collector_port);
+    let newest = format!("/p/{}", last - 1);
+    let got = collector.wait_for(1, Duration::from_secs(10), |s| {
+        s.str("url.path").as_deref() == Some(newest.as_str())
+    });
+    let resumed = back.elapsed();
+    assert_eq!(got.len(), 1, "{}", agent.stderr());
+    eprintln!("export resumed {resumed:?} after the collector came back");
+    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
+    // Let the rest of what was kept arrive, then count.
+    let mut seen = 0;
+    while collector.span_count() != seen {
+        seen = collector.span_count();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert!(agent.stop().success());
+    let spans = collector.spans();
+    let mut paths: Vec<usize> = spans
+        .iter()
+        .map(|s| {
+            let path = s.str("url.path").unwrap();
+            path.strip_prefix("/p/").unwrap().parse().unwrap()
+        })
+        .collect();
+    paths.sort_unstable();
+    let delivered = paths.len();
+    paths.dedup();
+    assert_eq!(paths.len(), delivered, "a span was exported twice");
+    assert!(paths.iter().all(|i| (first..last).contains(i)), "{paths:?}");
+    // The first 10 went to the collector before it went down.
+    let delivered = (first + delivered) as u64;
+    let dropped = agent.stat("spans_dropped_export").unwrap();
+    assert!(dropped > 0, "3000 spans fitted in 1 MiB?");
+    assert_eq!(agent.stat("spans_created"), Some(last as u64));
+    assert_eq!(agent.stat("spans_exported"), Some(delivered));
+    assert_eq!(delivered + dropped, last as u64);
+    assert!(agent.stat("export_failures").unwrap() >= 1);
+}
+
 /// Request-smuggling shapes against nginx: a request with both
 /// `Content-Length` and `Transfer-Encoding`, and one with two lengths that
 /// disagree, each followed in the same write by a second request. nginx

@@ -6,8 +6,10 @@
 //!                                                       oldest batch)      back-off)
 //! ```
 //!
-//! A slow or absent collector fills only its own sink's queue; the oldest
-//! batches go first and every dropped span is counted.
+//! A slow or absent collector fills only its own sink's queue, bounded in
+//! batches and in bytes; the oldest batches go first and every dropped
+//! span is counted. While a collector fails, its workers retry at most a
+//! second apart, so one that comes back is used again within a second.
 
 mod console;
 mod file;
@@ -66,6 +68,9 @@ pub struct Settings {
     pub batch_delay: Duration,
     /// Batches each sink buffers while its collector is unreachable.
     pub sink_buffer_batches: usize,
+    /// Bytes of spans each sink buffers while its collector is unreachable
+    /// (as the spans hold them in memory, see [`Span::memory_bytes`]).
+    pub sink_buffer_bytes: usize,
     /// How long shutdown waits for sinks to deliver what they hold.
     pub shutdown_timeout: Duration,
 }
@@ -143,44 +148,84 @@ impl Sink {
     }
 }
 
-type Batch = Arc<Vec<Span>>;
+/// A batch, shared by the sinks, and the memory its spans hold.
+#[derive(Clone)]
+struct Batch {
+    spans: Arc<Vec<Span>>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(spans: Vec<Span>) -> Batch {
+        let bytes = spans.iter().map(Span::memory_bytes).sum();
+        Batch {
+            spans: Arc::new(spans),
+            bytes,
+        }
+    }
+}
 
 const NETWORK_WORKERS: usize = 4;
 
 /// A sink's bounded backlog.
 struct Backlog {
-    queue: Mutex<VecDeque<Batch>>,
+    queue: Mutex<Queue>,
     ready: Notify,
     closed: AtomicBool,
+    /// Most batches queued.
     cap: usize,
+    /// Most bytes queued; the newest batch is kept even if it alone is
+    /// more.
+    cap_bytes: usize,
     /// Spans taken by a worker and not yet delivered or dropped: counted as
     /// dropped if shutdown has to abort the workers.
     in_flight: AtomicU64,
 }
 
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Batch>,
+    bytes: usize,
+}
+
 impl Backlog {
+    fn new(cap: usize, cap_bytes: usize) -> Backlog {
+        Backlog {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            cap: cap.max(1),
+            cap_bytes,
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
     fn push(&self, batch: Batch, stats: &Stats) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.cap {
-            if let Some(old) = q.pop_front() {
-                Stats::add(&stats.spans_dropped_export, old.len() as u64);
+        while !q.batches.is_empty()
+            && (q.batches.len() >= self.cap || q.bytes + batch.bytes > self.cap_bytes)
+        {
+            if let Some(old) = q.batches.pop_front() {
+                q.bytes -= old.bytes;
+                Stats::add(&stats.spans_dropped_export, old.spans.len() as u64);
             }
         }
-        q.push_back(batch);
+        q.bytes += batch.bytes;
+        q.batches.push_back(batch);
         drop(q);
         self.ready.notify_one();
     }
 
     fn pop(&self) -> Option<Batch> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = q.batches.pop_front()?;
+        q.bytes -= batch.bytes;
+        Some(batch)
     }
 
     fn drop_all(&self, stats: &Stats) {
         while let Some(b) = self.pop() {
-            Stats::add(&stats.spans_dropped_export, b.len() as u64);
+            Stats::add(&stats.spans_dropped_export, b.spans.len() as u64);
         }
         let taken = self.in_flight.swap(0, Ordering::AcqRel);
         Stats::add(&stats.spans_dropped_export, taken);
@@ -204,13 +249,10 @@ pub fn start(
     let mut sinks = Vec::new();
     for cfg in &settings.sinks {
         let sink = Sink::open(cfg)?;
-        let backlog = Arc::new(Backlog {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            closed: AtomicBool::new(false),
-            cap: settings.sink_buffer_batches.max(1),
-            in_flight: AtomicU64::new(0),
-        });
+        let backlog = Arc::new(Backlog::new(
+            settings.sink_buffer_batches,
+            settings.sink_buffer_bytes,
+        ));
         let mut workers = Vec::new();
         for _ in 1..sink.workers() {
             if let Some(clone) = sink.try_clone() {
@@ -270,7 +312,7 @@ async fn run_batcher(
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !batch.is_empty() && (done || batch.len() >= batch_size || due) {
-            let full = Arc::new(std::mem::replace(
+            let full = Batch::new(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(batch_size),
             ));
@@ -287,7 +329,11 @@ async fn run_batcher(
 
 async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    // A collector that comes back is used again within this: a retry
+    // costs a refused connection, or one request, a second per worker.
+    // (At 30 s, export resumed 20 s after the collector did, and that
+    // backlog was lost.)
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
     let mut backoff = FIRST_BACKOFF;
     let mut failing = false;
     loop {
@@ -303,10 +349,10 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
             notified.await;
             continue;
         };
-        let n = batch.len() as u64;
+        let n = batch.spans.len() as u64;
         backlog.in_flight.fetch_add(n, Ordering::AcqRel);
         loop {
-            match sink.export(&batch).await {
+            match sink.export(&batch.spans).await {
                 Ok(()) => {
                     Stats::add(&stats.spans_exported, n);
                     if failing {
@@ -338,7 +384,7 @@ async fn run_sink(mut sink: Sink, backlog: Arc<Backlog>, stats: Arc<Stats>) {
                     log::warn!(
                         "{}: export rejected, {} spans dropped: {e}",
                         sink.name(),
-                        batch.len()
+                        batch.spans.len()
                     );
                     break;
                 }
@@ -385,7 +431,7 @@ mod tests {
     use crate::spans::test_span;
 
     fn batch(first_id: u8, n: u8) -> Batch {
-        Arc::new(
+        Batch::new(
             (first_id..first_id + n)
                 .map(|i| test_span(i, 0, "x"))
                 .collect(),
@@ -397,20 +443,40 @@ mod tests {
     #[test]
     fn backlog_drops_the_oldest_batches_and_counts_their_spans() {
         let stats = Stats::default();
-        let backlog = Backlog {
-            queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            closed: AtomicBool::new(false),
-            cap: 2,
-            in_flight: AtomicU64::new(0),
-        };
+        let backlog = Backlog::new(2, usize::MAX);
         backlog.push(batch(1, 3), &stats);
         backlog.push(batch(10, 2), &stats);
         backlog.push(batch(20, 4), &stats);
         assert_eq!(stats.spans_dropped_export.load(Ordering::Relaxed), 3);
-        assert_eq!(backlog.pop().unwrap()[0].span_id[7], 10);
-        assert_eq!(backlog.pop().unwrap()[0].span_id[7], 20);
+        assert_eq!(backlog.pop().unwrap().spans[0].span_id[7], 10);
+        assert_eq!(backlog.pop().unwrap().spans[0].span_id[7], 20);
         assert!(backlog.pop().is_none());
+    }
+
+    /// The bound in bytes: batches go, oldest first, until the newest
+    /// fits; a batch bigger than the bound alone is still kept, alone.
+    #[test]
+    fn backlog_keeps_within_its_bytes() {
+        let stats = Stats::default();
+        let one = batch(1, 1).bytes;
+        assert!(one > std::mem::size_of::<Span>(), "{one}");
+        let backlog = Backlog::new(100, 5 * one);
+        for i in 0..4 {
+            backlog.push(batch(10 * i, 2), &stats);
+        }
+        // 8 spans held no more than 5 spans' bytes: the two oldest batches
+        // went, and the queue's count is what it holds.
+        assert_eq!(stats.spans_dropped_export.load(Ordering::Relaxed), 4);
+        let q = backlog.queue.lock().unwrap();
+        assert_eq!(q.batches.len(), 2);
+        assert_eq!(q.bytes, q.batches.iter().map(|b| b.bytes).sum::<usize>());
+        assert!(q.bytes <= 5 * one);
+        drop(q);
+        backlog.push(batch(100, 9), &stats);
+        assert_eq!(stats.spans_dropped_export.load(Ordering::Relaxed), 8);
+        assert_eq!(backlog.pop().unwrap().spans.len(), 9);
+        assert!(backlog.pop().is_none());
+        assert_eq!(backlog.queue.lock().unwrap().bytes, 0);
     }
 
     /// With a collector that refuses connections, export keeps failing,
@@ -433,6 +499,7 @@ mod tests {
             batch_size: 10,
             batch_delay: Duration::from_millis(10),
             sink_buffer_batches: 3,
+            sink_buffer_bytes: 8 << 20,
             shutdown_timeout: Duration::from_millis(800),
         };
         let (tx, pipeline) = start(&settings, stats.clone()).unwrap();

@@ -129,6 +129,30 @@ pub struct Span {
 }
 
 impl Span {
+    /// The memory the span holds, near enough: its own size and what its
+    /// strings and attributes own (not the resource, which spans of a
+    /// process share). The export buffer is bounded by it.
+    pub fn memory_bytes(&self) -> usize {
+        let strings: usize = self
+            .attributes
+            .iter()
+            .map(|(_, v)| match v {
+                Value::Str(s) => s.capacity(),
+                Value::Int(_) | Value::Bool(_) => 0,
+            })
+            .sum();
+        let status = match &self.status {
+            Status::Error(m) => m.capacity(),
+            Status::Unset => 0,
+        };
+        std::mem::size_of::<Span>()
+            + self.name.capacity()
+            + self.trace_state.capacity()
+            + self.attributes.capacity() * std::mem::size_of::<(&str, Value)>()
+            + strings
+            + status
+    }
+
     /// The span of a record, in the process's resource, on the wall clock.
     pub fn from_record(r: Record, clock: &crate::clock::Clock, resource: Arc<Resource>) -> Span {
         let ctx = r.ctx;
