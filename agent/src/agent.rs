@@ -28,7 +28,9 @@ use crate::{
     },
     discovery::{Candidate, Selectors},
     events::{self, Event},
-    export, k8s, metrics,
+    export, k8s,
+    linker::Runtime,
+    metrics,
     probes::Probes,
     process::Registry,
     procfs::{self, ProcessMeta},
@@ -153,11 +155,11 @@ impl EventPath {
             }
             Event::ConnOpen {
                 key,
+                tid,
                 origin: how,
                 peer,
                 listen_fd,
                 at_ns,
-                ..
             } => {
                 let local = if how == origin::ACCEPTED {
                     *self
@@ -168,8 +170,13 @@ impl EventPath {
                     None
                 };
                 self.tracker.open(key, how, peer, local, at_ns);
+                if how == origin::CONNECTED {
+                    self.tracker.connected(tid, key);
+                }
             }
             Event::ConnClose { key, .. } => self.tracker.close(key),
+            Event::LoopEnter { key, tid } => self.tracker.read_callback(key.tgid, tid, Some(key)),
+            Event::LoopExit { tgid, tid } => self.tracker.read_callback(tgid, tid, None),
             Event::Context {
                 key,
                 egress,
@@ -199,9 +206,12 @@ impl EventPath {
                 self.probes.fork(parent, child);
                 // A Go program that forks without exec (rare in Go) runs
                 // the same image in the child: its goroutines still serve.
-                if self.tracker.is_go(parent) && procfs::tgid_of(child) == Some(child) {
-                    self.probes.fork_go(parent, child);
-                    self.tracker.set_go(child, true);
+                let runtime = self.tracker.runtime(parent);
+                if runtime != Runtime::default() && procfs::tgid_of(child) == Some(child) {
+                    if runtime.go {
+                        self.probes.fork_go(parent, child);
+                    }
+                    self.tracker.set_runtime(child, runtime);
                 }
             }
             Event::ExecSeen { pid } => self.exec_seen(pid),
@@ -212,8 +222,8 @@ impl EventPath {
                 Stats::add(&self.stats.tls_writes_unclaimed, dropped);
                 // Its executable now; its libraries once the loader has
                 // mapped them (next tick).
-                let go = self.probes.exec(pid);
-                self.tracker.exec(pid, go);
+                let runtime = self.probes.exec(pid);
+                self.tracker.exec(pid, runtime);
                 self.tls_rescan.push(pid);
             }
             Event::Exit { pid } => self.process_gone(pid),
@@ -475,10 +485,12 @@ impl EventPath {
         c
     }
 
-    /// Hooks `pid`'s TLS; a Go program's threads are no request's.
+    /// Hooks `pid`'s TLS (and its runtime's probes): a Go program's
+    /// threads are no request's, a Node.js program's serve them all.
     fn hook_tls(&mut self, pid: u32) {
-        if self.probes.hook_tls(pid) {
-            self.tracker.set_go(pid, true);
+        let runtime = self.probes.hook_tls(pid);
+        if runtime != Runtime::default() {
+            self.tracker.set_runtime(pid, runtime);
         }
     }
 

@@ -97,6 +97,8 @@ pub enum Event<'a> {
     },
     ConnOpen {
         key: ConnKey,
+        /// The thread that accepted or connected it.
+        tid: u32,
         origin: u8,
         peer: Option<SocketAddr>,
         listen_fd: i32,
@@ -104,6 +106,17 @@ pub enum Event<'a> {
     },
     ConnClose {
         key: ConnKey,
+    },
+    /// Thread `tid` of a Node.js process starts the callback of a read on
+    /// `key`.
+    LoopEnter {
+        key: ConnKey,
+        tid: u32,
+    },
+    /// Thread `tid`'s read callback returned.
+    LoopExit {
+        tgid: u32,
+        tid: u32,
     },
     /// The peer of accepted connection `key`, learnt in its first read.
     ConnPeer {
@@ -276,6 +289,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let c: ConnEvent = read(buf)?;
             Event::ConnOpen {
                 key,
+                tid: h.tid,
                 origin: c.origin,
                 peer: socket_addr(c.family, c.peer_port, &c.peer_addr),
                 listen_fd: c.listen_fd,
@@ -283,6 +297,11 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             }
         }
         kind::CONN_CLOSE => Event::ConnClose { key },
+        kind::LOOP_ENTER => Event::LoopEnter { key, tid: h.tid },
+        kind::LOOP_EXIT => Event::LoopExit {
+            tgid: h.tgid,
+            tid: h.tid,
+        },
         kind::CONN_LOCAL => {
             let c: ConnEvent = read(buf)?;
             Event::ConnLocal {

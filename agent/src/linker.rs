@@ -49,6 +49,7 @@ use zerospan_protocols::http1::{Head, Stamp};
 
 use crate::{
     conn::{Endpoints, Role},
+    event_loop::Loops,
     events::{Chosen, ConnKey, GoAct, Origin, Task},
     goroutines::{Asker, Doer, Goroutines, Under},
     spans::context::{parse_traceparent, SpanContext},
@@ -159,6 +160,17 @@ pub struct Linker {
     chosen_server: HashMap<ConnKey, Chosen>,
     /// Go processes: their goroutines serve requests, not their threads.
     go: Goroutines,
+    /// Node.js processes: their threads are event loops.
+    loops: Loops,
+}
+
+/// What a traced process runs, for the rules that find parents in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Go: goroutines move between threads.
+    pub go: bool,
+    /// Node.js, its read callbacks reported: its threads are event loops.
+    pub event_loop: bool,
 }
 
 /// Most orphans kept; past it new ones are not adoptable.
@@ -245,7 +257,7 @@ impl Linker {
     ) {
         match role {
             Role::Server => self.server_finished(conn, task, ctx),
-            Role::Client => self.client_finished(ends.peer, ctx),
+            Role::Client => self.client_finished(conn, ends.peer, ctx),
         }
     }
 
@@ -341,6 +353,7 @@ impl Linker {
             let serving = self.serving.entry((conn.tgid, doer)).or_default();
             push_bounded(serving, ctx.clone());
         }
+        self.loops.server_started(conn, &ctx);
         ctx
     }
 
@@ -478,6 +491,7 @@ impl Linker {
                 None => self.call_by_own(conn, task, &start, stats),
             },
         };
+        self.loops.client_started(conn, &ctx);
         if let Some(peer) = ends.peer {
             let calls = self.calling.entry(peer.port()).or_default();
             push_bounded(
@@ -547,6 +561,15 @@ impl Linker {
     /// Go, the goroutine it is made for) serves, else a root.
     fn call_by(&mut self, conn: ConnKey, task: Task, stats: &Stats) -> SpanContext {
         let tgid = conn.tgid;
+        if self.loops.is_loop(tgid) {
+            let Some(parent) = self.loops.parent_of_call(conn, task.tid, stats) else {
+                return SpanContext::root();
+            };
+            if let Some(orphan) = self.orphans.get(&parent.span_id) {
+                orphan.has_children.set(true);
+            }
+            return SpanContext::child_of(&parent);
+        }
         let Some(mut doer) = self.go.doer(tgid, task) else {
             Stats::inc(&stats.context_goroutine_unknown);
             return SpanContext::root();
@@ -663,20 +686,23 @@ impl Linker {
 
     /// `tgid` exec'd a new image (Go or not): nothing its old image read
     /// is served any more, and its goroutines are gone.
-    pub fn exec(&mut self, tgid: u32, go: bool) {
+    pub fn exec(&mut self, tgid: u32, runtime: Runtime) {
         self.serving.retain(|(t, _), _| *t != tgid);
         self.go.forget_goroutines(tgid);
-        self.go.set_go(tgid, go);
+        self.loops.forget_process(tgid);
+        self.set_runtime(tgid, runtime);
     }
 
     /// The kernel dropped events: what is known of goroutines may be
     /// missing a start or a hand-off, so it is forgotten.
     pub fn events_lost(&mut self) {
         self.go.events_lost();
+        self.loops.events_lost();
     }
 
     /// A server exchange ended: it can no longer be anyone's parent.
     fn server_finished(&mut self, conn: ConnKey, task: Task, ctx: &SpanContext) {
+        self.loops.server_finished(conn, ctx);
         self.forget_orphan(&ctx.span_id);
         // Taken already when the exchange was collected; dropped here when
         // it ends any other way.
@@ -700,7 +726,8 @@ impl Linker {
     }
 
     /// A client exchange to `peer` ended.
-    fn client_finished(&mut self, peer: Option<SocketAddr>, ctx: &SpanContext) {
+    fn client_finished(&mut self, conn: ConnKey, peer: Option<SocketAddr>, ctx: &SpanContext) {
+        self.loops.client_finished(conn, ctx);
         let Some(port) = peer.map(|p| p.port()) else {
             return;
         };
@@ -714,23 +741,49 @@ impl Linker {
 
     /// A connection closed: ids chosen for it are no one's any more.
     pub fn connection_closed(&mut self, conn: ConnKey) {
+        self.loops.connection_closed(conn);
         self.chosen_requests.remove(&conn);
         self.chosen_server.remove(&conn);
     }
 
     /// Whether `tgid` runs Go: its goroutines serve requests, not its
     /// threads.
-    pub fn set_go(&mut self, tgid: u32, go: bool) {
-        self.go.set_go(tgid, go);
+    pub fn set_runtime(&mut self, tgid: u32, runtime: Runtime) {
+        self.go.set_go(tgid, runtime.go);
+        self.loops.set(tgid, runtime.event_loop);
     }
 
-    pub fn is_go(&self, tgid: u32) -> bool {
-        self.go.is_go(tgid)
+    /// Thread `tid` of a Node.js process starts the callback of a read on
+    /// `conn` (see [`Loops`]).
+    pub fn loop_enter(&mut self, tid: u32, conn: ConnKey) {
+        self.loops.enter(tid, conn);
+    }
+
+    pub fn loop_exit(&mut self, tgid: u32, tid: u32) {
+        self.loops.exit(tgid, tid);
+    }
+
+    /// A read on `conn` is about to be framed.
+    pub fn read_on(&mut self, conn: ConnKey) {
+        self.loops.read_on(conn);
+    }
+
+    /// Thread `tid` connected `conn`.
+    pub fn connected(&mut self, tid: u32, conn: ConnKey) {
+        self.loops.connected(tid, conn);
+    }
+
+    pub fn runtime(&self, tgid: u32) -> Runtime {
+        Runtime {
+            go: self.go.is_go(tgid),
+            event_loop: self.loops.is_loop(tgid),
+        }
     }
 
     /// Forgets everything of a process that is gone.
     pub fn process_exited(&mut self, tgid: u32) {
         self.go.forget_process(tgid);
+        self.loops.forget_process(tgid);
         self.chosen_requests.retain(|k, _| k.tgid != tgid);
         self.chosen_server.retain(|k, _| k.tgid != tgid);
         self.serving.retain(|(t, _), _| *t != tgid);
@@ -1020,7 +1073,7 @@ mod tests {
         );
         assert_eq!(stranger.parent_span_id, [0; 8]);
         // Ended calls no longer match.
-        l.client_finished(Some(addr("127.0.0.1:8000")), &caller);
+        l.client_finished(key(1, 3), Some(addr("127.0.0.1:8000")), &caller);
         let late = l.server_started(
             key(2, 10),
             t(5),
@@ -1034,7 +1087,13 @@ mod tests {
 
     fn go_linker() -> Linker {
         let mut l = Linker::default();
-        l.set_go(1, true);
+        l.set_runtime(
+            1,
+            Runtime {
+                go: true,
+                event_loop: false,
+            },
+        );
         l
     }
 
@@ -1208,7 +1267,13 @@ mod tests {
         l.server_started(key(1, 3), g(0xa), &head(None), ends(None, None), AT, &stats);
         l.go_event(1, (g(0xa), 0), GoAct::Spawn, 0xc, &stats);
         // A new Go image, whose goroutines may have the same addresses.
-        l.exec(1, true);
+        l.exec(
+            1,
+            Runtime {
+                go: true,
+                event_loop: false,
+            },
+        );
         for goroutine in [0xa, 0xc] {
             let call = l.client_started(
                 key(1, 9),

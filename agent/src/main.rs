@@ -14,6 +14,7 @@ mod conn;
 mod container;
 mod discovery;
 mod doctor;
+mod event_loop;
 mod events;
 mod export;
 mod golang;

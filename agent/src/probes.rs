@@ -16,7 +16,10 @@ use aya::{
 use zerospan_common::{counter, go_g, sock_flags, traced, GoProc, SockInfo, MAX_CAPTURE};
 
 pub use crate::propagation::PropagationSettings;
-use crate::{conn::protocol::Deepen, events::ConnKey, procfs, propagation, tls_hooks::TlsHooks};
+use crate::{
+    conn::protocol::Deepen, events::ConnKey, linker::Runtime, procfs, propagation,
+    tls_hooks::TlsHooks,
+};
 
 /// Every program in the object, with its tracepoint category.
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -300,13 +303,14 @@ impl Probes {
     }
 
     /// Hooks the TLS libraries `pid` maps (and its executable, for a
-    /// statically linked OpenSSL or Go's own TLS) that are not hooked yet.
-    /// Returns whether it runs a Go executable.
-    pub fn hook_tls(&mut self, pid: u32) -> bool {
+    /// statically linked OpenSSL, Go's own TLS, Node.js's event loop) that
+    /// are not hooked yet. Returns what runs in it.
+    pub fn hook_tls(&mut self, pid: u32) -> Runtime {
         let hooked = self.tls.hook_process(&mut self.ebpf, pid);
         // A statically linked OpenSSL is Node.js's, on memory buffers:
-        // the probes attribute its reads by the thread's last read.
-        let mut flags = if hooked.openssl_in_exe {
+        // the probes attribute its reads by the thread's last read, which
+        // also names the socket of each read callback.
+        let mut flags = if hooked.openssl_in_exe || hooked.event_loop {
             traced::MEMORY_BIO
         } else {
             0
@@ -324,12 +328,15 @@ impl Probes {
                 let _ = self.traced.insert(pid, old | flags, 0);
             }
         }
-        hooked.go_runtime
+        Runtime {
+            go: hooked.go_runtime,
+            event_loop: hooked.event_loop,
+        }
     }
 
     /// A traced process exec'd: it maps its new image's files now.
-    /// Returns whether the new image is a Go executable.
-    pub fn exec(&mut self, pid: u32) -> bool {
+    /// Returns what runs in the new image.
+    pub fn exec(&mut self, pid: u32) -> Runtime {
         self.tls.forget_process(pid);
         let _ = self.go_procs.remove(&pid);
         if let Ok(old) = self.traced.get(&pid, 0) {

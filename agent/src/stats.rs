@@ -123,8 +123,14 @@ counters! {
     /// `traceparent` headers ignored because they were malformed.
     context_traceparent_malformed,
     /// Client spans left as roots: several requests were in flight on the
-    /// thread that made the call, so its parent could not be known.
+    /// thread that made the call (on an event loop: on the connection
+    /// whose read callback made it), so its parent could not be known.
     context_parent_ambiguous,
+    /// Client spans of a Node.js event loop left as roots: made outside
+    /// any read callback (a timer, an immediate) or in the callback of a
+    /// read that carried none of the traced requests, so their cause is
+    /// not known.
+    context_loop_unknown,
     /// Server spans linked to the traced client span at the other end of
     /// their connection, on this host.
     context_linked_same_host,

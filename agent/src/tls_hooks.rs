@@ -55,6 +55,12 @@ const MEMORY_ENTRIES: &[(&str, &str)] = &[
     ("tls_read_ex", "tls_read_ex_mem"),
 ];
 
+/// Node.js's read callback, `node::LibuvStreamWrap::OnUvRead(ssize_t,
+/// const uv_buf_t*)`: where JavaScript handles what a socket read gave
+/// (see `node_loop.rs` in the probes). Its return probe comes first.
+const NODE_READ_CB: &str = "_ZN4node15LibuvStreamWrap8OnUvReadElPK8uv_buf_t";
+const NODE_LOOP: [&str; 2] = ["node_read_cb_ret", "node_read_cb"];
+
 /// Where distributions keep the libraries, hooked at start so that a
 /// process that loads one later (Python imports `ssl` lazily, through
 /// dlopen) is covered from its first call.
@@ -89,7 +95,8 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         GO_WRITE_LOOP,
     ];
     let memory = MEMORY_ENTRIES.iter().map(|(_, name)| *name);
-    for name in HOOKS.iter().map(|(name, _)| *name).chain(memory).chain(go) {
+    let names = HOOKS.iter().map(|(name, _)| *name).chain(memory);
+    for name in names.chain(go).chain(NODE_LOOP) {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -115,6 +122,8 @@ struct File {
     go: Option<GoBinary>,
     /// A Go executable, hooked or not.
     go_runtime: bool,
+    /// Node.js, its read callbacks hooked.
+    event_loop: bool,
 }
 
 /// What hooking a process found in it.
@@ -127,6 +136,9 @@ pub struct Hooked {
     pub go: Option<GoProc>,
     /// It runs a Go executable: its goroutines move between threads.
     pub go_runtime: bool,
+    /// It runs Node.js with its read callbacks hooked: its threads are
+    /// event loops, and the probes say which read each callback is for.
+    pub event_loop: bool,
 }
 
 /// Totals for the stats.
@@ -200,7 +212,10 @@ impl TlsHooks {
         }
         let mut links = Vec::new();
         let mut hooked = 0;
-        let wanted: Vec<&str> = HOOKS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+        let mut wanted: Vec<&str> = HOOKS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+        if exe {
+            wanted.push(NODE_READ_CB);
+        }
         let mut symbols = Symbols::of(path, &wanted);
         for &(name, functions) in HOOKS {
             let program = match MEMORY_ENTRIES.iter().find(|(usual, _)| *usual == name) {
@@ -226,6 +241,7 @@ impl TlsHooks {
         if hooked > 0 {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }
+        let event_loop = exe && self.hook_node_loop(ebpf, path, &mut symbols, &mut links);
         let (go_runtime, go) = match pid {
             Some(_) => self.hook_go(ebpf, path, &mut links),
             None => (false, None),
@@ -242,9 +258,41 @@ impl TlsHooks {
                 unused_since: None,
                 go,
                 go_runtime,
+                event_loop,
             },
         );
         Some(id)
+    }
+
+    /// Hooks Node.js's read callback in executable `path`, if it has one:
+    /// both probes, or neither.
+    fn hook_node_loop(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        symbols: &mut Symbols<'_>,
+        links: &mut Vec<uprobe::Link>,
+    ) -> bool {
+        let mut got = Vec::new();
+        for name in NODE_LOOP {
+            let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
+                return false;
+            };
+            match self.uprobes.attach(prog, NODE_READ_CB, symbols) {
+                Ok(Some(link)) => got.push(link),
+                Ok(None) => return false,
+                Err(e) => {
+                    self.attach_failed(path, NODE_READ_CB, &e);
+                    return false;
+                }
+            }
+        }
+        log::info!(
+            "following Node.js's event loop in {}: its read callbacks hooked",
+            path.display()
+        );
+        links.extend(got);
+        true
     }
 
     /// Whether `path` is a Go executable, and, if the probes know its
@@ -512,6 +560,7 @@ impl TlsHooks {
                 continue;
             };
             out.go_runtime = file.go_runtime;
+            out.event_loop = file.event_loop;
             match &file.go {
                 Some(go) => {
                     let load = if go.is_pie() {

@@ -63,6 +63,14 @@ pub mod kind {
     /// A goroutine became a `*persistConn`'s writer (its `writeLoop`;
     /// [`super::GoEvent`], the `object` is the connection).
     pub const GO_WRITE_LOOP: u8 = 14;
+    /// A Node.js thread starts the callback of a read on the header's
+    /// socket (libuv handed it the bytes the thread just read): what the
+    /// thread writes until [`LOOP_EXIT`] is that callback's doing
+    /// ([`super::EventHeader`] only).
+    pub const LOOP_ENTER: u8 = 15;
+    /// The thread's read callback returned, microtasks and all
+    /// ([`super::EventHeader`] only; no socket).
+    pub const LOOP_EXIT: u8 = 16;
 }
 
 /// Data direction, from the traced process's point of view.

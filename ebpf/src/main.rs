@@ -13,6 +13,7 @@
 
 mod go_runtime;
 mod go_tls;
+mod node_loop;
 mod propagate;
 
 use core::{mem::size_of, ptr};
@@ -1604,6 +1605,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = ((tgid as u64) << 32) | tid as u64;
     let _ = TLS_CALLS.remove(&pid_tgid);
     let _ = LAST_READ.remove(&pid_tgid);
+    node_loop::thread_exited(pid_tgid);
     propagate::thread_exited(tid);
     // SAFETY: a load-time constant, then a checked read of the record.
     let offset = unsafe { ptr::read_volatile(&EXIT_GROUP_DEAD_OFFSET) } as usize;

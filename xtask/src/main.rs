@@ -358,6 +358,7 @@ const AS_DEPLOYED: &[&str] = &[
     "story",
     "http2",
     "golang",
+    "event_loops",
 ];
 
 fn fuzz(secs: &str) -> Result<()> {

@@ -23,7 +23,7 @@ use super::{
     Endpoints, Outcome, Role,
 };
 use crate::events::{Chosen, ConnKey, GoAct, Task};
-use crate::linker::Linker;
+use crate::linker::{Linker, Runtime};
 use crate::spans::{context::SpanContext, http::Options, Record};
 use crate::stats::Stats;
 use zerospan_protocols::http1::{self, Segment, Stamp};
@@ -347,6 +347,9 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if !egress {
+            self.linker.read_on(key);
+        }
         // A key-value store client, by what it writes first.
         let store = if !egress {
             None
@@ -594,19 +597,33 @@ impl Tracker {
         }
     }
 
-    /// Whether `tgid` runs Go: its goroutines, not its threads, parent
-    /// its calls.
-    pub fn set_go(&mut self, tgid: u32, go: bool) {
-        self.linker.set_go(tgid, go);
+    /// What `tgid` runs (Go: its goroutines, not its threads, parent its
+    /// calls; Node.js: its read callbacks do).
+    pub fn set_runtime(&mut self, tgid: u32, runtime: Runtime) {
+        self.linker.set_runtime(tgid, runtime);
     }
 
-    pub fn is_go(&self, tgid: u32) -> bool {
-        self.linker.is_go(tgid)
+    pub fn runtime(&self, tgid: u32) -> Runtime {
+        self.linker.runtime(tgid)
     }
 
-    /// `tgid` exec'd a new image, a Go program's or not.
-    pub fn exec(&mut self, tgid: u32, go: bool) {
-        self.linker.exec(tgid, go);
+    /// `tgid` exec'd a new image.
+    pub fn exec(&mut self, tgid: u32, runtime: Runtime) {
+        self.linker.exec(tgid, runtime);
+    }
+
+    /// Thread `tid` of a Node.js process starts the callback of a read on
+    /// `key`, or (`None`) its callback returned.
+    pub fn read_callback(&mut self, tgid: u32, tid: u32, key: Option<ConnKey>) {
+        match key {
+            Some(key) => self.linker.loop_enter(tid, key),
+            None => self.linker.loop_exit(tgid, tid),
+        }
+    }
+
+    /// Thread `tid` connected `key`.
+    pub fn connected(&mut self, tid: u32, key: ConnKey) {
+        self.linker.connected(tid, key);
     }
 
     /// What a Go program's runtime or `net/http` did at `at_ns` (see
