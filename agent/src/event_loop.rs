@@ -9,9 +9,10 @@
 //! callback of a read on
 //! - a server connection with exactly one request in flight is that
 //!   request's child;
-//! - a client connection with exactly one call in flight, or whose last
-//!   read ended a call, is a child of that call's parent (the code after
-//!   an `await`);
+//! - a client connection whose last read ended one call, or, if it ended
+//!   none, with exactly one call in flight, is a child of that call's
+//!   parent (the code after an `await`; other calls may be in flight on a
+//!   shared connection, as on a Redis client's);
 //! - a client connection opened inside such a callback, before its first
 //!   request (TLS and database handshakes read first), is a child of what
 //!   that callback was for;
@@ -52,11 +53,19 @@ pub struct Loops {
     serving: HashMap<ConnKey, Vec<SpanContext>>,
     /// Client calls in flight, by connection.
     calling: HashMap<ConnKey, Vec<SpanContext>>,
-    /// The parent of the call the last read on a client connection ended.
-    answered: HashMap<ConnKey, SpanContext>,
+    /// What the last read on a client connection ended, if anything.
+    answered: HashMap<ConnKey, Answered>,
     /// What the callback that opened a client connection was for, until
     /// the connection's first request.
     opened_for: HashMap<ConnKey, SpanContext>,
+}
+
+/// The calls a read on a client connection ended.
+enum Answered {
+    /// One: its parent, if it had one.
+    One(Option<SpanContext>),
+    /// More than one (two responses in one read).
+    Many,
 }
 
 /// The context a call's parent had: its trace, and its span id. `None`
@@ -142,13 +151,16 @@ impl Loops {
             Some([_, _, ..]) => return Cause::Ambiguous,
             _ => {}
         }
+        match self.answered.get(&conn) {
+            Some(Answered::One(Some(p))) => return Cause::Of(p.clone()),
+            Some(Answered::One(None)) => return Cause::Unknown,
+            Some(Answered::Many) => return Cause::Ambiguous,
+            None => {}
+        }
         match self.calling.get(&conn).map(Vec::as_slice) {
             Some([one]) => return parent_of(one).map_or(Cause::Unknown, Cause::Of),
             Some([_, _, ..]) => return Cause::Ambiguous,
             _ => {}
-        }
-        if let Some(p) = self.answered.get(&conn) {
-            return Cause::Of(p.clone());
         }
         match self.opened_for.get(&conn) {
             Some(p) => Cause::Of(p.clone()),
@@ -215,12 +227,11 @@ impl Loops {
             return;
         }
         remove_ctx(&mut self.calling, conn, ctx);
-        match parent_of(ctx) {
-            Some(p) => insert_bounded(&mut self.answered, conn, p),
-            None => {
-                self.answered.remove(&conn);
-            }
-        }
+        let answered = match self.answered.get(&conn) {
+            Some(_) => Answered::Many,
+            None => Answered::One(parent_of(ctx)),
+        };
+        insert_bounded(&mut self.answered, conn, answered);
     }
 
     /// The kernel dropped events: a callback's end may be among them.
@@ -241,9 +252,8 @@ impl Loops {
         for map in [&mut self.serving, &mut self.calling] {
             map.retain(|c, _| c.tgid != tgid);
         }
-        for map in [&mut self.answered, &mut self.opened_for] {
-            map.retain(|c, _| c.tgid != tgid);
-        }
+        self.answered.retain(|c, _| c.tgid != tgid);
+        self.opened_for.retain(|c, _| c.tgid != tgid);
     }
 }
 
@@ -320,6 +330,31 @@ mod tests {
         l.read_on(conn(20));
         l.enter(LOOP, conn(20));
         assert!(l.parent_of_call(conn(21), LOOP, &stats).is_none());
+    }
+
+    /// A shared connection (one Redis client for every request): the read
+    /// that ended one call names its parent though others are in flight;
+    /// a read that ended two names no one.
+    #[test]
+    fn a_shared_connection_names_the_call_its_read_ended() {
+        let (mut l, stats) = (loops(), Stats::default());
+        let (r1, r2, r3) = (request(), request(), request());
+        let calls: Vec<SpanContext> = [&r1, &r2, &r3].map(SpanContext::child_of).into();
+        for c in &calls {
+            l.client_started(conn(20), c);
+        }
+        l.read_on(conn(20));
+        l.client_finished(conn(20), &calls[1]);
+        l.enter(LOOP, conn(20));
+        let p = l.parent_of_call(conn(21), LOOP, &stats).unwrap();
+        assert_eq!(p.span_id, r2.span_id);
+        l.exit(NODE, LOOP);
+        l.read_on(conn(20));
+        l.client_finished(conn(20), &calls[0]);
+        l.client_finished(conn(20), &calls[2]);
+        l.enter(LOOP, conn(20));
+        assert!(l.parent_of_call(conn(21), LOOP, &stats).is_none());
+        assert_eq!(stats.context_parent_ambiguous.load(Ordering::Relaxed), 1);
     }
 
     /// A connection opened in a request's callback: its first request,
