@@ -253,10 +253,14 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs"])
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    // The Node.js programs the HTTP/2 tests trace (@grpc/grpc-js), at the
-    // versions package-lock.json pins.
+    // The Node.js programs the tests trace (@grpc/grpc-js for HTTP/2, pg
+    // and ioredis for the event-loop tests), at the versions
+    // package-lock.json pins.
     let node_fixtures = root().join("tests/fixtures/node");
-    if !node_fixtures.join("node_modules/@grpc/grpc-js").exists() {
+    let installed = ["@grpc/grpc-js", "pg", "ioredis"]
+        .iter()
+        .all(|p| node_fixtures.join("node_modules").join(p).exists());
+    if !installed {
         // NodeSource's Node.js brings npm; Debian's packages it apart.
         if !succeeds(Command::new("npm").arg("--version")) {
             run(Command::new("apt-get")
