@@ -87,6 +87,24 @@ fn trees(spans: &[FlatSpan], calls: usize) -> Trees {
 /// and the agent, stopped. Per request: `calls` calls the front makes,
 /// `served` of them to the leaf (whose server span is traced too).
 fn run(shape: &str, calls: usize, served: usize, env: &[(&str, String)]) -> (Vec<FlatSpan>, Agent) {
+    run_driven(shape, calls, served, env, Driver::Concurrent)
+}
+
+/// How the test drives the front.
+enum Driver {
+    /// `CONCURRENCY` requests at a time on keep-alive connections.
+    Concurrent,
+    /// Two requests in one write on each connection.
+    Pipelined,
+}
+
+fn run_driven(
+    shape: &str,
+    calls: usize,
+    served: usize,
+    env: &[(&str, String)],
+    driver: Driver,
+) -> (Vec<FlatSpan>, Agent) {
     require_root();
     let leaf = Fixture::start(&mut node(&["leaf"]));
     let leaf_port = leaf.port.to_string();
@@ -106,12 +124,15 @@ fn run(shape: &str, calls: usize, served: usize, env: &[(&str, String)]) -> (Vec
     for pid in [leaf.pid(), front.pid()] {
         agent.wait_for_log(&format!("tracing pid {pid} "), Duration::from_secs(30));
     }
-    let out = node(&[
-        "drive",
-        &front.port.to_string(),
-        &REQUESTS.to_string(),
-        &CONCURRENCY.to_string(),
-    ])
+    let (port, n, c) = (
+        front.port.to_string(),
+        REQUESTS.to_string(),
+        CONCURRENCY.to_string(),
+    );
+    let out = match driver {
+        Driver::Concurrent => node(&["drive", &port, &n, &c]),
+        Driver::Pipelined => node(&["pipeline", &port, &n]),
+    }
     .output()
     .unwrap();
     assert_eq!(
@@ -265,4 +286,47 @@ fn a_node_handler_awaiting_postgres_and_redis_keeps_its_calls() {
         "whole traces: {} of {REQUESTS}; leaf calls refused: {roots}",
         t.whole
     );
+}
+
+/// Odd requests call the leaf at once, even ones from a timer: the odd
+/// requests' callbacks run while the even ones wait. The odd ones are
+/// whole; the even ones are roots, counted; none is another's child.
+#[test]
+fn a_node_call_from_a_timer_never_joins_the_request_whose_callback_runs() {
+    let (spans, agent) = run("mixed", 1, 1, &[]);
+    let t = trees(&spans, 1);
+    assert_eq!(t.wrong, 0, "{t:?}");
+    assert!(
+        t.whole * 100 >= REQUESTS / 2 * 99,
+        "{t:?}\n{}",
+        agent.stderr()
+    );
+    assert!(t.whole <= REQUESTS / 2, "{t:?}");
+    assert_eq!(
+        agent.stat("context_loop_unknown"),
+        Some(REQUESTS as u64 / 2),
+        "{}",
+        agent.stderr()
+    );
+}
+
+/// Two requests in one write (HTTP/1.1 pipelining): Node runs both
+/// handlers in the callback of that one read, so which call is whose
+/// cannot be known. Both stay roots, counted; never crossed.
+#[test]
+fn two_node_requests_in_one_read_give_roots_not_crossed_parents() {
+    let (spans, agent) = run_driven("get", 1, 1, &[], Driver::Pipelined);
+    let t = trees(&spans, 1);
+    assert_eq!(t.wrong, 0, "{t:?}");
+    let ambiguous = agent.stat("context_parent_ambiguous").unwrap();
+    // A call refused in the read's callback on a connection it opened
+    // there is written once the connect completes, outside any callback:
+    // counted as unknown. (A pair split across two reads would be whole.)
+    let unknown = agent.stat("context_loop_unknown").unwrap();
+    assert_eq!(
+        t.whole as u64 + ambiguous + unknown,
+        REQUESTS as u64,
+        "{t:?}"
+    );
+    assert!(ambiguous > 0, "no pair of requests shared a read?");
 }
