@@ -53,8 +53,12 @@ pub struct Loops {
     serving: HashMap<ConnKey, Vec<SpanContext>>,
     /// Client calls in flight, by connection.
     calling: HashMap<ConnKey, Vec<SpanContext>>,
-    /// What the last read on a client connection ended, if anything.
-    answered: HashMap<ConnKey, Answered>,
+    /// What the last read on a client connection ended, if anything, and
+    /// that read (its syscall's exit time: one read can come in several
+    /// events).
+    answered: HashMap<ConnKey, (u64, Answered)>,
+    /// The read each connection of these processes is in now, by exit time.
+    reading: HashMap<ConnKey, u64>,
     /// What the callback that opened a client connection was for, until
     /// the connection's first request.
     opened_for: HashMap<ConnKey, SpanContext>,
@@ -130,10 +134,15 @@ impl Loops {
         self.regions.remove(&(tgid, tid));
     }
 
-    /// A read on `conn` is about to be framed: what its last read ended
-    /// is no longer what its callback is about.
-    pub fn read_on(&mut self, conn: ConnKey) {
-        if self.processes.contains(&conn.tgid) {
+    /// Bytes of a read on `conn` (the syscall that ended at `at_ns`) are
+    /// about to be framed: what an earlier read ended is no longer what
+    /// the callback is about.
+    pub fn read_on(&mut self, conn: ConnKey, at_ns: u64) {
+        if !self.processes.contains(&conn.tgid) {
+            return;
+        }
+        insert_bounded(&mut self.reading, conn, at_ns);
+        if self.answered.get(&conn).is_some_and(|(at, _)| *at != at_ns) {
             self.answered.remove(&conn);
         }
     }
@@ -151,7 +160,7 @@ impl Loops {
             Some([_, _, ..]) => return Cause::Ambiguous,
             _ => {}
         }
-        match self.answered.get(&conn) {
+        match self.answered.get(&conn).map(|(_, a)| a) {
             Some(Answered::One(Some(p))) => return Cause::Of(p.clone()),
             Some(Answered::One(None)) => return Cause::Unknown,
             Some(Answered::Many) => return Cause::Ambiguous,
@@ -227,22 +236,42 @@ impl Loops {
             return;
         }
         remove_ctx(&mut self.calling, conn, ctx);
+        let at = self.reading.get(&conn).copied().unwrap_or(0);
         let answered = match self.answered.get(&conn) {
             Some(_) => Answered::Many,
             None => Answered::One(parent_of(ctx)),
         };
-        insert_bounded(&mut self.answered, conn, answered);
+        insert_bounded(&mut self.answered, conn, (at, answered));
     }
 
-    /// The kernel dropped events: a callback's end may be among them.
+    /// A server span took a caller's trace after it started (see
+    /// `Linker::adopt`): calls made for it from now on are in that trace.
+    pub fn adopted(&mut self, ctx: &SpanContext) {
+        for c in self.serving.values_mut().flatten() {
+            if c.span_id == ctx.span_id {
+                *c = ctx.clone();
+            }
+        }
+        for c in self.opened_for.values_mut() {
+            if c.span_id == ctx.span_id {
+                *c = ctx.clone();
+            }
+        }
+    }
+
+    /// The kernel dropped events: a callback's end, or a read, may be
+    /// among them.
     pub fn events_lost(&mut self) {
         self.regions.clear();
+        self.answered.clear();
+        self.opened_for.clear();
     }
 
     pub fn connection_closed(&mut self, conn: ConnKey) {
         self.serving.remove(&conn);
         self.calling.remove(&conn);
         self.answered.remove(&conn);
+        self.reading.remove(&conn);
         self.opened_for.remove(&conn);
     }
 
@@ -253,6 +282,7 @@ impl Loops {
             map.retain(|c, _| c.tgid != tgid);
         }
         self.answered.retain(|c, _| c.tgid != tgid);
+        self.reading.retain(|c, _| c.tgid != tgid);
         self.opened_for.retain(|c, _| c.tgid != tgid);
     }
 }
@@ -319,7 +349,7 @@ mod tests {
         let r = request();
         let call = SpanContext::child_of(&r);
         l.client_started(conn(20), &call);
-        l.read_on(conn(20));
+        l.read_on(conn(20), 1);
         l.client_finished(conn(20), &call);
         l.enter(LOOP, conn(20));
         let p = l.parent_of_call(conn(21), LOOP, &stats).unwrap();
@@ -327,7 +357,7 @@ mod tests {
         l.exit(NODE, LOOP);
         // Unsolicited bytes on that connection later (a push, a close)
         // are about nothing.
-        l.read_on(conn(20));
+        l.read_on(conn(20), 2);
         l.enter(LOOP, conn(20));
         assert!(l.parent_of_call(conn(21), LOOP, &stats).is_none());
     }
@@ -343,13 +373,16 @@ mod tests {
         for c in &calls {
             l.client_started(conn(20), c);
         }
-        l.read_on(conn(20));
+        l.read_on(conn(20), 1);
         l.client_finished(conn(20), &calls[1]);
+        // The same read, in a second event (a read of more than one
+        // capture): still the call it ended.
+        l.read_on(conn(20), 1);
         l.enter(LOOP, conn(20));
         let p = l.parent_of_call(conn(21), LOOP, &stats).unwrap();
         assert_eq!(p.span_id, r2.span_id);
         l.exit(NODE, LOOP);
-        l.read_on(conn(20));
+        l.read_on(conn(20), 2);
         l.client_finished(conn(20), &calls[0]);
         l.client_finished(conn(20), &calls[2]);
         l.enter(LOOP, conn(20));

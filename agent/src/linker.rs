@@ -425,6 +425,7 @@ impl Linker {
                 *c = ctx.clone();
             }
         }
+        self.loops.adopted(&ctx);
         self.adopted.insert(span_id, ctx);
         Stats::inc(&stats.context_linked_same_host);
     }
@@ -763,9 +764,10 @@ impl Linker {
         self.loops.exit(tgid, tid);
     }
 
-    /// A read on `conn` is about to be framed.
-    pub fn read_on(&mut self, conn: ConnKey) {
-        self.loops.read_on(conn);
+    /// Bytes of the read on `conn` that ended at `at_ns` are about to be
+    /// framed.
+    pub fn read_on(&mut self, conn: ConnKey, at_ns: u64) {
+        self.loops.read_on(conn, at_ns);
     }
 
     /// Thread `tid` connected `conn`.

@@ -323,6 +323,9 @@ impl Probes {
         if hooked.go_runtime {
             flags |= traced::GO;
         }
+        if hooked.event_loop {
+            flags |= traced::EVENT_LOOP;
+        }
         if flags != 0 {
             if let Ok(old) = self.traced.get(&pid, 0) {
                 let _ = self.traced.insert(pid, old | flags, 0);
@@ -340,9 +343,11 @@ impl Probes {
         self.tls.forget_process(pid);
         let _ = self.go_procs.remove(&pid);
         if let Ok(old) = self.traced.get(&pid, 0) {
-            let _ = self
-                .traced
-                .insert(pid, old & !(traced::GO | traced::MEMORY_BIO), 0);
+            let _ = self.traced.insert(
+                pid,
+                old & !(traced::GO | traced::MEMORY_BIO | traced::EVENT_LOOP),
+                0,
+            );
         }
         self.hook_tls(pid)
     }

@@ -43,11 +43,11 @@ const HOOKS: &[(&str, &[&str])] = &[
 ];
 
 /// The entry programs for a library that works only on memory buffers, by
-/// the usual entry's name. An executable's own OpenSSL is Node.js's: a
-/// syscall inside one of its calls is a callback's (JavaScript run at a
-/// handshake's end), and must not name the call's socket. (A statically
-/// linked OpenSSL on sockets still has its socket named by `SSL_set_fd`,
-/// or by the read inside its first `SSL_read`.)
+/// the usual entry's name: Node.js's own OpenSSL, in an executable that
+/// also has Node's read callback. A syscall inside one of its calls is a
+/// callback's (JavaScript run at a handshake's end), and must not name the
+/// call's socket. (A Node.js on the system's shared OpenSSL is told by its
+/// process's `EVENT_LOOP` flag instead.)
 const MEMORY_ENTRIES: &[(&str, &str)] = &[
     ("tls_write", "tls_write_mem"),
     ("tls_read", "tls_read_mem"),
@@ -217,9 +217,13 @@ impl TlsHooks {
             wanted.push(NODE_READ_CB);
         }
         let mut symbols = Symbols::of(path, &wanted);
+        // Node.js first: its OpenSSL, and only its, works on memory
+        // buffers alone (another executable's own OpenSSL may work on
+        // sockets, and keeps the usual entries).
+        let event_loop = exe && self.hook_node_loop(ebpf, path, &mut symbols, &mut links);
         for &(name, functions) in HOOKS {
             let program = match MEMORY_ENTRIES.iter().find(|(usual, _)| *usual == name) {
-                Some((_, memory)) if exe => memory,
+                Some((_, memory)) if event_loop => memory,
                 _ => name,
             };
             let Some(Ok(prog)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) else {
@@ -241,7 +245,6 @@ impl TlsHooks {
         if hooked > 0 {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }
-        let event_loop = exe && self.hook_node_loop(ebpf, path, &mut symbols, &mut links);
         let (go_runtime, go) = match pid {
             Some(_) => self.hook_go(ebpf, path, &mut links),
             None => (false, None),

@@ -92,6 +92,10 @@ pub mod traced {
     /// A Go program: goroutines move between threads, so the thread that
     /// read a request says nothing about who makes the next call.
     pub const GO: u8 = 4;
+    /// Node.js, its read callbacks hooked: its TLS calls (through its own
+    /// OpenSSL or the system's) work on memory buffers, and a syscall
+    /// inside one is a JavaScript callback's.
+    pub const EVENT_LOOP: u8 = 8;
 }
 
 /// Where a data event's bytes were seen.

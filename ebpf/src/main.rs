@@ -886,9 +886,13 @@ data_probe!(
 
 #[inline(always)]
 fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool, memory: bool) {
-    let Some((pid_tgid, _, _)) = traced_tgid() else {
+    let Some((pid_tgid, tgid, _)) = traced_tgid() else {
         return;
     };
+    // Node.js on the system's OpenSSL: memory buffers all the same.
+    // SAFETY: read-only copy of a plain value.
+    let event_loop = unsafe { TRACED.get(&tgid) }.is_some_and(|f| f & traced::EVENT_LOOP != 0);
+    let memory = memory || event_loop;
     let call = TlsCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),

@@ -117,8 +117,15 @@ fn exit_event(tgid: u32, tid: u32) {
     output(&hdr);
 }
 
-/// A thread exited: its callback, if one was open, is over.
+/// A thread exited: its callback, if one was open, is over (said, so
+/// that a thread reusing its id is in no callback).
 #[inline(always)]
 pub fn thread_exited(pid_tgid: u64) {
-    let _ = IN_CALLBACK.remove(&pid_tgid);
+    // SAFETY: read-only copy of a plain value.
+    if let Some(open) = unsafe { IN_CALLBACK.get(&pid_tgid) }.copied() {
+        let _ = IN_CALLBACK.remove(&pid_tgid);
+        if open.reported != 0 {
+            exit_event((pid_tgid >> 32) as u32, pid_tgid as u32);
+        }
+    }
 }

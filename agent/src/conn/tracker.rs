@@ -348,7 +348,7 @@ impl Tracker {
             return;
         };
         if !egress {
-            self.linker.read_on(key);
+            self.linker.read_on(key, seg.stamp.exit_ns);
         }
         // A key-value store client, by what it writes first.
         let store = if !egress {
