@@ -44,6 +44,19 @@ struct Trees {
     wrong: usize,
 }
 
+/// A front service's server span.
+fn is_front(s: &FlatSpan) -> bool {
+    s.is_server() && s.str("url.path").is_some_and(|p| p.starts_with("/front/"))
+}
+
+/// The spans whose parent is `of`.
+fn children<'a>(spans: &'a [FlatSpan], of: &FlatSpan) -> Vec<&'a FlatSpan> {
+    spans
+        .iter()
+        .filter(|c| c.span.parent_span_id == of.span.span_id)
+        .collect()
+}
+
 /// Checks every front request's tree; `calls` leaf calls per request.
 fn trees(spans: &[FlatSpan], calls: usize) -> Trees {
     let by_id: HashMap<String, &FlatSpan> =
@@ -59,23 +72,16 @@ fn trees(spans: &[FlatSpan], calls: usize) -> Trees {
             })
         })
         .count();
-    let children = |of: &FlatSpan| -> Vec<&FlatSpan> {
-        let id = hex(&of.span.span_id);
-        spans
-            .iter()
-            .filter(|c| hex(&c.span.parent_span_id) == id)
-            .collect()
-    };
     let whole = spans
         .iter()
-        .filter(|s| s.is_server() && s.str("url.path").is_some_and(|p| p.starts_with("/front/")))
+        .filter(|s| is_front(s))
         .filter(|front| {
-            let calls_made = children(front);
+            let calls_made = children(spans, front);
             let http = |c: &&FlatSpan| c.str("db.system.name").is_none();
             calls_made.len() == calls
                 && calls_made.iter().all(|c| c.is_client() && (!http(c) || id_of(c) == id_of(front)))
                 && calls_made.iter().filter(|c| http(c)).all(|c| {
-                    matches!(children(c).as_slice(), [leaf] if leaf.is_server() && id_of(leaf) == id_of(c))
+                    matches!(children(spans, c).as_slice(), [leaf] if leaf.is_server() && id_of(leaf) == id_of(c))
                 })
         })
         .count();
@@ -236,18 +242,12 @@ fn a_node_handler_awaiting_postgres_and_redis_keeps_its_calls() {
     let (spans, agent) = run("db", 3, 1, &env);
     let t = trees(&spans, 3);
     assert_eq!(t.wrong, 0, "{t:?}");
-    let fronts: Vec<&FlatSpan> = spans
-        .iter()
-        .filter(|s| s.is_server() && s.str("url.path").is_some_and(|p| p.starts_with("/front/")))
-        .collect();
+    let fronts: Vec<&FlatSpan> = spans.iter().filter(|s| is_front(s)).collect();
     assert_eq!(fronts.len(), REQUESTS);
     let system = |c: &FlatSpan| c.str("db.system.name");
     let (mut queries, mut gets, mut leaves) = (0, 0, 0);
     for front in &fronts {
-        let kids: Vec<&FlatSpan> = spans
-            .iter()
-            .filter(|c| c.span.parent_span_id == front.span.span_id)
-            .collect();
+        let kids = children(&spans, front);
         let query = kids
             .iter()
             .find(|c| system(c).as_deref() == Some("postgresql"));

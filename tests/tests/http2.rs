@@ -409,6 +409,27 @@ fn node_fixture(args: &[&str]) -> Command {
     cmd
 }
 
+/// The agent tracing the Node.js fixtures whose command line matches
+/// `cmdline` (`-vv` if `verbose`: should a connection go wrong, its trace
+/// is in the failure's message), once it traces `server`.
+fn agent_for_node(collector: &Collector, cmdline: &str, server: &Fixture, verbose: bool) -> Agent {
+    let mut args = vec![
+        "--otlp-endpoint",
+        &collector.grpc_endpoint,
+        "--cmdline",
+        cmdline,
+    ];
+    if verbose {
+        args.insert(0, "-vv");
+    }
+    let agent = Agent::start(&args, &[]);
+    agent.wait_for_log(
+        &format!("tracing pid {} ", server.pid()),
+        Duration::from_secs(30),
+    );
+    agent
+}
+
 fn code(s: &FlatSpan) -> i32 {
     s.span.status.as_ref().map_or(0, |s| s.code)
 }
@@ -435,21 +456,7 @@ fn grpc_js_over_tls_through_nodes_openssl() {
         &rounds.to_string(),
     ]));
     let collector = Collector::start();
-    // -vv: should a connection go wrong, its trace is in the message.
-    let mut agent = Agent::start(
-        &[
-            "-vv",
-            "--otlp-endpoint",
-            &collector.grpc_endpoint,
-            "--cmdline",
-            r"h2_service\.js grpc-",
-        ],
-        &[],
-    );
-    agent.wait_for_log(
-        &format!("tracing pid {} ", server.pid()),
-        Duration::from_secs(30),
-    );
+    let mut agent = agent_for_node(&collector, r"h2_service\.js grpc-", &server, true);
     let out = node_fixture(&[
         "grpc-client",
         &server.port.to_string(),
@@ -526,19 +533,7 @@ fn node_http2_server_and_client() {
     require_root();
     let server = Fixture::start(&mut node_fixture(&["h2-server"]));
     let collector = Collector::start();
-    let mut agent = Agent::start(
-        &[
-            "--otlp-endpoint",
-            &collector.grpc_endpoint,
-            "--cmdline",
-            r"h2_service\.js h2-",
-        ],
-        &[],
-    );
-    agent.wait_for_log(
-        &format!("tracing pid {} ", server.pid()),
-        Duration::from_secs(30),
-    );
+    let mut agent = agent_for_node(&collector, r"h2_service\.js h2-", &server, false);
     let n = 10;
     let out = node_fixture(&["h2-client", &server.port.to_string(), &n.to_string()])
         .output()
@@ -618,20 +613,7 @@ fn node_callbacks_inside_a_tls_read_never_name_its_socket() {
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let server = Fixture::start(&mut node_fixture(&["h2-tls-server", &cert, &key]));
     let collector = Collector::start();
-    let mut agent = Agent::start(
-        &[
-            "-vv",
-            "--otlp-endpoint",
-            &collector.grpc_endpoint,
-            "--cmdline",
-            r"h2_service\.js h2-tls-",
-        ],
-        &[],
-    );
-    agent.wait_for_log(
-        &format!("tracing pid {} ", server.pid()),
-        Duration::from_secs(30),
-    );
+    let mut agent = agent_for_node(&collector, r"h2_service\.js h2-tls-", &server, true);
     let n = 8;
     let port = server.port.to_string();
     let out = node_fixture(&["h2-tls-client", &port, &cert, &n.to_string()])
