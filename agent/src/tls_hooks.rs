@@ -42,19 +42,6 @@ const HOOKS: &[(&str, &[&str])] = &[
     ("tls_set_fd", &["SSL_set_fd", "gnutls_transport_set_int2"]),
 ];
 
-/// The entry programs for a library that works only on memory buffers, by
-/// the usual entry's name: Node.js's own OpenSSL, in an executable that
-/// also has Node's read callback. A syscall inside one of its calls is a
-/// callback's (JavaScript run at a handshake's end), and must not name the
-/// call's socket. (A Node.js on the system's shared OpenSSL is told by its
-/// process's `EVENT_LOOP` flag instead.)
-const MEMORY_ENTRIES: &[(&str, &str)] = &[
-    ("tls_write", "tls_write_mem"),
-    ("tls_read", "tls_read_mem"),
-    ("tls_write_ex", "tls_write_ex_mem"),
-    ("tls_read_ex", "tls_read_ex_mem"),
-];
-
 /// Node.js's read callback, `node::LibuvStreamWrap::OnUvRead(ssize_t,
 /// const uv_buf_t*)`: where JavaScript handles what a socket read gave
 /// (see `node_loop.rs` in the probes). Its return probe comes first.
@@ -94,8 +81,7 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         GO_ROUND_TRIP,
         GO_WRITE_LOOP,
     ];
-    let memory = MEMORY_ENTRIES.iter().map(|(_, name)| *name);
-    let names = HOOKS.iter().map(|(name, _)| *name).chain(memory);
+    let names = HOOKS.iter().map(|(name, _)| *name);
     for name in names.chain(go).chain(NODE_LOOP) {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
@@ -217,16 +203,8 @@ impl TlsHooks {
             wanted.push(NODE_READ_CB);
         }
         let mut symbols = Symbols::of(path, &wanted);
-        // Node.js first: its OpenSSL, and only its, works on memory
-        // buffers alone (another executable's own OpenSSL may work on
-        // sockets, and keeps the usual entries).
-        let event_loop = exe && self.hook_node_loop(ebpf, path, &mut symbols, &mut links);
         for &(name, functions) in HOOKS {
-            let program = match MEMORY_ENTRIES.iter().find(|(usual, _)| *usual == name) {
-                Some((_, memory)) if event_loop => memory,
-                _ => name,
-            };
-            let Some(Ok(prog)) = ebpf.program_mut(program).map(<&mut UProbe>::try_from) else {
+            let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;
             };
             for function in functions {
@@ -245,6 +223,10 @@ impl TlsHooks {
         if hooked > 0 {
             log::info!("hooked {hooked} TLS functions in {}", path.display());
         }
+        // Node.js: its process gets the `EVENT_LOOP` flag, by which the
+        // probes also take its TLS calls (through its own OpenSSL or the
+        // system's) to work on memory buffers alone.
+        let event_loop = exe && self.hook_node_loop(ebpf, path, &mut symbols, &mut links);
         let (go_runtime, go) = match pid {
             Some(_) => self.hook_go(ebpf, path, &mut links),
             None => (false, None),

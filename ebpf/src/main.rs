@@ -885,14 +885,13 @@ data_probe!(
 // the return probe sends what was moved, as data of that socket.
 
 #[inline(always)]
-fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool, memory: bool) {
+fn tls_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
     let Some((pid_tgid, tgid, _)) = traced_tgid() else {
         return;
     };
-    // Node.js on the system's OpenSSL: memory buffers all the same.
+    // Node.js (its own OpenSSL, or the system's): memory buffers only.
     // SAFETY: read-only copy of a plain value.
-    let event_loop = unsafe { TRACED.get(&tgid) }.is_some_and(|f| f & traced::EVENT_LOOP != 0);
-    let memory = memory || event_loop;
+    let memory = unsafe { TRACED.get(&tgid) }.is_some_and(|f| f & traced::EVENT_LOOP != 0);
     let call = TlsCall {
         ssl: ctx.arg::<u64>(0).unwrap_or(0),
         buf: ctx.arg::<u64>(1).unwrap_or(0),
@@ -1252,16 +1251,10 @@ fn emit_plaintext(pid_tgid: u64, tgid: u32, fd: i32, call: &TlsCall, skip: u64, 
 }
 
 macro_rules! tls_probe {
-    ($enter:ident, $memory:ident, $exit:ident, $dir:expr, $ex:expr) => {
+    ($enter:ident, $exit:ident, $dir:expr, $ex:expr) => {
         #[uprobe]
         pub fn $enter(ctx: ProbeContext) -> u32 {
-            tls_enter(&ctx, $dir, $ex, false);
-            0
-        }
-        /// The entry in a library that works only on memory buffers.
-        #[uprobe]
-        pub fn $memory(ctx: ProbeContext) -> u32 {
-            tls_enter(&ctx, $dir, $ex, true);
+            tls_enter(&ctx, $dir, $ex);
             0
         }
         #[uretprobe]
@@ -1274,34 +1267,10 @@ macro_rules! tls_probe {
 
 // SSL_write and gnutls_record_send share a signature (object, buffer,
 // length → bytes moved), as do SSL_read and gnutls_record_recv.
-tls_probe!(
-    tls_write,
-    tls_write_mem,
-    tls_write_ret,
-    direction::EGRESS,
-    false
-);
-tls_probe!(
-    tls_read,
-    tls_read_mem,
-    tls_read_ret,
-    direction::INGRESS,
-    false
-);
-tls_probe!(
-    tls_write_ex,
-    tls_write_ex_mem,
-    tls_write_ex_ret,
-    direction::EGRESS,
-    true
-);
-tls_probe!(
-    tls_read_ex,
-    tls_read_ex_mem,
-    tls_read_ex_ret,
-    direction::INGRESS,
-    true
-);
+tls_probe!(tls_write, tls_write_ret, direction::EGRESS, false);
+tls_probe!(tls_read, tls_read_ret, direction::INGRESS, false);
+tls_probe!(tls_write_ex, tls_write_ex_ret, direction::EGRESS, true);
+tls_probe!(tls_read_ex, tls_read_ex_ret, direction::INGRESS, true);
 
 /// `SSL_set_fd(ssl, fd)` (and GnuTLS's `gnutls_transport_set_int2(session,
 /// recv_fd, send_fd)`): the socket a library object will work on, known
