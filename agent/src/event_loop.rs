@@ -59,9 +59,9 @@ pub struct Loops {
     answered: HashMap<ConnKey, (u64, Answered)>,
     /// The read each connection of these processes is in now, by exit time.
     reading: HashMap<ConnKey, u64>,
-    /// What the callback that opened a client connection was for, until
-    /// the connection's first request.
-    opened_for: HashMap<ConnKey, SpanContext>,
+    /// What the callback that opened a client connection was for (one
+    /// request, or several at once), until the connection's first request.
+    opened_for: HashMap<ConnKey, Cause>,
 }
 
 /// The calls a read on a client connection ended.
@@ -171,17 +171,22 @@ impl Loops {
             Some([_, _, ..]) => return Cause::Ambiguous,
             _ => {}
         }
-        match self.opened_for.get(&conn) {
-            Some(p) => Cause::Of(p.clone()),
-            None => Cause::Unknown,
-        }
+        self.opened_for
+            .get(&conn)
+            .cloned()
+            .unwrap_or(Cause::Unknown)
     }
 
     /// Thread `tid` connected `conn`: what it does there before its first
-    /// request is for what the thread's callback is for.
+    /// request is for what the thread's callback is for. An ambiguous
+    /// callback is kept too, so that the first request, written outside
+    /// it, is counted for its real reason.
     pub fn connected(&mut self, tid: u32, conn: ConnKey) {
-        if let Some(Cause::Of(p)) = self.cause_now(conn.tgid, tid) {
-            insert_bounded(&mut self.opened_for, conn, p);
+        match self.cause_now(conn.tgid, tid) {
+            Some(cause @ (Cause::Of(_) | Cause::Ambiguous)) => {
+                insert_bounded(&mut self.opened_for, conn, cause)
+            }
+            Some(Cause::Unknown) | None => {}
         }
     }
 
@@ -199,7 +204,7 @@ impl Loops {
             Some(cause) => cause,
             // Outside any read callback: only a connection's first request,
             // by what opened it.
-            None => opened_for.map_or(Cause::Unknown, Cause::Of),
+            None => opened_for.unwrap_or(Cause::Unknown),
         };
         match cause {
             Cause::Of(p) => Some(p),
@@ -253,8 +258,8 @@ impl Loops {
             }
         }
         for c in self.opened_for.values_mut() {
-            if c.span_id == ctx.span_id {
-                *c = ctx.clone();
+            if matches!(c, Cause::Of(p) if p.span_id == ctx.span_id) {
+                *c = Cause::Of(ctx.clone());
             }
         }
     }
@@ -404,6 +409,22 @@ mod tests {
         let p = l.parent_of_call(conn(30), LOOP, &stats).unwrap();
         assert_eq!(p.span_id, r.span_id);
         assert!(l.parent_of_call(conn(30), LOOP, &stats).is_none());
+    }
+
+    /// A connection opened in the callback of a read that carried two
+    /// requests: its first request, written outside the callback, is a
+    /// root counted as ambiguous (its real reason), not as unknown.
+    #[test]
+    fn a_connection_opened_for_two_requests_is_ambiguous() {
+        let (mut l, stats) = (loops(), Stats::default());
+        l.server_started(conn(10), &request());
+        l.server_started(conn(10), &request());
+        l.enter(LOOP, conn(10));
+        l.connected(LOOP, conn(30));
+        l.exit(NODE, LOOP);
+        assert!(l.parent_of_call(conn(30), LOOP, &stats).is_none());
+        assert_eq!(stats.context_parent_ambiguous.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.context_loop_unknown.load(Ordering::Relaxed), 0);
     }
 
     /// Processes whose loops are not reported are left to the thread rule.

@@ -319,14 +319,16 @@ fn two_node_requests_in_one_read_give_roots_not_crossed_parents() {
     let t = trees(&spans, 1);
     assert_eq!(t.wrong, 0, "{t:?}");
     let ambiguous = agent.stat("context_parent_ambiguous").unwrap();
-    // A call refused in the read's callback on a connection it opened
-    // there is written once the connect completes, outside any callback:
-    // counted as unknown. (A pair split across two reads would be whole.)
+    // Every refused call is counted as ambiguous, whether it reused a
+    // connection (written inside the callback) or opened one (written once
+    // the connect completes, outside it). A pair split across two reads
+    // would be whole.
     let unknown = agent.stat("context_loop_unknown").unwrap();
-    assert_eq!(
-        t.whole as u64 + ambiguous + unknown,
-        REQUESTS as u64,
-        "{t:?}"
-    );
+    assert_eq!(unknown, 0, "{t:?}\n{}", agent.stderr());
+    assert_eq!(t.whole as u64 + ambiguous, REQUESTS as u64, "{t:?}");
     assert!(ambiguous > 0, "no pair of requests shared a read?");
+    eprintln!(
+        "whole traces: {} of {REQUESTS}; ambiguous roots: {ambiguous}",
+        t.whole
+    );
 }
