@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 
 use crate::discovery::Selectors;
-use crate::export::{self, SinkConfig};
+use crate::export::{self, transport::Transport, SinkConfig};
 use crate::probes::{ProbeSettings, PropagationSettings};
 use crate::process::ResourceDefaults;
 use crate::spans::sampler::Sampler;
@@ -20,7 +20,9 @@ use crate::spans::sampler::Sampler;
     override_usage = "zerospan [OPTIONS] --pid PID [--pid PID ...]\n       zerospan [OPTIONS] -- COMMAND [ARGS ...]\n       zerospan doctor",
     args_conflicts_with_subcommands = true,
     after_help = "Environment: OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, \
-OTEL_EXPORTER_OTLP_HEADERS (and their _TRACES_ and _METRICS_ forms), OTEL_SERVICE_NAME, \
+OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE, \
+OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_KEY, OTEL_EXPORTER_OTLP_COMPRESSION, \
+OTEL_EXPORTER_OTLP_INSECURE (and their _TRACES_ and _METRICS_ forms), OTEL_SERVICE_NAME, \
 OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_METRICS_EXPORTER \
 and OTEL_METRIC_EXPORT_INTERVAL are honoured; KUBECONFIG or the in-cluster service account \
 for the Kubernetes API.\n\
@@ -488,19 +490,24 @@ fn otlp_sink(
     let Some((endpoint, exact)) = endpoint else {
         return Ok(None);
     };
-    let headers = env(&format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"))
-        .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
-        .map(|h| parse_key_values(&h))
-        .unwrap_or_default();
+    // The signal's own variable, else the general one.
+    let var = |name: &str| {
+        env(&format!("OTEL_EXPORTER_OTLP_{signal}_{name}"))
+            .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")))
+    };
+    let transport = otlp_transport(&var)?;
     Ok(Some(match protocol.as_str() {
-        "grpc" => SinkConfig::OtlpGrpc { endpoint, headers },
+        "grpc" => SinkConfig::OtlpGrpc {
+            endpoint: grpc_endpoint(endpoint, var("INSECURE").as_deref())?,
+            transport,
+        },
         "http/protobuf" => SinkConfig::OtlpHttp {
             endpoint: if exact {
                 endpoint
             } else {
                 export::http::signal_url(&endpoint, &signal.to_ascii_lowercase())
             },
-            headers,
+            transport,
         },
         "http/json" => {
             bail!("OTLP protocol http/json is not supported yet; use grpc or http/protobuf")
@@ -510,6 +517,50 @@ fn otlp_sink(
              OTEL_EXPORTER_OTLP_[{signal}_]PROTOCOL); use grpc or http/protobuf"
         ),
     }))
+}
+
+/// Headers, TLS files and compression of one signal's exporter.
+fn otlp_transport(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Transport> {
+    let path = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let client = match (path("CLIENT_CERTIFICATE"), path("CLIENT_KEY")) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY \
+             go together (mTLS needs both)"
+        ),
+    };
+    let gzip = match var("COMPRESSION").as_deref().map(str::trim) {
+        Some("gzip") => true,
+        None | Some("" | "none") => false,
+        Some(other) => {
+            bail!("OTEL_EXPORTER_OTLP_COMPRESSION={other:?} is not supported; use gzip or none")
+        }
+    };
+    Ok(Transport {
+        headers: var("HEADERS")
+            .map(|h| parse_key_values(&h))
+            .unwrap_or_default(),
+        ca: path("CERTIFICATE"),
+        client,
+        gzip,
+    })
+}
+
+/// A gRPC endpoint given without a scheme (`collector:4317`) is TLS unless
+/// `OTEL_EXPORTER_OTLP_INSECURE=true`, as the exporter specification says;
+/// with a scheme, the scheme decides.
+fn grpc_endpoint(endpoint: String, insecure: Option<&str>) -> anyhow::Result<String> {
+    if endpoint.contains("://") {
+        return Ok(endpoint);
+    }
+    let insecure = match insecure.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("true") => true,
+        None | Some("" | "false") => false,
+        Some(other) => bail!("OTEL_EXPORTER_OTLP_INSECURE={other:?}: use true or false"),
+    };
+    let scheme = if insecure { "http" } else { "https" };
+    Ok(format!("{scheme}://{endpoint}"))
 }
 
 #[cfg(test)]
@@ -550,15 +601,80 @@ mod tests {
             vec![
                 SinkConfig::OtlpHttp {
                     endpoint: "http://c:4318/v1/traces".into(),
-                    headers: vec![
-                        ("api-key".into(), "s3cret".into()),
-                        ("x-team".into(), "web".into())
-                    ],
+                    transport: Transport {
+                        headers: vec![
+                            ("api-key".into(), "s3cret".into()),
+                            ("x-team".into(), "web".into())
+                        ],
+                        ..Transport::default()
+                    },
                 },
                 SinkConfig::JsonFile("/tmp/t.json".into()),
             ]
         );
         assert!(matches!(c.target, Target::Command(ref a) if a == &["curl", "-s"]));
+    }
+
+    #[test]
+    fn tls_and_compression_come_from_the_environment() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "/c.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/k.pem"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ];
+        let c = resolve(&["--pid", "1"], &env).unwrap();
+        // No scheme: TLS, as the specification says.
+        assert_eq!(
+            c.export.sinks[0],
+            SinkConfig::OtlpGrpc {
+                endpoint: "https://collector:4317".into(),
+                transport: Transport {
+                    headers: vec![],
+                    ca: Some("/ca.pem".into()),
+                    client: Some(("/c.pem".into(), "/k.pem".into())),
+                    gzip: true,
+                },
+            }
+        );
+        // The traces' own client certificate is not the metrics'.
+        assert_eq!(
+            c.metrics_export.unwrap().sink,
+            SinkConfig::OtlpGrpc {
+                endpoint: "https://collector:4317".into(),
+                transport: Transport {
+                    ca: Some("/ca.pem".into()),
+                    gzip: true,
+                    ..Transport::default()
+                },
+            }
+        );
+        let insecure = resolve(
+            &["--pid", "1"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(
+            &insecure.export.sinks[0],
+            SinkConfig::OtlpGrpc { endpoint, .. } if endpoint == "http://collector:4317"
+        ));
+        // What cannot be honoured is refused at start, never ignored.
+        for bad in [
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "br"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "maybe"),
+        ] {
+            let e = resolve(
+                &["--pid", "1"],
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"), bad],
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
     }
 
     #[test]
@@ -601,7 +717,10 @@ mod tests {
             Some(crate::metrics::otlp::Settings {
                 sink: SinkConfig::OtlpHttp {
                     endpoint: "http://c:4318/v1/metrics".into(),
-                    headers: vec![("k".into(), "v".into())],
+                    transport: Transport {
+                        headers: vec![("k".into(), "v".into())],
+                        ..Transport::default()
+                    },
                 },
                 interval: Duration::from_millis(1500),
                 timeout: Duration::from_secs(10),

@@ -2,13 +2,17 @@
 
 use std::{
     convert::Infallible,
+    io::Read as _,
     net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
+use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
 use opentelemetry_proto::tonic::{
     collector::{
         metrics::v1::{
@@ -25,7 +29,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use prost::Message as _;
-use tonic::codegen::Service as _;
+use tonic::{codec::CompressionEncoding, codegen::Service as _};
 
 /// What the receiver keeps: every request, or (for the benchmark, where
 /// millions of spans arrive) only their count.
@@ -37,6 +41,37 @@ struct Received {
     /// The newest metrics export per transport: each carries every total.
     metrics: Vec<(&'static str, ExportMetricsServiceRequest)>,
     metric_exports: u64,
+    /// How each export request came (kept only with `keep`).
+    arrivals: Vec<Arrival>,
+    /// Connections whose TLS handshake failed (a wrong CA on either side,
+    /// no client certificate, plaintext on a TLS port).
+    tls_refused: u64,
+}
+
+/// How one export request reached the receiver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    pub transport: &'static str,
+    /// The connection's TLS, if any.
+    pub tls: Option<Peer>,
+    /// Its body was gzip (`grpc-encoding` or `content-encoding`).
+    pub gzip: bool,
+}
+
+/// What a TLS handshake established.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub alpn: Option<String>,
+    /// The client certificate's common name (mTLS).
+    pub client_cn: Option<String>,
+}
+
+/// A receiver's TLS side.
+pub struct ReceiverTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require a client certificate chaining to this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Received {
@@ -49,6 +84,12 @@ impl Received {
             .sum::<u64>();
         if self.keep {
             self.requests.push((transport, req));
+        }
+    }
+
+    fn arrive(&mut self, arrival: Arrival) {
+        if self.keep {
+            self.arrivals.push(arrival);
         }
     }
 
@@ -288,6 +329,7 @@ pub struct Collector {
 
 async fn http_export(
     store: Store,
+    peer: Option<Peer>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -295,7 +337,27 @@ async fn http_export(
         .headers()
         .get("content-type")
         .is_some_and(|v| v == "application/x-protobuf");
+    let gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip");
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let body = match body {
+        Ok(b) if gzip => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&b[..])
+                .read_to_end(&mut out)
+                .map(|_| Bytes::from(out))
+                .map_err(drop)
+        }
+        Ok(b) => Ok(b),
+        Err(_) => Err(()),
+    };
+    store.lock().unwrap().arrive(Arrival {
+        transport: "http",
+        tls: peer,
+        gzip,
+    });
     let status = match (path.as_str(), ok_type, body) {
         ("/v1/traces", true, Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
             Ok(r) => {
@@ -320,6 +382,104 @@ async fn http_export(
         .unwrap())
 }
 
+type TokioIo<T> = hyper_util::rt::TokioIo<T>;
+
+/// A TLS server context for `tls`, choosing `alpn` (wire format); with
+/// `require_alpn`, a client that offers other protocols is refused.
+fn acceptor(tls: &ReceiverTls, alpn: &'static [u8], require_alpn: bool) -> SslAcceptor {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    b.set_private_key_file(&tls.key, SslFiletype::PEM).unwrap();
+    b.set_certificate_chain_file(&tls.cert).unwrap();
+    if let Some(ca) = &tls.client_ca {
+        b.set_ca_file(ca).unwrap();
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    b.set_alpn_select_callback(move |_, offered| {
+        openssl::ssl::select_next_proto(alpn, offered).ok_or(if require_alpn {
+            AlpnError::ALERT_FATAL
+        } else {
+            AlpnError::NOACK
+        })
+    });
+    b.build()
+}
+
+type TlsIo = hyper_openssl::SslStream<TokioIo<tokio::net::TcpStream>>;
+
+/// The server side of a TLS handshake, and what it established.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    acceptor: &SslAcceptor,
+) -> Result<(TlsIo, Peer), ()> {
+    let ssl = Ssl::new(acceptor.context()).map_err(drop)?;
+    let mut io = hyper_openssl::SslStream::new(ssl, TokioIo::new(stream)).map_err(drop)?;
+    Pin::new(&mut io).accept().await.map_err(drop)?;
+    let ssl = io.ssl();
+    let peer = Peer {
+        alpn: ssl
+            .selected_alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        client_cn: ssl.peer_certificate().and_then(|c| {
+            let cn = c
+                .subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .next()?;
+            Some(String::from_utf8_lossy(cn.data().as_slice()).into_owned())
+        }),
+    };
+    Ok((io, peer))
+}
+
+async fn serve_http<I>(io: I, store: Store, peer: Option<Peer>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |r| http_export(store.clone(), peer.clone(), r));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
+}
+
+/// tonic's Router needs axum; the generated services are plain tower
+/// services, so hyper's HTTP/2 server runs them, routed by the gRPC path.
+#[derive(Clone)]
+struct GrpcService {
+    traces: TraceServiceServer<Service>,
+    metrics: MetricsServiceServer<Service>,
+    store: Store,
+}
+
+impl GrpcService {
+    async fn serve<I>(self, io: I, peer: Option<Peer>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |r: hyper::Request<_>| {
+            let (mut traces, mut metrics) = (self.traces.clone(), self.metrics.clone());
+            let gzip = r
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|v| v == "gzip");
+            self.store.lock().unwrap().arrive(Arrival {
+                transport: "grpc",
+                tls: peer.clone(),
+                gzip,
+            });
+            async move {
+                const METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
+                if r.uri().path().starts_with(METRICS) {
+                    metrics.call(r).await
+                } else {
+                    traces.call(r).await
+                }
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    }
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         self.halt();
@@ -329,22 +489,28 @@ impl Drop for Collector {
 impl Collector {
     /// Starts both receivers on ephemeral loopback ports, keeping every span.
     pub fn start() -> Self {
-        Self::start_with(true, 0)
+        Self::start_with(true, 0, None)
     }
 
     /// Like [`Collector::start`], with the gRPC receiver on a given port
     /// (to bring a collector up where an agent is already sending).
     pub fn start_grpc_on(port: u16) -> Self {
-        Self::start_with(true, port)
+        Self::start_with(true, port, None)
     }
 
     /// Like [`Collector::start`], but only counts spans: memory stays flat
     /// however many arrive.
     pub fn counting() -> Self {
-        Self::start_with(false, 0)
+        Self::start_with(false, 0, None)
     }
 
-    fn start_with(keep: bool, grpc_port: u16) -> Self {
+    /// Like [`Collector::start`], both receivers behind TLS with `tls`:
+    /// gRPC insists on ALPN `h2`, as gRPC servers do.
+    pub fn start_tls(tls: &ReceiverTls) -> Self {
+        Self::start_with(true, 0, Some(tls))
+    }
+
+    fn start_with(keep: bool, grpc_port: u16, tls: Option<&ReceiverTls>) -> Self {
         let store: Store = Arc::new(Mutex::new(Received {
             keep,
             ..Received::default()
@@ -355,6 +521,8 @@ impl Collector {
         let http_addr: SocketAddr = http.local_addr().unwrap();
         grpc.set_nonblocking(true).unwrap();
         http.set_nonblocking(true).unwrap();
+        let grpc_tls = tls.map(|t| Arc::new(acceptor(t, b"\x02h2", true)));
+        let http_tls = tls.map(|t| Arc::new(acceptor(t, b"\x08http/1.1", false)));
         let s = store.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = std::thread::spawn(move || {
@@ -373,44 +541,38 @@ impl Collector {
                         let Ok((stream, _)) = http.accept().await else {
                             continue;
                         };
-                        let hs = hs.clone();
+                        let (hs, tls) = (hs.clone(), http_tls.clone());
                         tokio::spawn(async move {
-                            let svc =
-                                hyper::service::service_fn(move |r| http_export(hs.clone(), r));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                                .await;
+                            match tls {
+                                None => serve_http(TokioIo::new(stream), hs, None).await,
+                                Some(tls) => match handshake(stream, &tls).await {
+                                    Ok((io, peer)) => serve_http(io, hs, Some(peer)).await,
+                                    Err(()) => hs.lock().unwrap().tls_refused += 1,
+                                },
+                            }
                         });
                     }
                 });
-                // tonic's Router needs axum; the generated services are
-                // plain tower services, so hyper's HTTP/2 server runs them,
-                // routed by the gRPC path.
-                let traces = TraceServiceServer::new(Service { store: s.clone() });
-                let metrics = MetricsServiceServer::new(Service { store: s });
+                let grpc_service = GrpcService {
+                    traces: TraceServiceServer::new(Service { store: s.clone() })
+                        .accept_compressed(CompressionEncoding::Gzip),
+                    metrics: MetricsServiceServer::new(Service { store: s.clone() })
+                        .accept_compressed(CompressionEncoding::Gzip),
+                    store: s.clone(),
+                };
                 loop {
                     let Ok((stream, _)) = grpc.accept().await else {
                         continue;
                     };
-                    let (traces, metrics) = (traces.clone(), metrics.clone());
-                    let svc = hyper::service::service_fn(move |r: hyper::Request<_>| {
-                        let (mut traces, mut metrics) = (traces.clone(), metrics.clone());
-                        async move {
-                            const METRICS: &str =
-                                "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
-                            if r.uri().path().starts_with(METRICS) {
-                                metrics.call(r).await
-                            } else {
-                                traces.call(r).await
-                            }
-                        }
-                    });
+                    let (svc, tls) = (grpc_service.clone(), grpc_tls.clone());
                     tokio::spawn(async move {
-                        let _ = hyper::server::conn::http2::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                        match tls {
+                            None => svc.serve(TokioIo::new(stream), None).await,
+                            Some(tls) => match handshake(stream, &tls).await {
+                                Ok((io, peer)) => svc.serve(io, Some(peer)).await,
+                                Err(()) => svc.store.lock().unwrap().tls_refused += 1,
+                            },
+                        }
                     });
                 }
             };
@@ -421,13 +583,24 @@ impl Collector {
                 }
             });
         });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Collector {
-            grpc_endpoint: format!("http://{grpc_addr}"),
-            http_endpoint: format!("http://{http_addr}"),
+            grpc_endpoint: format!("{scheme}://{grpc_addr}"),
+            http_endpoint: format!("{scheme}://{http_addr}"),
             store,
             runtime: Some(runtime),
             stop: Some(stop),
         }
+    }
+
+    /// How each export request came, in order.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.store.lock().unwrap().arrivals.clone()
+    }
+
+    /// Connections refused in the TLS handshake.
+    pub fn tls_refused(&self) -> u64 {
+        self.store.lock().unwrap().tls_refused
     }
 
     /// Takes the collector down, as a crash would: its ports stop

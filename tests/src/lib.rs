@@ -8,6 +8,7 @@ pub mod collector;
 pub mod deploy;
 pub mod golang;
 pub mod mariadb;
+pub mod pki;
 pub mod postgres;
 pub mod procs;
 

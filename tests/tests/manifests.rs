@@ -291,6 +291,53 @@ fn the_helm_chart_lints_and_renders_valid_objects() {
     );
 }
 
+/// The collector's CA and the agent's client certificate come from a
+/// Secret, mounted read-only, named to the agent by the OTel variables.
+#[test]
+fn the_collectors_tls_comes_from_a_secret() {
+    let docs = render(Some(
+        r#"
+otlp:
+  endpoint: https://collector.monitoring:4317
+  compression: gzip
+  tls: {secret: otlp-tls, clientCertificateKey: tls.crt, clientKeyKey: tls.key}
+"#,
+    ));
+    validate(&docs);
+    let c = check_daemonset(&docs);
+    for (name, file) in [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "ca.crt"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "tls.crt"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "tls.key"),
+    ] {
+        assert_eq!(
+            env_value(&c, name)["value"],
+            format!("/etc/zerospan/otlp-tls/{file}")
+        );
+    }
+    assert_eq!(
+        env_value(&c, "OTEL_EXPORTER_OTLP_COMPRESSION")["value"],
+        "gzip"
+    );
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "otlp-tls")
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/etc/zerospan/otlp-tls");
+    assert_eq!(mount["readOnly"], true);
+    let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "otlp-tls")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "otlp-tls");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400);
+}
+
 #[test]
 fn the_helm_values_reach_the_agent() {
     let docs = render(Some(
@@ -362,6 +409,8 @@ extraEnv: [{name: OTEL_RESOURCE_ATTRIBUTES, value: deployment.environment.name=p
     );
     assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
     let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    // No TLS Secret: no TLS variables, no mount.
+    assert!(!serde_json::to_string(&c).unwrap().contains("otlp-tls"));
     assert!(pod.get("tolerations").is_none());
     assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
 }

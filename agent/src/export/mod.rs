@@ -16,6 +16,7 @@ mod file;
 pub mod grpc;
 pub mod http;
 pub mod otlp;
+pub mod transport;
 
 use std::{
     collections::VecDeque,
@@ -49,11 +50,11 @@ pub enum ExportError {
 pub enum SinkConfig {
     OtlpGrpc {
         endpoint: String,
-        headers: Vec<(String, String)>,
+        transport: transport::Transport,
     },
     OtlpHttp {
         endpoint: String,
-        headers: Vec<(String, String)>,
+        transport: transport::Transport,
     },
     JsonFile(PathBuf),
     Console,
@@ -85,12 +86,14 @@ pub(crate) enum Sink {
 impl Sink {
     pub(crate) fn open(cfg: &SinkConfig) -> anyhow::Result<Self> {
         Ok(match cfg {
-            SinkConfig::OtlpGrpc { endpoint, headers } => {
-                Sink::Grpc(grpc::Grpc::new(endpoint, headers)?)
-            }
-            SinkConfig::OtlpHttp { endpoint, headers } => {
-                Sink::Http(Box::new(http::Http::new(endpoint, headers)?))
-            }
+            SinkConfig::OtlpGrpc {
+                endpoint,
+                transport,
+            } => Sink::Grpc(grpc::Grpc::new(endpoint, transport)?),
+            SinkConfig::OtlpHttp {
+                endpoint,
+                transport,
+            } => Sink::Http(Box::new(http::Http::new(endpoint, transport)?)),
             SinkConfig::JsonFile(path) => Sink::File(file::JsonFile::new(path)?),
             SinkConfig::Console => Sink::Console(console::Console),
         })
@@ -493,7 +496,7 @@ mod tests {
         let settings = Settings {
             sinks: vec![SinkConfig::OtlpGrpc {
                 endpoint: format!("http://127.0.0.1:{port}"),
-                headers: vec![],
+                transport: Default::default(),
             }],
             queue_spans: 100,
             batch_size: 10,
