@@ -59,9 +59,9 @@ pub fn as_deployed() -> Vec<String> {
     ]
 }
 
-/// The capability mask (`CapEff` in /proc/PID/status) of the manifest's set.
-pub fn manifest_mask() -> u64 {
-    manifest_capabilities()
+/// The mask (`CapEff` in /proc/PID/status) of `capabilities`.
+pub fn capability_mask(capabilities: &[String]) -> u64 {
+    capabilities
         .iter()
         .map(|c| match c.as_str() {
             "DAC_READ_SEARCH" => 2,
@@ -74,4 +74,40 @@ pub fn manifest_mask() -> u64 {
             other => panic!("capability {other} is not known to the tests: add its number"),
         })
         .fold(0, |m, bit: u32| m | 1 << bit)
+}
+
+/// The DaemonSet's host mounts: (host path, path in the container,
+/// read-only).
+pub fn manifest_mounts() -> Vec<(String, String, bool)> {
+    let docs = manifest();
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the manifest has a DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .expect("every mount's volume is declared");
+            let host = volume["hostPath"]["path"]
+                .as_str()
+                .expect("the DaemonSet mounts host paths only");
+            (
+                host.to_owned(),
+                m["mountPath"].as_str().unwrap().to_owned(),
+                m["readOnly"] == true,
+            )
+        })
+        .collect()
+}
+
+/// The capability mask (`CapEff` in /proc/PID/status) of the manifest's set.
+pub fn manifest_mask() -> u64 {
+    capability_mask(&manifest_capabilities())
 }

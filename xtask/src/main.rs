@@ -6,6 +6,7 @@
 
 mod bench;
 mod go_offsets;
+mod image;
 
 use std::{
     path::{Path, PathBuf},
@@ -51,6 +52,9 @@ const APT_PACKAGES: &[&str] = &[
     "golang-go",
     "golang-google-grpc-dev",
     "golang-github-lib-pq-dev",
+    // The image test: a Docker engine, and a Debian base made locally.
+    "docker.io",
+    "debootstrap",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -93,6 +97,7 @@ fn usage() -> ! {
                  redis-benchmark, pgbench (root); `bench NAME` runs one: http, h2, go,\n\
                  redis or postgres\n\
          fuzz    fuzz each parser for SECS seconds (default 60)\n\
+         image   set up, build, and build the container image around the binary: zerospan:dev\n\
          go-offsets  regenerate agent/src/golang/offsets.rs with each Go toolchain"
     );
     std::process::exit(2)
@@ -106,6 +111,8 @@ fn main() -> Result<()> {
         "test" => {
             require_root()?;
             setup()?;
+            // The image test's engine, base image and build cache.
+            image::setup()?;
             build()?;
             test()
         }
@@ -128,6 +135,15 @@ fn main() -> Result<()> {
                 "otlp-sink",
             ]))?;
             bench::run(&root(), std::env::args().nth(2).as_deref())
+        }
+        "image" => {
+            require_root()?;
+            setup()?;
+            image::setup()?;
+            build()?;
+            image::build("prebuilt", image::TAG)?;
+            eprintln!("xtask: built the image {}", image::TAG);
+            Ok(())
         }
         "go-offsets" => {
             setup()?;
