@@ -501,7 +501,12 @@ impl Collector {
     /// Like [`Collector::start`], but only counts spans: memory stays flat
     /// however many arrive.
     pub fn counting() -> Self {
-        Self::start_with(false, 0, None)
+        Self::counting_on(0)
+    }
+
+    /// Like [`Collector::counting`], on a given port (0: any).
+    pub fn counting_on(port: u16) -> Self {
+        Self::start_with(false, port, None)
     }
 
     /// Like [`Collector::start`], both receivers behind TLS with `tls`:

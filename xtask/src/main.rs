@@ -7,6 +7,7 @@
 mod bench;
 mod go_offsets;
 mod image;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -55,6 +56,8 @@ const APT_PACKAGES: &[&str] = &[
     // The image test: a Docker engine, and a Debian base made locally.
     "docker.io",
     "debootstrap",
+    // The soak's rate-limited load.
+    "hey",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -98,6 +101,9 @@ fn usage() -> ! {
                  redis or postgres\n\
          fuzz    fuzz each parser for SECS seconds (default 60)\n\
          image   set up, build, and build the container image around the binary: zerospan:dev\n\
+         soak    set up, build, and survive faults with figures (root; about OUTAGE+3 min):\n\
+                 `soak OUTAGE_SECS [PART…]` sets the collector's outage (default 600)\n\
+                 and runs only the parts named: outage, kill, overflow, bad-input, idle\n\
          go-offsets  regenerate agent/src/golang/offsets.rs with each Go toolchain"
     );
     std::process::exit(2)
@@ -144,6 +150,25 @@ fn main() -> Result<()> {
             image::build("prebuilt", image::TAG)?;
             eprintln!("xtask: built the image {}", image::TAG);
             Ok(())
+        }
+        "soak" => {
+            require_root()?;
+            setup()?;
+            build()?;
+            run(Command::new("cargo").current_dir(root()).args([
+                "build",
+                "--release",
+                "--package",
+                "zerospan-tests",
+                "--bin",
+                "otlp-sink",
+            ]))?;
+            let outage = match std::env::args().nth(2) {
+                Some(s) => s.parse().context("soak OUTAGE_SECS: a number of seconds")?,
+                None => 600,
+            };
+            let only: Vec<String> = std::env::args().skip(3).collect();
+            soak::run(&root(), outage, &only)
         }
         "go-offsets" => {
             setup()?;

@@ -4,7 +4,7 @@
 mod db;
 mod go;
 mod h2;
-mod harness;
+pub(crate) mod harness;
 mod http;
 
 use std::path::Path;
