@@ -776,7 +776,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(exporter) = metrics_exporter {
         exporter.shutdown().await;
     }
-    let _ = detach.await;
+    if let Err(e) = detach.await {
+        log::warn!("detaching the probes failed: {e}");
+    }
     log::info!("stats: {}", stats.render());
     Ok(())
 }

@@ -526,8 +526,8 @@ fn otlp_transport(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Trans
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         _ => bail!(
-            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY \
-             go together (mTLS needs both)"
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY (or \
+             their _TRACES_ or _METRICS_ forms) go together: mTLS needs both"
         ),
     };
     let gzip = match var("COMPRESSION").as_deref().map(str::trim) {

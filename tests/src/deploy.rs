@@ -77,7 +77,7 @@ pub fn capability_mask(capabilities: &[String]) -> u64 {
 }
 
 /// The DaemonSet's host mounts: (host path, path in the container,
-/// read-only).
+/// read-only). Other volumes (a Secret) are not the host's.
 pub fn manifest_mounts() -> Vec<(String, String, bool)> {
     let docs = manifest();
     let ds = docs
@@ -90,19 +90,17 @@ pub fn manifest_mounts() -> Vec<(String, String, bool)> {
         .as_array()
         .expect("volumeMounts")
         .iter()
-        .map(|m| {
+        .filter_map(|m| {
             let volume = volumes
                 .iter()
                 .find(|v| v["name"] == m["name"])
                 .expect("every mount's volume is declared");
-            let host = volume["hostPath"]["path"]
-                .as_str()
-                .expect("the DaemonSet mounts host paths only");
-            (
+            let host = volume["hostPath"]["path"].as_str()?;
+            Some((
                 host.to_owned(),
                 m["mountPath"].as_str().unwrap().to_owned(),
                 m["readOnly"] == true,
-            )
+            ))
         })
         .collect()
 }

@@ -324,8 +324,16 @@ fn two_node_requests_in_one_read_give_roots_not_crossed_parents() {
     // the connect completes, outside it). A pair split across two reads
     // would be whole.
     let unknown = agent.stat("context_loop_unknown").unwrap();
-    assert_eq!(unknown, 0, "{t:?}\n{}", agent.stderr());
-    assert_eq!(t.whole as u64 + ambiguous, REQUESTS as u64, "{t:?}");
+    // Lost events forget which callback opened which connection: only
+    // then may a refused call be counted as unknown.
+    if agent.stat("kernel_ringbuf_full") == Some(0) {
+        assert_eq!(unknown, 0, "{t:?}\n{}", agent.stderr());
+    }
+    assert_eq!(
+        t.whole as u64 + ambiguous + unknown,
+        REQUESTS as u64,
+        "{t:?}"
+    );
     assert!(ambiguous > 0, "no pair of requests shared a read?");
     eprintln!(
         "whole traces: {} of {REQUESTS}; ambiguous roots: {ambiguous}",

@@ -335,7 +335,8 @@ fn a_sigterm_under_load_delivers_every_span_and_exits_0() {
     let report = String::from_utf8_lossy(&load.stdout);
     let log = agent.stderr();
     assert!(status.success(), "{status}: {log}");
-    assert!(took < Duration::from_secs(6), "{took:?}: {log}");
+    // The shutdown timeout (5 s), and slack for a loaded machine.
+    assert!(took < Duration::from_secs(8), "{took:?}: {log}");
     assert!(
         load.status.success() && !report.contains("errors"),
         "{report}"

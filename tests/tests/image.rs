@@ -197,6 +197,15 @@ fn the_image_built_here_traces_the_host_as_the_daemonset_runs_it() {
         docker(&["image", "inspect", BASE]).status.success(),
         "no {BASE}: `cargo xtask test` makes it with debootstrap"
     );
+    // The prebuilt stage copies target/release/zerospan: it must be the
+    // binary under test.
+    let copied = workspace().join("target/release/zerospan");
+    assert_eq!(
+        agent_binary().canonicalize().unwrap(),
+        copied.canonicalize().unwrap(),
+        "the image holds {}, not ZEROSPAN_BIN",
+        copied.display()
+    );
     let tag = format!("zerospan:test-{}", std::process::id());
     let built = Command::new(DOCKER)
         .current_dir(workspace())

@@ -172,7 +172,14 @@ impl Sink {
     }
 
     /// Takes the collector down, as a crash would.
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Sink {
+    /// Also on an early return: the next run needs the port.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -182,6 +189,17 @@ impl Sink {
 struct Agent {
     child: Child,
     log: PathBuf,
+    stopped: bool,
+}
+
+impl Drop for Agent {
+    /// Also on an early return: no agent is left attached to nginx.
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.signal(SIGINT);
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Agent {
@@ -199,7 +217,11 @@ impl Agent {
             .stderr(fs::File::create(&log)?)
             .spawn()
             .context("starting the agent")?;
-        let agent = Agent { child, log };
+        let agent = Agent {
+            child,
+            log,
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !agent.log().contains("zerospan INFO  tracing ") {
             if Instant::now() > deadline {
@@ -238,6 +260,7 @@ impl Agent {
     fn stop(mut self) -> Result<String> {
         self.signal(SIGINT);
         let status = self.child.wait()?;
+        self.stopped = true;
         let log = self.log();
         if !status.success() {
             bail!("the agent exited with {status}:\n{log}");
@@ -400,6 +423,7 @@ fn killed(root: &Path, dir: &Path, pid: u32) -> Result<()> {
     let mut agent = agent;
     agent.signal(SIGKILL);
     let _ = agent.child.wait();
+    agent.stopped = true;
     thread::sleep(Duration::from_secs(2));
     let now = program_ids();
     let left = ours.iter().filter(|id| now.contains(id)).count();
@@ -745,6 +769,37 @@ fn bad_input(root: &Path, dir: &Path, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Raises this process's soft limit on open files to `want`, within its
+/// hard limit.
+fn raise_open_files(want: u64) -> Result<()> {
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut limit = [0u64; 2];
+    // SAFETY: `limit` is the two-word struct rlimit.
+    if unsafe { getrlimit(RLIMIT_NOFILE, limit.as_mut_ptr()) } != 0 {
+        bail!("getrlimit failed");
+    }
+    if limit[0] >= want {
+        return Ok(());
+    }
+    if limit[1] < want {
+        bail!(
+            "open files are limited to {} here; 10,000 connections need {want}",
+            limit[1]
+        );
+    }
+    limit[0] = want;
+    // SAFETY: as above.
+    if unsafe { setrlimit(RLIMIT_NOFILE, limit.as_ptr()) } != 0 {
+        bail!("setrlimit failed");
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn getrlimit(resource: i32, limit: *mut u64) -> i32;
+    fn setrlimit(resource: i32, limit: *const u64) -> i32;
+}
+
 /// Entries in the probes' socket map now.
 fn socket_map_entries() -> usize {
     // With BTF bpftool prints JSON-like entries, without it `key:` lines.
@@ -756,6 +811,7 @@ fn socket_map_entries() -> usize {
 
 fn idle_connections(root: &Path, dir: &Path, pid: u32) -> Result<()> {
     println!("\n## 5. 10,000 idle connections opened and closed");
+    raise_open_files(12_000)?;
     let sink = Sink::start(root)?;
     let agent = Agent::start(root, dir, pid, &[])?;
     thread::sleep(Duration::from_secs(2));

@@ -14,7 +14,7 @@ use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use openssl::{
     ssl::{SslConnector, SslFiletype, SslMethod},
-    x509::{store::X509StoreBuilder, X509},
+    x509::{store::X509StoreBuilder, verify::X509VerifyFlags, X509},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Transport {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
-        if endpoint.starts_with("http://") && (self.ca.is_some() || self.client.is_some()) {
+        if scheme_is(endpoint, "http") && (self.ca.is_some() || self.client.is_some()) {
             log::warn!(
                 "OTLP endpoint {endpoint} is http://: the TLS settings \
                  (OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY) are \
@@ -72,6 +72,9 @@ impl Transport {
             for cert in certs {
                 store.add_cert(cert)?;
             }
+            // An intermediate given as the CA is trusted as an anchor, as
+            // the Go and Java SDKs trust it.
+            store.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
             // Only these CAs: a private CA replaces the system's roots, as
             // the OpenTelemetry SDKs do.
             ssl.set_cert_store(store.build());
@@ -116,20 +119,29 @@ impl Transport {
     /// client certificate after the handshake, with an alert the HTTP/2
     /// client often reports as no more than a closed or reset connection.
     pub fn closed_hint(&self, endpoint: &str) -> Option<&'static str> {
-        (endpoint.starts_with("https://") && self.client.is_none()).then_some(
+        (scheme_is(endpoint, "https") && self.client.is_none()).then_some(
             "the collector closed the TLS connection; if it requires a client certificate, \
              set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY",
         )
     }
 }
 
+/// Whether `endpoint`'s scheme is `scheme` (schemes are case-insensitive).
+fn scheme_is(endpoint: &str, scheme: &str) -> bool {
+    endpoint
+        .split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case(scheme))
+}
+
 /// `msg`, with `hint` if the failure is a connection the collector
 /// ended, or refused for want of a certificate. Which of these the HTTP/2
 /// client reports depends on when the alert arrives.
 pub fn with_hint(msg: String, hint: Option<&str>) -> String {
-    const ENDED: [&str; 3] = [
+    const ENDED: [&str; 5] = [
         "connection closed",
         "Connection reset by peer",
+        "Broken pipe",
+        "unexpected EOF",
         "alert certificate required",
     ];
     match hint {
