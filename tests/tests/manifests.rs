@@ -414,3 +414,21 @@ extraEnv: [{name: OTEL_RESOURCE_ATTRIBUTES, value: deployment.environment.name=p
     assert!(pod.get("tolerations").is_none());
     assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
 }
+
+/// A client certificate named without the Secret that holds it is an
+/// error, not a setting silently dropped.
+#[test]
+fn a_client_certificate_without_its_secret_is_refused() {
+    let out = Command::new(helm())
+        .args(["template", &chart()])
+        .args(["--set", "otlp.tls.clientCertificateKey=tls.crt"])
+        .args(["--set", "otlp.tls.clientKeyKey=tls.key"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs otlp.tls.secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
