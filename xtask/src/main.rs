@@ -17,7 +17,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 /// Debian packages the build and the tests need.
-const APT_PACKAGES: &[&str] = &[
+/// What building the probes and the agent needs (and all the image's
+/// source build installs: `cargo xtask setup build`).
+const BUILD_PACKAGES: &[&str] = &[
     // bpf-linker against Debian's LLVM 22 (matches nightly's LLVM).
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     // The agent's Kubernetes client talks TLS through the system's OpenSSL.
     "libssl-dev",
     "pkg-config",
+];
+
+/// What the tests, the demo, the benchmarks and the soak drive.
+const TEST_PACKAGES: &[&str] = &[
     // Real servers and clients the integration tests and benchmark drive.
     "nginx-light",
     "curl",
@@ -91,7 +97,8 @@ const PIP_PACKAGES: &[&str] = &[
 fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
-         setup   install what a fresh machine lacks (idempotent)\n\
+         setup   install what a fresh machine lacks (idempotent); `setup build`: only\n\
+                 what building needs (the image's source build)\n\
          build   build the probes and the agent: target/release/zerospan\n\
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
@@ -112,7 +119,11 @@ fn usage() -> ! {
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
-        "setup" => setup(),
+        "setup" => match std::env::args().nth(2).as_deref() {
+            None => setup(),
+            Some("build") => setup_build(),
+            Some(other) => bail!("setup {other}: only `setup` or `setup build`"),
+        },
         "build" => build(),
         "test" => {
             require_root()?;
@@ -220,8 +231,15 @@ fn output(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
+/// Everything: the build's tools and what the tests drive.
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    setup_build()?;
+    setup_tests()
+}
+
+/// Debian packages not installed yet, installed.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -238,6 +256,13 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
+
+/// What `cargo xtask build` needs: LLVM for bpf-linker, OpenSSL's headers,
+/// nightly's rust-src, bpf-linker.
+fn setup_build() -> Result<()> {
+    apt_install(BUILD_PACKAGES)?;
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
@@ -267,6 +292,12 @@ fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+    Ok(())
+}
+
+/// The servers, clients and toolchains the tests drive.
+fn setup_tests() -> Result<()> {
+    apt_install(TEST_PACKAGES)?;
     let have_pip_packages = succeeds(Command::new("python3").args([
         "-c",
         "import opentelemetry.sdk, opentelemetry.instrumentation.urllib, \
