@@ -16,7 +16,7 @@ use tokio::{
     sync::mpsc,
 };
 use zerospan_common::{counter, origin};
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use crate::{
     clock::Clock,

@@ -45,7 +45,9 @@ use std::{
     net::SocketAddr,
 };
 
-use zerospan_protocols::http1::{Head, Stamp};
+use zerospan_protocols::http1::Head;
+
+use zerospan_protocols::stream::Stamp;
 
 use crate::{
     conn::{Endpoints, Role},

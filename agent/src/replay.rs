@@ -8,7 +8,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use zerospan_common::origin;
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use crate::{
     conn::{

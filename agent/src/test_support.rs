@@ -1,6 +1,6 @@
 //! What the agent's unit tests share.
 
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use crate::conn::db::SqlOptions;
 

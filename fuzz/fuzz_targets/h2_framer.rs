@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
 use zerospan_protocols::h2::hpack::{Fields, MAX_FIELDS};
 use zerospan_protocols::h2::{Framer, Sink};
-use zerospan_protocols::http1::Stamp;
+use zerospan_protocols::stream::Stamp;
 
 struct Count(u64);
 

@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
-use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink, Stamp, MAX_HEAD};
+use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink, MAX_HEAD};
+use zerospan_protocols::stream::Stamp;
 
 #[derive(Default)]
 struct Check {

@@ -5,9 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
-use zerospan_protocols::http1::Stamp;
 use zerospan_protocols::memcache::{Direction, Framer, MemcacheSink};
 use zerospan_protocols::resp::{Command, Reply};
+use zerospan_protocols::stream::Stamp;
 
 struct Count(u64);
 

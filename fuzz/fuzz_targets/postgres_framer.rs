@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = postgres::message_before_ready(seg.bytes);
             framer.feed(seg, |m| {
                 messages += 1;
-                assert!(m.body.len() <= MAX_KEEP.max(10_000), "kept bodies are bounded");
+                assert!(
+                    m.body.len() <= MAX_KEEP.max(10_000),
+                    "kept bodies are bounded"
+                );
                 match m.tag {
                     Tag::Startup => drop(postgres::startup(m.body)),
                     Tag::Typed(_) => {

@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
-use zerospan_protocols::http1::Stamp;
 use zerospan_protocols::resp::{Command, Direction, Framer, Reply, RespSink};
+use zerospan_protocols::stream::Stamp;
 
 struct Count(u64);
 

@@ -1,6 +1,6 @@
 //! What the fuzz targets share: cutting the fuzzer's bytes into segments.
 
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 /// Cuts `data` into segments, steered by its first byte: each segment's
 /// length comes from the data itself, and when `steer` is odd a few bytes

@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use crate::stream::{Segment, Stamp};
+
 /// Largest message head (start line and headers) the framer buffers.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers one head may carry.
@@ -23,23 +25,6 @@ const MAX_TARGET: usize = 2048;
 const MAX_VALUE: usize = 512;
 /// Longest method token accepted when sniffing a start line.
 const MAX_METHOD: usize = 24;
-
-/// When the bytes of one segment moved: syscall entry and exit, in ns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stamp {
-    pub enter_ns: u64,
-    pub exit_ns: u64,
-}
-
-/// One syscall's (or iovec entry's) worth of stream.
-#[derive(Clone, Copy, Debug)]
-pub struct Segment<'a> {
-    /// Captured prefix of the segment.
-    pub bytes: &'a [u8],
-    /// True length; `len - bytes.len()` bytes follow unseen.
-    pub len: u64,
-    pub stamp: Stamp,
-}
 
 /// Which kind of message this direction carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

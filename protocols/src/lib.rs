@@ -13,4 +13,5 @@ pub mod postgres;
 mod prefixed;
 pub mod resp;
 pub mod sql;
+pub mod stream;
 pub mod tls;

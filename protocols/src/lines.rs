@@ -3,7 +3,7 @@
 //! uncaptured tail skipped inside a counted block, or losing sync outside
 //! one.
 
-use crate::http1::Segment;
+use crate::stream::Segment;
 
 /// Appends `bytes` up to and including the first LF to `buf` (keeping at
 /// most `max` bytes of the line). Returns how many bytes it consumed and,

@@ -12,9 +12,9 @@
 //! [`MAX_LINE`].
 
 use crate::{
-    http1::{Segment, Stamp},
     lines::{self, CountedFramer, State},
     resp::{Command, Reply},
+    stream::{Segment, Stamp},
 };
 
 /// Longest line kept; longer ones are cut (keys are at most 250 bytes).

@@ -11,8 +11,8 @@
 //! Pure: bytes in, [`Packet`]s out; memory bounded by [`MAX_KEEP`].
 
 use crate::{
-    http1::{Segment, Stamp},
     prefixed::{Header, Walk},
+    stream::{Segment, Stamp},
 };
 
 /// Most bytes of one payload kept (a query's text).

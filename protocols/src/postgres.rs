@@ -11,8 +11,8 @@
 //! Pure: bytes in, [`Message`]s out; memory bounded by [`MAX_KEEP`].
 
 use crate::{
-    http1::{Segment, Stamp},
     prefixed::{Header, Walk},
+    stream::{Segment, Stamp},
 };
 
 /// Most bytes of one message body kept (a query's text).

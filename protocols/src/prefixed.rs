@@ -4,7 +4,7 @@
 //! uncaptured. A header in uncaptured bytes loses the stream, until the
 //! owner resynchronises it.
 
-use crate::http1::{Segment, Stamp};
+use crate::stream::{Segment, Stamp};
 
 /// Longest header walked.
 pub(crate) const MAX_HEADER: usize = 5;

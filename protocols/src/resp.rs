@@ -11,8 +11,8 @@
 //! [`MAX_LINE`] and [`MAX_DEPTH`].
 
 use crate::{
-    http1::{Segment, Stamp},
     lines::{self, CountedFramer, State},
+    stream::{Segment, Stamp},
 };
 
 /// Longest type line (`+OK`, `$5`, `-ERR …`) kept; the rest is skipped.

@@ -16,10 +16,10 @@ use std::{
 };
 
 use zerospan_protocols::{
-    http1::{Segment, Stamp},
     memcache::{self, MemcacheSink},
     resp::{self, Command, Direction, Reply, RespSink},
     sql,
+    stream::{Segment, Stamp},
 };
 
 use super::{

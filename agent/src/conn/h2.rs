@@ -12,7 +12,8 @@ use crate::events::Task;
 use std::{collections::HashMap, sync::Arc};
 
 use zerospan_protocols::h2::{hpack::Fields, Framer, Sink, PREFACE};
-use zerospan_protocols::http1::{Head, Segment, Stamp};
+use zerospan_protocols::http1::Head;
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use super::{
     http1,

@@ -10,7 +10,9 @@
 use crate::events::Task;
 use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 
-use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Segment, Sink, Stamp};
+use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink};
+
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use super::{
     h2::H2Conn,

@@ -26,9 +26,9 @@ use std::{
 };
 
 use zerospan_protocols::{
-    http1::{Segment, Stamp},
     mysql::{self, caps, command, Direction, Framer, Packet, CURSOR_EXISTS, MORE_RESULTS_EXISTS},
     resp::Reply,
+    stream::{Segment, Stamp},
 };
 
 use super::{

@@ -26,9 +26,9 @@ use std::{
 };
 
 use zerospan_protocols::{
-    http1::{Segment, Stamp},
     postgres::{self, Direction, Framer, Message, Tag},
     resp::Reply,
+    stream::{Segment, Stamp},
 };
 
 use super::{

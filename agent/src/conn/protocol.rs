@@ -7,7 +7,7 @@
 //! out each finished exchange as a neutral [`Record`] through
 //! [`Cx::finish`]. No I/O here or in any protocol.
 
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 use super::{Endpoints, Outcome, Role};
 use crate::{

@@ -26,7 +26,8 @@ use crate::events::{Chosen, ConnKey, GoAct, Task};
 use crate::linker::{Linker, Runtime};
 use crate::spans::{context::SpanContext, http::Options, Record};
 use crate::stats::Stats;
-use zerospan_protocols::http1::{self, Segment, Stamp};
+use zerospan_protocols::http1;
+use zerospan_protocols::stream::{Segment, Stamp};
 use zerospan_protocols::{memcache, mysql, postgres, resp, tls};
 
 /// Segments a connection of unknown role may show before we give up on it.

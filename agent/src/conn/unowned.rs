@@ -13,7 +13,7 @@
 use crate::events::Task;
 use std::collections::{HashMap, VecDeque};
 
-use zerospan_protocols::http1::{Segment, Stamp};
+use zerospan_protocols::stream::{Segment, Stamp};
 
 /// Most library objects held at once; past it the oldest is dropped.
 const MAX_OBJECTS: usize = 1024;

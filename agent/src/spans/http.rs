@@ -5,7 +5,8 @@ use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Va
 #[cfg(test)]
 use super::{Resource, Span};
 use crate::events::Task;
-use zerospan_protocols::http1::{Head, Stamp};
+use zerospan_protocols::http1::Head;
+use zerospan_protocols::stream::Stamp;
 
 use crate::conn::{Endpoints, Outcome, Role};
 #[cfg(test)]

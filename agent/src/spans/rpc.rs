@@ -8,7 +8,7 @@ use super::{
 };
 use crate::conn::{Endpoints, Outcome, Role};
 use crate::events::Task;
-use zerospan_protocols::http1::Stamp;
+use zerospan_protocols::stream::Stamp;
 
 /// One gRPC call, as framed on one HTTP/2 stream.
 #[derive(Clone, Debug)]

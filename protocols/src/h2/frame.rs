@@ -9,7 +9,7 @@
 //! else lose the framing: [`Framer::is_lost`] from then on.
 
 use super::hpack::{Decoder, Fields};
-use crate::http1::{Segment, Stamp};
+use crate::stream::{Segment, Stamp};
 
 /// What a client sends first on every HTTP/2 connection (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
