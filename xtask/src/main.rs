@@ -106,7 +106,7 @@ fn usage() -> ! {
                  h2load against nghttpd, grpcio unary calls, wrk against Go programs,\n\
                  redis-benchmark, pgbench (root); `bench NAME` runs one: http, h2, go,\n\
                  redis or postgres\n\
-         fuzz    fuzz each parser for SECS seconds (default 60)\n\
+         fuzz    fuzz each parser, the event decoder and the tracker for SECS seconds (default 60)\n\
          image   set up, build, and build the container image around the binary: zerospan:dev\n\
          soak    set up, build, and survive faults with figures (root; about OUTAGE+3 min):\n\
                  `soak OUTAGE_SECS [PART…]` sets the collector's outage (default 600)\n\
@@ -449,6 +449,8 @@ fn fuzz(secs: &str) -> Result<()> {
         "postgres_framer",
         "sql_sanitize",
         "h2_framer",
+        "event_decode",
+        "tracker",
     ] {
         run(Command::new("cargo")
             .current_dir(root().join("fuzz"))

@@ -164,8 +164,8 @@ impl Tracker {
         }
     }
 
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
+    /// Connections tracked: never more than `Limits::max_connections`.
+    pub fn connections(&self) -> usize {
         self.conns.len()
     }
 
@@ -1044,7 +1044,7 @@ mod tests {
         let done: Vec<_> = t.drain().collect();
         assert_eq!(outcome(&done[0]), Outcome::TimedOut);
         // The connection stays known: its next exchange is still traced.
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.connections(), 1);
         feed(
             &mut t,
             key2,
@@ -1073,7 +1073,7 @@ mod tests {
         assert_eq!(outcome(&done[0]), Outcome::Complete);
         // Quiet long enough, it is forgotten.
         t.sweep(20_000);
-        assert_eq!(t.len(), 0);
+        assert_eq!(t.connections(), 0);
     }
 
     #[test]
@@ -1108,7 +1108,7 @@ mod tests {
         for fd in 0..20 {
             t.open(ConnKey { fd, ..KEY }, origin::ACCEPTED, None, None, 0);
         }
-        assert_eq!(t.len(), 8);
+        assert_eq!(t.connections(), 8);
         assert_eq!(
             stats
                 .connections_table_full

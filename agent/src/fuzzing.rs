@@ -1,0 +1,12 @@
+//! What the fuzz targets (fuzz/) drive: the connection tracker, fed as the
+//! agent feeds it, and the decoder of the probes' ring-buffer records.
+//! Not an API: it names what the targets need and nothing more.
+
+pub use crate::conn::{
+    db::SqlOptions,
+    tracker::{Limits, Tracker},
+};
+pub use crate::events::{decode, Chosen, ConnKey, Event, GoAct, Origin, Task};
+pub use crate::linker::Runtime;
+pub use crate::spans::{http::Options, Record};
+pub use crate::stats::Stats;
