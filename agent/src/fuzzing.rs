@@ -8,5 +8,5 @@ pub use crate::conn::{
 };
 pub use crate::events::{decode, Chosen, ConnKey, Event, GoAct, Origin, Task};
 pub use crate::linker::Runtime;
-pub use crate::spans::{http::Options, Record};
+pub use crate::spans::{http::Options, Record, Value};
 pub use crate::stats::Stats;

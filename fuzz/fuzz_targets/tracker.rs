@@ -7,7 +7,9 @@
 //!
 //! Checked after every step: no panic, the connection table within its
 //! limit, every span's time the right way round and within the times it
-//! was fed, and its attributes bounded.
+//! was fed, its process one that was fed, its name and attributes bounded,
+//! and evictions and deepenings only of connections fed; after a stop, no
+//! connection left.
 
 #![no_main]
 
@@ -16,7 +18,7 @@ use std::{net::SocketAddr, sync::Arc, sync::OnceLock};
 use libfuzzer_sys::fuzz_target;
 use zerospan::fuzzing::{
     Chosen, ConnKey, GoAct, Limits, Options, Origin, Record, Runtime, SqlOptions, Stats, Task,
-    Tracker,
+    Tracker, Value,
 };
 use zerospan_common::origin;
 use zerospan_protocols::stream::{Segment, Stamp};
@@ -56,8 +58,10 @@ const KEYS: [ConnKey; 4] = [
     },
 ];
 
-/// Most attributes a span may carry: a bound the fuzzer checks.
+/// Most attributes a span may carry, and the longest text of any: bounds
+/// the fuzzer checks (the longest kept today is a query's text).
 const MAX_ATTRIBUTES: usize = 64;
+const MAX_TEXT: usize = 64 * 1024;
 
 /// The bytes the fuzzer writes, read as a program.
 struct Program<'a>(&'a [u8]);
@@ -119,6 +123,18 @@ fn canned() -> &'static [Vec<u8>] {
         greeting.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
         let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         preface.extend(h2_frame(4, 0, 0, &[0, 1, 0, 0, 0x10, 0]));
+        // A ServerHello naming TLS 1.3 in supported_versions.
+        let mut hello = vec![3, 3];
+        hello.extend_from_slice(&[0; 32]);
+        hello.extend_from_slice(&[0, 0x13, 0x01, 0, 0, 6, 0, 0x2b, 0, 2, 3, 4]);
+        let mut handshake = vec![2, 0, 0, hello.len() as u8];
+        handshake.extend(hello);
+        let mut server_hello = vec![22, 3, 3, 0, handshake.len() as u8];
+        server_hello.extend(handshake);
+        // A MySQL login with a user, a database and the auth plugin.
+        let mut login = vec![0x8d, 0xa6, 0xff, 0x01, 0, 0, 0, 1, 0x21];
+        login.extend_from_slice(&[0; 23]);
+        login.extend_from_slice(b"u\0\0d\0mysql_native_password\0");
         let mut startup = 196608u32.to_be_bytes().to_vec();
         startup.extend_from_slice(b"user\0u\0database\0d\0\0");
         let mut startup_msg = (startup.len() as u32 + 4).to_be_bytes().to_vec();
@@ -138,8 +154,10 @@ fn canned() -> &'static [Vec<u8>] {
             // A gRPC call: POST, content-type application/grpc, a message.
             h2_frame(1, 4, 3, &[0x83, 0x86, 0x44, 0x03, b'/', b's', b'/', 0x5f, 0x10, b'a', b'p', b'p', b'l', b'i', b'c', b'a', b't', b'i', b'o', b'n', b'/', b'g', b'r', b'p', b'c']),
             h2_frame(0, 1, 3, &[0, 0, 0, 0, 0]),
-            h2_frame(1, 5, 3, &[0x40, 0x0b, b'g', b'r', b'p', b'c', b'-', b's', b't', b'a', b't', b'u', b's', 0x01, b'0']),
+            h2_frame(1, 5, 3, &[0x88, 0x40, 0x0b, b'g', b'r', b'p', b'c', b'-', b's', b't', b'a', b't', b'u', b's', 0x01, b'0']),
             h2_frame(3, 0, 1, &[0, 0, 0, 8]),
+            // A server's first frame: SETTINGS.
+            h2_frame(4, 0, 0, &[]),
             h2_frame(7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]),
             startup_msg,
             vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
@@ -149,10 +167,13 @@ fn canned() -> &'static [Vec<u8>] {
             pg(b'Z', b"I"),
             pg(b'Q', b"SELECT name FROM t WHERE id = 42\0"),
             pg(b'P', b"s1\0SELECT $1\0\0\0"),
+            pg(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x017\0\0"),
+            pg(b'E', b"\0\0\0\0\0"),
+            pg(b'S', b""),
             pg(b'C', b"SELECT 1\0"),
             pg(b'E', b"SERROR\0C42P01\0Mno such table\0\0"),
             mysql(0, &greeting),
-            mysql(1, &[0x85, 0xa6, 0xff, 0x01, 0, 0, 0, 1, 0x21]),
+            mysql(1, &login),
             mysql(2, &[0, 0, 0, 2, 0, 0, 0]),
             mysql(0, b"\x03SELECT * FROM t WHERE a = 'x'"),
             mysql(1, &[0xff, 0x7a, 0x04, b'#', b'4', b'2', b'S', b'0', b'2', b'n', b'o']),
@@ -160,13 +181,9 @@ fn canned() -> &'static [Vec<u8>] {
             b"$1\r\nv\r\n+OK\r\n-ERR wrong\r\n".to_vec(),
             b"get k\r\n".to_vec(),
             b"VALUE k 0 1\r\nv\r\nEND\r\n".to_vec(),
-            // A ClientHello's record header, and a ServerHello naming TLS 1.3.
+            // A ClientHello's record header, and a ServerHello.
             vec![22, 3, 1, 0, 4, 1, 0, 0, 0],
-            vec![
-                22, 3, 3, 0, 52, 2, 0, 0, 48, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x13, 0x01, 0, 0, 6, 0, 0x2b, 0, 2, 3,
-                4,
-            ],
+            server_hello,
         ]
     })
 }
@@ -180,8 +197,12 @@ fn check(t: &mut Tracker, fed_from: u64, now: u64) {
     for r in t.drain() {
         check_record(&r, fed_from, now);
     }
-    let _ = t.take_evictions();
-    let _ = t.take_deepened();
+    for key in t.take_evictions() {
+        assert!(KEYS.contains(&key), "an eviction names a connection fed");
+    }
+    for (key, _) in t.take_deepened() {
+        assert!(KEYS.contains(&key), "a deepening names a connection fed");
+    }
 }
 
 fn check_record(r: &Record, fed_from: u64, now: u64) {
@@ -191,9 +212,19 @@ fn check_record(r: &Record, fed_from: u64, now: u64) {
         "a span's times are times the tracker was given: {r:?}"
     );
     assert!(
+        KEYS.iter().any(|k| k.tgid == r.tgid),
+        "a span's process is one fed"
+    );
+    assert!(
         r.attributes.len() <= MAX_ATTRIBUTES,
         "attributes are bounded"
     );
+    assert!(r.name.len() <= MAX_TEXT, "the name is bounded");
+    for (key, value) in &r.attributes {
+        if let Value::Str(text) = value {
+            assert!(text.len() <= MAX_TEXT, "{key} is bounded");
+        }
+    }
 }
 
 fn address(b: u8) -> Option<SocketAddr> {
@@ -217,19 +248,26 @@ fuzz_target!(|data: &[u8]| {
         let egress = arg & 4 == 4;
         let task = Task {
             tid: key.tgid * 10 + u32::from(arg >> 6),
-            goroutine: u64::from(arg >> 5 & 1) * 0xc000_0000,
+            // Two goroutines per thread, as many as the Go events' objects.
+            goroutine: if arg & 0x20 == 0x20 {
+                0xc000_0000 + u64::from(arg >> 6 & 1)
+            } else {
+                0
+            },
         };
         now += 1 + u64::from(arg >> 3 & 3) * 1_000;
         match op % 16 {
             0 => {
                 let how = [origin::ACCEPTED, origin::CONNECTED, origin::PREEXISTING]
                     [usize::from(op >> 4) % 3];
-                t.open(key, how, address(arg >> 2), address(op >> 3), now);
+                let local = address(program.byte().unwrap_or(0));
+                t.open(key, how, address(arg >> 2), local, now);
             }
             1 | 2 | 3 => {
                 let bytes = if op % 16 == 3 {
                     let canned = canned();
-                    &canned[usize::from(op >> 4 | (arg & 0x80) >> 3) % canned.len()][..]
+                    let pick = program.byte().unwrap_or(0);
+                    &canned[usize::from(pick) % canned.len()][..]
                 } else {
                     let n = program.len();
                     program.bytes(n.min(zerospan_common::MAX_CAPTURE))
@@ -278,7 +316,12 @@ fuzz_target!(|data: &[u8]| {
             11 => {
                 let act =
                     [GoAct::Spawn, GoAct::RoundTrip, GoAct::WriteLoop][usize::from(op >> 4) % 3];
-                t.go_event(key.tgid, (task, now), act, 0xc000_0000 + u64::from(op >> 6));
+                t.go_event(
+                    key.tgid,
+                    (task, now),
+                    act,
+                    0xc000_0000 + u64::from(op >> 6 & 1),
+                );
             }
             12 => match address(arg | 1) {
                 Some(a) if op & 0x10 == 0x10 => t.local_known(key.tgid, key.fd, a),
@@ -311,4 +354,5 @@ fuzz_target!(|data: &[u8]| {
     }
     t.close_all();
     check(&mut t, start, now + 1);
+    assert_eq!(t.connections(), 0, "a stop forgets every connection");
 });

@@ -153,7 +153,7 @@ fn the_build_stage_uses_this_toolchain() {
         .to_owned();
     assert_eq!(build_from, &format!("rust:{minor}-bookworm AS build"));
     assert!(
-        build.contains("cargo xtask setup && cargo xtask build"),
+        build.contains("cargo xtask setup build && cargo xtask build"),
         "{build}"
     );
 }
