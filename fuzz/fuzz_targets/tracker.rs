@@ -227,8 +227,14 @@ fn check_record(r: &Record, fed_from: u64, now: u64) {
     }
 }
 
+/// A loopback address the fuzzer picks.
+fn addr(b: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1 + (b >> 6)], 8000 + u16::from(b >> 1)))
+}
+
+/// An address, or none when the low bit is clear.
 fn address(b: u8) -> Option<SocketAddr> {
-    (b & 1 == 1).then(|| SocketAddr::from(([127, 0, 0, 1 + (b >> 6)], 8000 + u16::from(b >> 1))))
+    (b & 1 == 1).then(|| addr(b))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -323,11 +329,8 @@ fuzz_target!(|data: &[u8]| {
                     0xc000_0000 + u64::from(op >> 6 & 1),
                 );
             }
-            12 => match address(arg | 1) {
-                Some(a) if op & 0x10 == 0x10 => t.local_known(key.tgid, key.fd, a),
-                Some(a) => t.peer_known(key, a, 8000 + u16::from(op >> 5)),
-                None => {}
-            },
+            12 if op & 0x10 == 0x10 => t.local_known(key.tgid, key.fd, addr(arg)),
+            12 => t.peer_known(key, addr(arg), 8000 + u16::from(op >> 5)),
             13 => {
                 let id = program.bytes(2);
                 let b = |i: usize| id.get(i).copied().unwrap_or(1);

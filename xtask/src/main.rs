@@ -443,8 +443,8 @@ fn fuzz(secs: &str) -> Result<()> {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     // (target, cargo-fuzz's options, libFuzzer's): the tracker is safe
-    // Rust throughout, so it runs without AddressSanitizer (three times
-    // the executions; a panic is what it looks for), on programs of up
+    // Rust throughout, so it runs without AddressSanitizer (about six times
+    // the executions here; a panic is what it looks for), on programs of up
     // to 512 bytes (about 200 events: deep enough, and fast).
     let targets: [(&str, &[&str], &[&str]); 9] = [
         ("http1_framer", &[], &[]),
