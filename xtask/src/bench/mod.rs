@@ -6,6 +6,7 @@ mod go;
 mod h2;
 pub(crate) mod harness;
 mod http;
+mod uprobe;
 
 use std::path::Path;
 
@@ -21,6 +22,7 @@ const WORKLOADS: &[(&str, Workload)] = &[
     ("go", go::run),
     ("redis", db::redis),
     ("postgres", db::postgres),
+    ("uprobe", uprobe::run),
 ];
 
 /// Runs every workload, or only the one named.
