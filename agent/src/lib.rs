@@ -29,6 +29,7 @@ mod k8s;
 mod linker;
 mod logger;
 mod metrics;
+mod openssl;
 mod probes;
 mod process;
 mod procfs;

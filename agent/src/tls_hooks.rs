@@ -19,6 +19,7 @@ use zerospan_common::GoProc;
 
 use crate::{
     golang::{self, GoBinary},
+    openssl,
     uprobe::{self, AttachError, Symbols, Uprobes},
 };
 
@@ -27,7 +28,9 @@ use crate::{
 /// data, size)` take the same arguments and return the bytes moved, so
 /// they share programs; the `_ex` forms report the count through a pointer.
 /// Return probes come first: attached to a live process, an entry probe
-/// without its return probe would leave a call open.
+/// without its return probe would leave a call open. OpenSSL's four go on
+/// its internal functions instead where those are found
+/// ([`TlsHooks::hook_openssl_internals`]), for one trap a call.
 const HOOKS: &[(&str, &[&str])] = &[
     ("tls_write_ret", &["SSL_write", "gnutls_record_send"]),
     ("tls_write", &["SSL_write", "gnutls_record_send"]),
@@ -41,6 +44,10 @@ const HOOKS: &[(&str, &[&str])] = &[
     // read or write names it.
     ("tls_set_fd", &["SSL_set_fd", "gnutls_transport_set_int2"]),
 ];
+
+/// OpenSSL's public read and write functions, left unprobed when the
+/// internal ones they call are probed instead.
+const OPENSSL_READ_WRITE: &[&str] = &["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
 
 /// Node.js's read callback, `node::LibuvStreamWrap::OnUvRead(ssize_t,
 /// const uv_buf_t*)`: where JavaScript handles what a socket read gave
@@ -203,11 +210,20 @@ impl TlsHooks {
             wanted.push(NODE_READ_CB);
         }
         let mut symbols = Symbols::of(path, &wanted);
+        // OpenSSL's reads and writes, at its internal functions where it
+        // can: then its public functions are not probed as well.
+        let internal = self.hook_openssl_internals(ebpf, path, &mut links);
+        if internal {
+            hooked += 2;
+        }
         for &(name, functions) in HOOKS {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;
             };
             for function in functions {
+                if internal && OPENSSL_READ_WRITE.contains(function) {
+                    continue;
+                }
                 match self.uprobes.attach(prog, function, &mut symbols) {
                     Ok(Some(link)) => {
                         links.push(link);
@@ -247,6 +263,59 @@ impl TlsHooks {
             },
         );
         Some(id)
+    }
+
+    /// Attaches the `_ex` programs to the internal functions OpenSSL's
+    /// reads and writes go through, if `path` is an OpenSSL whose internals
+    /// can be found (see [`openssl`]): one trap a call instead of two.
+    /// Returns whether it did.
+    fn hook_openssl_internals(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        links: &mut Vec<uprobe::Link>,
+    ) -> bool {
+        let Some(map) = std::fs::File::open(path)
+            .ok()
+            .and_then(|f| uprobe::Mapped::of(&f).ok())
+        else {
+            return false;
+        };
+        let Ok(obj) = object::File::parse(map.bytes()) else {
+            return false;
+        };
+        let at = match openssl::internals(&obj) {
+            Ok(at) => at,
+            Err(e) => {
+                if e.is_dear() {
+                    log::info!(
+                        "OpenSSL in {} is probed at SSL_read and SSL_write, whose first \
+                         instruction the kernel single-steps on every call ({e})",
+                        path.display()
+                    );
+                }
+                return false;
+            }
+        };
+        // Returns first, as everywhere.
+        let points = [
+            ("tls_write_ex_ret", at.write),
+            ("tls_write_ex", at.write),
+            ("tls_read_ex_ret", at.read),
+            ("tls_read_ex", at.read),
+        ];
+        let what = "OpenSSL's internal read and write functions";
+        if self.attach_all(ebpf, path, what, points, links).is_none() {
+            return false;
+        }
+        log::info!(
+            "OpenSSL in {} is probed at its internal read and write functions \
+             (offsets {:#x}, {:#x}), where the kernel needs no single step",
+            path.display(),
+            at.read,
+            at.write
+        );
+        true
     }
 
     /// Hooks Node.js's read callback in executable `path`, if it has one:
@@ -328,11 +397,13 @@ impl TlsHooks {
     }
 
     /// Attaches `points` (program, file offset) to `path`, all or none: a
-    /// half-hooked function would lose its calls. Returns whether it did.
+    /// half-hooked function would lose its calls. Returns whether it did;
+    /// a failure is said of `what`, the functions the points are in.
     fn attach_all(
         &mut self,
         ebpf: &mut Ebpf,
         path: &Path,
+        what: &str,
         points: impl IntoIterator<Item = (&'static str, u64)>,
         links: &mut Vec<uprobe::Link>,
     ) -> Option<usize> {
@@ -344,7 +415,7 @@ impl TlsHooks {
             match self.uprobes.attach_at(prog, path, at) {
                 Ok(link) => mine.push(link),
                 Err(e) => {
-                    self.attach_failed(path, name, &e);
+                    self.attach_failed(path, what, &e);
                     return None;
                 }
             }
@@ -372,7 +443,7 @@ impl TlsHooks {
             .map(|&at| (GO_RETURN, at))
             .chain([(GO_READ, tls.read.entry), (GO_WRITE, tls.write.entry)])
             .collect();
-        let Some(n) = self.attach_all(ebpf, path, points, links) else {
+        let Some(n) = self.attach_all(ebpf, path, "Go's crypto/tls", points, links) else {
             return false;
         };
         log::info!(
@@ -402,7 +473,8 @@ impl TlsHooks {
         if let Some((round_trip, write_loop)) = g.http_handoff {
             points.extend([(GO_WRITE_LOOP, write_loop), (GO_ROUND_TRIP, round_trip)]);
         }
-        let Some(n) = self.attach_all(ebpf, path, points, links) else {
+        let what = "Go's goroutine creation and net/http hand-offs";
+        let Some(n) = self.attach_all(ebpf, path, what, points, links) else {
             return false;
         };
         log::info!(
