@@ -79,6 +79,11 @@ impl Attached {
         })
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.agent.id()
+    }
+
     /// Lets the agent drain and export, stops it, and reports the round.
     pub fn finish(mut self) -> Result<AgentRun> {
         std::thread::sleep(std::time::Duration::from_secs(2));

@@ -14,8 +14,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::harness::{
-    baseline, cpu_seconds, libc_kill, median, stat_value, traced_with, AgentRun, Attached,
+use super::{
+    harness::{
+        baseline, cpu_seconds, libc_kill, median, stat_value, traced_with, AgentRun, Attached,
+    },
+    programs,
 };
 
 pub(super) const PORT: u16 = 18080;
@@ -316,6 +319,27 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
     for (i, r) in rounds.runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
+    profile(root, nginx.id(), &url)
+}
+
+/// One more traced round, with the kernel's per-program accounting on
+/// (not in the rounds above: it slows every program a little): where the
+/// probes' time goes, per request.
+fn profile(root: &Path, traced: u32, url: &str) -> Result<()> {
+    eprintln!("bench: profile round: traced, per-program accounting on, {DURATION_S}s");
+    let accounting = programs::Accounting::on()?;
+    let attached = Attached::start(root, traced)?;
+    let before = programs::of(attached.pid())?;
+    let w = wrk(url, DURATION_S)?;
+    let after = programs::of(attached.pid())?;
+    attached.finish()?;
+    drop(accounting);
+    println!(
+        "where the probes' time goes: one more traced round, the kernel's per-program accounting on \
+         ({} requests; traps and the syscall slow path are not in it)",
+        w.requests
+    );
+    programs::print(&programs::since(&before, &after), w.requests);
     Ok(())
 }
 

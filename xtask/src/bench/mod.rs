@@ -6,6 +6,7 @@ mod go;
 mod h2;
 pub(crate) mod harness;
 mod http;
+mod programs;
 mod uprobe;
 
 use std::path::Path;
