@@ -1,12 +1,13 @@
 //! The agent's main loop: ring buffer in, spans out.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
     time::Duration,
 };
+
+use crate::hash::Map;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -62,7 +63,7 @@ struct EventPath {
     /// RED metrics, when served (`--prometheus-port`).
     metrics: Option<metrics::Shared>,
     /// Local addresses of listening sockets, by (tgid, fd).
-    listeners: HashMap<(u32, i32), Option<SocketAddr>>,
+    listeners: Map<(u32, i32), Option<SocketAddr>>,
     /// Events the kernel dropped, as of the last tick.
     events_dropped: u64,
     /// Processes that exec'd since the last tick: their TLS libraries are
@@ -670,7 +671,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         clock: Clock::new(),
         stats: stats.clone(),
         spans: span_tx,
-        listeners: HashMap::new(),
+        listeners: Map::default(),
         events_dropped: 0,
         sampler: cfg.sampler,
         metrics,

@@ -24,7 +24,7 @@
 //! (`context_parent_ambiguous`), or no read callback, as in timers and
 //! immediates (`context_loop_unknown`).
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{Map, Set};
 
 use crate::{events::ConnKey, spans::context::SpanContext, stats::Stats};
 
@@ -46,22 +46,22 @@ const MAX_ENTRIES: usize = 65536;
 #[derive(Default)]
 pub struct Loops {
     /// The processes whose read callbacks the probes report.
-    processes: HashSet<u32>,
+    processes: Set<u32>,
     /// The socket whose read callback each thread is in.
-    regions: HashMap<(u32, u32), ConnKey>,
+    regions: Map<(u32, u32), ConnKey>,
     /// Server requests in flight, by connection.
-    serving: HashMap<ConnKey, Vec<SpanContext>>,
+    serving: Map<ConnKey, Vec<SpanContext>>,
     /// Client calls in flight, by connection.
-    calling: HashMap<ConnKey, Vec<SpanContext>>,
+    calling: Map<ConnKey, Vec<SpanContext>>,
     /// What the last read on a client connection ended, if anything, and
     /// that read (its syscall's exit time: one read can come in several
     /// events).
-    answered: HashMap<ConnKey, (u64, Answered)>,
+    answered: Map<ConnKey, (u64, Answered)>,
     /// The read each connection of these processes is in now, by exit time.
-    reading: HashMap<ConnKey, u64>,
+    reading: Map<ConnKey, u64>,
     /// What the callback that opened a client connection was for (one
     /// request, or several at once), until the connection's first request.
-    opened_for: HashMap<ConnKey, Cause>,
+    opened_for: Map<ConnKey, Cause>,
 }
 
 /// The calls a read on a client connection ended.
@@ -84,14 +84,14 @@ fn parent_of(call: &SpanContext) -> Option<SpanContext> {
     })
 }
 
-fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &mut Map<K, V>, key: K, value: V) {
     if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
         map.clear();
     }
     map.insert(key, value);
 }
 
-fn push_bounded(map: &mut HashMap<ConnKey, Vec<SpanContext>>, conn: ConnKey, ctx: SpanContext) {
+fn push_bounded(map: &mut Map<ConnKey, Vec<SpanContext>>, conn: ConnKey, ctx: SpanContext) {
     if map.len() >= MAX_ENTRIES && !map.contains_key(&conn) {
         map.clear();
     }
@@ -102,7 +102,7 @@ fn push_bounded(map: &mut HashMap<ConnKey, Vec<SpanContext>>, conn: ConnKey, ctx
     v.push(ctx);
 }
 
-fn remove_ctx(map: &mut HashMap<ConnKey, Vec<SpanContext>>, conn: ConnKey, ctx: &SpanContext) {
+fn remove_ctx(map: &mut Map<ConnKey, Vec<SpanContext>>, conn: ConnKey, ctx: &SpanContext) {
     if let Some(v) = map.get_mut(&conn) {
         v.retain(|c| c.span_id != ctx.span_id);
         if v.is_empty() {

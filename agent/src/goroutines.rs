@@ -27,7 +27,7 @@
 //!
 //! Pure bookkeeping, bounded; no I/O.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{Map, Set};
 
 use crate::events::Task;
 
@@ -75,16 +75,16 @@ struct Asked {
 #[derive(Default)]
 pub struct Goroutines {
     /// Go processes.
-    procs: HashSet<u32>,
+    procs: Set<u32>,
     /// By (tgid, g): the request each goroutine was started under.
-    under: HashMap<(u32, u64), Under>,
+    under: Map<(u32, u64), Under>,
     /// By (tgid, writer g): the `*persistConn` a writer goroutine writes.
-    writers: HashMap<(u32, u64), u64>,
+    writers: Map<(u32, u64), u64>,
     /// By (tgid, `*persistConn`): whose request the connection writes next.
-    asked: HashMap<(u32, u64), Asked>,
+    asked: Map<(u32, u64), Asked>,
     /// By (tgid, g): the connection a goroutine's round trip waits on,
     /// so that a reused `g` can take its old question back.
-    asking: HashMap<(u32, u64), u64>,
+    asking: Map<(u32, u64), u64>,
 }
 
 /// A table was full: the fact was not remembered.
@@ -92,7 +92,7 @@ pub struct Goroutines {
 pub struct Full;
 
 fn insert_bounded<K: std::hash::Hash + Eq, V>(
-    map: &mut HashMap<K, V>,
+    map: &mut Map<K, V>,
     key: K,
     value: V,
 ) -> Result<(), Full> {

@@ -25,6 +25,7 @@ mod export;
 pub mod fuzzing;
 mod golang;
 mod goroutines;
+mod hash;
 mod k8s;
 mod linker;
 mod logger;

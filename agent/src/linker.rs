@@ -39,11 +39,9 @@
 //! probes (`sock:inet_sock_set_state`), through the connection's endpoints
 //! or [`Linker::client_local_known`] when it arrives later.
 
-use std::{
-    cell::Cell,
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{cell::Cell, collections::VecDeque, net::SocketAddr};
+
+use crate::hash::Map;
 
 use zerospan_protocols::http1::Head;
 
@@ -147,19 +145,19 @@ struct Orphan {
 pub struct Linker {
     /// Server spans in flight, by the thread (or goroutine) of the process
     /// that read their request.
-    serving: HashMap<(u32, Doer), Vec<SpanContext>>,
-    calling: HashMap<u16, Vec<Call>>,
+    serving: Map<(u32, Doer), Vec<SpanContext>>,
+    calling: Map<u16, Vec<Call>>,
     /// Orphans by span id, and their span ids by peer address.
-    orphans: HashMap<[u8; 8], Orphan>,
-    orphan_by_peer: HashMap<(SocketAddr, u32), [u8; 8]>,
+    orphans: Map<[u8; 8], Orphan>,
+    orphan_by_peer: Map<(SocketAddr, u32), [u8; 8]>,
     /// New contexts of adopted server spans, taken when they end.
-    adopted: HashMap<[u8; 8], SpanContext>,
+    adopted: Map<[u8; 8], SpanContext>,
     /// Ids the probes chose for outgoing requests not framed yet, by
     /// connection, in request order.
-    chosen_requests: HashMap<ConnKey, VecDeque<Chosen>>,
+    chosen_requests: Map<ConnKey, VecDeque<Chosen>>,
     /// Ids the probes chose for the server request whose head is in the
     /// read that ended at `Chosen::at_ns`.
-    chosen_server: HashMap<ConnKey, Chosen>,
+    chosen_server: Map<ConnKey, Chosen>,
     /// Go processes: their goroutines serve requests, not their threads.
     go: Goroutines,
     /// Node.js processes: their threads are event loops.
@@ -199,7 +197,7 @@ fn push_bounded_deque<T>(v: &mut VecDeque<T>, item: T) {
 /// The request a goroutine was started `under`, if it is still in flight
 /// (its span, as it is now: an adopted span has its new trace).
 fn still_served<'a>(
-    serving: &'a HashMap<(u32, Doer), Vec<SpanContext>>,
+    serving: &'a Map<(u32, Doer), Vec<SpanContext>>,
     tgid: u32,
     under: &Under,
 ) -> Option<&'a SpanContext> {

@@ -1,9 +1,8 @@
 //! The traced processes: which are alive, and the resource each reports as.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
+
+use crate::hash::{Map, Set};
 
 use crate::k8s::{self, PodMeta};
 use crate::procfs::{self, ProcessMeta};
@@ -57,9 +56,9 @@ pub struct Registry {
     /// This node's pods, when the Kubernetes API is used.
     pods: Option<k8s::Shared>,
     /// Metadata and resource by pid, for live and recently exited processes.
-    known: HashMap<u32, Known>,
+    known: Map<u32, Known>,
     /// Processes still running that the agent traces.
-    live: HashSet<u32>,
+    live: Set<u32>,
 }
 
 /// Parses `OTEL_RESOURCE_ATTRIBUTES`: `k=v,k2=v2`, values percent-decoded.
@@ -169,8 +168,8 @@ impl Registry {
         Registry {
             defaults,
             pods,
-            known: HashMap::new(),
-            live: HashSet::new(),
+            known: Map::default(),
+            live: Set::default(),
         }
     }
 

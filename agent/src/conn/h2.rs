@@ -9,7 +9,9 @@
 //! `zerospan.incomplete`.
 
 use crate::events::Task;
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use crate::hash::Map;
 
 use zerospan_protocols::h2::{hpack::Fields, Framer, Sink, PREFACE};
 use zerospan_protocols::http1::Head;
@@ -98,7 +100,7 @@ pub struct H2Conn {
     /// Frames the traced process reads, and those it writes.
     reads: Framer,
     writes: Framer,
-    streams: HashMap<u32, Stream>,
+    streams: Map<u32, Stream>,
     /// See [`Side::last_request`].
     last_request: u32,
     opts: Arc<Options>,
@@ -145,7 +147,7 @@ struct Side<'a, 'c> {
     /// This direction carries the requests (client to server).
     requests: bool,
     task: Task,
-    streams: &'a mut HashMap<u32, Stream>,
+    streams: &'a mut Map<u32, Stream>,
     cx: &'a mut Cx<'c>,
     finished: &'a mut Vec<(Stream, Outcome)>,
     /// The highest stream id a request was seen on.
@@ -359,7 +361,7 @@ impl H2Conn {
             role,
             reads,
             writes,
-            streams: HashMap::new(),
+            streams: Map::default(),
             last_request: 0,
             opts,
         }
@@ -406,7 +408,7 @@ impl H2Conn {
             role,
             reads: Framer::joined(),
             writes: Framer::joined(),
-            streams: HashMap::new(),
+            streams: Map::default(),
             last_request: 0,
             opts,
         }

@@ -7,7 +7,7 @@
 //! caller can stop the kernel from capturing them, and databases found on
 //! pre-existing sockets in [`Tracker::take_deepened`].
 
-use std::collections::HashMap;
+use crate::hash::Map;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -131,7 +131,7 @@ struct Conn {
 }
 
 pub struct Tracker {
-    conns: HashMap<ConnKey, Conn>,
+    conns: Map<ConnKey, Conn>,
     limits: Limits,
     stats: Arc<Stats>,
     /// How HTTP spans are built (redaction, routes).
@@ -143,15 +143,15 @@ pub struct Tracker {
     deepen: Vec<(ConnKey, Deepen)>,
     linker: Linker,
     /// The current connection of each (tgid, fd).
-    by_fd: HashMap<(u32, i32), ConnKey>,
+    by_fd: Map<(u32, i32), ConnKey>,
     /// Local addresses the probes reported before the connection opened.
-    early_local: HashMap<(u32, i32), SocketAddr>,
+    early_local: Map<(u32, i32), SocketAddr>,
 }
 
 impl Tracker {
     pub fn new(limits: Limits, http: Arc<Options>, stats: Arc<Stats>) -> Self {
         Tracker {
-            conns: HashMap::new(),
+            conns: Map::default(),
             limits,
             stats,
             http,
@@ -159,8 +159,8 @@ impl Tracker {
             evict: Vec::new(),
             deepen: Vec::new(),
             linker: Linker::default(),
-            by_fd: HashMap::new(),
-            early_local: HashMap::new(),
+            by_fd: Map::default(),
+            early_local: Map::default(),
         }
     }
 
@@ -332,7 +332,7 @@ impl Tracker {
     /// The connection `key`, known from now on if it was not, active at
     /// `at_ns`. Over the table alone, so the rest of the tracker stays free
     /// to use.
-    fn conn(conns: &mut HashMap<ConnKey, Conn>, key: ConnKey, at_ns: u64) -> &mut Conn {
+    fn conn(conns: &mut Map<ConnKey, Conn>, key: ConnKey, at_ns: u64) -> &mut Conn {
         let conn = conns.entry(key).or_insert_with(|| Conn {
             ends: Endpoints::default(),
             state: State::Detecting { segments: 0 },

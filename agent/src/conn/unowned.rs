@@ -11,7 +11,9 @@
 //! and counted, never replayed with a hole in them.
 
 use crate::events::Task;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::Map;
 
 use zerospan_protocols::stream::{Segment, Stamp};
 
@@ -56,7 +58,7 @@ struct Writes {
 /// Writes waiting for their socket, by `(tgid, library object)`.
 #[derive(Default)]
 pub struct Unowned {
-    by_object: HashMap<(u32, u64), Writes>,
+    by_object: Map<(u32, u64), Writes>,
     /// Objects in the order they were first held, for the bound and the
     /// age limit (entries already claimed are skipped).
     order: VecDeque<((u32, u64), u64)>,

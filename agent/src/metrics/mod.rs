@@ -14,10 +14,9 @@
 pub mod otlp;
 pub mod prometheus;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
+
+use crate::hash::{Map, Set};
 
 use crate::spans::{route, Category, Span, SpanKind, Status, Value};
 
@@ -238,7 +237,7 @@ impl Histogram {
 struct GuessedRoutes {
     max: usize,
     /// By service (its `service.name` and `service.namespace` labels).
-    by_service: HashMap<Labels, HashSet<String>>,
+    by_service: Map<Labels, Set<String>>,
 }
 
 /// What unknown paths collapse into past the bound.
@@ -261,7 +260,7 @@ impl GuessedRoutes {
         }
         if succeeded && self.max > 0 && self.by_service.len() < MAX_ROUTE_SERVICES {
             self.by_service
-                .insert(service.to_vec(), HashSet::from([template.clone()]));
+                .insert(service.to_vec(), Set::from_iter([template.clone()]));
             return template;
         }
         OTHER_ROUTE.to_owned()
@@ -279,9 +278,9 @@ pub fn resource_of<'a>(labels: &'a [(&'static str, Value)]) -> &'a [(&'static st
 
 /// Histograms by metric and attribute set, counted since `start_unix_ns`.
 pub struct Registry {
-    series: HashMap<Metric, HashMap<Labels, Histogram>>,
+    series: Map<Metric, Map<Labels, Histogram>>,
     /// Attribute sets per metric and service, for the per-service bound.
-    per_service: HashMap<Metric, HashMap<Labels, usize>>,
+    per_service: Map<Metric, Map<Labels, usize>>,
     routes: GuessedRoutes,
     pub start_unix_ns: u64,
 }
@@ -299,11 +298,11 @@ pub fn shared(max_routes: usize) -> Shared {
 impl Registry {
     pub fn new(start_unix_ns: u64, max_routes: usize) -> Self {
         Registry {
-            series: HashMap::new(),
-            per_service: HashMap::new(),
+            series: Map::default(),
+            per_service: Map::default(),
             routes: GuessedRoutes {
                 max: max_routes,
-                by_service: HashMap::new(),
+                by_service: Map::default(),
             },
             start_unix_ns,
         }
