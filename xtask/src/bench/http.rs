@@ -319,24 +319,32 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
     for (i, r) in rounds.runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
-    profile(root, nginx.id(), &url)
+    profile(root, nginx.id(), &url, &[])?;
+    // The ablation: what the server side of header injection (on by
+    // default: the look at each request head for its traceparent) costs.
+    profile(root, nginx.id(), &url, &["--context-propagation=off"])
 }
 
 /// One more traced round, with the kernel's per-program accounting on
 /// (not in the rounds above: it slows every program a little): where the
-/// probes' time goes, per request.
-fn profile(root: &Path, traced: u32, url: &str) -> Result<()> {
-    eprintln!("bench: profile round: traced, per-program accounting on, {DURATION_S}s");
+/// probes' time goes, per request, with the agent given `options`.
+fn profile(root: &Path, traced: u32, url: &str, options: &[&str]) -> Result<()> {
+    eprintln!("bench: profile round {options:?}: per-program accounting on, {DURATION_S}s");
     let accounting = programs::Accounting::on()?;
-    let attached = Attached::start(root, traced)?;
+    let attached = Attached::start_with(root, traced, options)?;
     let before = programs::of(attached.pid())?;
     let w = wrk(url, DURATION_S)?;
     let after = programs::of(attached.pid())?;
     attached.finish()?;
     drop(accounting);
     println!(
-        "where the probes' time goes: one more traced round, the kernel's per-program accounting on \
-         ({} requests; traps and the syscall slow path are not in it)",
+        "where the probes' time goes: one more traced round{}, the kernel's per-program \
+         accounting on ({} requests; traps and the syscall slow path are not in it)",
+        if options.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", options.join(" "))
+        },
         w.requests
     );
     programs::print(&programs::since(&before, &after), w.requests);
