@@ -5,12 +5,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::collector::{
     metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
-    trace::v1::trace_service_client::TraceServiceClient,
+    trace::v1::ExportTraceServiceResponse,
 };
-use tonic::{codec::CompressionEncoding, metadata::MetadataMap, transport::Channel, Code, Status};
+use prost::{bytes::BufMut as _, Message as _};
+use tonic::{
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
+    metadata::MetadataMap,
+    transport::Channel,
+    Code, Status,
+};
 
 use super::{
-    otlp,
+    encode,
     transport::{self, Transport},
     ExportError,
 };
@@ -56,12 +63,23 @@ impl Grpc {
         })
     }
 
+    /// Sends `batch` as one `TraceService/Export` call, encoded by
+    /// [`encode`] rather than built as messages for tonic's generated
+    /// client to encode.
     pub async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
-        let mut client = TraceServiceClient::new(self.channel.clone());
+        let mut body = Vec::new();
+        encode::trace_request(batch, &mut body);
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         if self.gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
-        let sent = client.export(self.request(otlp::request(batch))).await;
+        let sent = match grpc.ready().await {
+            Ok(()) => {
+                let path = PathAndQuery::from_static(TRACE_EXPORT);
+                grpc.unary(self.request(body), path, Encoded).await
+            }
+            Err(e) => Err(Status::unknown(format!("the channel was not ready: {e}"))),
+        };
         self.outcome(sent)
     }
 
@@ -86,6 +104,52 @@ impl Grpc {
 
     fn outcome<R>(&self, sent: Result<tonic::Response<R>, Status>) -> Result<(), ExportError> {
         sent.map(drop).map_err(|s| classify(s, self.closed_hint))
+    }
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// tonic's codec for a request already encoded: its bytes go out as they
+/// are; the reply is decoded as the generated client would.
+#[derive(Clone, Copy)]
+struct Encoded;
+
+impl Codec for Encoded {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl Encoder for Encoded {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Encoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("the collector's reply: {e}")))
     }
 }
 

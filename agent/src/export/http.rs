@@ -10,10 +10,9 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use prost::Message as _;
 
 use super::{
-    otlp,
+    encode,
     transport::{self, Transport},
     ExportError,
 };
@@ -75,7 +74,9 @@ impl Http {
     }
 
     pub async fn export(&mut self, batch: &[Span]) -> Result<(), ExportError> {
-        self.post(otlp::request(batch).encode_to_vec()).await
+        let mut body = Vec::new();
+        encode::trace_request(batch, &mut body);
+        self.post(body).await
     }
 
     /// Posts one encoded export request.

@@ -12,6 +12,7 @@
 //! second apart, so one that comes back is used again within a second.
 
 mod console;
+pub mod encode;
 mod file;
 pub mod grpc;
 pub mod http;
