@@ -30,11 +30,14 @@ mod tag {
 /// process's resource in the order the processes first appear, appended
 /// to `out`.
 pub fn trace_request(batch: &[Span], out: &mut Vec<u8>) {
-    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
+    // Each span with its length, worked out once: every enclosing
+    // message's length needs it before the span is written.
+    let mut groups: Vec<(&Arc<Resource>, Vec<Measured<'_>>)> = Vec::new();
     for s in batch {
+        let sized = (s, span_len(s));
         match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &s.resource)) {
-            Some((_, spans)) => spans.push(s),
-            None => groups.push((&s.resource, vec![s])),
+            Some((_, spans)) => spans.push(sized),
+            None => groups.push((&s.resource, vec![sized])),
         }
     }
     for (resource, spans) in &groups {
@@ -45,14 +48,17 @@ pub fn trace_request(batch: &[Span], out: &mut Vec<u8>) {
     }
 }
 
+/// A span and the length of its encoding.
+type Measured<'a> = (&'a Span, usize);
+
 const SCOPE_NAME: &str = "zerospan";
 const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn resource_spans_len(resource: &Resource, spans: &[&Span]) -> usize {
+fn resource_spans_len(resource: &Resource, spans: &[Measured<'_>]) -> usize {
     field_len(resource_len(resource)) + field_len(scope_spans_len(spans))
 }
 
-fn resource_spans(out: &mut Vec<u8>, resource: &Resource, spans: &[&Span]) {
+fn resource_spans(out: &mut Vec<u8>, resource: &Resource, spans: &[Measured<'_>]) {
     message(out, 1, resource_len(resource));
     for (k, v) in &resource.attributes {
         key_value(out, 1, k, v);
@@ -61,8 +67,8 @@ fn resource_spans(out: &mut Vec<u8>, resource: &Resource, spans: &[&Span]) {
     message(out, 1, scope_len());
     string(out, 1, SCOPE_NAME);
     string(out, 2, SCOPE_VERSION);
-    for s in spans {
-        message(out, 2, span_len(s));
+    for &(s, len) in spans {
+        message(out, 2, len);
         span(out, s);
     }
 }
@@ -78,8 +84,8 @@ fn scope_len() -> usize {
     string_len(SCOPE_NAME) + string_len(SCOPE_VERSION)
 }
 
-fn scope_spans_len(spans: &[&Span]) -> usize {
-    field_len(scope_len()) + spans.iter().map(|s| field_len(span_len(s))).sum::<usize>()
+fn scope_spans_len(spans: &[Measured<'_>]) -> usize {
+    field_len(scope_len()) + spans.iter().map(|&(_, len)| field_len(len)).sum::<usize>()
 }
 
 fn span_len(s: &Span) -> usize {

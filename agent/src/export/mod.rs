@@ -297,25 +297,29 @@ async fn run_batcher(
     stats: Arc<Stats>,
 ) {
     let mut batch: Vec<Span> = Vec::with_capacity(batch_size);
-    let mut deadline: Option<Instant> = None;
+    // One timer, armed when a batch starts, not one per span; and every
+    // span queued by a wake taken at once.
+    let timer = tokio::time::sleep(delay);
+    tokio::pin!(timer);
+    let mut armed = false;
     loop {
-        let next = match deadline {
-            Some(d) => tokio::time::timeout_at(d, rx.recv()).await,
-            None => Ok(rx.recv().await),
-        };
-        let done = match next {
-            Ok(Some(span)) => {
-                if batch.is_empty() {
-                    deadline = Some(Instant::now() + delay);
+        let room = batch_size - batch.len();
+        let done = tokio::select! {
+            got = rx.recv_many(&mut batch, room) => {
+                if got > 0 && !armed {
+                    timer.as_mut().reset(Instant::now() + delay);
+                    armed = true;
                 }
-                batch.push(span);
+                // 0 only once every sender is gone and the queue is empty.
+                got == 0
+            }
+            () = &mut timer, if armed => {
+                armed = false;
                 false
             }
-            Ok(None) => true,
-            Err(_) => false, // the batch's time is up
         };
-        let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if !batch.is_empty() && (done || batch.len() >= batch_size || due) {
+        let due = !armed || done || batch.len() >= batch_size;
+        if !batch.is_empty() && due {
             let full = Batch::new(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(batch_size),
@@ -323,7 +327,7 @@ async fn run_batcher(
             for s in &sinks {
                 s.push(full.clone(), &stats);
             }
-            deadline = None;
+            armed = false;
         }
         if done {
             return;
@@ -481,6 +485,39 @@ mod tests {
         assert_eq!(backlog.pop().unwrap().spans.len(), 9);
         assert!(backlog.pop().is_none());
         assert_eq!(backlog.queue.lock().unwrap().bytes, 0);
+    }
+
+    /// Batches fill to their size; a partial one leaves after the delay,
+    /// not before; the last leaves when the senders are gone.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn batches_fill_or_wait_their_delay() {
+        let stats = Arc::new(Stats::default());
+        let backlog = Arc::new(Backlog::new(100, usize::MAX));
+        let (tx, rx) = mpsc::channel(100);
+        let delay = Duration::from_millis(50);
+        let batcher = tokio::spawn(run_batcher(rx, vec![backlog.clone()], 3, delay, stats));
+        let sizes = |b: &Backlog| {
+            let q = b.queue.lock().unwrap();
+            q.batches.iter().map(|b| b.spans.len()).collect::<Vec<_>>()
+        };
+        for i in 0..7 {
+            tx.send(test_span(i, 0, "x")).await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(sizes(&backlog), [3, 3]);
+        // The seventh waits for its delay.
+        tokio::time::sleep(delay / 2).await;
+        assert_eq!(sizes(&backlog), [3, 3]);
+        tokio::time::sleep(delay).await;
+        assert_eq!(sizes(&backlog), [3, 3, 1]);
+        // A span after a quiet spell waits a whole delay of its own.
+        tx.send(test_span(8, 0, "x")).await.unwrap();
+        tokio::time::sleep(delay / 2).await;
+        assert_eq!(sizes(&backlog), [3, 3, 1]);
+        tx.send(test_span(9, 0, "x")).await.unwrap();
+        drop(tx);
+        batcher.await.unwrap();
+        assert_eq!(sizes(&backlog), [3, 3, 1, 2]);
     }
 
     /// With a collector that refuses connections, export keeps failing,
