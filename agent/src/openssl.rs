@@ -14,25 +14,32 @@
 //! deeper: `SSL_read` and `SSL_read_ex` both call OpenSSL's
 //! `ssl_read_internal(s, buf, num, &readbytes)`, which takes the `_ex`
 //! form's arguments, returns its result, and begins with pushes; writes
-//! go through `ssl_write_internal` the same way. The `_ex` programs on
-//! those two see every read and write, whichever public function made it
-//! (`SSL_write_ex2` and `SSL_read_early_data` too).
+//! go through `ssl_write_internal` the same way (in OpenSSL 3.0 and 3.1;
+//! from 3.2 it takes a fifth argument, and the checks refuse it). The
+//! `_ex` programs on those two see every read and write, whichever public
+//! function made it.
 //!
 //! The internal functions have no symbols. They are found as the first
 //! call in the public functions' code, and used only when every check
-//! below holds; otherwise the public functions are probed as before,
-//! correct but dear. A wrong guess would attach read programs to some
-//! other function, so each check refuses rather than guesses.
+//! below holds, for reads and writes apart; otherwise the public functions
+//! are probed as before, correct but dear. A wrong guess would attach the
+//! programs to some other function, or read a count from the wrong
+//! register, so each check refuses rather than guesses: both forms call
+//! the same unexported function, with their own `s`, `buf` and `num`
+//! (the plain form only widening `num`), a count pointer the plain form
+//! points at its own stack and the `_ex` form passes on, and no fifth
+//! argument.
 
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
 
-/// File offsets, as uprobes take them, of the probe points on the
-/// internal read and write functions.
+/// Where to probe reads and writes: each, as a file offset (what uprobes
+/// take) on its internal function, or why the public pair is probed.
+/// The two are found apart: one may be cheap where the other is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Internals {
-    pub read: u64,
-    pub write: u64,
+    pub read: Result<u64, Unsuitable>,
+    pub write: Result<u64, Unsuitable>,
 }
 
 /// The public functions, as (plain, `_ex`) pairs: both of a pair must
@@ -52,10 +59,12 @@ pub enum Unsuitable {
     AlreadyEmulated(&'static str),
     #[error("no call to an internal function starts {0}")]
     NoCall(&'static str),
-    #[error("{0} changes its first arguments before its call")]
+    #[error("{0} does not call with its own arguments and a count pointer on its stack")]
     ArgumentsMoved(&'static str),
     #[error("{0} and {1} call different functions first")]
     Disagree(&'static str, &'static str),
+    #[error("{0} is not in the file's code")]
+    Outside(&'static str),
     #[error("what {0} calls is exported, or not in the file's code")]
     NotInternal(&'static str),
     #[error("what {0} calls begins with an instruction the kernel single-steps")]
@@ -75,13 +84,17 @@ impl Unsuitable {
     }
 }
 
-/// The internal read and write functions of the OpenSSL in `obj`.
+/// The internal read and write functions of the OpenSSL in `obj`; `Err`
+/// when it is no OpenSSL (no `SSL_read`).
 pub fn internals(obj: &object::File<'_>) -> Result<Internals, Unsuitable> {
     let lib = Library::of(obj)?;
-    let read = lib.internal(READ)?;
-    let write = lib.internal(WRITE)?;
-    if read == write {
-        return Err(Unsuitable::Same);
+    let read = lib.internal(READ);
+    let write = lib.internal(WRITE);
+    if read.is_ok() && read == write {
+        return Ok(Internals {
+            read: Err(Unsuitable::Same),
+            write: Err(Unsuitable::Same),
+        });
     }
     Ok(Internals { read, write })
 }
@@ -117,13 +130,15 @@ impl<'d, 'f> Library<'d, 'f> {
     fn internal(&self, (plain, ex): (&'static str, &'static str)) -> Result<u64, Unsuitable> {
         let (plain_at, ex_at) = (self.address(plain)?, self.address(ex)?);
         for (name, at) in [(plain, plain_at), (ex, ex_at)] {
-            let (code, _) = self.code_at(at).ok_or(Unsuitable::NotInternal(name))?;
-            if emulated_entry(code).is_some() {
+            let (code, _) = self.code_at(at).ok_or(Unsuitable::Outside(name))?;
+            // At the symbol itself, where the public functions are probed
+            // (a leading endbr64 would be single-stepped there).
+            if emulated_entry(code) == Some(0) {
                 return Err(Unsuitable::AlreadyEmulated(name));
             }
         }
-        let target = self.first_call(plain, plain_at)?;
-        if self.first_call(ex, ex_at)? != target {
+        let target = self.first_call(plain, plain_at, Form::Plain)?;
+        if self.first_call(ex, ex_at, Form::Ex)? != target {
             return Err(Unsuitable::Disagree(plain, ex));
         }
         if self.exported.iter().any(|&(_, a)| a == target) {
@@ -134,9 +149,9 @@ impl<'d, 'f> Library<'d, 'f> {
         Ok(offset + skip)
     }
 
-    fn first_call(&self, name: &'static str, at: u64) -> Result<u64, Unsuitable> {
-        let (code, _) = self.code_at(at).ok_or(Unsuitable::NotInternal(name))?;
-        first_call(code, at).map_err(|e| match e {
+    fn first_call(&self, name: &'static str, at: u64, form: Form) -> Result<u64, Unsuitable> {
+        let (code, _) = self.code_at(at).ok_or(Unsuitable::Outside(name))?;
+        first_call(code, at, form).map_err(|e| match e {
             Prologue::NoCall => Unsuitable::NoCall(name),
             Prologue::ArgumentsMoved => Unsuitable::ArgumentsMoved(name),
         })
@@ -181,32 +196,107 @@ enum Prologue {
     ArgumentsMoved,
 }
 
+/// Which public function a prologue is: the call it makes must be
+/// `internal(s, buf, num, &count)`, the `_ex` form's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `SSL_read(s, buf, int num)`: widens `num` into RDX and points RCX
+    /// at a count on its own stack.
+    Plain,
+    /// `SSL_read_ex(s, buf, size_t num, size_t *count)`: passes all four
+    /// through, untouched.
+    Ex,
+}
+
 /// The target of the first direct call in the function whose code, loaded
 /// at `ip`, is `code`, if what comes before it is plain arithmetic, moves
-/// and conditional branches (to error paths) that leave its first two
-/// arguments alone (RDI, RSI: the SSL object and the buffer). Anything
-/// else refuses.
-fn first_call(code: &[u8], ip: u64) -> Result<u64, Prologue> {
+/// and conditional branches (to error paths) that set up the call as
+/// `form` must, and nothing more: a fifth argument (R8), as OpenSSL 3.2's
+/// `ssl_write_internal(s, buf, num, flags, &written)` takes, or any other
+/// write to the argument registers, refuses. Anything else refuses too.
+fn first_call(code: &[u8], ip: u64, form: Form) -> Result<u64, Prologue> {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut count_on_stack = false;
     for _ in 0..MAX_PROLOGUE {
         if !decoder.can_decode() {
             break;
         }
         let insn = decoder.decode();
         if insn.code() == Code::Call_rel32_64 {
+            if form == Form::Plain && !count_on_stack {
+                return Err(Prologue::ArgumentsMoved);
+            }
             return Ok(insn.near_branch_target());
         }
         if !PLAIN.contains(&insn.mnemonic()) || insn.has_rep_prefix() || insn.has_repne_prefix() {
             return Err(Prologue::NoCall);
         }
-        if insn.op_count() > 0
-            && insn.op0_kind() == OpKind::Register
-            && ARGUMENTS.contains(&insn.op0_register())
-        {
+        // Compares and pushes read their first operand; the rest write it.
+        let reads_only = matches!(
+            insn.mnemonic(),
+            Mnemonic::Test | Mnemonic::Cmp | Mnemonic::Push
+        );
+        if reads_only || insn.op_count() == 0 || insn.op0_kind() != OpKind::Register {
+            continue;
+        }
+        let written = insn.op0_register();
+        let allowed = match (form, family(written)) {
+            (_, None) => true,
+            (Form::Plain, Some(Register::RCX)) => {
+                let to_stack = is_stack_address(&insn);
+                count_on_stack |= to_stack;
+                to_stack
+            }
+            (Form::Plain, Some(Register::RDX)) => is_widening_num(&insn),
+            _ => false,
+        };
+        if !allowed {
             return Err(Prologue::ArgumentsMoved);
         }
     }
     Err(Prologue::NoCall)
+}
+
+/// The argument register (RDI, RSI, RDX, RCX, R8) that `r` is all or part
+/// of.
+fn family(r: Register) -> Option<Register> {
+    use Register as R;
+    Some(match r {
+        R::RDI | R::EDI | R::DI | R::DIL => R::RDI,
+        R::RSI | R::ESI | R::SI | R::SIL => R::RSI,
+        R::RDX | R::EDX | R::DX | R::DL | R::DH => R::RDX,
+        R::RCX | R::ECX | R::CX | R::CL | R::CH => R::RCX,
+        R::R8 | R::R8D | R::R8W | R::R8L => R::R8,
+        _ => return None,
+    })
+}
+
+/// `mov rcx, rsp` or `lea rcx, [rsp+d]`: the count pointer, at a local.
+fn is_stack_address(insn: &iced_x86::Instruction) -> bool {
+    if insn.op0_register() != Register::RCX || insn.op_count() != 2 {
+        return false;
+    }
+    match insn.mnemonic() {
+        Mnemonic::Mov => {
+            insn.op1_kind() == OpKind::Register && insn.op1_register() == Register::RSP
+        }
+        Mnemonic::Lea => {
+            insn.memory_base() == Register::RSP && insn.memory_index() == Register::None
+        }
+        _ => false,
+    }
+}
+
+/// `movsxd rdx, edx` or `mov edx, edx`: `int num` widened in place.
+fn is_widening_num(insn: &iced_x86::Instruction) -> bool {
+    insn.op_count() == 2
+        && insn.op1_kind() == OpKind::Register
+        && insn.op1_register() == Register::EDX
+        && match insn.mnemonic() {
+            Mnemonic::Movsxd => insn.op0_register() == Register::RDX,
+            Mnemonic::Mov => insn.op0_register() == Register::EDX,
+            _ => false,
+        }
 }
 
 /// What a prologue may hold before its call: each writes at most its first
@@ -244,20 +334,6 @@ const PLAIN: &[Mnemonic] = &[
     Mnemonic::Jg,
 ];
 
-/// The first two arguments' registers, whole and in part. Naming one as
-/// the first operand counts as writing it: `cmp rdi, 0` is refused too,
-/// which only keeps the dear probes.
-const ARGUMENTS: &[Register] = &[
-    Register::RDI,
-    Register::EDI,
-    Register::DI,
-    Register::DIL,
-    Register::RSI,
-    Register::ESI,
-    Register::SI,
-    Register::SIL,
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,36 +353,66 @@ mod tests {
         0x85, 0xc0, // test eax, eax
     ];
 
+    /// `code`, then `call` to itself + 5.
+    fn calling(code: &[u8]) -> Vec<u8> {
+        let mut c = code.to_vec();
+        c.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
+        c
+    }
+
     #[test]
     fn finds_the_internal_call_past_the_length_check() {
-        assert_eq!(first_call(SSL_READ, 0x35430), Ok(0x35290));
+        assert_eq!(first_call(SSL_READ, 0x35430, Form::Plain), Ok(0x35290));
         // SSL_read_ex: sub rsp, 8; call.
         let ex = [0x48, 0x83, 0xec, 0x08, 0xe8, 0xc7, 0xfd, 0xff, 0xff];
-        assert_eq!(first_call(&ex, 0x354c0), Ok(0x35290));
+        assert_eq!(first_call(&ex, 0x354c0, Form::Ex), Ok(0x35290));
+        // lea rcx, [rsp+8] is a count on the stack too; mov edx, edx widens.
+        let lea = calling(&[0x48, 0x8d, 0x4c, 0x24, 0x08, 0x89, 0xd2]);
+        assert_eq!(first_call(&lea, 0, Form::Plain), Ok(lea.len() as u64));
     }
 
     #[test]
     fn refuses_prologues_it_cannot_vouch_for() {
+        use Prologue::*;
+        let plain = |code: &[u8]| first_call(&calling(code), 0, Form::Plain);
+        let ex = |code: &[u8]| first_call(&calling(code), 0, Form::Ex);
+        // mov rcx, rsp: the plain form's count pointer, and nothing else.
+        const COUNT: [u8; 3] = [0x48, 0x89, 0xe1];
+        assert!(plain(&COUNT).is_ok());
         // mov rsi, rdx before the call: the buffer is not the caller's.
-        let mut moved = vec![0x48, 0x89, 0xd6];
-        moved.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
-        assert_eq!(first_call(&moved, 0), Err(Prologue::ArgumentsMoved));
+        assert_eq!(
+            plain(&[0x48, 0x89, 0xd6, 0x48, 0x89, 0xe1]),
+            Err(ArgumentsMoved)
+        );
+        // No count pointer set up: not the four-argument internal call.
+        assert_eq!(plain(&[]), Err(ArgumentsMoved));
+        // OpenSSL 3.2's write: xor ecx, ecx (flags); mov r8, rsp (written).
+        let five = [0x31, 0xc9, 0x49, 0x89, 0xe0];
+        assert_eq!(plain(&five), Err(ArgumentsMoved));
+        assert_eq!(ex(&five), Err(ArgumentsMoved));
+        let mut with_count = COUNT.to_vec();
+        with_count.extend_from_slice(&[0x49, 0x89, 0xe0]);
+        assert_eq!(plain(&with_count), Err(ArgumentsMoved));
+        // The _ex form touches none of its four: not even its count.
+        assert_eq!(ex(&COUNT), Err(ArgumentsMoved));
+        assert_eq!(ex(&[0x48, 0x63, 0xd2]), Err(ArgumentsMoved));
+        // The plain form may widen num, not compute it.
+        let mut add = COUNT.to_vec();
+        add.extend_from_slice(&[0x48, 0x83, 0xc2, 0x01]);
+        assert_eq!(plain(&add), Err(ArgumentsMoved));
+        // Compares read their operands: test edx, edx; cmp rdi, 0.
+        let mut cmp = COUNT.to_vec();
+        cmp.extend_from_slice(&[0x85, 0xd2, 0x48, 0x83, 0xff, 0x00]);
+        assert!(plain(&cmp).is_ok());
         // A tail jump, a return, an indirect call: no call to follow.
-        assert_eq!(first_call(&[0xe9, 0, 0, 0, 0], 0), Err(Prologue::NoCall));
-        assert_eq!(first_call(&[0xc3], 0), Err(Prologue::NoCall));
-        assert_eq!(first_call(&[0xff, 0xd0], 0), Err(Prologue::NoCall));
+        assert_eq!(first_call(&[0xe9, 0, 0, 0, 0], 0, Form::Ex), Err(NoCall));
+        assert_eq!(first_call(&[0xc3], 0, Form::Ex), Err(NoCall));
+        assert_eq!(first_call(&[0xff, 0xd0], 0, Form::Ex), Err(NoCall));
         // rep stosb writes through RDI without naming it: not plain.
-        let mut stos = vec![0xf3, 0xaa];
-        stos.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
-        assert_eq!(first_call(&stos, 0), Err(Prologue::NoCall));
-        // cmp edi, 0 names the SSL object's register first: refused too.
-        let mut cmp = vec![0x83, 0xff, 0x00];
-        cmp.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
-        assert_eq!(first_call(&cmp, 0), Err(Prologue::ArgumentsMoved));
-        assert_eq!(first_call(&[], 0), Err(Prologue::NoCall));
+        assert_eq!(ex(&[0xf3, 0xaa]), Err(NoCall));
+        assert_eq!(first_call(&[], 0, Form::Ex), Err(NoCall));
         // Too long a walk before any call.
-        let nops = vec![0x90; MAX_PROLOGUE + 1];
-        assert_eq!(first_call(&nops, 0), Err(Prologue::NoCall));
+        assert_eq!(ex(&[0x90; MAX_PROLOGUE + 1]), Err(NoCall));
     }
 
     #[test]
@@ -334,7 +440,7 @@ mod tests {
         let obj = object::File::parse(&*data).unwrap();
         let found = internals(&obj).unwrap();
         // What the kernel will probe: the file's bytes at each offset.
-        for at in [found.read, found.write] {
+        for at in [found.read.unwrap(), found.write.unwrap()] {
             assert_eq!(emulated_entry(&data[at as usize..]), Some(0));
         }
     }

@@ -47,6 +47,8 @@ const HOOKS: &[(&str, &[&str])] = &[
 
 /// OpenSSL's public read and write functions, left unprobed when the
 /// internal ones they call are probed instead.
+const OPENSSL_READS: &[&str] = &["SSL_read", "SSL_read_ex"];
+const OPENSSL_WRITES: &[&str] = &["SSL_write", "SSL_write_ex"];
 const OPENSSL_READ_WRITE: &[&str] = &["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
 
 /// Node.js's read callback, `node::LibuvStreamWrap::OnUvRead(ssize_t,
@@ -212,16 +214,16 @@ impl TlsHooks {
         let mut symbols = Symbols::of(path, &wanted);
         // OpenSSL's reads and writes, at its internal functions where it
         // can: then its public functions are not probed as well.
-        let internal = self.hook_openssl_internals(ebpf, path, &mut links);
-        if internal {
-            hooked += 2;
-        }
+        let public = self.hook_openssl_internals(ebpf, path, &mut links);
+        let internal = |f: &str| OPENSSL_READ_WRITE.contains(&f) && !public.contains(&f);
+        hooked += usize::from(!public.contains(&"SSL_read"))
+            + usize::from(!public.contains(&"SSL_write"));
         for &(name, functions) in HOOKS {
             let Some(Ok(prog)) = ebpf.program_mut(name).map(<&mut UProbe>::try_from) else {
                 continue;
             };
             for function in functions {
-                if internal && OPENSSL_READ_WRITE.contains(function) {
+                if internal(function) {
                     continue;
                 }
                 match self.uprobes.attach(prog, function, &mut symbols) {
@@ -268,54 +270,65 @@ impl TlsHooks {
     /// Attaches the `_ex` programs to the internal functions OpenSSL's
     /// reads and writes go through, if `path` is an OpenSSL whose internals
     /// can be found (see [`openssl`]): one trap a call instead of two.
-    /// Returns whether it did.
+    /// Returns the public functions left for [`HOOKS`] to probe.
     fn hook_openssl_internals(
         &mut self,
         ebpf: &mut Ebpf,
         path: &Path,
         links: &mut Vec<uprobe::Link>,
-    ) -> bool {
-        let Some(map) = std::fs::File::open(path)
+    ) -> &'static [&'static str] {
+        let found = std::fs::File::open(path)
             .ok()
             .and_then(|f| uprobe::Mapped::of(&f).ok())
-        else {
-            return false;
+            .and_then(|map| {
+                let obj = object::File::parse(map.bytes()).ok()?;
+                openssl::internals(&obj).ok()
+            });
+        let Some(found) = found else {
+            return OPENSSL_READ_WRITE;
         };
-        let Ok(obj) = object::File::parse(map.bytes()) else {
-            return false;
-        };
-        let at = match openssl::internals(&obj) {
-            Ok(at) => at,
-            Err(e) => {
-                if e.is_dear() {
-                    log::info!(
-                        "OpenSSL in {} is probed at SSL_read and SSL_write, whose first \
-                         instruction the kernel single-steps on every call ({e})",
-                        path.display()
-                    );
-                }
-                return false;
-            }
-        };
-        // Returns first, as everywhere.
-        let points = [
-            ("tls_write_ex_ret", at.write),
-            ("tls_write_ex", at.write),
-            ("tls_read_ex_ret", at.read),
-            ("tls_read_ex", at.read),
+        let pairs = [
+            ("read", found.read, ["tls_read_ex_ret", "tls_read_ex"]),
+            ("write", found.write, ["tls_write_ex_ret", "tls_write_ex"]),
         ];
-        let what = "OpenSSL's internal read and write functions";
-        if self.attach_all(ebpf, path, what, points, links).is_none() {
-            return false;
+        let mut internal = [false; 2];
+        for (i, (what, at, programs)) in pairs.into_iter().enumerate() {
+            let described = format!("OpenSSL's internal {what} function");
+            match at {
+                // Returns first, as everywhere.
+                Ok(at) => {
+                    let points = programs.map(|p| (p, at));
+                    internal[i] = self
+                        .attach_all(ebpf, path, &described, points, links)
+                        .is_some();
+                    if internal[i] {
+                        log::info!(
+                            "OpenSSL in {} is probed at its internal {what} function (offset \
+                             {at:#x}), where the kernel needs no single step",
+                            path.display()
+                        );
+                    } else {
+                        log::info!(
+                            "OpenSSL in {}: its public {what} functions are probed instead",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) if e.is_dear() => log::info!(
+                    "OpenSSL in {}: its internal {what} function is not used ({e}); its public \
+                     {what} functions are probed, whose first instruction the kernel \
+                     single-steps on every call",
+                    path.display()
+                ),
+                Err(_) => {}
+            }
         }
-        log::info!(
-            "OpenSSL in {} is probed at its internal read and write functions \
-             (offsets {:#x}, {:#x}), where the kernel needs no single step",
-            path.display(),
-            at.read,
-            at.write
-        );
-        true
+        match internal {
+            [true, true] => &[],
+            [true, false] => OPENSSL_WRITES,
+            [false, true] => OPENSSL_READS,
+            [false, false] => OPENSSL_READ_WRITE,
+        }
     }
 
     /// Hooks Node.js's read callback in executable `path`, if it has one:

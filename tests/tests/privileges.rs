@@ -93,8 +93,8 @@ fn tls_off_is_said_and_counted_never_silent() {
     let mut agent = Agent::start_via(&read_only_tracefs(), &args, &[]);
     assert!(
         agent.stderr().contains(
-            "WARN  TLS capture is OFF: cannot attach uprobes to OpenSSL's internal read and \
-             write functions in /usr/lib/x86_64-linux-gnu/libssl.so.3"
+            "WARN  TLS capture is OFF: cannot attach uprobes to OpenSSL's internal read \
+             function in /usr/lib/x86_64-linux-gnu/libssl.so.3"
         ),
         "{}",
         agent.stderr()
