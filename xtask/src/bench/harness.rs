@@ -119,6 +119,18 @@ impl Attached {
     }
 }
 
+/// An early return (a failed round) stops the agent and the receiver
+/// rather than leave them running, the agent's probes still attached.
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Both are reaped already after `finish`: then these do nothing.
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        let _ = self.sink.kill();
+        let _ = self.sink.wait();
+    }
+}
+
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

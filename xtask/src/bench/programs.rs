@@ -49,6 +49,9 @@ pub fn of(pid: u32) -> Result<Vec<Program>> {
         .args(["prog", "show", "--json"])
         .output()
         .context("running bpftool")?;
+    if !out.status.success() {
+        anyhow::bail!("bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let all: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     Ok(all

@@ -261,12 +261,17 @@ struct Instance {
 impl Instance {
     fn new() -> Result<Instance> {
         let path = Path::new(TRACEFS).join("instances").join(INSTANCE);
-        if !path.exists() {
-            fs::create_dir(&path)
-                .with_context(|| format!("creating {} (run as root)", path.display()))?;
-        }
-        fs::write(path.join("tracing_on"), "0")?;
-        Ok(Instance { path })
+        // What an interrupted run may have left: its probe, disabled in
+        // the instance, then removed; then the instance.
+        let _ = fs::write(path.join(format!("events/{GROUP}/case/enable")), "0");
+        let _ = append(&format!("-:{GROUP}/case\n"));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path)
+            .with_context(|| format!("creating {} (run as root)", path.display()))?;
+        // From here the guard removes it, whatever fails next.
+        let instance = Instance { path };
+        fs::write(instance.path.join("tracing_on"), "0")?;
+        Ok(instance)
     }
 
     /// Defines and enables a probe until the returned guard drops.
@@ -275,9 +280,13 @@ impl Instance {
             "{kind}:{GROUP}/case {}:{offset:#x}\n",
             library.display()
         ))?;
-        let enable = self.path.join(format!("events/{GROUP}/case/enable"));
-        fs::write(&enable, "1").with_context(|| format!("enabling {}", enable.display()))?;
-        Ok(Probe { enable })
+        // From here the guard disables and removes it.
+        let probe = Probe {
+            enable: self.path.join(format!("events/{GROUP}/case/enable")),
+        };
+        fs::write(&probe.enable, "1")
+            .with_context(|| format!("enabling {}", probe.enable.display()))?;
+        Ok(probe)
     }
 }
 
