@@ -63,6 +63,8 @@ const TEST_PACKAGES: &[&str] = &[
     "debootstrap",
     // The soak's rate-limited load.
     "hey",
+    // The benchmark's per-program eBPF time.
+    "bpftool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
