@@ -14,9 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::harness::{self, median, stat_value, AgentRun};
-
-const ROUNDS: u32 = 3;
+use super::harness::{self, stat_value, AgentRun, ROUNDS};
 const REDIS_PORT: u16 = 18379;
 const PG_PORT: u16 = 18432;
 const REDIS_REQUESTS: u32 = 200_000;
@@ -64,14 +62,15 @@ fn wait_for_port(port: u16, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn report(title: &str, rows: &[(&str, f64, f64)], runs: &[AgentRun]) {
+/// Each row: a measure's value in every baseline round, and in every
+/// traced round.
+type Row<'a> = (&'a str, Vec<f64>, Vec<f64>);
+
+fn report(title: &str, rows: &[Row<'_>], runs: &[AgentRun]) {
     println!("\n{title}");
-    println!(
-        "{:<28}{:>14}{:>14}{:>10}",
-        "", "baseline", "traced", "ratio"
-    );
+    harness::print_heading();
     for (name, b, t) in rows {
-        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+        harness::print_row(name, b, t);
     }
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
     let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
@@ -119,12 +118,10 @@ fn measure_redis(root: &Path) -> Result<()> {
         traced.push(parse_redis_benchmark(&out)?);
         runs.push(run);
     }
-    let rate = |v: &[Vec<(String, f64)>], test: &str| {
-        median(
-            v.iter()
-                .filter_map(|r| r.iter().find(|(t, _)| t == test).map(|(_, x)| *x))
-                .collect(),
-        )
+    let rate = |v: &[Vec<(String, f64)>], test: &str| -> Vec<f64> {
+        v.iter()
+            .filter_map(|r| r.iter().find(|(t, _)| t == test).map(|(_, x)| *x))
+            .collect()
     };
     let rows = [
         ("SET requests/s", rate(&base, "SET"), rate(&traced, "SET")),
@@ -233,7 +230,7 @@ pub fn postgres(root: &Path) -> Result<()> {
         traced.push(parse_pgbench(&out)?);
         runs.push(run);
     }
-    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
     let tps = |r: &(f64, f64)| r.0;
     let lat = |r: &(f64, f64)| r.1;
     let rows = [

@@ -17,13 +17,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    harness::{cpu_seconds, libc_kill, median, stat_value, AgentRun, Attached},
+    harness::{self, cpu_seconds, libc_kill, stat_value, AgentRun, Attached, ROUNDS},
     http::parse_latency_ms,
 };
 
 const PORT: u16 = 18082;
 const DURATION_S: u32 = 10;
-const ROUNDS: u32 = 3;
 /// h2load's connections, and streams in flight on each.
 const CONNECTIONS: u32 = 4;
 const STREAMS: u32 = 10;
@@ -230,7 +229,6 @@ fn measure(root: &Path, server: u32, title: &str, load: impl Fn() -> Result<Load
         traced_cpu += cpu_seconds(server) - before;
         runs.push(attached.finish()?);
     }
-    let med = |v: &[Load], f: fn(&Load) -> f64| median(v.iter().map(f).collect());
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
     let base_requests: u64 = base.iter().map(|l| l.requests).sum();
     let traced_requests: u64 = traced.iter().map(|l| l.requests).sum();
@@ -241,17 +239,14 @@ fn measure(root: &Path, server: u32, title: &str, load: impl Fn() -> Result<Load
     println!(
         "\nzerospan benchmark: {title}, {ROUNDS} alternating rounds of {DURATION_S}s, medians"
     );
-    println!(
-        "{:<28}{:>14}{:>14}{:>10}",
-        "", "baseline", "traced", "ratio"
-    );
+    harness::print_heading();
     for (name, f) in [
         ("requests/s", (|l: &Load| l.rps) as fn(&Load) -> f64),
         ("latency mean (ms)", |l: &Load| l.mean_ms),
         ("latency tail (ms)", |l: &Load| l.tail_ms),
     ] {
-        let (b, t) = (med(&base, f), med(&traced, f));
-        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+        let of = |v: &[Load]| v.iter().map(f).collect::<Vec<_>>();
+        harness::print_row(name, &of(&base), &of(&traced));
     }
     let per_request_us = |cpu: f64, n: u64| cpu / n as f64 * 1e6;
     let (b, t) = (

@@ -163,6 +163,37 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Rounds per side, alternating baseline and traced: enough for a median
+/// and a spread that say how far one run can be trusted.
+pub const ROUNDS: u32 = 5;
+
+/// The smallest and largest of `v`.
+fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// The heading of a table [`print_row`] fills.
+pub fn print_heading() {
+    println!(
+        "{:<28}{:>14}{:>14}{:>10}   spread over the rounds (baseline; traced)",
+        "", "baseline", "traced", "ratio"
+    );
+}
+
+/// One measure's medians, baseline and traced, their ratio, and each
+/// side's lowest and highest round.
+pub fn print_row(name: &str, base: &[f64], traced: &[f64]) {
+    let (b, t) = (median(base.to_vec()), median(traced.to_vec()));
+    let ((b0, b1), (t0, t1)) = (spread(base), spread(traced));
+    println!(
+        "{name:<28}{b:>14.3}{t:>14.3}{:>10.3}   {b0:.3}–{b1:.3}; {t0:.3}–{t1:.3}",
+        t / b
+    );
+}
+
 /// A load generator run as a child of a shell that waits for a line on
 /// stdin before it starts and another before it exits: the agent attaches
 /// to the shell (and follows its fork) before any load, and can be

@@ -16,7 +16,8 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     harness::{
-        baseline, cpu_seconds, libc_kill, median, stat_value, traced_with, AgentRun, Attached,
+        baseline, cpu_seconds, libc_kill, median, print_heading, print_row, stat_value,
+        traced_with, AgentRun, Attached,
     },
     programs,
 };
@@ -24,7 +25,7 @@ use super::{
 pub(super) const PORT: u16 = 18080;
 const TLS_PORT: u16 = 18443;
 pub(super) const DURATION_S: u32 = 10;
-pub(super) const ROUNDS: u32 = 3;
+pub(super) use super::harness::ROUNDS;
 pub(super) const CONNECTIONS: u32 = 16;
 
 pub(super) struct Wrk {
@@ -262,20 +263,17 @@ pub(super) fn wrk_rounds(
     Ok(r)
 }
 
-/// Prints requests/s and latency, baseline beside traced, with the ratio.
+/// Prints requests/s and latency, baseline beside traced, with the ratio
+/// and the spread.
 pub(super) fn print_wrk_table(base: &[Wrk], traced: &[Wrk]) {
-    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(v.iter().map(f).collect());
-    println!(
-        "{:<28}{:>14}{:>14}{:>10}",
-        "", "baseline", "traced", "ratio"
-    );
+    print_heading();
     for (name, f) in [
         ("requests/s", (|w: &Wrk| w.rps) as fn(&Wrk) -> f64),
         ("latency p50 (ms)", |w: &Wrk| w.p50_ms),
         ("latency p99 (ms)", |w: &Wrk| w.p99_ms),
     ] {
-        let (b, t) = (med(base, f), med(traced, f));
-        println!("{name:<28}{b:>14.3}{t:>14.3}{:>10.3}", t / b);
+        let of = |v: &[Wrk]| v.iter().map(f).collect::<Vec<_>>();
+        print_row(name, &of(base), &of(traced));
     }
 }
 
