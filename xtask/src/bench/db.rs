@@ -75,8 +75,10 @@ fn report(title: &str, rows: &[Row<'_>], runs: &[AgentRun]) {
     let sum = |key: &str| runs.iter().map(|r| stat_value(&r.stats, key)).sum::<u64>();
     let cpu: f64 = runs.iter().map(|r| r.cpu_s).sum();
     let rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
-    let dropped =
-        sum("kernel_ringbuf_full") + sum("kernel_args_map_full") + sum("spans_dropped_queue_full");
+    let dropped = sum("kernel_ringbuf_full")
+        + sum("kernel_args_map_full")
+        + sum("spans_dropped_queue_full")
+        + sum("spans_dropped_export");
     let received: u64 = runs.iter().map(|r| r.received).sum();
     // Every call traced is one span: the spans are the count of calls.
     let spans = sum("spans_created");
@@ -86,7 +88,7 @@ fn report(title: &str, rows: &[Row<'_>], runs: &[AgentRun]) {
     );
     println!("agent peak RSS: {rss:.1} MiB");
     println!(
-        "spans created: {spans}, received by the collector: {received}; db desyncs: {}; events dropped: {dropped}",
+        "spans created: {spans}, received by the collector: {received}; db desyncs: {}; events and spans dropped: {dropped}",
         sum("db_desyncs")
     );
 }

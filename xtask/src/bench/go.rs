@@ -141,7 +141,7 @@ fn measure(root: &Path, go: &Child, url: &str, what: &str) -> Result<()> {
     );
     println!(
         "spans created: {spans}, received by the collector: {} (requests wrk completed: \
-         {traced_requests}); events dropped: {}",
+         {traced_requests}); events and spans dropped: {}",
         rounds.received(),
         rounds.dropped()
     );

@@ -200,12 +200,13 @@ impl WrkRounds {
     }
 
     /// Events and spans lost on the way: ring buffer, argument map, span
-    /// queue.
+    /// queue, the exporter's buffer.
     pub(super) fn dropped(&self) -> u64 {
         [
             "kernel_ringbuf_full",
             "kernel_args_map_full",
             "spans_dropped_queue_full",
+            "spans_dropped_export",
         ]
         .iter()
         .map(|k| self.stat(k))
@@ -313,7 +314,7 @@ fn measure(root: &Path, nginx: &Child, scheme: &str, port: u16) -> Result<()> {
         "spans created: {spans}, received by the collector: {} (requests wrk completed: {traced_requests})",
         rounds.received()
     );
-    println!("events dropped: {}", rounds.dropped());
+    println!("events and spans dropped: {}", rounds.dropped());
     for (i, r) in rounds.runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);
     }
