@@ -8,8 +8,6 @@
 //! about a fifth of the agent's CPU under load. Here each message's length
 //! is computed from the span, then the span is written once.
 
-use std::sync::Arc;
-
 use crate::spans::{Resource, Span, SpanKind, Status, Value};
 
 /// Field tags (field number << 3 | wire type) of the messages written.
@@ -32,14 +30,7 @@ mod tag {
 pub fn trace_request(batch: &[Span], out: &mut Vec<u8>) {
     // Each span with its length, worked out once: every enclosing
     // message's length needs it before the span is written.
-    let mut groups: Vec<(&Arc<Resource>, Vec<Measured<'_>>)> = Vec::new();
-    for s in batch {
-        let sized = (s, span_len(s));
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &s.resource)) {
-            Some((_, spans)) => spans.push(sized),
-            None => groups.push((&s.resource, vec![sized])),
-        }
-    }
+    let groups = super::otlp::by_process(batch, |s| (s, span_len(s)));
     for (resource, spans) in &groups {
         let len = resource_spans_len(resource, spans);
         out.push(tag::len(1));
@@ -235,6 +226,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use prost::Message as _;
 
     use super::*;

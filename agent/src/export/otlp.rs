@@ -72,15 +72,27 @@ fn span(s: &Span) -> ProtoSpan {
     }
 }
 
-/// One request for a batch, spans grouped under their process's resource.
-pub fn request(batch: &[Span]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&Arc<Resource>, Vec<ProtoSpan>)> = Vec::new();
+/// `each` of the batch's spans, grouped under their process's resource,
+/// the processes in the order they first appear: one `ResourceSpans` per
+/// group, however the request is built.
+pub fn by_process<'a, T>(
+    batch: &'a [Span],
+    mut each: impl FnMut(&'a Span) -> T,
+) -> Vec<(&'a Arc<Resource>, Vec<T>)> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<T>)> = Vec::new();
     for s in batch {
+        let item = each(s);
         match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &s.resource)) {
-            Some((_, spans)) => spans.push(span(s)),
-            None => groups.push((&s.resource, vec![span(s)])),
+            Some((_, items)) => items.push(item),
+            None => groups.push((&s.resource, vec![item])),
         }
     }
+    groups
+}
+
+/// One request for a batch, spans grouped under their process's resource.
+pub fn request(batch: &[Span]) -> ExportTraceServiceRequest {
+    let groups = by_process(batch, span);
     ExportTraceServiceRequest {
         resource_spans: groups
             .into_iter()
