@@ -27,14 +27,15 @@ use crate::{
         tracker::{Limits, Tracker},
         unowned::Unowned,
     },
-    discovery::{Candidate, Selectors},
-    events::{self, Event},
-    export, k8s,
-    linker::Runtime,
+    export,
+    host::discovery::{Candidate, Selectors},
+    host::k8s,
+    host::process::Registry,
+    host::procfs::{self, ProcessMeta},
+    kernel::events::{self, Event},
+    kernel::probes::Probes,
+    kernel::Runtime,
     metrics,
-    probes::Probes,
-    process::Registry,
-    procfs::{self, ProcessMeta},
     spans::{self, sampler::Sampler, Span},
     stats::Stats,
 };
@@ -298,7 +299,7 @@ impl EventPath {
                 continue;
             }
             let in_known_pod = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cgroup| pods.of(&crate::container::parse(&cgroup)).is_some());
+                .is_ok_and(|cgroup| pods.of(&crate::host::container::parse(&cgroup)).is_some());
             if in_known_pod {
                 self.consider(pid, &selectors, selectors.wants_ports());
             }

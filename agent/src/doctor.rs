@@ -10,7 +10,7 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
 };
 
-use crate::procfs;
+use crate::host::procfs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -139,7 +139,7 @@ pub fn run_checks() -> Vec<Check> {
     });
     // Go programs' goroutines are read at each thread's fs base, which
     // BTF says where to find in the task.
-    out.push(match crate::btf::task_fsbase() {
+    out.push(match crate::kernel::btf::task_fsbase() {
         Ok(at) => check(
             "go goroutines",
             Verdict::Ok,
@@ -259,7 +259,7 @@ pub fn run_checks() -> Vec<Check> {
         // Tried for real: a capability count cannot tell (the uprobe PMU
         // wants CAP_SYS_ADMIN, the tracefs route CAP_PERFMON and a
         // writable tracefs).
-        match crate::uprobe::route_report() {
+        match crate::kernel::uprobe::route_report() {
             Ok(route) => check(
                 "uprobes",
                 Verdict::Ok,

@@ -6,7 +6,8 @@ pub use crate::conn::{
     db::SqlOptions,
     tracker::{Limits, Tracker},
 };
-pub use crate::events::{decode, Chosen, ConnKey, Event, GoAct, Origin, Task};
-pub use crate::linker::Runtime;
+pub use crate::exchange::{ConnKey, Task};
+pub use crate::kernel::events::{decode, Chosen, Event, GoAct, Origin};
+pub use crate::kernel::Runtime;
 pub use crate::spans::{http::Options, Record, Value};
 pub use crate::stats::Stats;

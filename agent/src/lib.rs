@@ -11,39 +11,24 @@
 compile_error!("zerospan supports x86_64 only for now");
 
 mod agent;
-mod btf;
 mod clock;
 mod config;
 mod conn;
-mod container;
-mod discovery;
 mod doctor;
-mod event_loop;
-mod events;
+mod exchange;
 mod export;
 #[doc(hidden)]
 pub mod fuzzing;
-mod golang;
-mod goroutines;
 mod hash;
-mod k8s;
+mod host;
+mod kernel;
 mod linker;
 mod logger;
 mod metrics;
-mod openssl;
-mod probes;
-mod process;
-mod procfs;
-mod propagation;
-#[cfg(test)]
-mod replay;
-mod settings;
 mod spans;
 mod stats;
 #[cfg(test)]
 mod test_support;
-mod tls_hooks;
-mod uprobe;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
@@ -64,7 +49,7 @@ pub fn cli() -> std::process::ExitCode {
         };
     }
     let env = |k: &str| std::env::var(k).ok();
-    if let Err(e) = settings::layer(&mut args, &matches, env) {
+    if let Err(e) = config::settings::layer(&mut args, &matches, env) {
         eprintln!("zerospan: {e:#}");
         return std::process::ExitCode::from(2);
     }

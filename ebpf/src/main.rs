@@ -881,7 +881,7 @@ data_probe!(
 //
 // uprobes on OpenSSL's SSL_read/SSL_write (and their _ex forms, or, where
 // the agent finds them, the internal functions all four call: see
-// agent/src/openssl.rs) and GnuTLS's gnutls_record_recv/send see the
+// agent/src/kernel/openssl.rs) and GnuTLS's gnutls_record_recv/send see the
 // plaintext. The entry probe remembers the
 // buffer; a syscall nested in the call names the socket (see `data_args`);
 // the return probe sends what was moved, as data of that socket.

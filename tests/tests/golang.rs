@@ -634,7 +634,7 @@ fn grpc_go_over_tls_gives_linked_spans_with_their_status() {
 #[test]
 fn the_offsets_table_is_what_each_toolchain_says() {
     let table = std::fs::read_to_string(
-        zerospan_tests::procs::workspace().join("agent/src/golang/offsets.rs"),
+        zerospan_tests::procs::workspace().join("agent/src/kernel/golang/offsets.rs"),
     )
     .unwrap();
     for tc in golang::toolchains() {

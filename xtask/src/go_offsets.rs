@@ -1,4 +1,4 @@
-//! `cargo xtask go-offsets`: regenerates `agent/src/golang/offsets.rs`,
+//! `cargo xtask go-offsets`: regenerates `agent/src/kernel/golang/offsets.rs`,
 //! the field offsets the Go TLS probes follow, one row per Go release
 //! line, by running `tests/fixtures/go/offsets.go` with each toolchain.
 //!
@@ -58,7 +58,7 @@ pub fn run() -> Result<()> {
     let mut text = HEADER.to_owned();
     text.extend(rows.into_values());
     text.push_str("];\n");
-    let path = root().join("agent/src/golang/offsets.rs");
+    let path = root().join("agent/src/kernel/golang/offsets.rs");
     std::fs::write(&path, text)?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())

@@ -112,7 +112,7 @@ fn usage() -> ! {
          soak    set up, build, and survive faults with figures (root; about OUTAGE+3 min):\n\
                  `soak OUTAGE_SECS [PART…]` sets the collector's outage (default 600)\n\
                  and runs only the parts named: outage, kill, overflow, bad-input, idle\n\
-         go-offsets  regenerate agent/src/golang/offsets.rs with each Go toolchain"
+         go-offsets  regenerate agent/src/kernel/golang/offsets.rs with each Go toolchain"
     );
     std::process::exit(2)
 }

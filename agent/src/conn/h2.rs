@@ -8,7 +8,7 @@
 //! are left out, never guessed, and the span says so in
 //! `zerospan.incomplete`.
 
-use crate::events::Task;
+use crate::exchange::Task;
 use std::sync::Arc;
 
 use crate::hash::Map;
@@ -20,8 +20,8 @@ use zerospan_protocols::stream::{Segment, Stamp};
 use super::{
     http1,
     protocol::{Cx, Protocol, Verdict},
-    Outcome, Role,
 };
+use crate::exchange::{Outcome, Role};
 use crate::{
     linker::Start,
     spans::{
@@ -609,9 +609,9 @@ mod tests {
 
     use super::*;
     use crate::conn::db::SqlOptions;
-    use crate::conn::protocol::Deepen;
     use crate::conn::tracker::{Limits, Tracker};
-    use crate::events::ConnKey;
+    use crate::exchange::ConnKey;
+    use crate::kernel::Deepen;
     use crate::spans::{SpanKind, Status, Value};
     use crate::test_support::seg;
     use zerospan_common::origin;

@@ -7,7 +7,7 @@
 //! position (see [`ResponseSink::give_up_before`]); requests that time out
 //! are owed the next responses, which are skipped, not paired.
 
-use crate::events::Task;
+use crate::exchange::Task;
 use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink};
@@ -16,9 +16,10 @@ use zerospan_protocols::stream::{Segment, Stamp};
 
 use super::{
     h2::H2Conn,
-    protocol::{Cx, Deepen, Protocol, Switch, Verdict},
-    Outcome, Role,
+    protocol::{Cx, Protocol, Switch, Verdict},
 };
+use crate::exchange::{Outcome, Role};
+use crate::kernel::Deepen;
 use crate::{
     linker::Start,
     spans::http::{self, Exchange, Options},

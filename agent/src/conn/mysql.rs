@@ -19,7 +19,7 @@
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
-use crate::events::Task;
+use crate::exchange::Task;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -32,11 +32,17 @@ use zerospan_protocols::{
 };
 
 use super::{
-    db::{call_context, collect, remember, Call, Operation, SqlOptions},
+    db::{call_context, collect, remember, SqlOptions},
     protocol::{Cx, Protocol, Verdict},
-    Outcome,
 };
-use crate::{spans::context::SpanContext, stats::Stats};
+use crate::exchange::Outcome;
+use crate::{
+    spans::{
+        context::SpanContext,
+        db::{Call, Operation},
+    },
+    stats::Stats,
+};
 
 /// Most commands one connection may have waiting.
 const MAX_PENDING: usize = 1024;

@@ -9,9 +9,10 @@
 
 use zerospan_protocols::stream::{Segment, Stamp};
 
-use super::{Endpoints, Outcome, Role};
+use crate::exchange::{Endpoints, Outcome, Role};
 use crate::{
-    events::{ConnKey, Task},
+    exchange::{ConnKey, Task},
+    kernel::Deepen,
     linker::{Linker, Start},
     spans::{context::SpanContext, Record, SpanKind},
     stats::Stats,
@@ -35,17 +36,6 @@ pub enum Verdict {
     /// The connection now carries another protocol (HTTP/1.1 upgraded to
     /// h2c): [`Protocol::take_switch`] hands it over.
     Switch,
-}
-
-/// How deeply the kernel should capture a connection, once the agent
-/// recognised its protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deepen {
-    /// A database on a socket the probes did not see connect: its reads
-    /// whole (responses), and its writes as requests.
-    Database,
-    /// HTTP/2: every header block in both directions.
-    Http2,
 }
 
 /// The protocol a connection switched to, from where in the segment that

@@ -19,11 +19,13 @@ use super::{
     http1::HttpConn,
     mysql::MysqlConn,
     postgres::PgConn,
-    protocol::{Cx, Deepen, Protocol, Verdict},
-    Endpoints, Outcome, Role,
+    protocol::{Cx, Protocol, Verdict},
 };
-use crate::events::{Chosen, ConnKey, GoAct, Task};
-use crate::linker::{Linker, Runtime};
+use crate::exchange::{ConnKey, Task};
+use crate::exchange::{Endpoints, Outcome, Role};
+use crate::kernel::events::{Chosen, GoAct};
+use crate::kernel::{Deepen, Runtime};
+use crate::linker::Linker;
 use crate::spans::{context::SpanContext, http::Options, Record};
 use crate::stats::Stats;
 use zerospan_protocols::http1;

@@ -10,7 +10,7 @@
 //! address reused), and an object's writes past the bounds are dropped
 //! and counted, never replayed with a hole in them.
 
-use crate::events::Task;
+use crate::exchange::Task;
 use std::collections::VecDeque;
 
 use crate::hash::Map;
@@ -171,7 +171,7 @@ impl Unowned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::ConnKey;
+    use crate::exchange::ConnKey;
 
     fn seg(bytes: &[u8], at: u64) -> Segment<'_> {
         Segment {

@@ -1,16 +1,116 @@
 //! Database and cache calls to spans, following OpenTelemetry's database
 //! conventions: PostgreSQL, Redis and memcached today.
 
-use zerospan_protocols::resp::Reply;
+use std::sync::Arc;
+
+use zerospan_protocols::{
+    resp::{Command, Reply},
+    sql,
+    stream::Stamp,
+};
 
 use super::{
+    context::SpanContext,
     http::{outcome_status, peer_attributes},
     Category, Record, SpanKind, Status, Value,
 };
-use crate::conn::{
-    db::{Call, Operation},
-    Endpoints,
-};
+use crate::exchange::Task;
+use crate::exchange::{Endpoints, Outcome};
+
+/// Placeholders written into a redacted command before it is cut short.
+const MAX_PLACEHOLDERS: u32 = 16;
+
+/// What a call asked the database to do, as spans name it. Shared by every
+/// execution of one prepared statement.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    /// `db.operation.name`: `SELECT`, `GET`.
+    pub name: Option<String>,
+    /// `db.collection.name`: the one table the statement names.
+    pub collection: Option<String>,
+    /// `db.query.text`, already sanitised (unless configured otherwise);
+    /// empty when not known.
+    pub query_text: String,
+}
+
+impl Operation {
+    /// A piece of SQL: its operation and table, and its text, sanitised
+    /// unless asked otherwise. Computed once per statement, not per call.
+    pub fn sql(text: &str, sanitize: bool) -> Arc<Self> {
+        let (name, collection) = sql::operation_and_table(text);
+        let query_text = if sanitize {
+            sql::sanitize(text)
+        } else {
+            text.to_owned()
+        };
+        Arc::new(Operation {
+            name,
+            collection,
+            query_text,
+        })
+    }
+
+    /// A key-value store command: its name, and its arguments as `?`. The
+    /// agent never reads the arguments, so there is nothing to leak.
+    pub fn command(cmd: &Command) -> Self {
+        let args = cmd.args.min(MAX_PLACEHOLDERS) as usize;
+        let mut q = String::with_capacity(cmd.name.len() + 2 * args + 4);
+        q.push_str(&cmd.name);
+        for _ in 0..args {
+            q.push_str(" ?");
+        }
+        if cmd.args > MAX_PLACEHOLDERS {
+            q.push_str(" …");
+        }
+        Operation {
+            name: Some(cmd.name.clone()),
+            collection: None,
+            query_text: q,
+        }
+    }
+}
+
+/// One command and what came back.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub ctx: SpanContext,
+    pub op: Arc<Operation>,
+    /// `db.namespace`, when the connection's start was seen.
+    pub namespace: Option<Arc<str>>,
+    /// The database user, only when configured to export it.
+    pub user: Option<Arc<str>>,
+    /// Segment holding the command's first byte.
+    pub sent_at: Stamp,
+    /// Segment holding the reply's last byte (or the last activity seen).
+    pub end_at: Stamp,
+    pub reply: Option<Reply>,
+    pub outcome: Outcome,
+    pub task: Task,
+}
+
+impl Call {
+    /// A call just sent, not answered yet.
+    pub fn sent(
+        ctx: SpanContext,
+        op: Arc<Operation>,
+        namespace: Option<Arc<str>>,
+        user: Option<Arc<str>>,
+        task: Task,
+        at: Stamp,
+    ) -> Self {
+        Call {
+            ctx,
+            op,
+            namespace,
+            user,
+            sent_at: at,
+            end_at: at,
+            reply: None,
+            outcome: Outcome::Complete,
+            task,
+        }
+    }
+}
 
 /// `{db.operation.name} {db.collection.name}`, or as much of it as is
 /// known, else the system: what the conventions ask for.

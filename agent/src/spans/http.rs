@@ -4,11 +4,11 @@
 use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Value};
 #[cfg(test)]
 use super::{Resource, Span};
-use crate::events::Task;
+use crate::exchange::Task;
 use zerospan_protocols::http1::Head;
 use zerospan_protocols::stream::Stamp;
 
-use crate::conn::{Endpoints, Outcome, Role};
+use crate::exchange::{Endpoints, Outcome, Role};
 #[cfg(test)]
 use {crate::clock::Clock, std::sync::Arc};
 

@@ -12,7 +12,7 @@ pub mod route;
 pub mod rpc;
 pub mod sampler;
 
-use crate::events::Task;
+use crate::exchange::Task;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,8 +6,8 @@ use super::{
     http::{mark_incomplete, outcome_status, peer_attributes, split_host, tls_attributes},
     Category, Record, SpanKind, Status, Value,
 };
-use crate::conn::{Endpoints, Outcome, Role};
-use crate::events::Task;
+use crate::exchange::Task;
+use crate::exchange::{Endpoints, Outcome, Role};
 use zerospan_protocols::stream::Stamp;
 
 /// One gRPC call, as framed on one HTTP/2 stream.

@@ -1,6 +1,6 @@
 //! What one uprobe costs the traced program on this machine, by the
 //! instruction it sits on: the figures behind where the agent puts its
-//! probes (`agent/src/openssl.rs`, `agent/src/golang/returns.rs`).
+//! probes (`agent/src/kernel/openssl.rs`, `agent/src/kernel/golang/returns.rs`).
 //!
 //! A tiny library holds functions that begin with the instructions real
 //! ones begin with; a driver calls one in a loop. Each case defines a

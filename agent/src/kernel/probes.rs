@@ -15,10 +15,12 @@ use aya::{
 };
 use zerospan_common::{counter, go_g, sock_flags, traced, GoProc, SockInfo, MAX_CAPTURE};
 
-pub use crate::propagation::PropagationSettings;
+pub use crate::kernel::propagation::PropagationSettings;
 use crate::{
-    conn::protocol::Deepen, events::ConnKey, linker::Runtime, procfs, propagation,
-    tls_hooks::TlsHooks,
+    exchange::ConnKey,
+    host::procfs,
+    kernel::tls_hooks::TlsHooks,
+    kernel::{propagation, Deepen, Runtime},
 };
 
 /// Every program in the object, with its tracepoint category.
@@ -229,7 +231,7 @@ impl Probes {
         };
         // Go programs' goroutines are read from the thread's TLS, at its fs
         // base; without it, their calls stay roots.
-        let task_fsbase = crate::btf::task_fsbase().unwrap_or_else(|e| {
+        let task_fsbase = crate::kernel::btf::task_fsbase().unwrap_or_else(|e| {
             log::warn!(
                 "Go goroutines are not followed: where the kernel keeps a thread's fs base \
                  is not known ({e:#}); calls made by Go programs stay roots"
@@ -284,7 +286,7 @@ impl Probes {
             propagation::attach(&mut ebpf, dir)
                 .context("context propagation (--context-propagation=off runs without it)")?;
         }
-        crate::tls_hooks::load(&mut ebpf)?;
+        crate::kernel::tls_hooks::load(&mut ebpf)?;
         let mut tls = TlsHooks::new();
         tls.hook_system_libraries(&mut ebpf);
         Ok((
@@ -362,7 +364,7 @@ impl Probes {
         }
     }
 
-    pub fn tls_counts(&self) -> crate::tls_hooks::Counts {
+    pub fn tls_counts(&self) -> crate::kernel::tls_hooks::Counts {
         self.tls.counts()
     }
 

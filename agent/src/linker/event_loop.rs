@@ -26,7 +26,7 @@
 
 use crate::hash::{Map, Set};
 
-use crate::{events::ConnKey, spans::context::SpanContext, stats::Stats};
+use crate::{exchange::ConnKey, spans::context::SpanContext, stats::Stats};
 
 /// Why a call made on an event loop is someone's, or no one's.
 #[derive(Clone)]

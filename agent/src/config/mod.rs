@@ -1,14 +1,16 @@
 //! Command line and `OTEL_*` environment, resolved into one [`Config`].
 
+pub mod settings;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use crate::discovery::Selectors;
 use crate::export::{self, transport::Transport, SinkConfig};
-use crate::probes::{ProbeSettings, PropagationSettings};
-use crate::process::ResourceDefaults;
+use crate::host::discovery::Selectors;
+use crate::host::process::ResourceDefaults;
+use crate::kernel::probes::{ProbeSettings, PropagationSettings};
 use crate::spans::sampler::Sampler;
 
 /// Zero-code distributed tracing: eBPF probes watch a program's network
@@ -272,13 +274,13 @@ pub struct Config {
     /// `OTEL_METRICS_EXPORTER` is not `none`.
     pub metrics_export: Option<crate::metrics::otlp::Settings>,
     /// The pod watch, when the Kubernetes API is used.
-    pub k8s: Option<crate::k8s::watch::Settings>,
+    pub k8s: Option<crate::host::k8s::watch::Settings>,
 }
 
 /// Parses the `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
 /// `OTEL_RESOURCE_ATTRIBUTES`.
 pub fn parse_key_values(s: &str) -> Vec<(String, String)> {
-    crate::process::parse_resource_attributes(s)
+    crate::host::process::parse_resource_attributes(s)
 }
 
 impl Config {
@@ -293,7 +295,7 @@ impl Config {
             &args.exclude_cmdline,
         )?
         .containers_only(args.containers_only)
-        .pods(crate::k8s::select::PodSelectors::new(
+        .pods(crate::host::k8s::select::PodSelectors::new(
             &args.k8s_namespace,
             &args.k8s_pod_name,
             &args.k8s_pod_label,
@@ -307,11 +309,11 @@ impl Config {
                 || env("KUBECONFIG").is_some())
             .then_some(()),
         }
-        .map(|()| crate::k8s::watch::Settings {
+        .map(|()| crate::host::k8s::watch::Settings {
             node_name: args
                 .k8s_node_name
                 .clone()
-                .unwrap_or_else(crate::procfs::host_name),
+                .unwrap_or_else(crate::host::procfs::host_name),
         });
         if selectors.needs_pods() && k8s.is_none() {
             bail!(
@@ -392,7 +394,7 @@ impl Config {
             attributes: env("OTEL_RESOURCE_ATTRIBUTES")
                 .map(|a| parse_key_values(&a))
                 .unwrap_or_default(),
-            host_name: crate::procfs::host_name(),
+            host_name: crate::host::procfs::host_name(),
         };
         let discover = matches!(target, Target::Discover { .. });
         let sampler = Sampler::from_env(

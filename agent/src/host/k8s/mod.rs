@@ -80,7 +80,7 @@ pub type Shared = Arc<Pods>;
 
 impl Pods {
     /// The pod of the container a process's cgroup names, if known.
-    pub fn of(&self, container: &crate::container::Container) -> Option<Arc<PodMeta>> {
+    pub fn of(&self, container: &crate::host::container::Container) -> Option<Arc<PodMeta>> {
         self.lookup(container.id.as_deref()?)
     }
 
@@ -138,7 +138,7 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container;
+    use crate::host::container;
 
     /// cgroup lines in the form each runtime writes them (containerd under
     /// the systemd driver, CRI-O and docker under cgroupfs), for the

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::hash::{Map, Set};
 
-use crate::k8s::{self, PodMeta};
-use crate::procfs::{self, ProcessMeta};
+use crate::host::k8s::{self, PodMeta};
+use crate::host::procfs::{self, ProcessMeta};
 use crate::spans::{Resource, Value};
 
 /// Resource settings that apply to every traced process.
@@ -351,7 +351,7 @@ mod tests {
         let pods = k8s::Shared::default();
         let mut reg = Registry::new(ResourceDefaults::default(), Some(pods.clone()));
         let mut m = meta();
-        m.container = crate::container::parse(
+        m.container = crate::host::container::parse(
             "0::/kubepods/besteffort/poda1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d/\
              crio-4a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c",
         );

@@ -11,8 +11,9 @@ use anyhow::{bail, Context as _};
 use regex_lite::Regex;
 
 use crate::{
-    k8s::{select::PodSelectors, PodMeta, Pods},
-    procfs,
+    host::glob::glob_match,
+    host::k8s::{select::PodSelectors, PodMeta, Pods},
+    host::procfs,
 };
 
 /// What the selectors look at.
@@ -78,35 +79,6 @@ pub struct Selectors {
     containers_only: bool,
     /// Only processes in pods that match (`--k8s-…`).
     pods: PodSelectors,
-}
-
-/// `*` any run of characters, `?` any one; everything else literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // Backtracking over the last `*` only: linear for practical patterns.
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 fn parse_ports(spec: &str) -> anyhow::Result<RangeInclusive<u16>> {
@@ -246,7 +218,7 @@ mod tests {
     #[test]
     fn pod_criteria_narrow_other_selectors_and_alone_select() {
         let pod = |name: &str| {
-            crate::k8s::pod::containers(&crate::k8s::pod::tests::fixture(name))
+            crate::host::k8s::pod::containers(&crate::host::k8s::pod::tests::fixture(name))
                 .remove(0)
                 .1
         };
@@ -315,17 +287,6 @@ mod tests {
         assert!(alone.matches(&inside) && !alone.matches(&outside));
         let none = Selectors::new(&[], &[], &[], &[], &[]).unwrap();
         assert!(!none.any());
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*/python3*", "/usr/bin/python3.11"));
-        assert!(glob_match("/usr/sbin/nginx", "/usr/sbin/nginx"));
-        assert!(glob_match("*ngin?", "/usr/sbin/nginx"));
-        assert!(!glob_match("*/nginx", "/usr/sbin/nginx-debug"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("a*b*c", "aXXbYYbZc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context as _};
 
 use super::pod::{OwnerKind, PodMeta};
-use crate::discovery::glob_match;
+use crate::host::glob::glob_match;
 
 #[derive(Clone, Debug, Default)]
 pub struct PodSelectors {
@@ -110,7 +110,7 @@ impl PodSelectors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::pod::{containers, tests::fixture};
+    use crate::host::k8s::pod::{containers, tests::fixture};
 
     fn sel(ns: &[&str], labels: &[&str], owners: &[&str], exclude: &[&str]) -> PodSelectors {
         let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -6,52 +6,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::exchange::{ConnKey, Task};
+
 use zerospan_common::{
     context_origin, kind, ConnEvent, ContextEvent, DataEvent, EventHeader, GoEvent, OwnerEvent,
     ProcEvent, MAX_CAPTURE,
 };
 
-/// Identifies one connection: fd numbers are reused, `conn_id` is not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub tgid: u32,
-    pub fd: i32,
-    pub conn_id: u64,
-}
-
-impl ConnKey {
-    /// The top bit of the ids of sockets the agent seeded from `/proc` (they
-    /// predate it); the probes' ids are the boot-time ns the connection
-    /// opened at, which never reach it.
-    pub const SEEDED: u64 = 1 << 63;
-
-    /// When the connection opened, if known: not for a seeded socket.
-    pub fn opened_ns(&self) -> Option<u64> {
-        (self.conn_id & Self::SEEDED == 0).then_some(self.conn_id)
-    }
-}
-
-/// Who made an event happen: a thread, and in a Go program the goroutine
-/// running on it, when the probes know it (0 when not).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Task {
-    pub tid: u32,
-    pub goroutine: u64,
-}
-
-impl Task {
-    /// A thread of a program that is not Go (or whose goroutine is not
-    /// known).
-    #[cfg(test)]
-    pub const fn thread(tid: u32) -> Task {
-        Task { tid, goroutine: 0 }
-    }
-
-    fn of(h: &EventHeader) -> Task {
-        Task {
-            tid: h.tid,
-            goroutine: h.goroutine,
-        }
+/// Who moved an event's bytes: its thread, and in Go its goroutine.
+fn task_of(h: &EventHeader) -> Task {
+    Task {
+        tid: h.tid,
+        goroutine: h.goroutine,
     }
 }
 
@@ -263,7 +229,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
                 return Ok(Event::Unowned {
                     tgid: h.tgid,
                     ssl: h.conn_id,
-                    task: Task::of(&h),
+                    task: task_of(&h),
                     enter_ns: h.ts_enter_ns,
                     exit_ns: h.ts_exit_ns,
                     len,
@@ -272,7 +238,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             }
             Event::Data {
                 key,
-                task: Task::of(&h),
+                task: task_of(&h),
                 egress: h.direction == zerospan_common::direction::EGRESS,
                 tls: h.source == zerospan_common::source::TLS,
                 enter_ns: h.ts_enter_ns,
@@ -357,7 +323,7 @@ pub fn decode(buf: &[u8]) -> Result<Event<'_>, DecodeError> {
             let g: GoEvent = read(buf)?;
             Event::Go {
                 tgid: h.tgid,
-                task: Task::of(&h),
+                task: task_of(&h),
                 act: match h.kind {
                     kind::GO_SPAWN => GoAct::Spawn,
                     kind::GO_ROUND_TRIP => GoAct::RoundTrip,

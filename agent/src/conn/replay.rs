@@ -15,7 +15,7 @@ use crate::{
         db::SqlOptions,
         tracker::{Limits, Tracker},
     },
-    events::{ConnKey, Task},
+    exchange::{ConnKey, Task},
     spans::{Status, Value},
     stats::Stats,
 };

@@ -12,7 +12,7 @@ use aya::{
     Ebpf,
 };
 
-use crate::procfs;
+use crate::host::procfs;
 
 /// Where the header may be written.
 #[derive(Clone, Debug)]

@@ -127,7 +127,7 @@ pub struct ProcessMeta {
     /// `OTEL_SERVICE_NAME` from the process's own environment.
     pub service_name: Option<String>,
     /// Its container, from `/proc/PID/cgroup`.
-    pub container: crate::container::Container,
+    pub container: crate::host::container::Container,
 }
 
 /// Joins a NUL-separated `/proc/PID/cmdline` into one line.
@@ -165,7 +165,7 @@ pub fn process_meta(pid: u32) -> Option<ProcessMeta> {
         executable_path: exe.map(|p| p.display().to_string()),
         command_line: parse_cmdline(&cmdline),
         service_name: env_value(&environ, "OTEL_SERVICE_NAME"),
-        container: crate::container::parse(
+        container: crate::host::container::parse(
             &fs::read_to_string(format!("{base}/cgroup")).unwrap_or_default(),
         ),
     })

@@ -18,9 +18,9 @@ use aya::{programs::UProbe, Ebpf};
 use zerospan_common::GoProc;
 
 use crate::{
-    golang::{self, GoBinary},
-    openssl,
-    uprobe::{self, AttachError, Symbols, Uprobes},
+    kernel::golang::{self, GoBinary},
+    kernel::openssl,
+    kernel::uprobe::{self, AttachError, Symbols, Uprobes},
 };
 
 /// Each program, and the library functions it is attached to. OpenSSL's

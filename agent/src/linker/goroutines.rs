@@ -29,7 +29,7 @@
 
 use crate::hash::{Map, Set};
 
-use crate::events::Task;
+use crate::exchange::Task;
 
 /// Who serves a request, for the calls it causes: a thread, or in a Go
 /// program a goroutine.

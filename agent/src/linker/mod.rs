@@ -12,7 +12,7 @@
 //!    thread that writes this request (thread-per-request servers). With
 //!    two or more in flight on that thread, the parent cannot be known: the
 //!    span stays a root and is counted. In a Go program the goroutine
-//!    takes the thread's place ([`goroutines`](crate::goroutines)): the
+//!    takes the thread's place ([`goroutines`](crate::linker::goroutines)): the
 //!    one that read the request, the one that asked for the call (across
 //!    `net/http`'s hand-off to its writer goroutine), and those it
 //!    started while the request was in flight.
@@ -39,6 +39,9 @@
 //! probes (`sock:inet_sock_set_state`), through the connection's endpoints
 //! or [`Linker::client_local_known`] when it arrives later.
 
+pub mod event_loop;
+pub mod goroutines;
+
 use std::{cell::Cell, collections::VecDeque, net::SocketAddr};
 
 use crate::hash::Map;
@@ -48,10 +51,11 @@ use zerospan_protocols::http1::Head;
 use zerospan_protocols::stream::Stamp;
 
 use crate::{
-    conn::{Endpoints, Role},
-    event_loop::Loops,
-    events::{Chosen, ConnKey, GoAct, Origin, Task},
-    goroutines::{Asker, Doer, Goroutines, Under},
+    exchange::{ConnKey, Endpoints, Role, Task},
+    kernel::events::{Chosen, GoAct, Origin},
+    kernel::Runtime,
+    linker::event_loop::Loops,
+    linker::goroutines::{Asker, Doer, Goroutines, Under},
     spans::context::{parse_traceparent, SpanContext},
     stats::Stats,
 };
@@ -162,15 +166,6 @@ pub struct Linker {
     go: Goroutines,
     /// Node.js processes: their threads are event loops.
     loops: Loops,
-}
-
-/// What a traced process runs, for the rules that find parents in it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Runtime {
-    /// Go: goroutines move between threads.
-    pub go: bool,
-    /// Node.js, its read callbacks reported: its threads are event loops.
-    pub event_loop: bool,
 }
 
 /// Most orphans kept; past it new ones are not adoptable.

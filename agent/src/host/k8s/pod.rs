@@ -106,7 +106,7 @@ impl PodMeta {
 /// as the cgroup path has it.
 pub fn container_id(status_id: &str) -> Option<String> {
     let (_, id) = status_id.split_once("://")?;
-    crate::container::normal_id(id)
+    crate::host::container::normal_id(id)
 }
 
 /// A Deployment's ReplicaSet is named `<deployment>-<pod-template-hash>`,

@@ -483,7 +483,11 @@ mod tests {
     fn layered(argv: &[&str], env: &[(&str, &str)], file: Option<&str>) -> anyhow::Result<Args> {
         let dir = std::env::temp_dir().join(format!("zerospan-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.yaml", argv.len() + env.len()));
+        // A file per call: tests run in parallel, and two with the same
+        // arguments must not read each other's file.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.yaml"));
         let mut full: Vec<String> = vec!["zerospan".into()];
         if let Some(f) = file {
             std::fs::write(&path, f).unwrap();
