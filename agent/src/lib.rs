@@ -5,7 +5,7 @@
 //! ([`fuzzing`]). Nothing else is a public API.
 
 // The probes recover syscall arguments from x86_64's saved registers
-// (see ebpf/src/main.rs, `late_args`); other architectures need their own
+// (see ebpf/src/data.rs, `late_args`); other architectures need their own
 // offsets first.
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("zerospan supports x86_64 only for now");

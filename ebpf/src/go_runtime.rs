@@ -31,7 +31,10 @@ use aya_ebpf::{
 };
 use zerospan_common::{counter, go_g, kind, GoEvent, GoProc};
 
-use crate::{bump, header, output, traced_tgid};
+use crate::{
+    emit::output,
+    helpers::{bump, header, traced_tgid},
+};
 
 /// Where `struct task_struct` keeps the thread's fs base
 /// (`thread.fsbase`), from the kernel's BTF; 0 when unknown, and then no

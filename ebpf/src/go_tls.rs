@@ -29,9 +29,10 @@ use aya_ebpf::{
 use zerospan_common::{counter, direction, GoProc};
 
 use crate::{
-    bump, emit_plaintext,
     go_runtime::{regs, GO_PROCS},
-    still_open, traced_tgid, SockRef, SslKey, TlsCall, SOCKS,
+    helpers::{bump, traced_tgid},
+    maps::{SockRef, SslKey, TlsCall, SOCKS},
+    tls::{emit_plaintext, still_open},
 };
 
 /// Calls in progress, by (tgid, goroutine).
@@ -133,7 +134,7 @@ fn go_enter(ctx: &ProbeContext, dir: u8) {
         return;
     };
     // SAFETY: read-only lookup of a plain value.
-    let Some(sock) = (unsafe { SOCKS.get(&crate::sock_key(tgid, fd)) }) else {
+    let Some(sock) = (unsafe { SOCKS.get(&crate::helpers::sock_key(tgid, fd)) }) else {
         return;
     };
     // SAFETY: helper has no preconditions.

@@ -18,7 +18,12 @@ use aya_ebpf::{
 };
 use zerospan_common::kind;
 
-use crate::{header, output, still_open, traced_tgid, LAST_READ};
+use crate::{
+    emit::output,
+    helpers::{header, traced_tgid},
+    maps::LAST_READ,
+    tls::still_open,
+};
 
 /// The read callback each thread is in, if any.
 #[map]

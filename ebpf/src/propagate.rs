@@ -30,7 +30,11 @@ use aya_ebpf::{
 };
 use zerospan_common::{context_origin, counter, direction, kind, sock_flags, traced, ContextEvent};
 
-use crate::{bump, header, output, sock_key, SOCKS, TRACED};
+use crate::{
+    emit::output,
+    helpers::{bump, header, sock_key},
+    maps::{SOCKS, TRACED},
+};
 
 /// Set by the agent when it writes `traceparent` headers
 /// (`--context-propagation=headers`).
