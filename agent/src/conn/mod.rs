@@ -1,6 +1,7 @@
 //! Connections: the table that routes each segment to its protocol
-//! ([`tracker`]), the one seam every protocol implements ([`protocol`]),
-//! and one module per protocol's connection.
+//! ([`tracker`]), the table that recognises each protocol ([`detect`]),
+//! the one seam every protocol implements ([`protocol`]), and one module
+//! per protocol's connection.
 //!
 //! No I/O anywhere here: segments come in from the kernel's events,
 //! span context from the linker, and finished exchanges leave as neutral
@@ -9,6 +10,7 @@
 //! [`exchange`](crate::exchange), so that they need not depend on this.
 
 pub mod db;
+pub mod detect;
 pub mod h2;
 pub mod http1;
 pub mod mysql;

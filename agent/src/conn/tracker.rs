@@ -7,33 +7,31 @@
 //! caller can stop the kernel from capturing them, and databases found on
 //! pre-existing sockets in [`Tracker::take_deepened`].
 
-use crate::hash::Map;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use zerospan_common::origin;
+use zerospan_protocols::stream::{Segment, Stamp};
+use zerospan_protocols::tls;
 
 use super::{
-    db::{DbConn, SqlOptions},
-    h2::{self, H2Conn},
-    http1::HttpConn,
-    mysql::MysqlConn,
-    postgres::PgConn,
+    db::SqlOptions,
+    detect::{self, Detection, Met, Seen, Settings},
+    h2,
     protocol::{Cx, Protocol, Verdict},
 };
-use crate::exchange::{ConnKey, Task};
-use crate::exchange::{Endpoints, Outcome, Role};
+use crate::exchange::{ConnKey, Endpoints, Outcome, Role, Task};
+use crate::hash::Map;
 use crate::kernel::events::{Chosen, GoAct};
 use crate::kernel::{Deepen, Runtime};
 use crate::linker::Linker;
-use crate::spans::{context::SpanContext, http::Options, Record};
+use crate::spans::{http::Options, Record};
 use crate::stats::Stats;
-use zerospan_protocols::http1;
-use zerospan_protocols::stream::{Segment, Stamp};
-use zerospan_protocols::{memcache, mysql, postgres, resp, tls};
 
 /// Segments a connection of unknown role may show before we give up on it.
 const MAX_DETECT_SEGMENTS: u32 = 64;
+/// Most bytes of a segment held for a detector that asked for more.
+const MAX_HELD_BYTES: usize = 64;
 /// Ciphertext segments a TLS connection may show before its first
 /// plaintext; past them its TLS library is one the agent does not hook.
 const MAX_TLS_WAIT_SEGMENTS: u32 = 32;
@@ -48,19 +46,21 @@ pub struct Limits {
 }
 
 enum State {
-    /// Pre-existing socket: role not known until a request shows up.
-    Detecting { segments: u32 },
-    /// An accepted connection that has moved nothing yet: HTTP/1 unless
-    /// its first bytes are HTTP/2's.
-    Incoming,
-    /// An outgoing connection that has not sent anything yet: the first
-    /// bytes it writes say which protocol it speaks.
-    Outgoing,
-    /// An outgoing connection whose first read was 4 bytes that may be the
-    /// header of a MySQL greeting; the next read tells.
-    GreetingHeader { header: [u8; 4], at: Stamp },
-    /// A protocol the agent knows: HTTP/1, PostgreSQL, MySQL/MariaDB,
-    /// Redis, memcached.
+    /// Its protocol not known yet: the detector table is asked with each
+    /// segment. `segments` counts those no detector took: a joined
+    /// connection is given up past [`MAX_DETECT_SEGMENTS`] (an accepted or
+    /// connected one always finds HTTP/1 at least).
+    Detecting { met: Met, segments: u32 },
+    /// Detector `by` asked to see the next segment, in the same direction,
+    /// with this one (a MySQL greeting's header, read alone).
+    Held {
+        met: Met,
+        by: usize,
+        egress: bool,
+        held: Box<Held>,
+    },
+    /// A protocol the agent knows: HTTP/1, HTTP/2, PostgreSQL,
+    /// MySQL/MariaDB, Redis, memcached.
     Active(Box<dyn Protocol>),
     /// TLS whose plaintext has not appeared yet: its role when known
     /// (server, client), and the ciphertext segments seen meanwhile.
@@ -69,14 +69,19 @@ enum State {
     Ignored,
 }
 
+/// A segment a detector could not yet judge.
+struct Held {
+    bytes: Vec<u8>,
+    len: u64,
+    at: Stamp,
+}
+
 impl State {
     /// For the logs.
     fn name(&self) -> &'static str {
         match self {
             State::Detecting { .. } => "detecting",
-            State::Incoming => "incoming",
-            State::Outgoing => "outgoing",
-            State::GreetingHeader { .. } => "greeting-header",
+            State::Held { .. } => "detecting (holding a segment)",
             State::Active(p) => p.name(),
             State::Tls { .. } => "tls-waiting",
             State::Ignored => "ignored",
@@ -113,11 +118,6 @@ pub fn starts_like(bytes: &[u8]) -> &'static str {
     } else {
         "anything else"
     }
-}
-
-/// A new HTTP/1 connection in `role`.
-fn http_conn(role: Role, opts: &Arc<Options>) -> State {
-    State::Active(Box::new(HttpConn::new(role, opts.clone())))
 }
 
 struct Conn {
@@ -207,11 +207,12 @@ impl Tracker {
         if how == origin::ACCEPTED && peer.is_none() {
             Stats::inc(&self.stats.connections_peer_unknown);
         }
-        let state = match how {
-            origin::ACCEPTED => State::Incoming,
-            origin::CONNECTED => State::Outgoing,
-            _ => State::Detecting { segments: 0 },
+        let met = match how {
+            origin::ACCEPTED => Met::Accepted,
+            origin::CONNECTED => Met::Connected,
+            _ => Met::Joined,
         };
+        let state = State::Detecting { met, segments: 0 };
         let local = local.or_else(|| self.early_local.remove(&(key.tgid, key.fd)));
         if let Some(old) = self.by_fd.insert((key.tgid, key.fd), key) {
             if old != key {
@@ -284,10 +285,17 @@ impl Tracker {
         // for the plaintext rather than give the connection up.
         if tls::looks_like_record(seg.bytes) {
             let role = match &conn.state {
-                State::Outgoing => Some(Some(Role::Client)),
-                State::Incoming => Some(Some(Role::Server)),
+                State::Detecting {
+                    met: Met::Connected,
+                    ..
+                } => Some(Some(Role::Client)),
+                State::Detecting {
+                    met: Met::Accepted, ..
+                } => Some(Some(Role::Server)),
+                State::Detecting {
+                    met: Met::Joined, ..
+                } => Some(None),
                 State::Active(p) => p.fresh_role().map(Some),
-                State::Detecting { .. } => Some(None),
                 _ => None,
             };
             if let Some(role) = role {
@@ -311,15 +319,14 @@ impl Tracker {
             conn.tls_wait = None;
             let state = std::mem::replace(&mut conn.state, State::Ignored);
             conn.state = match state {
-                State::Tls {
-                    role: Some(Role::Server),
-                    ..
-                } => State::Incoming,
-                State::Tls {
-                    role: Some(Role::Client),
-                    ..
-                } => State::Outgoing,
-                State::Tls { role: None, .. } => State::Detecting { segments: 0 },
+                State::Tls { role, .. } => State::Detecting {
+                    met: match role {
+                        Some(Role::Server) => Met::Accepted,
+                        Some(Role::Client) => Met::Connected,
+                        None => Met::Joined,
+                    },
+                    segments: 0,
+                },
                 // A database that switched to TLS goes on inside it.
                 State::Active(mut p) => {
                     p.tls_started();
@@ -337,7 +344,10 @@ impl Tracker {
     fn conn(conns: &mut Map<ConnKey, Conn>, key: ConnKey, at_ns: u64) -> &mut Conn {
         let conn = conns.entry(key).or_insert_with(|| Conn {
             ends: Endpoints::default(),
-            state: State::Detecting { segments: 0 },
+            state: State::Detecting {
+                met: Met::Joined,
+                segments: 0,
+            },
             last_ns: at_ns,
             tls_wait: None,
             record_header: None,
@@ -353,126 +363,99 @@ impl Tracker {
         if !egress {
             self.linker.read_on(key, seg.stamp.exit_ns);
         }
-        // A key-value store client, by what it writes first.
-        let store = if !egress {
-            None
-        } else if resp::looks_like_start(resp::Direction::Commands, seg.bytes) {
-            Some(DbConn::redis as fn() -> DbConn)
-        } else if memcache::looks_like_start(seg.bytes) {
-            Some(DbConn::memcached as fn() -> DbConn)
-        } else {
-            None
+        let detecting = match &conn.state {
+            State::Detecting { met, .. } => Some((*met, None)),
+            State::Held { met, by, .. } => Some((*met, Some(*by))),
+            _ => None,
         };
-        let sql = self.limits.sql;
-        // PostgreSQL: from its startup packet, or (joined mid-stream) a
-        // query. The probes capture its reads deeply from a startup packet
-        // on; a query found here has to ask for that.
-        let pg_startup = egress && postgres::is_startup(seg.bytes, seg.len);
-        let pg_query = egress
-            && postgres::looks_like_query_start(seg.bytes, seg.len)
-            && postgres::starts_messages(postgres::Direction::Frontend, seg.bytes, seg.len);
-        if let State::GreetingHeader { header, at } = conn.state {
-            let mut whole = header.to_vec();
-            whole.extend_from_slice(&seg.bytes[..seg.bytes.len().min(256)]);
-            if egress || !mysql::looks_like_greeting(&whole) {
-                conn.state = State::Ignored;
-                self.ignore(key);
-                return;
-            }
-            let mut m = MysqlConn::new(sql);
-            let head = Segment {
-                bytes: &header,
-                len: 4,
-                stamp: at,
+        if let Some((met, only)) = detecting {
+            let set = Settings {
+                http: &self.http,
+                sql: self.limits.sql,
             };
-            let stats = &self.stats;
-            m.feed(false, task, head, SpanContext::root, stats);
-            conn.state = State::Active(Box::new(m));
-            self.deepen.push((key, Deepen::Database));
-        }
-        if let State::Incoming = conn.state {
-            let h2 = if egress {
-                h2::starts_server_preface(seg.bytes)
-            } else {
-                h2::starts_preface(seg.bytes)
-            };
-            conn.state = if h2 {
-                self.deepen.push((key, Deepen::Http2));
-                State::Active(Box::new(H2Conn::new(Role::Server, self.http.clone())))
-            } else {
-                http_conn(Role::Server, &self.http)
-            };
-        }
-        if let State::Outgoing = conn.state {
-            if egress && h2::starts_preface(seg.bytes) {
-                self.deepen.push((key, Deepen::Http2));
-                conn.state = State::Active(Box::new(H2Conn::new(Role::Client, self.http.clone())));
-            }
-        }
-        if let State::Outgoing = conn.state {
-            conn.state = match store {
-                // The server speaks first.
-                None if !egress && mysql::looks_like_greeting(seg.bytes) => {
-                    self.deepen.push((key, Deepen::Database));
-                    State::Active(Box::new(MysqlConn::new(sql)))
+            let mut buf = Vec::new();
+            let seen = match &conn.state {
+                // The held bytes and these, in the same direction, for the
+                // one detector that asked.
+                State::Held {
+                    egress: was, held, ..
+                } if *was == egress => Seen {
+                    met,
+                    egress,
+                    bytes: detect::joined(&held.bytes, &seg, &mut buf),
+                    len: held.len + seg.len,
+                },
+                State::Held { .. } => {
+                    conn.state = State::Ignored;
+                    self.ignore(key);
+                    return;
                 }
-                None if !egress && mysql::could_be_greeting_header(seg.bytes) => {
-                    conn.state = State::GreetingHeader {
-                        header: seg.bytes.try_into().unwrap_or_default(),
-                        at: seg.stamp,
+                _ => Seen {
+                    met,
+                    egress,
+                    bytes: seg.bytes,
+                    len: seg.len,
+                },
+            };
+            match detect::detect(&seen, &set, only) {
+                Detection::Found {
+                    protocol,
+                    deepen,
+                    by,
+                } => {
+                    log::debug!("{key:?} ({met:?}) speaks {by}");
+                    if let Some(how) = deepen {
+                        self.deepen.push((key, how));
+                    }
+                    let was = std::mem::replace(&mut conn.state, State::Active(protocol));
+                    if let State::Held { egress, held, .. } = was {
+                        let first = Segment {
+                            bytes: &held.bytes,
+                            len: held.len,
+                            stamp: held.at,
+                        };
+                        self.feed_active(key, task, egress, first);
+                    }
+                }
+                Detection::Hold { by } => {
+                    let n = seg.bytes.len().min(MAX_HELD_BYTES);
+                    conn.state = State::Held {
+                        met,
+                        by,
+                        egress,
+                        held: Box::new(Held {
+                            bytes: seg.bytes[..n].to_vec(),
+                            len: seg.len,
+                            at: seg.stamp,
+                        }),
                     };
                     return;
                 }
-                Some(new) => State::Active(Box::new(new().seen_from_start())),
-                None if pg_startup => {
-                    // The probes decide this themselves from the same
-                    // bytes, except when they cannot see them whole
-                    // (a startup written with writev): ask anyway.
-                    self.deepen.push((key, Deepen::Database));
-                    State::Active(Box::new(PgConn::new(sql)))
-                }
-                None if pg_query => {
-                    self.deepen.push((key, Deepen::Database));
-                    State::Active(Box::new(PgConn::mid_stream(sql)))
-                }
-                // HTTP, or nothing we know: the HTTP framer tells.
-                None => http_conn(Role::Client, &self.http),
-            };
-        }
-        if let State::Detecting { segments } = &mut conn.state {
-            let h2_role = if h2::starts_preface(seg.bytes) {
-                Some((if egress { Role::Client } else { Role::Server }, true))
-            } else {
-                h2::joined_role(egress, seg.bytes).map(|r| (r, false))
-            };
-            if let Some((role, from_start)) = h2_role {
-                self.deepen.push((key, Deepen::Http2));
-                let c = if from_start {
-                    H2Conn::new(role, self.http.clone())
-                } else {
-                    H2Conn::joined(role, self.http.clone())
-                };
-                conn.state = State::Active(Box::new(c));
-            } else if let Some(new) = store {
-                conn.state = State::Active(Box::new(new()));
-            } else if pg_query {
-                self.deepen.push((key, Deepen::Database));
-                conn.state = State::Active(Box::new(PgConn::mid_stream(sql)));
-            } else if egress && mysql::looks_like_command(seg.bytes, seg.len) {
-                self.deepen.push((key, Deepen::Database));
-                conn.state = State::Active(Box::new(MysqlConn::mid_stream(sql)));
-            } else if http1::starts_request(seg.bytes) {
-                let role = if egress { Role::Client } else { Role::Server };
-                conn.state = http_conn(role, &self.http);
-            } else {
-                *segments += 1;
-                if *segments > MAX_DETECT_SEGMENTS {
+                Detection::None if only.is_some() => {
                     conn.state = State::Ignored;
                     self.ignore(key);
+                    return;
                 }
-                return;
+                Detection::None => {
+                    if let State::Detecting { segments, .. } = &mut conn.state {
+                        *segments += 1;
+                        if *segments > MAX_DETECT_SEGMENTS {
+                            conn.state = State::Ignored;
+                            self.ignore(key);
+                        }
+                    }
+                    return;
+                }
             }
         }
+        self.feed_active(key, task, egress, seg);
+    }
+
+    /// Feeds a connection's protocol, and carries out what it says.
+    fn feed_active(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         let State::Active(p) = &mut conn.state else {
             return;
         };
@@ -1286,6 +1269,34 @@ mod tests {
 
     /// An outgoing connection whose first bytes are RESP is a Redis client:
     /// its commands pair with their replies into database calls.
+    /// A MySQL greeting's 4-byte header read alone is held, and judged
+    /// with the read that follows; a write instead gives the connection up.
+    #[test]
+    fn a_held_greeting_header_is_judged_with_the_next_read() {
+        let mut body = vec![10];
+        body.extend_from_slice(b"8.0.36\0");
+        body.extend_from_slice(&[1, 0, 0, 0]);
+        body.extend_from_slice(b"abcdefgh\0");
+        body.extend_from_slice(&[0xff, 0xf7, 45, 2, 0, 0xff, 0x81, 21]);
+        body.extend_from_slice(&[0; 10]);
+        body.extend_from_slice(b"abcdefghijkl\0mysql_native_password\0");
+        let mut header = (body.len() as u32).to_le_bytes();
+        header[3] = 0;
+        let mut t = Tracker::new(limits(), Default::default(), Arc::default());
+        t.open(KEY, origin::CONNECTED, None, None, 0);
+        feed(&mut t, KEY, Task::thread(1), false, seg(&header, 10));
+        assert!(t.take_deepened().is_empty(), "held, not yet judged");
+        feed(&mut t, KEY, Task::thread(1), false, seg(&body, 11));
+        assert_eq!(t.take_deepened(), [(KEY, Deepen::Database)]);
+        assert!(t.take_evictions().is_empty());
+
+        let other = ConnKey { fd: 9, ..KEY };
+        t.open(other, origin::CONNECTED, None, None, 0);
+        feed(&mut t, other, Task::thread(1), false, seg(&header, 10));
+        feed(&mut t, other, Task::thread(1), true, seg(b"GET / HTTP/1.1\r\n\r\n", 11));
+        assert_eq!(t.take_evictions(), [other]);
+    }
+
     #[test]
     fn outgoing_resp_becomes_redis_calls() {
         let mut t = Tracker::new(limits(), Default::default(), Arc::default());
