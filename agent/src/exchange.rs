@@ -1,7 +1,8 @@
 //! What every stage says about a connection and its exchanges: which
 //! connection ([`ConnKey`]), who moved its bytes ([`Task`]), which side
 //! the traced process is on ([`Role`]), where it travelled
-//! ([`Endpoints`]) and how an exchange ended ([`Outcome`]).
+//! ([`Endpoints`]), how an exchange ended ([`Outcome`]) and what a
+//! database answered ([`ReplyStatus`]).
 //!
 //! It imports nothing of the agent, so the kernel's events, the
 //! connection tracker, the linker and span building can all use it
@@ -77,4 +78,14 @@ pub struct Endpoints {
     pub tls: bool,
     /// The TLS version the server chose, read from its ServerHello.
     pub tls_version: Option<&'static str>,
+}
+
+/// What a database or cache answered a call, as much as spans need: the
+/// same for every database protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyStatus {
+    Ok,
+    /// Its error code: PostgreSQL's SQLSTATE, MySQL's error number,
+    /// Redis's first word (`WRONGTYPE`), memcached's error line.
+    Error(String),
 }

@@ -8,7 +8,7 @@
 //! reply stream resynchronises when the client next writes a command after
 //! everything it sent was answered or given up.
 
-use crate::exchange::Task;
+use crate::exchange::{Outcome, ReplyStatus, Role, Task};
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
@@ -22,7 +22,6 @@ use zerospan_protocols::{
 };
 
 use super::protocol::{Cx, Protocol, Verdict};
-use crate::exchange::{Outcome, Role};
 use crate::{
     linker::Start,
     spans::{
@@ -221,7 +220,10 @@ impl ReplySink<'_> {
         }
         match self.pending.pop_front() {
             Some(mut call) => {
-                call.reply = Some(reply);
+                call.reply = Some(match reply {
+                    Reply::Ok => ReplyStatus::Ok,
+                    Reply::Error(word) => ReplyStatus::Error(word),
+                });
                 call.end_at = at;
                 self.finished.push(call);
             }
@@ -390,7 +392,7 @@ mod tests {
     use super::*;
     use crate::test_support::seg;
 
-    fn names(calls: &[Call]) -> Vec<(String, Option<Reply>, Outcome)> {
+    fn names(calls: &[Call]) -> Vec<(String, Option<ReplyStatus>, Outcome)> {
         calls
             .iter()
             .map(|c| (c.op.name.clone().unwrap(), c.reply.clone(), c.outcome))
@@ -424,7 +426,7 @@ mod tests {
             SpanContext::root,
             &stats,
         );
-        let ok = Some(Reply::Ok);
+        let ok = Some(ReplyStatus::Ok);
         assert_eq!(
             names(&c.finished),
             vec![
@@ -456,7 +458,10 @@ mod tests {
             SpanContext::root,
             &stats,
         );
-        assert_eq!(c.finished[0].reply, Some(Reply::Error("WRONGTYPE".into())));
+        assert_eq!(
+            c.finished[0].reply,
+            Some(ReplyStatus::Error("WRONGTYPE".into()))
+        );
         // A reply whose type line was not captured: the waiting command is
         // given up, and the next command/reply pair is framed again.
         c.feed(
@@ -491,7 +496,7 @@ mod tests {
             &stats,
         );
         assert_eq!(c.finished[2].op.name.as_deref(), Some("PING"));
-        assert_eq!(c.finished[2].reply, Some(Reply::Ok));
+        assert_eq!(c.finished[2].reply, Some(ReplyStatus::Ok));
     }
 
     #[test]
@@ -553,7 +558,7 @@ mod tests {
             SpanContext::root,
             &stats,
         );
-        let ok = Some(Reply::Ok);
+        let ok = Some(ReplyStatus::Ok);
         assert_eq!(
             names(&c.finished),
             vec![
@@ -618,7 +623,7 @@ mod tests {
             got[1],
             (
                 "GET".into(),
-                Some(Reply::Error("ERR".into())),
+                Some(ReplyStatus::Error("ERR".into())),
                 Outcome::Complete
             )
         );

@@ -8,7 +8,7 @@
 //! are left out, never guessed, and the span says so in
 //! `zerospan.incomplete`.
 
-use crate::exchange::Task;
+use crate::exchange::{Outcome, Role, Task};
 use std::sync::Arc;
 
 use crate::hash::Map;
@@ -21,7 +21,6 @@ use super::{
     http1,
     protocol::{Cx, Protocol, Verdict},
 };
-use crate::exchange::{Outcome, Role};
 use crate::{
     linker::Start,
     spans::{

@@ -7,7 +7,7 @@
 //! position (see [`ResponseSink::give_up_before`]); requests that time out
 //! are owed the next responses, which are skipped, not paired.
 
-use crate::exchange::Task;
+use crate::exchange::{Outcome, Role, Task};
 use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
 
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink};
@@ -18,7 +18,6 @@ use super::{
     h2::H2Conn,
     protocol::{Cx, Protocol, Switch, Verdict},
 };
-use crate::exchange::{Outcome, Role};
 use crate::kernel::Deepen;
 use crate::{
     linker::Start,

@@ -19,7 +19,7 @@
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
-use crate::exchange::Task;
+use crate::exchange::{Outcome, ReplyStatus, Task};
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -27,7 +27,6 @@ use std::{
 
 use zerospan_protocols::{
     mysql::{self, caps, command, Direction, Framer, Packet, CURSOR_EXISTS, MORE_RESULTS_EXISTS},
-    resp::Reply,
     stream::{Segment, Stamp},
 };
 
@@ -35,7 +34,6 @@ use super::{
     db::{call_context, collect, remember, SqlOptions},
     protocol::{Cx, Protocol, Verdict},
 };
-use crate::exchange::Outcome;
 use crate::{
     spans::{
         context::SpanContext,
@@ -361,13 +359,13 @@ impl MysqlConn {
         let done = match head.expect {
             Expect::First | Expect::NextResult => match (&head.kind, first) {
                 (_, Some(0xff)) => Some(error_reply(p.body)),
-                (Kind::SilentText, _) => Some(Reply::Ok),
+                (Kind::SilentText, _) => Some(ReplyStatus::Ok),
                 (Kind::Prepare(op), Some(0x00)) => match mysql::prepare_ok(p.body) {
                     Some((id, columns, params)) => {
                         remember(&mut self.statements, id, op.clone(), stats);
                         let left = u64::from(columns) + u64::from(params);
                         if left == 0 {
-                            Some(Reply::Ok)
+                            Some(ReplyStatus::Ok)
                         } else {
                             head.expect = Expect::Definitions {
                                 left,
@@ -376,14 +374,14 @@ impl MysqlConn {
                             None
                         }
                     }
-                    None => Some(Reply::Ok),
+                    None => Some(ReplyStatus::Ok),
                 },
                 (_, Some(0x00)) => {
                     let more = mysql::ok_status(p.body).unwrap_or(0) & MORE_RESULTS_EXISTS != 0;
                     if more {
                         head.expect = Expect::NextResult;
                     }
-                    (!more).then_some(Reply::Ok)
+                    (!more).then_some(ReplyStatus::Ok)
                 }
                 // LOAD DATA LOCAL: the client sends the file, then OK comes.
                 (_, Some(0xfb)) => {
@@ -418,7 +416,7 @@ impl MysqlConn {
                     head.expect = Expect::AfterColumns;
                     None
                 } else {
-                    Some(Reply::Ok)
+                    Some(ReplyStatus::Ok)
                 }
             }
             // Whether EOF packets are deprecated need not be known: a
@@ -428,7 +426,7 @@ impl MysqlConn {
             Expect::AfterColumns
                 if eof && mysql::eof_status(p.body).unwrap_or(0) & CURSOR_EXISTS != 0 =>
             {
-                Some(Reply::Ok)
+                Some(ReplyStatus::Ok)
             }
             Expect::AfterColumns if eof => {
                 head.expect = Expect::Rows;
@@ -447,7 +445,7 @@ impl MysqlConn {
                         head.expect = Expect::NextResult;
                         None
                     } else {
-                        Some(Reply::Ok)
+                        Some(ReplyStatus::Ok)
                     }
                 } else {
                     head.expect = Expect::Rows;
@@ -461,13 +459,13 @@ impl MysqlConn {
     }
 
     /// The command at the head of the queue got its whole answer.
-    fn complete(&mut self, reply: Reply, at: Stamp) {
+    fn complete(&mut self, reply: ReplyStatus, at: Stamp) {
         let Some(head) = self.pending.pop_front() else {
             return;
         };
         match head.kind {
             Kind::Call(mut c) => {
-                if reply == Reply::Ok {
+                if reply == ReplyStatus::Ok {
                     if let (Some("USE"), Some(db)) = (c.op.name.as_deref(), use_target(&c.op)) {
                         self.namespace = Some(db.into());
                     }
@@ -476,7 +474,7 @@ impl MysqlConn {
                 c.end_at = at;
                 self.finished.push(c);
             }
-            Kind::InitDb(db) if reply == Reply::Ok => self.namespace = Some(db.into()),
+            Kind::InitDb(db) if reply == ReplyStatus::Ok => self.namespace = Some(db.into()),
             _ => {}
         }
     }
@@ -505,7 +503,7 @@ impl MysqlConn {
             let reply = if body[0] == 0xff {
                 error_reply(body)
             } else {
-                Reply::Ok
+                ReplyStatus::Ok
             };
             self.complete(reply, seg.stamp);
         } else {
@@ -530,8 +528,8 @@ impl MysqlConn {
     }
 }
 
-fn error_reply(body: &[u8]) -> Reply {
-    Reply::Error(
+fn error_reply(body: &[u8]) -> ReplyStatus {
+    ReplyStatus::Error(
         mysql::error(body)
             .map(|(code, _)| code.to_string())
             .unwrap_or_else(|| "_OTHER".to_owned()),
@@ -693,7 +691,7 @@ mod tests {
                 &self.stats,
             );
         }
-        fn spans(&self) -> Vec<(String, Option<Reply>, Option<String>)> {
+        fn spans(&self) -> Vec<(String, Option<ReplyStatus>, Option<String>)> {
             self.c
                 .finished
                 .iter()
@@ -727,17 +725,17 @@ mod tests {
             vec![
                 (
                     "SELECT x FROM t WHERE y = ?".into(),
-                    Some(Reply::Ok),
+                    Some(ReplyStatus::Ok),
                     shop.clone()
                 ),
                 (
                     "INSERT INTO t VALUES (?)".into(),
-                    Some(Reply::Error("1062".into())),
+                    Some(ReplyStatus::Error("1062".into())),
                     shop
                 ),
                 (
                     "DELETE FROM t".into(),
-                    Some(Reply::Ok),
+                    Some(ReplyStatus::Ok),
                     Some("other".into())
                 ),
             ]
@@ -771,7 +769,7 @@ mod tests {
         assert_eq!(spans.len(), 3);
         assert!(spans
             .iter()
-            .all(|s| s.0 == "SELECT name FROM items WHERE id = ?" && s.1 == Some(Reply::Ok)));
+            .all(|s| s.0 == "SELECT name FROM items WHERE id = ?" && s.1 == Some(ReplyStatus::Ok)));
         r.send(&packet(0, &[command::STMT_CLOSE, 5, 0, 0, 0]));
         r.send(&packet(
             0,
@@ -827,7 +825,7 @@ mod tests {
         r.c.feed(false, Task::thread(1), head, SpanContext::root, &r.stats);
         assert!(r.c.server.is_lost());
         r.recv(&rs[rs.len() - 50..]);
-        assert_eq!(r.spans()[0].1, Some(Reply::Ok));
+        assert_eq!(r.spans()[0].1, Some(ReplyStatus::Ok));
         r.send(&query("SELECT 1"));
         r.recv(&result_set(1));
         assert_eq!(r.spans().len(), 2);
@@ -872,7 +870,7 @@ mod tests {
             &stats,
         );
         let replies: Vec<_> = c.finished.iter().map(|c| c.reply.clone()).collect();
-        assert_eq!(replies, [Some(Reply::Ok), Some(Reply::Ok)]);
+        assert_eq!(replies, [Some(ReplyStatus::Ok), Some(ReplyStatus::Ok)]);
         assert_eq!(c.system, "mysql");
         assert_eq!(c.finished[0].namespace, None);
         assert_eq!(
@@ -899,7 +897,7 @@ mod tests {
         r.recv(&result_set(1));
         let got = r.spans();
         assert_eq!(got.len(), 2);
-        assert!(got.iter().all(|c| c.1 == Some(Reply::Ok)));
+        assert!(got.iter().all(|c| c.1 == Some(ReplyStatus::Ok)));
         assert!(r.c.pending.is_empty());
     }
 

@@ -19,7 +19,7 @@
 //!
 //! No I/O: segments in, finished [`Call`]s out.
 
-use crate::exchange::Task;
+use crate::exchange::{Outcome, ReplyStatus, Task};
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -27,7 +27,6 @@ use std::{
 
 use zerospan_protocols::{
     postgres::{self, Direction, Framer, Message, Tag},
-    resp::Reply,
     stream::{Segment, Stamp},
 };
 
@@ -35,7 +34,6 @@ use super::{
     db::{call_context, collect, remember, SqlOptions},
     protocol::{Cx, Protocol, Verdict},
 };
-use crate::exchange::Outcome;
 use crate::{
     spans::{
         context::SpanContext,
@@ -268,7 +266,7 @@ impl PgConn {
             Tag::Typed(b'C' | b'I' | b's') if self.owed == 0 => {
                 if let Some(Unit::Execute(_)) = self.units.front() {
                     if let Some(Unit::Execute(mut c)) = self.units.pop_front() {
-                        c.reply = Some(Reply::Ok);
+                        c.reply = Some(ReplyStatus::Ok);
                         c.end_at = m.last_at;
                         self.finished.push(c);
                     }
@@ -281,10 +279,10 @@ impl PgConn {
                     Some(Unit::Startup) => {
                         self.units.pop_front();
                     }
-                    Some(Unit::Query(c)) => c.reply = Some(Reply::Error(code)),
+                    Some(Unit::Query(c)) => c.reply = Some(ReplyStatus::Error(code)),
                     Some(Unit::Execute(_)) => {
                         if let Some(Unit::Execute(mut c)) = self.units.pop_front() {
-                            c.reply = Some(Reply::Error(code.clone()));
+                            c.reply = Some(ReplyStatus::Error(code.clone()));
                             c.end_at = m.last_at;
                             self.finished.push(c);
                         }
@@ -316,14 +314,14 @@ impl PgConn {
             let last = unit.ends_at_ready();
             match unit {
                 Unit::Query(mut c) => {
-                    c.reply.get_or_insert(Reply::Ok);
+                    c.reply.get_or_insert(ReplyStatus::Ok);
                     c.end_at = at;
                     self.finished.push(c);
                 }
                 // Skipped by the server after the batch's error.
                 Unit::Execute(mut c) => {
                     match &error {
-                        Some(code) => c.reply = Some(Reply::Error(code.clone())),
+                        Some(code) => c.reply = Some(ReplyStatus::Error(code.clone())),
                         None => c.outcome = Outcome::ResponseLost,
                     }
                     c.end_at = at;
@@ -360,8 +358,10 @@ impl PgConn {
             .filter(|u| matches!(u, Unit::Query(_) | Unit::Execute(_)))
             .count();
         let how = postgres::message_before_ready(seg.bytes).map(|(t, body)| match t {
-            b'E' => Reply::Error(postgres::error_code(body).unwrap_or_else(|| "_OTHER".into())),
-            _ => Reply::Ok,
+            b'E' => {
+                ReplyStatus::Error(postgres::error_code(body).unwrap_or_else(|| "_OTHER".into()))
+            }
+            _ => ReplyStatus::Ok,
         });
         // Exactly one cycle waiting, holding at most one call, and nothing
         // owed: this read ends that cycle, and says how. Calls sent after
@@ -518,7 +518,7 @@ mod tests {
                 &self.stats,
             );
         }
-        fn spans(&self) -> Vec<(String, Option<Reply>, Outcome)> {
+        fn spans(&self) -> Vec<(String, Option<ReplyStatus>, Outcome)> {
             self.c
                 .finished
                 .iter()
@@ -559,10 +559,14 @@ mod tests {
         assert_eq!(
             r.spans(),
             vec![
-                ("INSERT tasks".into(), Some(Reply::Ok), Outcome::Complete),
+                (
+                    "INSERT tasks".into(),
+                    Some(ReplyStatus::Ok),
+                    Outcome::Complete
+                ),
                 (
                     "SELECT nope".into(),
-                    Some(Reply::Error("42P01".into())),
+                    Some(ReplyStatus::Error("42P01".into())),
                     Outcome::Complete
                 ),
             ]
@@ -595,11 +599,15 @@ mod tests {
         resp.extend(error("23505"));
         resp.extend(ready());
         r.recv(&resp);
-        let dup = Some(Reply::Error("23505".into()));
+        let dup = Some(ReplyStatus::Error("23505".into()));
         assert_eq!(
             r.spans(),
             vec![
-                ("UPDATE tasks".into(), Some(Reply::Ok), Outcome::Complete),
+                (
+                    "UPDATE tasks".into(),
+                    Some(ReplyStatus::Ok),
+                    Outcome::Complete
+                ),
                 ("UPDATE tasks".into(), dup.clone(), Outcome::Complete),
                 ("UPDATE tasks".into(), dup, Outcome::Complete),
             ]
@@ -618,7 +626,7 @@ mod tests {
         resp.extend(msg(b'C', b"UPDATE 0\0"));
         resp.extend(ready());
         r.recv(&resp);
-        assert_eq!(r.c.finished[3].reply, Some(Reply::Ok));
+        assert_eq!(r.c.finished[3].reply, Some(ReplyStatus::Ok));
     }
 
     /// COPY in an extended batch: the Sync sent with the batch is ignored
@@ -647,8 +655,8 @@ mod tests {
         r.recv(&resp);
         let got = r.spans();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].1, Some(Reply::Ok));
-        assert_eq!(got[1].1, Some(Reply::Error("42601".into())));
+        assert_eq!(got[0].1, Some(ReplyStatus::Ok));
+        assert_eq!(got[1].1, Some(ReplyStatus::Error("42601".into())));
     }
 
     #[test]
@@ -665,7 +673,11 @@ mod tests {
         r.recv(&resp);
         assert_eq!(
             r.spans(),
-            vec![("COPY tasks".into(), Some(Reply::Ok), Outcome::Complete)]
+            vec![(
+                "COPY tasks".into(),
+                Some(ReplyStatus::Ok),
+                Outcome::Complete
+            )]
         );
     }
 
@@ -683,7 +695,7 @@ mod tests {
         resp.extend(ready());
         r.recv(&resp);
         assert_eq!(r.c.finished[0].namespace.as_deref(), Some("db2"));
-        assert_eq!(r.spans()[0].1, Some(Reply::Ok));
+        assert_eq!(r.spans()[0].1, Some(ReplyStatus::Ok));
 
         let mut r = Run::new();
         r.send(&ssl);
@@ -739,14 +751,18 @@ mod tests {
         );
         assert_eq!(
             r.spans(),
-            vec![("SELECT big".into(), Some(Reply::Ok), Outcome::Complete)]
+            vec![(
+                "SELECT big".into(),
+                Some(ReplyStatus::Ok),
+                Outcome::Complete
+            )]
         );
         // And the stream is framed again.
         r.send(&msg(b'Q', b"DELETE FROM big\0"));
         let mut resp = error("42501");
         resp.extend(ready());
         r.recv(&resp);
-        assert_eq!(r.spans()[1].1, Some(Reply::Error("42501".into())));
+        assert_eq!(r.spans()[1].1, Some(ReplyStatus::Error("42501".into())));
     }
 
     #[test]
@@ -797,7 +813,7 @@ mod tests {
         r.recv(&resp);
         let got = r.spans();
         assert_eq!(got[0].2, Outcome::TimedOut);
-        assert_eq!(got[1].1, Some(Reply::Error("57014".into())));
+        assert_eq!(got[1].1, Some(ReplyStatus::Error("57014".into())));
     }
 
     #[test]

@@ -1293,7 +1293,13 @@ mod tests {
         let other = ConnKey { fd: 9, ..KEY };
         t.open(other, origin::CONNECTED, None, None, 0);
         feed(&mut t, other, Task::thread(1), false, seg(&header, 10));
-        feed(&mut t, other, Task::thread(1), true, seg(b"GET / HTTP/1.1\r\n\r\n", 11));
+        feed(
+            &mut t,
+            other,
+            Task::thread(1),
+            true,
+            seg(b"GET / HTTP/1.1\r\n\r\n", 11),
+        );
         assert_eq!(t.take_evictions(), [other]);
     }
 

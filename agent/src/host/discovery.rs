@@ -10,10 +10,10 @@ use std::{net::SocketAddr, ops::RangeInclusive, sync::Arc};
 use anyhow::{bail, Context as _};
 use regex_lite::Regex;
 
-use crate::{
-    host::glob::glob_match,
-    host::k8s::{select::PodSelectors, PodMeta, Pods},
-    host::procfs,
+use crate::host::{
+    glob::glob_match,
+    k8s::{select::PodSelectors, PodMeta, Pods},
+    procfs,
 };
 
 /// What the selectors look at.

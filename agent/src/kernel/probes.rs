@@ -19,8 +19,10 @@ pub use crate::kernel::propagation::PropagationSettings;
 use crate::{
     exchange::ConnKey,
     host::procfs,
-    kernel::tls_hooks::TlsHooks,
-    kernel::{propagation, Deepen, Runtime},
+    kernel::{
+        tls_hooks::TlsHooks,
+        {propagation, Deepen, Runtime},
+    },
 };
 
 /// Every program in the object, with its tracepoint category.

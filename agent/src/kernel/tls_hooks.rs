@@ -17,10 +17,10 @@ use aya::{programs::UProbe, Ebpf};
 
 use zerospan_common::GoProc;
 
-use crate::{
-    kernel::golang::{self, GoBinary},
-    kernel::openssl,
-    kernel::uprobe::{self, AttachError, Symbols, Uprobes},
+use crate::kernel::{
+    golang::{self, GoBinary},
+    openssl,
+    uprobe::{self, AttachError, Symbols, Uprobes},
 };
 
 /// Each program, and the library functions it is attached to. OpenSSL's

@@ -52,10 +52,14 @@ use zerospan_protocols::stream::Stamp;
 
 use crate::{
     exchange::{ConnKey, Endpoints, Role, Task},
-    kernel::events::{Chosen, GoAct, Origin},
-    kernel::Runtime,
-    linker::event_loop::Loops,
-    linker::goroutines::{Asker, Doer, Goroutines, Under},
+    kernel::{
+        events::{Chosen, GoAct, Origin},
+        Runtime,
+    },
+    linker::{
+        event_loop::Loops,
+        goroutines::{Asker, Doer, Goroutines, Under},
+    },
     spans::context::{parse_traceparent, SpanContext},
     stats::Stats,
 };

@@ -3,19 +3,14 @@
 
 use std::sync::Arc;
 
-use zerospan_protocols::{
-    resp::{Command, Reply},
-    sql,
-    stream::Stamp,
-};
+use zerospan_protocols::{resp::Command, sql, stream::Stamp};
 
 use super::{
     context::SpanContext,
     http::{outcome_status, peer_attributes},
     Category, Record, SpanKind, Status, Value,
 };
-use crate::exchange::Task;
-use crate::exchange::{Endpoints, Outcome};
+use crate::exchange::{Endpoints, Outcome, ReplyStatus, Task};
 
 /// Placeholders written into a redacted command before it is cut short.
 const MAX_PLACEHOLDERS: u32 = 16;
@@ -83,7 +78,7 @@ pub struct Call {
     pub sent_at: Stamp,
     /// Segment holding the reply's last byte (or the last activity seen).
     pub end_at: Stamp,
-    pub reply: Option<Reply>,
+    pub reply: Option<ReplyStatus>,
     pub outcome: Outcome,
     pub task: Task,
 }
@@ -153,7 +148,7 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
     peer_attributes(&mut attrs, ends);
     attrs.push(("thread.id", i64::from(call.task.tid).into()));
     let status = match &call.reply {
-        Some(Reply::Error(word)) => {
+        Some(ReplyStatus::Error(word)) => {
             let word = if word.is_empty() {
                 "_OTHER"
             } else {
@@ -163,7 +158,7 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
             attrs.push(("error.type", word.into()));
             Status::Error(String::new())
         }
-        Some(Reply::Ok) => Status::Unset,
+        Some(ReplyStatus::Ok) => Status::Unset,
         None => outcome_status(call.outcome, &mut attrs),
     };
     let start_ns = call.sent_at.enter_ns;

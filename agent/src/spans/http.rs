@@ -4,11 +4,10 @@
 use super::{context::SpanContext, redact, Category, Record, SpanKind, Status, Value};
 #[cfg(test)]
 use super::{Resource, Span};
-use crate::exchange::Task;
+use crate::exchange::{Endpoints, Outcome, Role, Task};
 use zerospan_protocols::http1::Head;
 use zerospan_protocols::stream::Stamp;
 
-use crate::exchange::{Endpoints, Outcome, Role};
 #[cfg(test)]
 use {crate::clock::Clock, std::sync::Arc};
 

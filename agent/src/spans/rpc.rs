@@ -6,8 +6,7 @@ use super::{
     http::{mark_incomplete, outcome_status, peer_attributes, split_host, tls_attributes},
     Category, Record, SpanKind, Status, Value,
 };
-use crate::exchange::Task;
-use crate::exchange::{Endpoints, Outcome, Role};
+use crate::exchange::{Endpoints, Outcome, Role, Task};
 use zerospan_protocols::stream::Stamp;
 
 /// One gRPC call, as framed on one HTTP/2 stream.
