@@ -441,9 +441,8 @@ impl EventPath {
     /// Copies the probes' counters and gauges into the stats; returns the
     /// probes' counters as read.
     fn copy_kernel_counters(&self) -> [u64; counter::COUNT as usize] {
-        let set = |a: &std::sync::atomic::AtomicU64, v: u64| {
-            a.store(v, std::sync::atomic::Ordering::Relaxed)
-        };
+        let set =
+            |c: &crate::stats::Counter, v: u64| c.store(v, std::sync::atomic::Ordering::Relaxed);
         let tls = self.probes.tls_counts();
         set(&self.stats.tls_uprobes_failed, tls.attach_failed);
         set(

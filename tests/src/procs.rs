@@ -184,15 +184,24 @@ impl Agent {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// The agent's final counters, parsed from its `stats:` line.
+    /// The agent's final counters, parsed from its `stats:` line, which
+    /// shows only those that are not zero: a counter the agent declares
+    /// but the line leaves out reads 0, and a name it does not declare
+    /// panics (a typo must not read as 0). `None`: no stats line yet.
     pub fn stat(&self, key: &str) -> Option<u64> {
         let text = self.stderr();
         let line = text
             .lines()
             .rev()
             .find_map(|l| l.split_once("stats: ").map(|(_, s)| s.to_owned()))?;
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        let shown = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
+        assert!(
+            shown.is_some() || counter_names().contains(&key),
+            "the agent has no counter {key:?}"
+        );
+        Some(shown.unwrap_or(0))
     }
 
     /// Waits until the agent's log holds `text`; panics with the log after
@@ -598,4 +607,15 @@ impl Drop for Cgroup {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// Every counter the agent declares (agent/src/stats.rs: `kind name,`).
+pub fn counter_names() -> Vec<&'static str> {
+    include_str!("../../agent/src/stats.rs")
+        .lines()
+        .filter_map(|l| {
+            let (kind, name) = l.trim().strip_suffix(',')?.split_once(' ')?;
+            ["total", "loss", "gauge"].contains(&kind).then_some(name)
+        })
+        .collect()
 }

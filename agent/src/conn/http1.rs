@@ -8,7 +8,7 @@
 //! are owed the next responses, which are skipped, not paired.
 
 use crate::exchange::{Outcome, Role, Task};
-use std::{collections::VecDeque, sync::atomic::AtomicU64, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use zerospan_protocols::http1::{Desync, Framer, Head, Kind, Sink};
 
@@ -22,7 +22,7 @@ use crate::kernel::Deepen;
 use crate::{
     linker::Start,
     spans::http::{self, Exchange, Options},
-    stats::Stats,
+    stats::{Counter, Stats},
 };
 
 /// Most requests one connection may have outstanding (pipelined).
@@ -167,7 +167,7 @@ impl Sink for ResponseSink<'_> {
 
 /// The counter of an HTTP request (HTTP/1 or a stream of HTTP/2) that
 /// ended with `outcome` before its response did.
-pub(super) fn unanswered_counter(stats: &Stats, outcome: Outcome) -> &AtomicU64 {
+pub(super) fn unanswered_counter(stats: &Stats, outcome: Outcome) -> &Counter {
     match outcome {
         Outcome::TimedOut => &stats.http_requests_timed_out,
         Outcome::AgentStopped => &stats.http_requests_in_flight_at_stop,

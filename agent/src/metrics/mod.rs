@@ -44,18 +44,6 @@ const BYTES: &[f64] = &[
     10_000_000.0,
 ];
 
-/// Counters in [`crate::stats::Stats`] that are gauges (a value now, not a
-/// total).
-pub const GAUGES: &[&str] = &[
-    "traced_processes",
-    "kernel_traced_entries",
-    "tls_files_hooked",
-    "tls_processes_known",
-    "k8s_containers_known",
-    "k8s_pods_left_out",
-    "export_queue_depth",
-];
-
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     HttpServerDuration,

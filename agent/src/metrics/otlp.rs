@@ -23,12 +23,12 @@ use opentelemetry_proto::tonic::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{resource_of, Labels, Registry, Shared, GAUGES};
+use super::{resource_of, Labels, Registry, Shared};
 use crate::{
     clock::Clock,
     export::{otlp::kv, Sink, SinkConfig},
     spans::Value,
-    stats::Stats,
+    stats::{Kind, Stats},
 };
 
 /// The agent's own resource, for its counters.
@@ -95,14 +95,18 @@ pub fn request(
         }
     }
     let own = by_service.entry(agent_resource()).or_default();
-    for (name, value) in stats.snapshot() {
+    for counter in stats.all() {
+        let (name, value) = (
+            counter.name,
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let point = NumberDataPoint {
             start_time_unix_nano: start,
             time_unix_nano: now_unix_ns,
             value: Some(number_data_point::Value::AsInt(value as i64)),
             ..Default::default()
         };
-        let data = if GAUGES.contains(&name) {
+        let data = if counter.kind == Kind::Gauge {
             Data::Gauge(Gauge {
                 data_points: vec![point],
             })

@@ -6,8 +6,11 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{Labels, Registry, Shared, GAUGES};
-use crate::{spans::Value, stats::Stats};
+use super::{Labels, Registry, Shared};
+use crate::{
+    spans::Value,
+    stats::{Kind, Stats},
+};
 
 /// The OpenTelemetry name as Prometheus spells it: dots as underscores,
 /// then the unit.
@@ -44,8 +47,12 @@ pub fn render(registry: &Registry, stats: &Stats) -> String {
             let _ = writeln!(out, "{name}_count{{{trimmed}}} {}", h.count);
         }
     }
-    for (name, value) in stats.snapshot() {
-        let (kind, suffix) = if GAUGES.contains(&name) {
+    for counter in stats.all() {
+        let (name, value) = (
+            counter.name,
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let (kind, suffix) = if counter.kind == Kind::Gauge {
             ("gauge", "")
         } else {
             ("counter", "_total")

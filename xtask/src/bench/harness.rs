@@ -151,11 +151,25 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A counter from the agent's stats line, which shows only those that are
+/// not zero; a name the agent does not declare panics rather than read 0.
 pub fn stat_value(stats: &str, key: &str) -> u64 {
-    stats
+    let shown = stats
         .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or(0)
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
+    let declared = include_str!("../../../agent/src/stats.rs")
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(','))
+        .any(|l| {
+            l.split_once(' ').is_some_and(|(kind, name)| {
+                ["total", "loss", "gauge"].contains(&kind) && name == key
+            })
+        });
+    assert!(
+        shown.is_some() || declared,
+        "the agent has no counter {key:?}"
+    );
+    shown.unwrap_or(0)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
