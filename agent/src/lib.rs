@@ -11,6 +11,8 @@
 compile_error!("zerospan supports x86_64 only for now");
 
 mod agent;
+#[cfg(test)]
+mod architecture;
 mod clock;
 mod config;
 mod conn;

@@ -149,7 +149,7 @@ fn kubeconfig_for(port: u16) -> String {
 
 /// Requests `url` until a server span for it arrives: a server already
 /// waiting in `accept()` when it is attached loses that first connection
-/// (a known gap, in ARCHITECTURE.md).
+/// (a known gap).
 fn spans_for(collector: &Collector, url: &str, port: u16) -> Vec<FlatSpan> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let of_port = |s: &FlatSpan| s.is_server() && s.int("server.port") == Some(i64::from(port));

@@ -504,7 +504,42 @@ impl Probes {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::{parse_field_offset, TRACEPOINTS};
+    use crate::kernel::{propagation, tls_hooks};
+
+    /// Architecture invariant: the programs in the eBPF object are the
+    /// ones the agent loads, no more and no fewer. A program the agent
+    /// does not name would never run; one it names that the object lacks
+    /// stops it at start.
+    #[test]
+    fn the_objects_programs_are_the_ones_the_agent_loads() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+        let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/zerospan"));
+        let file = object::File::parse(&bytes[..]).unwrap();
+        let mut in_object: Vec<&str> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.is_global())
+            .filter(|s| {
+                // Programs live in their own sections (`tracepoint/…`,
+                // `uprobe/…`, `sk_msg`); helpers not inlined stay in .text.
+                s.section_index()
+                    .and_then(|i| file.section_by_index(i).ok())
+                    .and_then(|sec| sec.name().ok().map(|n| n != ".text"))
+                    .unwrap_or(false)
+            })
+            .filter_map(|s| s.name().ok())
+            .collect();
+        in_object.sort_unstable();
+        let mut loaded: Vec<&str> = TRACEPOINTS
+            .iter()
+            .map(|(_, name)| *name)
+            .chain(tls_hooks::programs())
+            .chain(propagation::PROGRAMS)
+            .collect();
+        loaded.sort_unstable();
+        assert!(in_object.len() > 20, "{in_object:?}");
+        assert_eq!(in_object, loaded);
+    }
 
     #[test]
     fn reads_offsets_from_tracepoint_formats() {

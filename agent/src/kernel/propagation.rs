@@ -47,6 +47,10 @@ pub fn cgroup_dir(asked: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The two programs: the sk_msg that writes the header, and the sock_ops
+/// that puts sockets in its map.
+pub const PROGRAMS: [&str; 2] = ["tx_inject", "tx_sockops"];
+
 /// Loads and attaches both programs. Dropping the `Ebpf` detaches them.
 pub fn attach(ebpf: &mut Ebpf, cgroup: &PathBuf) -> anyhow::Result<()> {
     let socks: SockHash<_, u64> = SockHash::try_from(
@@ -55,7 +59,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &PathBuf) -> anyhow::Result<()> {
     )?;
     let socks_fd = socks.fd().try_clone()?;
     let msg: &mut SkMsg = ebpf
-        .program_mut("tx_inject")
+        .program_mut(PROGRAMS[0])
         .context("program tx_inject missing from the eBPF object")?
         .try_into()?;
     msg.load()
@@ -63,7 +67,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &PathBuf) -> anyhow::Result<()> {
     msg.attach(&socks_fd)
         .context("attaching tx_inject to its socket map")?;
     let ops: &mut SockOps = ebpf
-        .program_mut("tx_sockops")
+        .program_mut(PROGRAMS[1])
         .context("program tx_sockops missing from the eBPF object")?
         .try_into()?;
     ops.load()

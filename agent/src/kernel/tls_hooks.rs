@@ -79,8 +79,8 @@ const GO_NEWPROC1_RETURN: &str = "go_newproc1_return";
 const GO_ROUND_TRIP: &str = "go_round_trip";
 const GO_WRITE_LOOP: &str = "go_write_loop";
 
-/// Loads the TLS programs into the kernel (they attach later, per file).
-pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+/// Every uprobe program this module loads.
+pub fn programs() -> impl Iterator<Item = &'static str> {
     let go = [
         GO_READ,
         GO_WRITE,
@@ -90,8 +90,16 @@ pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         GO_ROUND_TRIP,
         GO_WRITE_LOOP,
     ];
-    let names = HOOKS.iter().map(|(name, _)| *name);
-    for name in names.chain(go).chain(NODE_LOOP) {
+    HOOKS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(go)
+        .chain(NODE_LOOP)
+}
+
+/// Loads the TLS programs into the kernel (they attach later, per file).
+pub fn load(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for name in programs() {
         let prog: &mut UProbe = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
