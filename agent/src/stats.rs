@@ -8,7 +8,10 @@
 //! (on exit and on SIGUSR1) shows the counters that are not zero, in this
 //! order, which groups them by area; `/metrics` and OTLP carry them all.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex,
+};
 
 /// What a counter counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,9 @@ pub struct Counter {
     pub kind: Kind,
     /// Its doc comment: what it counts.
     why: &'static str,
+    /// The same count by protocol, for counters kept that way
+    /// ([`Counter::add_for`]); few protocols, rarely counted.
+    by_protocol: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Counter {
@@ -39,7 +45,32 @@ impl Counter {
             name,
             kind,
             why,
+            by_protocol: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts `n` for `protocol` (a connection protocol's name), and in
+    /// the total.
+    pub fn add_for(&self, protocol: &'static str, n: u64) {
+        {
+            let mut by = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+            match by.iter_mut().find(|(p, _)| *p == protocol) {
+                Some((_, count)) => *count += n,
+                None => by.push((protocol, n)),
+            }
+        }
+        self.add(n);
+    }
+
+    /// The counts by protocol, if this counter is kept that way.
+    pub fn by_protocol(&self) -> Vec<(&'static str, u64)> {
+        let mut by = self
+            .by_protocol
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        by.sort_unstable();
+        by
     }
 
     pub fn load(&self, order: Ordering) -> u64 {
@@ -156,8 +187,11 @@ counters! {
     total connections_peer_learnt,
     /// Connections not tracked because the userspace table was full.
     loss connections_table_full,
-    /// Times an HTTP/1 stream lost its framing and had to resynchronise.
-    loss http_desyncs,
+    /// Times a connection's protocol lost its framing (bytes uncaptured
+    /// or not the protocol): what was waiting ends unanswered, and the
+    /// stream is found again or no longer captured. Kept by protocol too
+    /// (`desyncs.http=…`; a `protocol` label in the metrics).
+    loss desyncs,
     /// Responses seen without their request (e.g. attached mid-exchange).
     loss http_orphan_responses,
     /// Requests that got no response before the request timeout.
@@ -173,10 +207,6 @@ counters! {
     /// Pipelined requests dropped past the per-connection bound, or framed
     /// after a request that upgraded the connection to h2c.
     loss http_pipeline_overflow,
-    /// Times an HTTP/2 connection lost its framing (bytes went uncaptured
-    /// outside DATA payloads, or were not HTTP/2): its open streams end
-    /// incomplete, and it is no longer captured.
-    loss h2_desyncs,
     /// HTTP/2 spans with request or response fields the agent could not
     /// know (HPACK state unknown: joined mid-stream, or a lost block).
     loss h2_fields_unknown,
@@ -184,14 +214,6 @@ counters! {
     loss h2_orphan_frames,
     /// HTTP/2 streams given up past the per-connection bound.
     loss h2_streams_dropped,
-    /// Times a database stream lost its framing (waiting commands end
-    /// unanswered, or wait for the stream to be found again).
-    loss db_desyncs,
-    /// The same, by protocol.
-    loss postgresql_desyncs,
-    loss mysql_desyncs,
-    loss redis_desyncs,
-    loss memcached_desyncs,
     /// Times a lost PostgreSQL response stream was found again at a read
     /// ending with `ReadyForQuery`.
     total db_resyncs,
@@ -306,19 +328,6 @@ counters! {
 }
 
 impl Stats {
-    /// A database connection's framing was lost: counted in all and for
-    /// its protocol (`db.system.name`).
-    pub fn db_desync(&self, system: &str) {
-        Stats::inc(&self.db_desyncs);
-        match system {
-            "postgresql" => Stats::inc(&self.postgresql_desyncs),
-            "mysql" | "mariadb" => Stats::inc(&self.mysql_desyncs),
-            "redis" => Stats::inc(&self.redis_desyncs),
-            "memcached" => Stats::inc(&self.memcached_desyncs),
-            _ => {}
-        }
-    }
-
     pub fn add(counter: &Counter, n: u64) {
         if n > 0 {
             counter.add(n);
@@ -340,13 +349,16 @@ impl Stats {
     /// The stats line: the counters that are not zero, `name=value`, in
     /// declaration order (grouped by area); all of them are in /metrics.
     pub fn render(&self) -> String {
-        let line: Vec<String> = self
-            .all()
-            .iter()
-            .map(|c| (c.name, c.load(Ordering::Relaxed)))
-            .filter(|&(_, v)| v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut line: Vec<String> = Vec::new();
+        for c in self.all() {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                line.push(format!("{}={v}", c.name));
+                for (protocol, n) in c.by_protocol() {
+                    line.push(format!("{}.{protocol}={n}", c.name));
+                }
+            }
+        }
         if line.is_empty() {
             "all zero".into()
         } else {
@@ -360,23 +372,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn database_desyncs_are_counted_in_all_and_by_protocol() {
+    fn desyncs_are_counted_in_all_and_by_protocol() {
         let s = Stats::default();
-        for system in ["postgresql", "mariadb", "mysql", "redis", "memcached"] {
-            s.db_desync(system);
+        for protocol in ["postgresql", "mysql", "mysql", "redis", "http2"] {
+            s.desyncs.add_for(protocol, 1);
         }
-        let line = s.render();
-        for want in [
-            "db_desyncs=5",
-            "postgresql_desyncs=1",
-            "mysql_desyncs=2",
-            "redis_desyncs=1",
-            "memcached_desyncs=1",
-        ] {
-            assert!(line.contains(want), "{want} in {line}");
-        }
-        // Only what is not zero.
-        assert!(!line.contains("=0"), "{line}");
+        assert_eq!(
+            s.render(),
+            "desyncs=5 desyncs.http2=1 desyncs.mysql=2 desyncs.postgresql=1 desyncs.redis=1"
+        );
     }
 
     #[test]

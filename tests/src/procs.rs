@@ -197,9 +197,11 @@ impl Agent {
         let shown = line
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
+        // `name.protocol`: a counter kept by protocol.
+        let counter = key.split('.').next().unwrap_or(key);
         assert!(
-            shown.is_some() || counter_names().contains(&key),
-            "the agent has no counter {key:?}"
+            shown.is_some() || counter_names().contains(&counter),
+            "the agent has no counter {counter:?}"
         );
         Some(shown.unwrap_or(0))
     }

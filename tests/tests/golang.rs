@@ -42,8 +42,8 @@ fn assert_clean(agent: &Agent) {
         "go_binaries_unsupported",
         "connections_tls_unhooked",
         "connections_unknown_protocol",
-        "http_desyncs",
-        "h2_desyncs",
+        "desyncs.http",
+        "desyncs.http2",
     ] {
         assert_eq!(agent.stat(stat), Some(0), "{stat}: {}", agent.stderr());
     }

@@ -59,7 +59,7 @@ fn by_name(spans: &[FlatSpan]) -> HashMap<String, &FlatSpan> {
 /// The agent's clean-run counters: nothing lost, nothing guessed.
 fn assert_clean(agent: &Agent) {
     for counter in [
-        "h2_desyncs",
+        "desyncs.http2",
         "h2_streams_dropped",
         "kernel_ringbuf_full",
         "h2_fields_unknown",
@@ -297,7 +297,7 @@ fn curl_with_prior_knowledge_against_nghttpd() {
 /// server spans, each with its status and size. (Small bodies: the probes
 /// capture a write in four 4 KiB chunks and its last 4 KiB; frames past
 /// that in a larger write lose the connection's framing, counted in
-/// `h2_desyncs`, until the probes follow HTTP/2 frames themselves.)
+/// `desyncs.http2`, until the probes follow HTTP/2 frames themselves.)
 #[test]
 fn a_hundred_concurrent_streams_on_one_connection() {
     require_root();
@@ -393,7 +393,12 @@ fn a_connection_from_before_the_agent_never_gets_a_wrong_header() {
         "{}",
         agent.final_log()
     );
-    assert_eq!(agent.stat("h2_desyncs"), Some(0), "{}", agent.final_log());
+    assert_eq!(
+        agent.stat("desyncs.http2"),
+        Some(0),
+        "{}",
+        agent.final_log()
+    );
 }
 
 /// The Node.js fixture (see `tests/fixtures/node/h2_service.js`), with
@@ -762,7 +767,7 @@ fn curl_upgrades_to_h2c_with_hypercorn() {
     }
     agent.stop();
     assert_clean(&agent);
-    assert_eq!(agent.stat("http_desyncs"), Some(0), "{}", agent.final_log());
+    assert_eq!(agent.stat("desyncs.http"), Some(0), "{}", agent.final_log());
 }
 
 /// `nghttpd --no-tls` serving `dir`, killed when dropped.

@@ -124,7 +124,7 @@ fn mariadb_client_queries_errors_use_and_long_results() {
         assert_eq!(s.str("db.namespace").as_deref(), Some(ns));
     }
     // 1 MB of rows framed through without losing the stream.
-    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(agent.stat("desyncs.mysql"), Some(0), "{}", agent.stderr());
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }
 
@@ -177,7 +177,7 @@ fn connector_python_server_side_prepared_statements() {
     // ER_DUP_ENTRY.
     assert_eq!(spans[53].str("error.type").as_deref(), Some("1062"));
     assert_eq!(agent.stat("db_statements_unknown"), Some(0));
-    assert_eq!(agent.stat("db_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.mysql"), Some(0));
 }
 
 /// A connection that existed before the agent attached: recognised from
@@ -227,6 +227,6 @@ fn connection_opened_before_the_agent() {
         spans[3].str("db.query.text").as_deref(),
         Some("SELECT name FROM items WHERE id = ?")
     );
-    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(agent.stat("desyncs.mysql"), Some(0), "{}", agent.stderr());
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }

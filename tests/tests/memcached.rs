@@ -120,6 +120,6 @@ fn pymemcache_commands_become_spans_in_order() {
         spans[6].duration(),
         spans[7].duration()
     );
-    assert_eq!(agent.stat("db_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.memcached"), Some(0));
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }

@@ -130,7 +130,12 @@ fn psql_simple_queries_errors_copy_and_long_results() {
         }
     }
     // 1 MB of rows framed through without losing the stream.
-    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(
+        agent.stat("desyncs.postgresql"),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }
 
@@ -270,7 +275,7 @@ fn pgbench_extended_gives_one_span_per_statement() {
             .as_deref(),
         Some("SELECT abalance FROM pgbench_accounts WHERE aid = $1;")
     );
-    assert_eq!(agent.stat("db_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.postgresql"), Some(0));
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }
 
@@ -315,5 +320,10 @@ fn connection_opened_before_the_agent() {
     // The statement prepared before the agent: no SQL to show, counted.
     assert!(!spans[1].has("db.query.text"));
     assert_eq!(agent.stat("db_statements_unknown"), Some(1));
-    assert_eq!(agent.stat("db_desyncs"), Some(0), "{}", agent.stderr());
+    assert_eq!(
+        agent.stat("desyncs.postgresql"),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
 }

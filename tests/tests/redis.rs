@@ -124,6 +124,6 @@ fn redis_cli_commands_pipelines_and_transactions() {
             s.span.name
         );
     }
-    assert_eq!(agent.stat("db_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.redis"), Some(0));
     assert_eq!(agent.stat("db_orphan_replies"), Some(0));
 }

@@ -30,7 +30,7 @@ fn assert_clean(agent: &Agent) {
     for stat in [
         "connections_unknown_protocol",
         "connections_tls_unhooked",
-        "http_desyncs",
+        "desyncs.http",
         "kernel_tls_unattributed",
         "kernel_tls_claims_refused",
     ] {
@@ -265,7 +265,7 @@ fn postgresql_with_sslmode_require() {
     assert_eq!(spans[1].str("error.type").as_deref(), Some("42P01"));
     assert!(!spans[1].str("db.query.text").unwrap().contains("secret'"));
     assert_clean(&agent);
-    assert_eq!(agent.stat("db_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.postgresql"), Some(0));
 }
 
 /// The Node.js HTTPS fixture, with a certificate made in a new directory
@@ -331,7 +331,7 @@ fn node_https_server_through_its_own_openssl() {
         "{}",
         agent.stderr()
     );
-    assert_eq!(agent.stat("http_desyncs"), Some(0));
+    assert_eq!(agent.stat("desyncs.http"), Some(0));
 }
 
 /// A Node.js HTTPS client whose keep-alive connection predates the agent:

@@ -447,8 +447,8 @@ fn killed(root: &Path, dir: &Path, pid: u32) -> Result<()> {
     );
     println!(
         "a new agent, started while hey's 8 connections stayed open: {picked} spans from them \
-         in the 5 s after it attached (its http_desyncs={})",
-        stat_value(&stats, "http_desyncs"),
+         in the 5 s after it attached (its desyncs.http={})",
+        stat_value(&stats, "desyncs.http"),
     );
     sink.kill();
     Ok(())
@@ -642,10 +642,10 @@ fn overflow(root: &Path, dir: &Path, pid: u32) -> Result<()> {
         c.spans, c.wrong, c.incomplete
     );
     println!(
-        "drops counted: kernel_ringbuf_full={} (events lost), http_desyncs={}, \
+        "drops counted: kernel_ringbuf_full={} (events lost), desyncs.http={}, \
          http_responses_lost={}",
         stat_value(&stats, "kernel_ringbuf_full"),
-        stat_value(&stats, "http_desyncs"),
+        stat_value(&stats, "desyncs.http"),
         stat_value(&stats, "http_responses_lost"),
     );
     sink.kill();
@@ -759,10 +759,10 @@ fn bad_input(root: &Path, dir: &Path, pid: u32) -> Result<()> {
     );
     println!(
         "agent: {}, RSS {rss_start:.1} MiB at the start, at most {rss_max:.1}, {rss_end:.1} at the end; \
-         unknown protocols skipped: {}, http_desyncs={}, kernel_ringbuf_full={}",
+         unknown protocols skipped: {}, desyncs.http={}, kernel_ringbuf_full={}",
         if log.contains("panicked") { "PANICKED" } else { "no panic" },
         stat_value(&stats, "connections_unknown_protocol"),
-        stat_value(&stats, "http_desyncs"),
+        stat_value(&stats, "desyncs.http"),
         stat_value(&stats, "kernel_ringbuf_full"),
     );
     sink.kill();

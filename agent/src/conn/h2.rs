@@ -544,7 +544,7 @@ impl Protocol for H2Conn {
             crate::conn::tracker::starts_like(seg_bytes),
             why
         );
-        Stats::inc(&cx.stats.h2_desyncs);
+        cx.stats.desyncs.add_for("http2", 1);
         self.end_streams(Outcome::ResponseLost, cx, |_| true);
         Verdict::Lost
     }

@@ -100,7 +100,7 @@ impl Sink for RequestSink<'_, '_> {
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
             log::debug!("request stream lost sync: {why}");
-            Stats::inc(&self.cx.stats.http_desyncs);
+            self.cx.stats.desyncs.add_for("http", 1);
         }
     }
 }
@@ -159,7 +159,7 @@ impl Sink for ResponseSink<'_> {
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
             log::debug!("response stream lost sync: {why}");
-            Stats::inc(&self.stats.http_desyncs);
+            self.stats.desyncs.add_for("http", 1);
             self.book.response_lost_at = Some(self.book.last_at);
         }
     }

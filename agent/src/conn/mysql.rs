@@ -184,7 +184,7 @@ impl MysqlConn {
             client.feed(seg, |p| self.on_client(p, task, &mut context, stats));
             self.client = client;
             if self.client.is_lost() && !was_lost {
-                stats.db_desync("mysql");
+                stats.desyncs.add_for("mysql", 1);
             }
         } else if self.server.is_lost() {
             self.recover_tail(seg, stats);
@@ -193,7 +193,7 @@ impl MysqlConn {
             server.feed(seg, |p| self.on_server(p, stats));
             self.server = server;
             if self.server.is_lost() {
-                stats.db_desync("mysql");
+                stats.desyncs.add_for("mysql", 1);
                 self.recover_tail(seg, stats);
             }
         }

@@ -147,7 +147,7 @@ impl PgConn {
             front.feed(seg, |m| self.on_frontend(m, task, &mut context, stats));
             self.front = front;
             if self.front.is_lost() && !was_lost {
-                stats.db_desync(SYSTEM);
+                stats.desyncs.add_for(SYSTEM, 1);
             }
         } else {
             if self.back.is_lost() {
@@ -158,7 +158,7 @@ impl PgConn {
             back.feed(seg, |m| self.on_backend(m, stats));
             self.back = back;
             if self.back.is_lost() {
-                stats.db_desync(SYSTEM);
+                stats.desyncs.add_for(SYSTEM, 1);
                 // This very read may still end the cycle.
                 self.recover_tail(seg, stats);
             }

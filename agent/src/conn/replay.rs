@@ -131,10 +131,7 @@ fn replay(chunks: &[(bool, Vec<u8>)], split: Option<(usize, usize)>) -> (Vec<See
 fn calls(name: &str) -> Vec<Seen> {
     let chunks = load(name);
     let (whole, stats) = replay(&chunks, None);
-    assert_eq!(
-        stats.db_desyncs.load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(stats.desyncs.load(std::sync::atomic::Ordering::Relaxed), 0);
     for (i, (_, bytes)) in chunks.iter().enumerate().skip(1) {
         for cut in 1..bytes.len() {
             let (split, _) = replay(&chunks, Some((i, cut)));

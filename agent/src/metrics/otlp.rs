@@ -100,19 +100,28 @@ pub fn request(
             counter.name,
             counter.load(std::sync::atomic::Ordering::Relaxed),
         );
-        let point = NumberDataPoint {
+        let point = |value: u64, attributes| NumberDataPoint {
             start_time_unix_nano: start,
             time_unix_nano: now_unix_ns,
             value: Some(number_data_point::Value::AsInt(value as i64)),
+            attributes,
             ..Default::default()
         };
+        // Kept by protocol: a point per protocol (they sum to the total),
+        // once there is any.
+        let by = counter.by_protocol();
+        let data_points = if by.is_empty() {
+            vec![point(value, Vec::new())]
+        } else {
+            by.into_iter()
+                .map(|(protocol, n)| point(n, vec![kv("protocol", &Value::from(protocol))]))
+                .collect()
+        };
         let data = if counter.kind == Kind::Gauge {
-            Data::Gauge(Gauge {
-                data_points: vec![point],
-            })
+            Data::Gauge(Gauge { data_points })
         } else {
             Data::Sum(Sum {
-                data_points: vec![point],
+                data_points,
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
                 is_monotonic: true,
             })

@@ -57,10 +57,19 @@ pub fn render(registry: &Registry, stats: &Stats) -> String {
         } else {
             ("counter", "_total")
         };
-        let _ = writeln!(
-            out,
-            "# TYPE zerospan_{name}{suffix} {kind}\nzerospan_{name}{suffix} {value}"
-        );
+        let _ = writeln!(out, "# TYPE zerospan_{name}{suffix} {kind}");
+        // Kept by protocol: one series per protocol (they sum to the
+        // total), once there is any.
+        let by = counter.by_protocol();
+        if by.is_empty() {
+            let _ = writeln!(out, "zerospan_{name}{suffix} {value}");
+        }
+        for (protocol, n) in by {
+            let _ = writeln!(
+                out,
+                "zerospan_{name}{suffix}{{protocol=\"{protocol}\"}} {n}"
+            );
+        }
     }
     out
 }

@@ -89,7 +89,7 @@ fn report(title: &str, rows: &[Row<'_>], runs: &[AgentRun]) {
     println!("agent peak RSS: {rss:.1} MiB");
     println!(
         "spans created: {spans}, received by the collector: {received}; db desyncs: {}; events and spans dropped: {dropped}",
-        sum("db_desyncs")
+        sum("desyncs")
     );
 }
 

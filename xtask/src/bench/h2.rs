@@ -273,7 +273,7 @@ fn measure(root: &Path, server: u32, title: &str, load: impl Fn() -> Result<Load
          (export failed); HTTP/2 framing lost: {}",
         sum("spans_dropped_queue_full"),
         sum("spans_dropped_export"),
-        sum("h2_desyncs")
+        sum("desyncs.http2")
     );
     for (i, r) in runs.iter().enumerate() {
         println!("agent stats, round {}: {}", i + 1, r.stats);

@@ -157,12 +157,14 @@ pub fn stat_value(stats: &str, key: &str) -> u64 {
     let shown = stats
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
+    // `name.protocol`: a counter kept by protocol.
+    let counter = key.split('.').next().unwrap_or(key);
     let declared = include_str!("../../../agent/src/stats.rs")
         .lines()
         .filter_map(|l| l.trim().strip_suffix(','))
         .any(|l| {
             l.split_once(' ').is_some_and(|(kind, name)| {
-                ["total", "loss", "gauge"].contains(&kind) && name == key
+                ["total", "loss", "gauge"].contains(&kind) && name == counter
             })
         });
     assert!(
