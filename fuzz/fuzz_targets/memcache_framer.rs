@@ -5,13 +5,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
-use zerospan_protocols::memcache::{Direction, Framer, MemcacheSink};
+use zerospan_protocols::memcache::{Direction, Framer, Sink};
 use zerospan_protocols::resp::{Command, Reply};
 use zerospan_protocols::stream::Stamp;
 
 struct Count(u64);
 
-impl MemcacheSink for Count {
+impl Sink for Count {
     fn on_command(&mut self, _cmd: Command, _noreply: bool, _at: Stamp) {
         self.0 += 1;
     }

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = mysql::could_be_greeting_header(seg.bytes);
             let _ = mysql::last_packet(seg.bytes);
             let _ = mysql::looks_like_command(seg.bytes, seg.len);
-            framer.feed(seg, |p| {
+            framer.feed(seg, &mut |p: zerospan_protocols::mysql::Packet<'_>| {
                 packets += 1;
                 assert!(p.body.len() <= MAX_KEEP, "kept payloads are bounded");
                 let _ = mysql::greeting(p.body);

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = postgres::looks_like_query_start(seg.bytes, seg.len);
             let _ = postgres::is_startup(seg.bytes, seg.len);
             let _ = postgres::message_before_ready(seg.bytes);
-            framer.feed(seg, |m| {
+            framer.feed(seg, &mut |m: zerospan_protocols::postgres::Message<'_>| {
                 messages += 1;
                 assert!(
                     m.body.len() <= MAX_KEEP.max(10_000),

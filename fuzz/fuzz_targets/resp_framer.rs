@@ -5,12 +5,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use zerospan_fuzz::for_each_segment;
-use zerospan_protocols::resp::{Command, Direction, Framer, Reply, RespSink};
+use zerospan_protocols::resp::{Command, Direction, Framer, Reply, Sink};
 use zerospan_protocols::stream::Stamp;
 
 struct Count(u64);
 
-impl RespSink for Count {
+impl Sink for Count {
     fn on_command(&mut self, cmd: Command, _at: Stamp) {
         assert!(cmd.name.len() <= 32 * 4, "names are bounded");
         self.0 += 1;

@@ -7,7 +7,7 @@
 //! number, `ERROR`) ends it. Commands sent with `noreply` get no reply and
 //! are reported as such, so pairing stays in step.
 //!
-//! Pure: bytes in, [`MemcacheSink`] callbacks out (the command and reply
+//! Pure: bytes in, [`Sink`] callbacks out (the command and reply
 //! shapes are Redis's, [`Command`] and [`Reply`]); memory bounded by
 //! [`MAX_LINE`].
 
@@ -45,7 +45,7 @@ const KNOWN: [&str; 19] = [
     "quit",
 ];
 
-pub trait MemcacheSink {
+pub trait Sink {
     /// A complete command; `noreply` ones get no reply.
     fn on_command(&mut self, cmd: Command, noreply: bool, at: Stamp);
     /// A complete reply; `at` is the segment holding its last byte.
@@ -101,11 +101,11 @@ impl Framer {
         self.held = None;
     }
 
-    pub fn feed<S: MemcacheSink>(&mut self, seg: Segment<'_>, sink: &mut S) {
+    pub fn feed<S: Sink>(&mut self, seg: Segment<'_>, sink: &mut S) {
         lines::feed(self, seg, sink);
     }
 
-    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl MemcacheSink) -> usize {
+    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl Sink) -> usize {
         match self.state {
             State::Lost => bytes.len(),
             State::Block { remaining } => {
@@ -135,12 +135,12 @@ impl Framer {
         }
     }
 
-    fn lose_sync(&mut self, sink: &mut impl MemcacheSink) {
+    fn lose_sync(&mut self, sink: &mut impl Sink) {
         self.state = State::Lost;
         sink.on_desync();
     }
 
-    fn command_line(&mut self, line: &[u8], sink: &mut impl MemcacheSink) {
+    fn command_line(&mut self, line: &[u8], sink: &mut impl Sink) {
         let text = String::from_utf8_lossy(line);
         let mut words = text.split_ascii_whitespace();
         let Some(name) = words.next() else {
@@ -192,7 +192,7 @@ impl Framer {
         sink.on_command(cmd, noreply, self.started_at);
     }
 
-    fn reply_line(&mut self, line: &[u8], at: Stamp, sink: &mut impl MemcacheSink) {
+    fn reply_line(&mut self, line: &[u8], at: Stamp, sink: &mut impl Sink) {
         if let Some(rest) = line.strip_prefix(b"VALUE ") {
             // VALUE <key> <flags> <bytes> [<cas>]: a data block follows.
             let text = String::from_utf8_lossy(rest);
@@ -226,7 +226,7 @@ impl Framer {
         sink.on_reply(reply, at);
     }
 
-    fn data_block_done(&mut self, sink: &mut impl MemcacheSink) {
+    fn data_block_done(&mut self, sink: &mut impl Sink) {
         self.state = State::Line;
         if let Some((cmd, noreply)) = self.held.take() {
             self.in_message = false;
@@ -235,7 +235,7 @@ impl Framer {
     }
 }
 
-impl<S: MemcacheSink> CountedFramer<S> for Framer {
+impl<S: Sink> CountedFramer<S> for Framer {
     fn state(&self) -> State {
         self.state
     }
@@ -268,7 +268,7 @@ mod tests {
         desyncs: usize,
     }
 
-    impl MemcacheSink for Rec {
+    impl Sink for Rec {
         fn on_command(&mut self, cmd: Command, noreply: bool, _at: Stamp) {
             self.commands.push((cmd.name, cmd.args, noreply));
         }

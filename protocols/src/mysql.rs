@@ -144,9 +144,9 @@ impl Framer {
         self.walk.resync();
     }
 
-    pub fn feed(&mut self, seg: Segment<'_>, mut on_packet: impl FnMut(Packet<'_>)) {
+    pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl Sink) {
         self.walk.feed(&mut self.headers, seg, |_, w| {
-            on_packet(Packet {
+            sink.on_packet(Packet {
                 seq: w.header[3],
                 len: le24(w.header),
                 body: w.body,
@@ -155,6 +155,18 @@ impl Framer {
                 last_at: w.last_at,
             });
         });
+    }
+}
+
+/// What the framer reports: each packet as it completes. Every framer
+/// in this crate reports through a sink of its own; a closure is one.
+pub trait Sink {
+    fn on_packet(&mut self, packet: Packet<'_>);
+}
+
+impl<F: FnMut(Packet<'_>)> Sink for F {
+    fn on_packet(&mut self, packet: Packet<'_>) {
+        self(packet)
     }
 }
 
@@ -405,7 +417,7 @@ mod tests {
         let mut f = Framer::new(Direction::Server);
         let mut out = Vec::new();
         for (i, p) in parts.iter().enumerate() {
-            f.feed(seg(p, i as u64), |p| {
+            f.feed(seg(p, i as u64), &mut |p: Packet<'_>| {
                 out.push((p.seq, p.len, p.body.to_vec()))
             });
         }
@@ -521,9 +533,9 @@ mod tests {
                 len: 504,
                 stamp: Stamp::default(),
             },
-            |_| n += 1,
+            &mut |_: Packet<'_>| n += 1,
         );
-        f.feed(seg(&s[504..], 1), |_| n += 1);
+        f.feed(seg(&s[504..], 1), &mut |_: Packet<'_>| n += 1);
         assert_eq!(n, 2);
         f.feed(
             Segment {
@@ -531,7 +543,7 @@ mod tests {
                 len: 200,
                 stamp: Stamp::default(),
             },
-            |_| {},
+            &mut |_: Packet<'_>| {},
         );
         assert!(f.is_lost());
     }

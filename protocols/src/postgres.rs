@@ -170,7 +170,7 @@ impl Framer {
         self.walk.lose();
     }
 
-    pub fn feed(&mut self, seg: Segment<'_>, mut on_message: impl FnMut(Message<'_>)) {
+    pub fn feed(&mut self, seg: Segment<'_>, sink: &mut impl Sink) {
         self.walk.feed(&mut self.headers, seg, |headers, w| {
             let tag = match w.header.len() {
                 1 => {
@@ -186,7 +186,7 @@ impl Framer {
                 }
                 _ => Tag::Typed(w.header[0]),
             };
-            on_message(Message {
+            sink.on_message(Message {
                 tag,
                 body: w.body,
                 cut: w.cut,
@@ -194,6 +194,18 @@ impl Framer {
                 last_at: w.last_at,
             });
         });
+    }
+}
+
+/// What the framer reports: each message as it completes. Every framer
+/// in this crate reports through a sink of its own; a closure is one.
+pub trait Sink {
+    fn on_message(&mut self, message: Message<'_>);
+}
+
+impl<F: FnMut(Message<'_>)> Sink for F {
+    fn on_message(&mut self, message: Message<'_>) {
+        self(message)
     }
 }
 
@@ -419,7 +431,7 @@ mod tests {
     fn frame(f: &mut Framer, parts: &[&[u8]]) -> Vec<(Tag, Vec<u8>, bool)> {
         let mut out = Vec::new();
         for (i, p) in parts.iter().enumerate() {
-            f.feed(seg(p, i as u64), |m| {
+            f.feed(seg(p, i as u64), &mut |m: Message<'_>| {
                 out.push((m.tag, m.body.to_vec(), m.cut))
             });
         }
@@ -511,9 +523,9 @@ mod tests {
                 len: 3005,
                 stamp: stamp(1),
             },
-            |m| out.push(m.tag),
+            &mut |m: Message<'_>| out.push(m.tag),
         );
-        f.feed(seg(&s[3005..], 2), |m| out.push(m.tag));
+        f.feed(seg(&s[3005..], 2), &mut |m: Message<'_>| out.push(m.tag));
         assert_eq!(out, vec![Tag::Typed(b'D'), Tag::Typed(b'C')]);
         let mut f = Framer::new(Direction::Backend);
         f.feed(
@@ -522,7 +534,7 @@ mod tests {
                 len: 3010,
                 stamp: stamp(1),
             },
-            |_| {},
+            &mut |_: Message<'_>| {},
         );
         assert!(f.is_lost());
     }
@@ -537,10 +549,10 @@ mod tests {
             b"",
         ] {
             let mut f = Framer::mid_stream(Direction::Frontend);
-            f.feed(seg(junk, 1), |_| {});
+            f.feed(seg(junk, 1), &mut |_: Message<'_>| {});
             assert!(f.is_lost() || junk.is_empty() || junk.len() < 5);
             let mut f = Framer::new(Direction::Frontend);
-            f.feed(seg(junk, 1), |_| {});
+            f.feed(seg(junk, 1), &mut |_: Message<'_>| {});
         }
     }
 

@@ -7,7 +7,7 @@
 //! arguments (values are secrets until proven otherwise); replies as success
 //! or, for errors, the error's first word.
 //!
-//! Pure: bytes in, [`RespSink`] callbacks out; memory bounded by
+//! Pure: bytes in, [`Sink`] callbacks out; memory bounded by
 //! [`MAX_LINE`] and [`MAX_DEPTH`].
 
 use crate::{
@@ -42,7 +42,7 @@ pub enum Reply {
     Error(String),
 }
 
-pub trait RespSink {
+pub trait Sink {
     /// A complete command whose first byte was in the segment stamped `at`.
     fn on_command(&mut self, cmd: Command, at: Stamp);
     /// A complete top-level reply; `at` is the segment holding its last byte.
@@ -136,17 +136,17 @@ impl Framer {
         self.in_message = false;
     }
 
-    pub fn feed<S: RespSink>(&mut self, seg: Segment<'_>, sink: &mut S) {
+    pub fn feed<S: Sink>(&mut self, seg: Segment<'_>, sink: &mut S) {
         lines::feed(self, seg, sink);
     }
 
-    fn lose_sync(&mut self, sink: &mut impl RespSink) {
+    fn lose_sync(&mut self, sink: &mut impl Sink) {
         self.state = State::Lost;
         sink.on_desync();
     }
 
     /// Consumes a prefix of `bytes`; returns how many bytes it took.
-    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl RespSink) -> usize {
+    fn step_bytes(&mut self, bytes: &[u8], at: Stamp, sink: &mut impl Sink) -> usize {
         match self.state {
             State::Lost => bytes.len(),
             State::Block { remaining } => {
@@ -188,7 +188,7 @@ impl Framer {
         }
     }
 
-    fn on_line(&mut self, line: &[u8], at: Stamp, sink: &mut impl RespSink) {
+    fn on_line(&mut self, line: &[u8], at: Stamp, sink: &mut impl Sink) {
         let Some((&kind, rest)) = line.split_first() else {
             // An empty line between commands is a no-op to the server
             // (redis-cli --pipe sends one before its closing ECHO).
@@ -279,7 +279,7 @@ impl Framer {
     }
 
     /// One element ended; close the aggregates it completes.
-    fn element_done(&mut self, at: Stamp, sink: &mut impl RespSink) {
+    fn element_done(&mut self, at: Stamp, sink: &mut impl Sink) {
         self.state = State::Line;
         if self.stack.len() == 1 {
             self.elements += 1;
@@ -301,7 +301,7 @@ impl Framer {
         }
     }
 
-    fn message_done(&mut self, at: Stamp, sink: &mut impl RespSink) {
+    fn message_done(&mut self, at: Stamp, sink: &mut impl Sink) {
         self.state = State::Line;
         self.in_message = false;
         if std::mem::take(&mut self.push) {
@@ -337,7 +337,7 @@ impl Framer {
     }
 }
 
-impl<S: RespSink> CountedFramer<S> for Framer {
+impl<S: Sink> CountedFramer<S> for Framer {
     fn state(&self) -> State {
         self.state
     }
@@ -370,7 +370,7 @@ mod tests {
         desyncs: usize,
     }
 
-    impl RespSink for Rec {
+    impl Sink for Rec {
         fn on_command(&mut self, cmd: Command, at: Stamp) {
             self.commands.push((cmd, at.exit_ns));
         }

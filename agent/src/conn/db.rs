@@ -16,8 +16,8 @@ use std::{
 };
 
 use zerospan_protocols::{
-    memcache::{self, MemcacheSink},
-    resp::{self, Command, Direction, Reply, RespSink},
+    memcache,
+    resp::{self, Command, Direction, Reply},
     stream::{Segment, Stamp},
 };
 
@@ -137,7 +137,7 @@ struct CommandSink<'a, F: FnMut() -> SpanContext> {
     stats: &'a Stats,
 }
 
-impl<F: FnMut() -> SpanContext> RespSink for CommandSink<'_, F> {
+impl<F: FnMut() -> SpanContext> resp::Sink for CommandSink<'_, F> {
     fn on_command(&mut self, command: Command, at: Stamp) {
         self.queue(command, at);
     }
@@ -145,7 +145,7 @@ impl<F: FnMut() -> SpanContext> RespSink for CommandSink<'_, F> {
     fn on_reply(&mut self, _reply: Reply, _at: Stamp) {}
 }
 
-impl<F: FnMut() -> SpanContext> MemcacheSink for CommandSink<'_, F> {
+impl<F: FnMut() -> SpanContext> memcache::Sink for CommandSink<'_, F> {
     fn on_command(&mut self, command: Command, noreply: bool, at: Stamp) {
         self.queue(command, at);
         if noreply {
@@ -193,7 +193,7 @@ struct ReplySink<'a> {
     stats: &'a Stats,
 }
 
-impl RespSink for ReplySink<'_> {
+impl resp::Sink for ReplySink<'_> {
     fn on_command(&mut self, _cmd: Command, _at: Stamp) {}
 
     fn on_reply(&mut self, reply: Reply, at: Stamp) {
@@ -201,7 +201,7 @@ impl RespSink for ReplySink<'_> {
     }
 }
 
-impl MemcacheSink for ReplySink<'_> {
+impl memcache::Sink for ReplySink<'_> {
     fn on_command(&mut self, _cmd: Command, _noreply: bool, _at: Stamp) {}
 
     fn on_reply(&mut self, reply: Reply, at: Stamp) {

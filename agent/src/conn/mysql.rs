@@ -181,7 +181,9 @@ impl MysqlConn {
             let was_lost = self.client.is_lost();
             // The framer lends its packets to methods of `self`.
             let mut client = std::mem::replace(&mut self.client, Framer::new(Direction::Client));
-            client.feed(seg, |p| self.on_client(p, task, &mut context, stats));
+            client.feed(seg, &mut |p: Packet<'_>| {
+                self.on_client(p, task, &mut context, stats)
+            });
             self.client = client;
             if self.client.is_lost() && !was_lost {
                 stats.desyncs.add_for("mysql", 1);
@@ -190,7 +192,7 @@ impl MysqlConn {
             self.recover_tail(seg, stats);
         } else {
             let mut server = std::mem::replace(&mut self.server, Framer::new(Direction::Server));
-            server.feed(seg, |p| self.on_server(p, stats));
+            server.feed(seg, &mut |p: Packet<'_>| self.on_server(p, stats));
             self.server = server;
             if self.server.is_lost() {
                 stats.desyncs.add_for("mysql", 1);

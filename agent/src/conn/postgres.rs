@@ -144,7 +144,9 @@ impl PgConn {
             // steps out of `self` while it runs.
             let mut front =
                 std::mem::replace(&mut self.front, Framer::mid_stream(Direction::Frontend));
-            front.feed(seg, |m| self.on_frontend(m, task, &mut context, stats));
+            front.feed(seg, &mut |m: Message<'_>| {
+                self.on_frontend(m, task, &mut context, stats)
+            });
             self.front = front;
             if self.front.is_lost() && !was_lost {
                 stats.desyncs.add_for(SYSTEM, 1);
@@ -155,7 +157,7 @@ impl PgConn {
                 return !self.encrypted;
             }
             let mut back = std::mem::replace(&mut self.back, Framer::new(Direction::Backend));
-            back.feed(seg, |m| self.on_backend(m, stats));
+            back.feed(seg, &mut |m: Message<'_>| self.on_backend(m, stats));
             self.back = back;
             if self.back.is_lost() {
                 stats.desyncs.add_for(SYSTEM, 1);
