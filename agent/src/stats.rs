@@ -33,9 +33,6 @@ pub struct Counter {
     pub kind: Kind,
     /// Its doc comment: what it counts.
     why: &'static str,
-    /// The same count by protocol, for counters kept that way
-    /// ([`Counter::add_for`]); few protocols, rarely counted.
-    by_protocol: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl Counter {
@@ -45,32 +42,7 @@ impl Counter {
             name,
             kind,
             why,
-            by_protocol: Mutex::new(Vec::new()),
         }
-    }
-
-    /// Counts `n` for `protocol` (a connection protocol's name), and in
-    /// the total.
-    pub fn add_for(&self, protocol: &'static str, n: u64) {
-        {
-            let mut by = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
-            match by.iter_mut().find(|(p, _)| *p == protocol) {
-                Some((_, count)) => *count += n,
-                None => by.push((protocol, n)),
-            }
-        }
-        self.add(n);
-    }
-
-    /// The counts by protocol, if this counter is kept that way.
-    pub fn by_protocol(&self) -> Vec<(&'static str, u64)> {
-        let mut by = self
-            .by_protocol
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        by.sort_unstable();
-        by
     }
 
     pub fn load(&self, order: Ordering) -> u64 {
@@ -111,6 +83,10 @@ macro_rules! counters {
         #[derive(Debug)]
         pub struct Stats {
             $($(#[doc = $doc])* pub $name: Counter,)*
+            /// Counts kept by protocol too: (counter, protocol, count).
+            /// Few protocols, rarely counted; apart from the counters so
+            /// that those stay small and close together.
+            by_protocol: Mutex<Vec<(&'static str, &'static str, u64)>>,
         }
 
         impl Default for Stats {
@@ -121,6 +97,7 @@ macro_rules! counters {
                         counters!(@kind $kind),
                         concat!($($doc),*),
                     ),)*
+                    by_protocol: Mutex::new(Vec::new()),
                 }
             }
         }
@@ -328,6 +305,41 @@ counters! {
 }
 
 impl Stats {
+    /// A connection's protocol lost its framing: counted in all and for
+    /// `protocol` (its name in counters and logs).
+    pub fn desync(&self, protocol: &'static str) {
+        self.add_for(&self.desyncs, protocol, 1);
+    }
+
+    /// Counts `n` in `counter` and in its count for `protocol`.
+    pub fn add_for(&self, counter: &Counter, protocol: &'static str, n: u64) {
+        {
+            let mut by = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+            match by
+                .iter_mut()
+                .find(|(c, p, _)| *c == counter.name && *p == protocol)
+            {
+                Some((_, _, count)) => *count += n,
+                None => by.push((counter.name, protocol, n)),
+            }
+        }
+        counter.add(n);
+    }
+
+    /// `counter`'s counts by protocol, if it is kept that way.
+    pub fn by_protocol(&self, counter: &Counter) -> Vec<(&'static str, u64)> {
+        let mut by: Vec<_> = self
+            .by_protocol
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(c, _, _)| *c == counter.name)
+            .map(|&(_, p, n)| (p, n))
+            .collect();
+        by.sort_unstable();
+        by
+    }
+
     pub fn add(counter: &Counter, n: u64) {
         if n > 0 {
             counter.add(n);
@@ -354,7 +366,7 @@ impl Stats {
             let v = c.load(Ordering::Relaxed);
             if v > 0 {
                 line.push(format!("{}={v}", c.name));
-                for (protocol, n) in c.by_protocol() {
+                for (protocol, n) in self.by_protocol(c) {
                     line.push(format!("{}.{protocol}={n}", c.name));
                 }
             }
@@ -375,7 +387,7 @@ mod tests {
     fn desyncs_are_counted_in_all_and_by_protocol() {
         let s = Stats::default();
         for protocol in ["postgresql", "mysql", "mysql", "redis", "http2"] {
-            s.desyncs.add_for(protocol, 1);
+            s.desync(protocol);
         }
         assert_eq!(
             s.render(),

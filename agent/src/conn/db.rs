@@ -310,7 +310,7 @@ impl DbConn {
                 Framers::Memcached { commands, .. } => commands.feed(seg, &mut sink),
             }
             if self.framers.commands_lost() && !was_lost {
-                stats.desyncs.add_for(self.system, 1);
+                stats.desync(self.system);
             }
         } else {
             let was_lost = self.framers.replies_lost();
@@ -325,7 +325,7 @@ impl DbConn {
                 Framers::Memcached { replies, .. } => replies.feed(seg, &mut sink),
             }
             if self.framers.replies_lost() && !was_lost {
-                stats.desyncs.add_for(self.system, 1);
+                stats.desync(self.system);
                 // The replies of every waiting command may have been in the
                 // bytes we could not frame.
                 self.end_pending(Outcome::ResponseLost, seg.stamp);

@@ -544,7 +544,7 @@ impl Protocol for H2Conn {
             crate::conn::tracker::starts_like(seg_bytes),
             why
         );
-        cx.stats.desyncs.add_for("http2", 1);
+        cx.stats.desync("http2");
         self.end_streams(Outcome::ResponseLost, cx, |_| true);
         Verdict::Lost
     }

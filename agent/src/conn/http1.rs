@@ -100,7 +100,7 @@ impl Sink for RequestSink<'_, '_> {
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
             log::debug!("request stream lost sync: {why}");
-            self.cx.stats.desyncs.add_for("http", 1);
+            self.cx.stats.desync("http");
         }
     }
 }
@@ -159,7 +159,7 @@ impl Sink for ResponseSink<'_> {
     fn on_desync(&mut self, why: Desync) {
         if why != Desync::NotHttp {
             log::debug!("response stream lost sync: {why}");
-            self.stats.desyncs.add_for("http", 1);
+            self.stats.desync("http");
             self.book.response_lost_at = Some(self.book.last_at);
         }
     }

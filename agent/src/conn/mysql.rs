@@ -186,7 +186,7 @@ impl MysqlConn {
             });
             self.client = client;
             if self.client.is_lost() && !was_lost {
-                stats.desyncs.add_for("mysql", 1);
+                stats.desync("mysql");
             }
         } else if self.server.is_lost() {
             self.recover_tail(seg, stats);
@@ -195,7 +195,7 @@ impl MysqlConn {
             server.feed(seg, &mut |p: Packet<'_>| self.on_server(p, stats));
             self.server = server;
             if self.server.is_lost() {
-                stats.desyncs.add_for("mysql", 1);
+                stats.desync("mysql");
                 self.recover_tail(seg, stats);
             }
         }

@@ -149,7 +149,7 @@ impl PgConn {
             });
             self.front = front;
             if self.front.is_lost() && !was_lost {
-                stats.desyncs.add_for(SYSTEM, 1);
+                stats.desync(SYSTEM);
             }
         } else {
             if self.back.is_lost() {
@@ -160,7 +160,7 @@ impl PgConn {
             back.feed(seg, &mut |m: Message<'_>| self.on_backend(m, stats));
             self.back = back;
             if self.back.is_lost() {
-                stats.desyncs.add_for(SYSTEM, 1);
+                stats.desync(SYSTEM);
                 // This very read may still end the cycle.
                 self.recover_tail(seg, stats);
             }

@@ -357,107 +357,118 @@ impl Tracker {
     }
 
     fn feed(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
-        };
         if !egress {
             self.linker.read_on(key, seg.stamp.exit_ns);
         }
-        let detecting = match &conn.state {
-            State::Detecting { met, .. } => Some((*met, None)),
-            State::Held { met, by, .. } => Some((*met, Some(*by))),
-            _ => None,
-        };
-        if let Some((met, only)) = detecting {
-            let set = Settings {
-                http: &self.http,
-                sql: self.limits.sql,
-            };
-            let mut buf = Vec::new();
-            let seen = match &conn.state {
-                // The held bytes and these, in the same direction, for the
-                // one detector that asked.
-                State::Held {
-                    egress: was, held, ..
-                } if *was == egress => Seen {
-                    met,
-                    egress,
-                    bytes: detect::joined(&held.bytes, &seg, &mut buf),
-                    len: held.len + seg.len,
-                },
-                State::Held { .. } => {
-                    conn.state = State::Ignored;
-                    self.ignore(key);
-                    return;
-                }
-                _ => Seen {
-                    met,
-                    egress,
-                    bytes: seg.bytes,
-                    len: seg.len,
-                },
-            };
-            match detect::detect(&seen, &set, only) {
-                Detection::Found {
-                    protocol,
-                    deepen,
-                    by,
-                } => {
-                    log::debug!("{key:?} ({met:?}) speaks {by}");
-                    if let Some(how) = deepen {
-                        self.deepen.push((key, how));
-                    }
-                    let was = std::mem::replace(&mut conn.state, State::Active(protocol));
-                    if let State::Held { egress, held, .. } = was {
-                        let first = Segment {
-                            bytes: &held.bytes,
-                            len: held.len,
-                            stamp: held.at,
-                        };
-                        self.feed_active(key, task, egress, first);
-                    }
-                }
-                Detection::Hold { by } => {
-                    let n = seg.bytes.len().min(MAX_HELD_BYTES);
-                    conn.state = State::Held {
-                        met,
-                        by,
-                        egress,
-                        held: Box::new(Held {
-                            bytes: seg.bytes[..n].to_vec(),
-                            len: seg.len,
-                            at: seg.stamp,
-                        }),
-                    };
-                    return;
-                }
-                Detection::None if only.is_some() => {
-                    conn.state = State::Ignored;
-                    self.ignore(key);
-                    return;
-                }
-                Detection::None => {
-                    if let State::Detecting { segments, .. } = &mut conn.state {
-                        *segments += 1;
-                        if *segments > MAX_DETECT_SEGMENTS {
-                            conn.state = State::Ignored;
-                            self.ignore(key);
-                        }
-                    }
-                    return;
-                }
-            }
-        }
-        self.feed_active(key, task, egress, seg);
+        self.run(key, task, egress, seg);
     }
 
-    /// Feeds a connection's protocol, and carries out what it says.
-    fn feed_active(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
+    /// Asks the detector table about a connection still being detected;
+    /// once a protocol has it, feeds it the held segment, if any, and this
+    /// one.
+    fn detect(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let State::Active(p) = &mut conn.state else {
+        let (met, only) = match &conn.state {
+            State::Detecting { met, .. } => (*met, None),
+            State::Held { met, by, .. } => (*met, Some(*by)),
+            _ => return,
+        };
+        let set = Settings {
+            http: &self.http,
+            sql: self.limits.sql,
+        };
+        let mut buf = Vec::new();
+        let seen = match &conn.state {
+            // The held bytes and these, in the same direction, for the
+            // one detector that asked.
+            State::Held {
+                egress: was, held, ..
+            } if *was == egress => Seen {
+                met,
+                egress,
+                bytes: detect::joined(&held.bytes, &seg, &mut buf),
+                len: held.len + seg.len,
+            },
+            State::Held { .. } => {
+                conn.state = State::Ignored;
+                self.ignore(key);
+                return;
+            }
+            _ => Seen {
+                met,
+                egress,
+                bytes: seg.bytes,
+                len: seg.len,
+            },
+        };
+        match detect::detect(&seen, &set, only) {
+            Detection::Found {
+                protocol,
+                deepen,
+                by,
+            } => {
+                log::debug!("{key:?} ({met:?}) speaks {by}");
+                if let Some(how) = deepen {
+                    self.deepen.push((key, how));
+                }
+                let was = std::mem::replace(&mut conn.state, State::Active(protocol));
+                if let State::Held { egress, held, .. } = was {
+                    let first = Segment {
+                        bytes: &held.bytes,
+                        len: held.len,
+                        stamp: held.at,
+                    };
+                    self.run(key, task, egress, first);
+                }
+            }
+            Detection::Hold { by } => {
+                let n = seg.bytes.len().min(MAX_HELD_BYTES);
+                conn.state = State::Held {
+                    met,
+                    by,
+                    egress,
+                    held: Box::new(Held {
+                        bytes: seg.bytes[..n].to_vec(),
+                        len: seg.len,
+                        at: seg.stamp,
+                    }),
+                };
+                return;
+            }
+            Detection::None if only.is_some() => {
+                conn.state = State::Ignored;
+                self.ignore(key);
+                return;
+            }
+            Detection::None => {
+                if let State::Detecting { segments, .. } = &mut conn.state {
+                    *segments += 1;
+                    if *segments > MAX_DETECT_SEGMENTS {
+                        conn.state = State::Ignored;
+                        self.ignore(key);
+                    }
+                }
+                return;
+            }
+        }
+        self.run(key, task, egress, seg);
+    }
+
+    /// Feeds a connection's protocol, and carries out what it says; a
+    /// connection still being detected goes to the detectors first. One
+    /// lookup of the table on the way of every segment of a known protocol.
+    fn run(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
+        };
+        let p = match &mut conn.state {
+            State::Active(p) => p,
+            State::Detecting { .. } | State::Held { .. } => {
+                return self.detect(key, task, egress, seg);
+            }
+            _ => return,
         };
         let mut cx = Cx::new(key, conn.ends, &self.stats, &mut self.linker, &mut self.out);
         let mut verdict = p.feed(egress, task, seg, &mut cx);

@@ -109,7 +109,7 @@ pub fn request(
         };
         // Kept by protocol: a point per protocol (they sum to the total),
         // once there is any.
-        let by = counter.by_protocol();
+        let by = stats.by_protocol(counter);
         let data_points = if by.is_empty() {
             vec![point(value, Vec::new())]
         } else {

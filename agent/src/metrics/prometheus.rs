@@ -60,7 +60,7 @@ pub fn render(registry: &Registry, stats: &Stats) -> String {
         let _ = writeln!(out, "# TYPE zerospan_{name}{suffix} {kind}");
         // Kept by protocol: one series per protocol (they sum to the
         // total), once there is any.
-        let by = counter.by_protocol();
+        let by = stats.by_protocol(counter);
         if by.is_empty() {
             let _ = writeln!(out, "zerospan_{name}{suffix} {value}");
         }
