@@ -63,6 +63,20 @@ impl Counter {
         self.grew(before, before + n);
     }
 
+    /// Adds `n` from `protocol` (named in the log) to a counter kept by
+    /// protocol too.
+    fn add_from(&self, n: u64, protocol: &str) {
+        let before = self.value.fetch_add(n, Ordering::Relaxed);
+        if self.kind == Kind::Loss && magnitude(before) != magnitude(before + n) {
+            log::info!(
+                "{}={} (the last in {protocol}): {}",
+                self.name,
+                before + n,
+                self.why.trim()
+            );
+        }
+    }
+
     /// Logs a loss the first time, then at each new power of ten.
     fn grew(&self, before: u64, now: u64) {
         if self.kind != Kind::Loss || magnitude(before) == magnitude(now) {
@@ -152,7 +166,8 @@ counters! {
     /// TLS connections whose plaintext never appeared (a TLS library the
     /// agent does not hook): skipped, no longer captured.
     loss connections_tls_unhooked,
-    /// Connections whose bytes were not HTTP/1: skipped, no longer captured.
+    /// Connections whose bytes were no protocol the agent knows: skipped,
+    /// no longer captured.
     loss connections_unknown_protocol,
     /// Accepted connections whose accept passed no address buffer (libuv,
     /// so Node.js; nghttpd; also Unix sockets, which have no peer to
@@ -167,7 +182,8 @@ counters! {
     /// Times a connection's protocol lost its framing (bytes uncaptured
     /// or not the protocol): what was waiting ends unanswered, and the
     /// stream is found again or no longer captured. Kept by protocol too
-    /// (`desyncs.http=…`; a `protocol` label in the metrics).
+    /// (`desyncs.http=…`; `desyncs_by_protocol` with a `protocol` label in
+    /// the metrics).
     loss desyncs,
     /// Responses seen without their request (e.g. attached mid-exchange).
     loss http_orphan_responses,
@@ -266,7 +282,7 @@ counters! {
     /// and the reason.
     loss go_binaries_unsupported,
     /// Go executables whose `crypto/tls` is hooked now (a gauge).
-    total go_binaries_hooked,
+    gauge go_binaries_hooked,
     /// Library and executable files with TLS probes now (a gauge).
     gauge tls_files_hooked,
     /// Traced processes known to map a file looked at for TLS (a gauge).
@@ -323,7 +339,7 @@ impl Stats {
                 None => by.push((counter.name, protocol, n)),
             }
         }
-        counter.add(n);
+        counter.add_from(n, protocol);
     }
 
     /// `counter`'s counts by protocol, if it is kept that way.

@@ -14,6 +14,9 @@ pub(crate) fn bump(index: u32) {
     }
 }
 
+/// Argument `n` of a `syscalls/` tracepoint record: 8 bytes of common
+/// fields, then the syscall number padded to 8 bytes, then one 8-byte slot
+/// per argument.
 #[inline(always)]
 pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscall tracepoint records always hold six argument slots.

@@ -5,9 +5,8 @@
 //! tracked socket, and hand everything to userspace through one ring buffer.
 //! All protocol parsing happens in the agent, in safe Rust.
 //!
-//! Tracepoint records: 8 bytes of common fields, then (for `syscalls/`) the
-//! syscall number padded to 8 bytes, then one 8-byte slot per argument. The
-//! `sched/` offsets below were read from this kernel's `format` files.
+//! One module per program family; `maps`, `helpers` and `emit` are what
+//! they share, and no module imports one that imports it back.
 #![no_std]
 #![no_main]
 

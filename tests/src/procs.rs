@@ -198,10 +198,14 @@ impl Agent {
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
         // `name.protocol`: a counter kept by protocol.
-        let counter = key.split('.').next().unwrap_or(key);
+        let (counter, protocol) = key.split_once('.').unwrap_or((key, ""));
         assert!(
             shown.is_some() || counter_names().contains(&counter),
             "the agent has no counter {counter:?}"
+        );
+        assert!(
+            protocol.is_empty() || protocol_names().contains(&protocol),
+            "the agent has no protocol {protocol:?}"
         );
         Some(shown.unwrap_or(0))
     }
@@ -619,5 +623,15 @@ pub fn counter_names() -> Vec<&'static str> {
             let (kind, name) = l.trim().strip_suffix(',')?.split_once(' ')?;
             ["total", "loss", "gauge"].contains(&kind).then_some(name)
         })
+        .collect()
+}
+
+/// Every protocol the agent recognises (agent/src/conn/detect.rs's
+/// `protocol: "…"` entries): the names counters are kept by.
+pub fn protocol_names() -> Vec<&'static str> {
+    include_str!("../../agent/src/conn/detect.rs")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("protocol: \""))
+        .filter_map(|l| l.split('"').next())
         .collect()
 }

@@ -30,8 +30,6 @@ impl EventPath {
         self.notice_dropped_events(&kernel);
     }
 
-    /// The probes' counters into the agent's, as totals so far, and the
-    /// gauges of what is traced now.
     /// The kernel dropped events since the last tick: some connection
     /// missed segments, which one is not known.
     pub(super) fn notice_dropped_events(&mut self, c: &[u64]) {

@@ -457,8 +457,9 @@ impl Tracker {
     }
 
     /// Feeds a connection's protocol, and carries out what it says; a
-    /// connection still being detected goes to the detectors first. One
-    /// lookup of the table on the way of every segment of a known protocol.
+    /// connection still being detected goes to the detectors first (and
+    /// comes back here once one took it, so a known protocol's segments
+    /// never pass through detection).
     fn run(&mut self, key: ConnKey, task: Task, egress: bool, seg: Segment<'_>) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -1278,8 +1279,6 @@ mod tests {
         assert_eq!(outcome(&done[0]), Outcome::ResponseLost);
     }
 
-    /// An outgoing connection whose first bytes are RESP is a Redis client:
-    /// its commands pair with their replies into database calls.
     /// A MySQL greeting's 4-byte header read alone is held, and judged
     /// with the read that follows; a write instead gives the connection up.
     #[test]
@@ -1314,6 +1313,8 @@ mod tests {
         assert_eq!(t.take_evictions(), [other]);
     }
 
+    /// An outgoing connection whose first bytes are RESP is a Redis client:
+    /// its commands pair with their replies into database calls.
     #[test]
     fn outgoing_resp_becomes_redis_calls() {
         let mut t = Tracker::new(limits(), Default::default(), Arc::default());

@@ -539,6 +539,25 @@ mod tests {
         loaded.sort_unstable();
         assert!(in_object.len() > 20, "{in_object:?}");
         assert_eq!(in_object, loaded);
+        // No uretprobe on a Go function (ARCHITECTURE.md, "Go"): Go's
+        // return probes are entry uprobes at its RET instructions.
+        let go: Vec<_> = file
+            .symbols()
+            .filter(|s| s.name().is_ok_and(|n| n.starts_with("go_")))
+            .collect();
+        assert!(go.len() >= 4, "{} Go programs", go.len());
+        for s in go {
+            let section = s
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .and_then(|sec| sec.name().ok().map(str::to_owned))
+                .unwrap_or_default();
+            assert!(
+                section.starts_with("uprobe"),
+                "{:?} is in {section}",
+                s.name()
+            );
+        }
     }
 
     #[test]

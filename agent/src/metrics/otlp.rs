@@ -107,30 +107,36 @@ pub fn request(
             attributes,
             ..Default::default()
         };
-        // Kept by protocol: a point per protocol (they sum to the total),
-        // once there is any.
-        let by = stats.by_protocol(counter);
-        let data_points = if by.is_empty() {
-            vec![point(value, Vec::new())]
-        } else {
-            by.into_iter()
-                .map(|(protocol, n)| point(n, vec![kv("protocol", &Value::from(protocol))]))
-                .collect()
-        };
-        let data = if counter.kind == Kind::Gauge {
-            Data::Gauge(Gauge { data_points })
-        } else {
-            Data::Sum(Sum {
-                data_points,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                is_monotonic: true,
-            })
+        let data = |data_points| {
+            if counter.kind == Kind::Gauge {
+                Data::Gauge(Gauge { data_points })
+            } else {
+                Data::Sum(Sum {
+                    data_points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })
+            }
         };
         own.push(ProtoMetric {
             name: format!("zerospan.{name}"),
-            data: Some(data),
+            data: Some(data(vec![point(value, Vec::new())])),
             ..Default::default()
         });
+        // Kept by protocol too: a metric of its own with a `protocol`
+        // attribute, so that the total never changes shape.
+        let by = stats.by_protocol(counter);
+        if !by.is_empty() {
+            let points = by
+                .into_iter()
+                .map(|(protocol, n)| point(n, vec![kv("protocol", &Value::from(protocol))]))
+                .collect();
+            own.push(ProtoMetric {
+                name: format!("zerospan.{name}.by_protocol"),
+                data: Some(data(points)),
+                ..Default::default()
+            });
+        }
     }
     let scope = InstrumentationScope {
         name: "zerospan".into(),

@@ -57,17 +57,20 @@ pub fn render(registry: &Registry, stats: &Stats) -> String {
         } else {
             ("counter", "_total")
         };
-        let _ = writeln!(out, "# TYPE zerospan_{name}{suffix} {kind}");
-        // Kept by protocol: one series per protocol (they sum to the
-        // total), once there is any.
+        let _ = writeln!(
+            out,
+            "# TYPE zerospan_{name}{suffix} {kind}\nzerospan_{name}{suffix} {value}"
+        );
+        // Kept by protocol too: a family of its own with a `protocol`
+        // label, so that the total's series never changes shape.
         let by = stats.by_protocol(counter);
-        if by.is_empty() {
-            let _ = writeln!(out, "zerospan_{name}{suffix} {value}");
+        if !by.is_empty() {
+            let _ = writeln!(out, "# TYPE zerospan_{name}_by_protocol{suffix} {kind}");
         }
         for (protocol, n) in by {
             let _ = writeln!(
                 out,
-                "zerospan_{name}{suffix}{{protocol=\"{protocol}\"}} {n}"
+                "zerospan_{name}_by_protocol{suffix}{{protocol=\"{protocol}\"}} {n}"
             );
         }
     }

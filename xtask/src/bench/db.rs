@@ -88,8 +88,11 @@ fn report(title: &str, rows: &[Row<'_>], runs: &[AgentRun]) {
     );
     println!("agent peak RSS: {rss:.1} MiB");
     println!(
-        "spans created: {spans}, received by the collector: {received}; db desyncs: {}; events and spans dropped: {dropped}",
-        sum("desyncs")
+        "spans created: {spans}, received by the collector: {received}; database desyncs: {}; events and spans dropped: {dropped}",
+        ["redis", "memcached", "postgresql", "mysql"]
+            .map(|p| sum(&format!("desyncs.{p}")))
+            .iter()
+            .sum::<u64>()
     );
 }
 

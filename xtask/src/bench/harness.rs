@@ -157,8 +157,14 @@ pub fn stat_value(stats: &str, key: &str) -> u64 {
     let shown = stats
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok());
-    // `name.protocol`: a counter kept by protocol.
-    let counter = key.split('.').next().unwrap_or(key);
+    // `name.protocol`: a counter kept by protocol, by a protocol the
+    // detector table names.
+    let (counter, protocol) = key.split_once('.').unwrap_or((key, ""));
+    let protocols = include_str!("../../../agent/src/conn/detect.rs");
+    assert!(
+        protocol.is_empty() || protocols.contains(&format!("protocol: \"{protocol}\"")),
+        "the agent has no protocol {protocol:?}"
+    );
     let declared = include_str!("../../../agent/src/stats.rs")
         .lines()
         .filter_map(|l| l.trim().strip_suffix(','))
