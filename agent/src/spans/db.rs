@@ -142,7 +142,7 @@ pub fn record(system: &'static str, call: &Call, ends: Endpoints, tgid: u32) -> 
         attrs.push(("db.query.text", op.query_text.as_str().into()));
     }
     if let Some(peer) = ends.peer {
-        attrs.push(("server.address", peer.ip().to_string().into()));
+        attrs.push(("server.address", super::http::ip_text(peer.ip()).into()));
         attrs.push(("server.port", i64::from(peer.port()).into()));
     }
     peer_attributes(&mut attrs, ends);

@@ -107,7 +107,7 @@ pub fn record(c: &Call, role: Role, ends: Endpoints, tgid: u32) -> Record {
         .or_else(|| {
             fallback
                 .filter(|a| !a.ip().is_unspecified())
-                .map(|a| (a.ip().to_string(), Some(a.port())))
+                .map(|a| (super::http::ip_text(a.ip()), Some(a.port())))
         });
     if let Some((host, port)) = server {
         attrs.push(("server.address", host.into()));
