@@ -54,35 +54,27 @@ impl Counter {
     pub fn store(&self, value: u64, order: Ordering) {
         let before = self.value.swap(value, order);
         if value > before {
-            self.grew(before, value);
+            self.grew(before, value, None);
         }
     }
 
-    fn add(&self, n: u64) {
+    /// Adds `n`; `protocol`, for a counter kept by protocol too, is named
+    /// in the log.
+    fn add(&self, n: u64, protocol: Option<&str>) {
         let before = self.value.fetch_add(n, Ordering::Relaxed);
-        self.grew(before, before + n);
-    }
-
-    /// Adds `n` from `protocol` (named in the log) to a counter kept by
-    /// protocol too.
-    fn add_from(&self, n: u64, protocol: &str) {
-        let before = self.value.fetch_add(n, Ordering::Relaxed);
-        if self.kind == Kind::Loss && magnitude(before) != magnitude(before + n) {
-            log::info!(
-                "{}={} (the last in {protocol}): {}",
-                self.name,
-                before + n,
-                self.why.trim()
-            );
-        }
+        self.grew(before, before + n, protocol);
     }
 
     /// Logs a loss the first time, then at each new power of ten.
-    fn grew(&self, before: u64, now: u64) {
+    fn grew(&self, before: u64, now: u64, protocol: Option<&str>) {
         if self.kind != Kind::Loss || magnitude(before) == magnitude(now) {
             return;
         }
-        log::info!("{}={now}: {}", self.name, self.why.trim());
+        let why = self.why.trim();
+        match protocol {
+            Some(p) => log::info!("{}={now} (the last in {p}): {why}", self.name),
+            None => log::info!("{}={now}: {why}", self.name),
+        }
     }
 }
 
@@ -339,7 +331,7 @@ impl Stats {
                 None => by.push((counter.name, protocol, n)),
             }
         }
-        counter.add_from(n, protocol);
+        counter.add(n, Some(protocol));
     }
 
     /// `counter`'s counts by protocol, if it is kept that way.
@@ -358,20 +350,12 @@ impl Stats {
 
     pub fn add(counter: &Counter, n: u64) {
         if n > 0 {
-            counter.add(n);
+            counter.add(n, None);
         }
     }
 
     pub fn inc(counter: &Counter) {
-        counter.add(1);
-    }
-
-    /// `(name, value)` for every counter, in declaration order.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        self.all()
-            .iter()
-            .map(|c| (c.name, c.load(Ordering::Relaxed)))
-            .collect()
+        counter.add(1, None);
     }
 
     /// The stats line: the counters that are not zero, `name=value`, in

@@ -584,7 +584,7 @@ impl Protocol for MysqlConn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::test_support::{opts, seg};
 
@@ -595,7 +595,8 @@ mod tests {
         p
     }
 
-    fn greeting(deprecate_eof: bool) -> Vec<u8> {
+    /// A MariaDB server's greeting packet, header included.
+    pub(in crate::conn) fn greeting(deprecate_eof: bool) -> Vec<u8> {
         let mut caps = caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::CONNECT_WITH_DB;
         if deprecate_eof {
             caps |= caps::DEPRECATE_EOF;

@@ -1283,26 +1283,19 @@ mod tests {
     /// with the read that follows; a write instead gives the connection up.
     #[test]
     fn a_held_greeting_header_is_judged_with_the_next_read() {
-        let mut body = vec![10];
-        body.extend_from_slice(b"8.0.36\0");
-        body.extend_from_slice(&[1, 0, 0, 0]);
-        body.extend_from_slice(b"abcdefgh\0");
-        body.extend_from_slice(&[0xff, 0xf7, 45, 2, 0, 0xff, 0x81, 21]);
-        body.extend_from_slice(&[0; 10]);
-        body.extend_from_slice(b"abcdefghijkl\0mysql_native_password\0");
-        let mut header = (body.len() as u32).to_le_bytes();
-        header[3] = 0;
+        let greeting = crate::conn::mysql::tests::greeting(false);
+        let (header, body) = greeting.split_at(4);
         let mut t = Tracker::new(limits(), Default::default(), Arc::default());
         t.open(KEY, origin::CONNECTED, None, None, 0);
-        feed(&mut t, KEY, Task::thread(1), false, seg(&header, 10));
+        feed(&mut t, KEY, Task::thread(1), false, seg(header, 10));
         assert!(t.take_deepened().is_empty(), "held, not yet judged");
-        feed(&mut t, KEY, Task::thread(1), false, seg(&body, 11));
+        feed(&mut t, KEY, Task::thread(1), false, seg(body, 11));
         assert_eq!(t.take_deepened(), [(KEY, Deepen::Database)]);
         assert!(t.take_evictions().is_empty());
 
         let other = ConnKey { fd: 9, ..KEY };
         t.open(other, origin::CONNECTED, None, None, 0);
-        feed(&mut t, other, Task::thread(1), false, seg(&header, 10));
+        feed(&mut t, other, Task::thread(1), false, seg(header, 10));
         feed(
             &mut t,
             other,

@@ -516,17 +516,18 @@ mod tests {
         use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
         let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/zerospan"));
         let file = object::File::parse(&bytes[..]).unwrap();
+        let section_of = |s: &object::Symbol<'_, '_>| -> String {
+            s.section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .and_then(|sec| sec.name().ok().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        // Programs live in their own sections (`tracepoint/…`, `uprobe/…`,
+        // `sk_msg`); helpers not inlined stay in .text.
         let mut in_object: Vec<&str> = file
             .symbols()
             .filter(|s| s.kind() == SymbolKind::Text && s.is_global())
-            .filter(|s| {
-                // Programs live in their own sections (`tracepoint/…`,
-                // `uprobe/…`, `sk_msg`); helpers not inlined stay in .text.
-                s.section_index()
-                    .and_then(|i| file.section_by_index(i).ok())
-                    .and_then(|sec| sec.name().ok().map(|n| n != ".text"))
-                    .unwrap_or(false)
-            })
+            .filter(|s| !matches!(section_of(s).as_str(), "" | ".text"))
             .filter_map(|s| s.name().ok())
             .collect();
         in_object.sort_unstable();
@@ -547,11 +548,7 @@ mod tests {
             .collect();
         assert!(go.len() >= 4, "{} Go programs", go.len());
         for s in go {
-            let section = s
-                .section_index()
-                .and_then(|i| file.section_by_index(i).ok())
-                .and_then(|sec| sec.name().ok().map(str::to_owned))
-                .unwrap_or_default();
+            let section = section_of(&s);
             assert!(
                 section.starts_with("uprobe"),
                 "{:?} is in {section}",
