@@ -150,6 +150,11 @@ counters! {
     /// Node.js TLS calls made inside another on the same thread (a
     /// callback writing while a read runs): their plaintext is not read.
     loss kernel_tls_calls_nested,
+    /// HTTP/2 connection directions the probes stopped following frame by
+    /// frame (a buffer of more frames than one walk takes, a walk
+    /// interrupted): captured in chunks from then on, so a large write may
+    /// cost the framing (`desyncs.http2`).
+    loss kernel_h2_unfollowed,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no
     /// socket got: past the bounds, from before the socket that claimed

@@ -289,6 +289,10 @@ pub mod sock_flags {
     pub const PEER_UNKNOWN: u32 = 256;
     /// That peer was reported.
     pub const PEER_SEEN: u32 = 512;
+    /// HTTP/2 from its first byte (the probes saw the client preface): the
+    /// probes follow its frames in both directions, copying every frame
+    /// but DATA payloads (see `h2_frames` in the probes).
+    pub const H2_FRAMES: u32 = 1024;
 }
 
 /// PostgreSQL's startup-phase request codes (the second 32-bit word of an
@@ -396,7 +400,11 @@ pub mod counter {
     /// thread (a Node.js callback writing on one connection while a read
     /// on another runs): its plaintext is not sent.
     pub const TLS_CALL_NESTED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// The probes stopped following an HTTP/2 connection's frames in one
+    /// direction (a buffer with more frames than one walk takes, or a
+    /// walk interrupted): its bytes are captured in chunks from then on.
+    pub const H2_UNFOLLOWED: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(feature = "user")]

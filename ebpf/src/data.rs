@@ -15,8 +15,11 @@ use zerospan_common::{counter, direction, kind, sock_flags, traced};
 use crate::{
     emit::{emit_chunks, emit_iovecs, emit_segment},
     go_runtime,
+    h2_frames::{emit_frames, follow},
     helpers::{arg, bump, header, ret, sock_key},
-    maps::{Buf, Iovec, SockRef, SyscallArgs, ARGS, LAST_READ, LATE, SOCKS, TLS_CALLS, TRACED},
+    maps::{
+        depth, Buf, Iovec, SockRef, SyscallArgs, ARGS, LAST_READ, LATE, SOCKS, TLS_CALLS, TRACED,
+    },
     propagate,
     sniff::{is_h2_preface, is_mysql_greeting, is_pg_startup},
     tls::tls_nested_write,
@@ -73,7 +76,7 @@ fn data_args(
                 direction: dir,
                 family: 0,
                 peer_port: 0,
-                deep: 0,
+                deep: depth::PREFIX,
                 first_read: 0,
                 fd,
                 _pad: 0,
@@ -90,16 +93,33 @@ fn data_args(
     if sock.flags & sock_flags::TLS != 0 {
         return None;
     }
+    let mut buf = buf;
+    let mut ptr = ptr;
+    let mut count = count;
+    if buf == Buf::Msg {
+        // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24.
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
+        let len = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
+        buf = Buf::Iov;
+        ptr = iov;
+        count = len;
+    }
     if dir == direction::EGRESS
-        && buf == Buf::Plain
+        && matches!(buf, Buf::Plain | Buf::Iov)
         && sock.flags & (sock_flags::OUTGOING | sock_flags::FIRST_WRITE_SEEN)
             == sock_flags::OUTGOING
     {
         sock.flags |= sock_flags::FIRST_WRITE_SEEN;
-        if is_pg_startup(ptr, count) {
+        // Of writev/sendmsg, the first iovec entry, whole: h2load writes
+        // its preface so.
+        let whole = if buf == Buf::Iov { u64::MAX } else { count };
+        let (first, first_len) = first_buffer(buf, ptr, whole);
+        if is_pg_startup(first, first_len) {
             sock.flags |= sock_flags::DEEP_READS;
-        } else if is_h2_preface(ptr, count) {
-            sock.flags |= sock_flags::DEEP_READS;
+        } else if is_h2_preface(first, first_len) {
+            sock.flags |= sock_flags::DEEP_READS | sock_flags::H2_FRAMES;
+            follow(sock_key(tgid, fd), sock.conn_id, direction::EGRESS, false);
         }
     }
     // Marked seen at exit, once a read returns data: clients on
@@ -117,24 +137,19 @@ fn data_args(
     } else {
         sock.flags & sock_flags::DEEP_READS != 0
     };
-    let mut buf = buf;
-    let mut ptr = ptr;
-    let mut count = count;
-    if buf == Buf::Msg {
-        // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24.
-        // SAFETY: bpf_probe_read_user validates the user pointer.
-        let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
-        let len = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
-        buf = Buf::Iov;
-        ptr = iov;
-        count = len;
-    }
+    let deep = if !deep {
+        depth::PREFIX
+    } else if sock.flags & sock_flags::H2_FRAMES != 0 {
+        depth::FRAMES
+    } else {
+        depth::CHUNKS
+    };
     Some(SyscallArgs {
         buf,
         direction: dir,
         family: 0,
         peer_port: 0,
-        deep: u8::from(deep),
+        deep,
         first_read: u8::from(first_read),
         fd,
         _pad: 0,
@@ -145,6 +160,20 @@ fn data_args(
         peer_addr: [0; 16],
         goroutine: 0,
     })
+}
+
+/// The first buffer a syscall moves: its own (`len` octets), or its iovec
+/// array's first entry (at most `len` octets of it).
+#[inline(always)]
+fn first_buffer(buf: Buf, ptr: u64, len: u64) -> (u64, u64) {
+    if buf != Buf::Iov {
+        return (ptr, len);
+    }
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    match unsafe { bpf_probe_read_user(ptr as *const Iovec) } {
+        Ok(v) => (v.base, if v.len < len { v.len } else { len }),
+        Err(_) => (0, 0),
+    }
 }
 
 /// Entry of a data syscall: remember its arguments if `fd` is a tracked socket.
@@ -294,20 +323,11 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     hdr.ts_exit_ns = now;
     hdr.goroutine = args.goroutine;
     let moved = moved as u64;
-    let mut deep = args.deep != 0;
+    let mut deep = args.deep;
     if args.first_read != 0 {
         // The first buffer the read filled: of readv/recvmsg, the first
         // iovec entry's.
-        let (first, first_len) = match stashed {
-            Buf::Iov => {
-                // SAFETY: bpf_probe_read_user validates the user pointer.
-                match unsafe { bpf_probe_read_user(args.ptr as *const Iovec) } {
-                    Ok(v) => (v.base, if v.len < moved { v.len } else { moved }),
-                    Err(_) => (0, 0),
-                }
-            }
-            _ => (args.ptr, moved),
-        };
+        let (first, first_len) = first_buffer(stashed, args.ptr, moved);
         if let Some(sock) = SOCKS.get_ptr_mut(&sock_key(tgid, args.fd)) {
             // SAFETY: map values stay valid for the program's run.
             let flags = unsafe { (*sock).flags };
@@ -322,8 +342,11 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
                 }
             } else if is_h2_preface(first, first_len) {
                 // This read too: the preface's first HEADERS may be in it.
-                deep = true;
-                sock_flags::DEEP_READS | sock_flags::DEEP_WRITES
+                deep = depth::FRAMES;
+                // SAFETY: as above.
+                let conn_id = unsafe { (*sock).conn_id };
+                follow(sock_key(tgid, args.fd), conn_id, direction::INGRESS, false);
+                sock_flags::DEEP_READS | sock_flags::DEEP_WRITES | sock_flags::H2_FRAMES
             } else {
                 0
             };
@@ -333,13 +356,25 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
     }
     if stashed == Buf::Plain && dir == direction::INGRESS {
         propagate::server_request_read(pid_tgid, args.fd, args.conn_id, args.ptr, moved, now);
-    } else if dir == direction::EGRESS && args.deep == 0 {
+    } else if dir == direction::EGRESS && args.deep == depth::PREFIX {
         propagate::server_response_written(pid_tgid as u32, args.fd);
     }
     if nested_tls {
         tls_nested_write(pid_tgid, tgid, args.fd);
         return;
     }
+    if deep == depth::FRAMES {
+        let key = sock_key(tgid, args.fd);
+        let followed = match stashed {
+            Buf::Plain => emit_frames(&hdr, key, args.ptr, 0, 0, moved),
+            Buf::Iov => emit_frames(&hdr, key, 0, args.ptr, args.count, moved),
+            _ => false,
+        };
+        if followed {
+            return;
+        }
+    }
+    let deep = deep != depth::PREFIX;
     match stashed {
         Buf::Plain if deep => emit_chunks(&hdr, args.ptr, moved),
         Buf::Plain => emit_segment(&hdr, args.ptr, moved),

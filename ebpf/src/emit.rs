@@ -97,7 +97,7 @@ pub(crate) fn emit_segment(hdr: &EventHeader, src: u64, len: u64) {
 
 /// Sends `len` bytes at `src` as one segment, at most `limit` of them copied.
 #[inline(always)]
-fn emit_bytes(hdr: &EventHeader, src: u64, len: u64, limit: u64) {
+pub(crate) fn emit_bytes(hdr: &EventHeader, src: u64, len: u64, limit: u64) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -14,6 +14,7 @@ mod data;
 mod emit;
 mod go_runtime;
 mod go_tls;
+mod h2_frames;
 mod helpers;
 mod maps;
 mod node_loop;

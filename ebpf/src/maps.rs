@@ -67,10 +67,20 @@ pub(crate) static LAST_READ: LruHashMap<u64, SockRef> = LruHashMap::with_max_ent
 pub(crate) static SSL_FDS: LruHashMap<SslKey, SockRef> = LruHashMap::with_max_entries(65536, 0);
 
 /// TLS library objects whose writes were sent with no socket (see
-/// `send_unowned`); the value is 1 when the first of them asks for the
-/// socket's reads to be captured deeply.
+/// `send_unowned`); the value, one of [`unowned`], is what the first of
+/// them asks of the socket's reads.
 #[map]
 pub(crate) static UNOWNED: LruHashMap<SslKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// What a held first write asks of its socket's reads.
+pub(crate) mod unowned {
+    /// Nothing.
+    pub(crate) const PLAIN: u8 = 0;
+    /// Deep capture: a PostgreSQL startup.
+    pub(crate) const DEEP_READS: u8 = 1;
+    /// Followed frame by frame: the HTTP/2 client preface.
+    pub(crate) const H2: u8 = 2;
+}
 
 /// Plaintext bytes of each TLS library object already sent ahead of what
 /// its writes reported done: a write that failed or moved less after its
@@ -119,6 +129,17 @@ pub(crate) enum Buf {
     Tls = 7,
 }
 
+/// How deeply a data syscall's bytes are captured.
+pub(crate) mod depth {
+    /// A prefix of the buffer (of each iovec entry).
+    pub(crate) const PREFIX: u8 = 0;
+    /// In chunks (an outgoing socket's request, a database response).
+    pub(crate) const CHUNKS: u8 = 1;
+    /// Frame by frame: HTTP/2 followed from its first octet (see
+    /// `h2_frames`).
+    pub(crate) const FRAMES: u8 = 2;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct SyscallArgs {
@@ -126,8 +147,7 @@ pub(crate) struct SyscallArgs {
     pub(crate) direction: u8,
     pub(crate) family: u16,
     pub(crate) peer_port: u16,
-    /// Capture these bytes in chunks (an outgoing socket's request, or a
-    /// database response).
+    /// How deeply to capture these bytes: [`depth`].
     pub(crate) deep: u8,
     /// The first read of an outgoing socket that has not written yet:
     /// look at it for a MySQL/MariaDB greeting.

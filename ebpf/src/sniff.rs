@@ -4,7 +4,7 @@
 //! buffer (the agent's detector table, agent/src/conn/detect.rs, lists
 //! them).
 
-use aya_ebpf::helpers::bpf_probe_read_user;
+use aya_ebpf::helpers::{bpf_probe_read_user, generated};
 use zerospan_common::PG_STARTUP_CODES;
 
 /// Is the write at `ptr` a PostgreSQL startup packet (length, then a
@@ -52,16 +52,38 @@ pub(crate) fn is_mysql_greeting(ptr: u64, moved: u64) -> bool {
     len + 4 <= moved && rest[0] == 10 && rest[1].is_ascii_digit()
 }
 
-/// Does the read at `ptr` start with the HTTP/2 client preface? Its first
-/// eight octets, `PRI * HT`, are no HTTP/1 method's and no TLS record's.
+/// Does the buffer at `ptr` start with the HTTP/2 client preface? Its
+/// first eight octets, `PRI * HT`, are no HTTP/1 method's and no TLS
+/// record's; as few as three of them, `PRI` (the method RFC 9113 reserved
+/// so that no HTTP/1 request starts so), are enough, for a client that
+/// writes its preface in pieces (the `h2` package flushes whatever the
+/// application writes) and a server that reads it so.
 #[inline(always)]
 pub(crate) fn is_h2_preface(ptr: u64, moved: u64) -> bool {
-    if moved < 8 {
+    const PRI: &[u8; 8] = b"PRI * HT";
+    if moved < 3 {
         return false;
     }
-    // SAFETY: bpf_probe_read_user validates the user pointer.
-    matches!(
-        unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) },
-        Ok(head) if &head == b"PRI * HT"
-    )
+    let n = if moved < 8 { moved as u32 } else { 8 };
+    let mut head = [0u8; 8];
+    // SAFETY: at most 8 octets into `head`; bpf_probe_read_user validates
+    // the user pointer.
+    let r = unsafe {
+        generated::bpf_probe_read_user(
+            head.as_mut_ptr().cast(),
+            n & 15,
+            ptr as *const core::ffi::c_void,
+        )
+    };
+    if r != 0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < 8 {
+        if (i as u32) < n && head[i] != PRI[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }

@@ -11,6 +11,7 @@ use zerospan_common::{counter, kind, origin, sock_flags, ConnEvent, SockInfo};
 use crate::{
     data::stash,
     emit::output,
+    h2_frames,
     helpers::{arg, bump, header, ret, sock_key, traced_tgid},
     maps::{Buf, SyscallArgs, AF_INET, AF_INET6, ARGS, EINPROGRESS, SOCKS},
 };
@@ -214,6 +215,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SOCKS.remove(&key);
+    if info.flags & sock_flags::H2_FRAMES != 0 {
+        h2_frames::forget(key);
+    }
     let mut hdr = header(kind::CONN_CLOSE, 0, tgid, tid, fd, info.conn_id);
     // SAFETY: helper has no preconditions.
     hdr.ts_enter_ns = unsafe { bpf_ktime_get_ns() };

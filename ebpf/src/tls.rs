@@ -11,9 +11,11 @@ use zerospan_common::{counter, direction, kind, sock_flags, source, traced, Owne
 
 use crate::{
     emit::{emit_chunks, emit_segment, output},
+    h2_frames::{emit_frames, follow},
     helpers::{bump, header, sock_key, traced_tgid},
     maps::{
-        SockRef, SslKey, TlsCall, LAST_READ, SOCKS, SSL_FDS, TLS_CALLS, TLS_CREDIT, TRACED, UNOWNED,
+        unowned, SockRef, SslKey, TlsCall, LAST_READ, SOCKS, SSL_FDS, TLS_CALLS, TLS_CREDIT,
+        TRACED, UNOWNED,
     },
     propagate,
     sniff::{is_h2_preface, is_pg_startup},
@@ -204,8 +206,14 @@ fn send_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, call: &TlsCall, moved: u
     if unsafe { UNOWNED.get(key) }.is_none() {
         // The first write decides what the socket's reads need, as
         // `emit_plaintext` does for a socket it knows.
-        let deep = is_pg_startup(call.buf, moved) || is_h2_preface(call.buf, moved);
-        let _ = UNOWNED.insert(key, &u8::from(deep), 0);
+        let deep = if is_pg_startup(call.buf, moved) {
+            unowned::DEEP_READS
+        } else if is_h2_preface(call.buf, moved) {
+            unowned::H2
+        } else {
+            unowned::PLAIN
+        };
+        let _ = UNOWNED.insert(key, &deep, 0);
     }
     let mut hdr = header(
         kind::DATA,
@@ -246,8 +254,14 @@ fn claim_unowned(pid_tgid: u64, tgid: u32, key: &SslKey, fd: i32) {
         return;
     }
     sock.flags |= sock_flags::TLS | sock_flags::FIRST_TLS_WRITE_SEEN;
-    if deep != 0 && sock.flags & sock_flags::OUTGOING != 0 {
+    if deep != unowned::PLAIN && sock.flags & sock_flags::OUTGOING != 0 {
         sock.flags |= sock_flags::DEEP_READS;
+        if deep == unowned::H2 {
+            // Its reads are followed from this, the first; its writes
+            // so far went out held, so they are not.
+            sock.flags |= sock_flags::H2_FRAMES;
+            follow(sock_key(tgid, fd), sock.conn_id, direction::EGRESS, true);
+        }
     }
     output(&OwnerEvent {
         header: header(
@@ -346,7 +360,8 @@ pub(crate) fn emit_plaintext(
         if is_pg_startup(call.buf + skip, moved) {
             sock.flags |= sock_flags::DEEP_READS;
         } else if is_h2_preface(call.buf + skip, moved) {
-            sock.flags |= sock_flags::DEEP_READS;
+            sock.flags |= sock_flags::DEEP_READS | sock_flags::H2_FRAMES;
+            follow(sock_key(tgid, fd), sock.conn_id, direction::EGRESS, false);
         }
     }
     // HTTP/2 inside TLS (ALPN h2): the preface is the first plaintext an
@@ -356,7 +371,8 @@ pub(crate) fn emit_plaintext(
     {
         sock.flags |= sock_flags::FIRST_TLS_READ_SEEN;
         if is_h2_preface(call.buf + skip, moved) {
-            sock.flags |= sock_flags::DEEP_READS | sock_flags::DEEP_WRITES;
+            sock.flags |= sock_flags::DEEP_READS | sock_flags::DEEP_WRITES | sock_flags::H2_FRAMES;
+            follow(sock_key(tgid, fd), sock.conn_id, direction::INGRESS, false);
         }
     }
     let deep = if call.direction == direction::EGRESS {
@@ -392,7 +408,10 @@ pub(crate) fn emit_plaintext(
             propagate::server_response_written(pid_tgid as u32, fd);
         }
     }
-    if deep {
+    let frames = sock.flags & sock_flags::H2_FRAMES != 0;
+    if deep && frames && emit_frames(&hdr, sock_key(tgid, fd), call.buf + skip, 0, 0, moved) {
+        // Sent frame by frame.
+    } else if deep {
         emit_chunks(&hdr, call.buf + skip, moved);
     } else {
         emit_segment(&hdr, call.buf + skip, moved);

@@ -502,10 +502,16 @@ impl Nginx {
 
     /// As [`Nginx::start_tls`], offering HTTP/2 by ALPN.
     pub fn start_tls_h2(root: &Path, port: u16) -> Nginx {
+        Nginx::start_tls_h2_with(root, port, "")
+    }
+
+    /// As [`Nginx::start_tls_h2`], with more directives for the server
+    /// (`ssl_buffer_size 64k;`: up to 64 KiB of plaintext per `SSL_write`).
+    pub fn start_tls_h2_with(root: &Path, port: u16, more: &str) -> Nginx {
         let (cert, key) = self_signed_cert(root);
         let listen = format!(
             "listen 127.0.0.1:{port} ssl http2; ssl_certificate {}; ssl_certificate_key {}; \
-             ssl_protocols TLSv1.2 TLSv1.3;",
+             ssl_protocols TLSv1.2 TLSv1.3; {more}",
             cert.display(),
             key.display()
         );

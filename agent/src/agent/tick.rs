@@ -82,6 +82,7 @@ impl EventPath {
             (&st.kernel_go_conn_unknown, counter::GO_CONN_UNKNOWN),
             (&st.kernel_go_g_mismatch, counter::GO_G_MISMATCH),
             (&st.kernel_tls_calls_nested, counter::TLS_CALL_NESTED),
+            (&st.kernel_h2_unfollowed, counter::H2_UNFOLLOWED),
             (&st.kernel_context_injected, counter::INJECTED),
             (&st.kernel_context_had_header, counter::INJECT_HAD_HEADER),
             (&st.kernel_context_gave_up, counter::INJECT_GAVE_UP),

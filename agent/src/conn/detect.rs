@@ -131,6 +131,11 @@ pub static DETECTORS: &[Detector] = &[
                     Role::Server
                 }
                 Met::Connected if s.egress && h2::starts_preface(s.bytes) => Role::Client,
+                // A client that reads the server's SETTINGS before it
+                // writes its own preface (h2load against nghttpd, which
+                // sends them on accept): its framer still asks for that
+                // preface before anything it writes.
+                Met::Connected if !s.egress && h2::starts_server_preface(s.bytes) => Role::Client,
                 Met::Connected => return Recognised::No,
                 Met::Joined if h2::starts_preface(s.bytes) => s.role_by_direction(),
                 Met::Joined => {
@@ -345,6 +350,14 @@ mod tests {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         assert_eq!(found(Met::Accepted, false, preface), Some("http2"));
         assert_eq!(found(Met::Connected, true, preface), Some("http2"));
+        // The server's SETTINGS, read before the client's preface is written.
+        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        assert_eq!(found(Met::Connected, false, &settings), Some("http2"));
+        // A SETTINGS acknowledgement is no server's first frame.
+        assert_eq!(
+            found(Met::Connected, false, &[0, 0, 0, 4, 1, 0, 0, 0, 0]),
+            Some("http")
+        );
         assert_eq!(found(Met::Joined, false, preface), Some("http2"));
         let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
         assert_eq!(found(Met::Connected, true, get), Some("redis"));

@@ -43,9 +43,9 @@ pub fn starts_preface(bytes: &[u8]) -> bool {
     n >= 4 && bytes[..n] == PREFACE[..n]
 }
 
-/// Whether `bytes`, written first on an accepted connection, are a
-/// server's connection preface: a SETTINGS frame (RFC 9113 §3.4), which
-/// HTTP/2 servers may send before reading the client's.
+/// Whether `bytes`, the first an HTTP/2 server writes (or its client
+/// reads), are a server's connection preface: a SETTINGS frame (RFC 9113
+/// §3.4), which HTTP/2 servers may send before reading the client's.
 pub fn starts_server_preface(bytes: &[u8]) -> bool {
     match bytes {
         [l0, l1, l2, 4, flags, 0, 0, 0, 0, ..] => {

@@ -250,6 +250,9 @@ impl Probes {
             .override_global("FORK_CHILD_PID_OFFSET", &fork_child, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &exit_group_dead, true)
             .map_max_entries("SOCKS", s.max_connections)
+            // HTTP/2 connections followed frame by frame: a quarter of the
+            // connections (40 octets of value each).
+            .map_max_entries("H2_FRAMES", (s.max_connections / 4).max(64))
             .map_max_entries("TRACED", s.max_processes)
             .map_max_entries("LATE", s.max_processes)
             .map_max_entries("CONNECTING", s.max_processes)

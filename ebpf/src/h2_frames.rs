@@ -1,0 +1,410 @@
+//! HTTP/2 connections followed frame by frame: a buffer of any size goes
+//! out with every frame header and header block in it copied, and DATA
+//! payloads left out where they would cost a copy of their own. The
+//! agent's framer needs the first and goes without the second
+//! (`protocols/src/h2/frame.rs`); capture by position (`emit_chunks`)
+//! loses the framing as soon as a frame header falls past what it copies,
+//! which many large responses in one write do.
+//!
+//! Each direction of a followed connection keeps its place between
+//! buffers: the payload octets of the current frame still to come, whether
+//! they may go uncaptured, and a frame header split across buffers. A
+//! buffer becomes records of one copied prefix and an uncaptured rest:
+//! frames copied together up to `MAX_CAPTURE` octets, and a DATA payload
+//! that does not fit in the record being built left as its uncaptured
+//! rest.
+//!
+//! Nothing here can make the agent read a wrong header: the octets it gets
+//! are the buffer's, in order, and those it does not get are marked
+//! uncaptured. A walk that lost its place would cost the framing (the
+//! agent counts `desyncs.http2`), never a wrong field.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use zerospan_common::{counter, EventHeader, MAX_CAPTURE};
+
+use crate::{emit::emit_bytes, helpers::bump, maps::Iovec};
+
+const FRAME_HEADER: u64 = 9;
+const DATA: u8 = 0;
+const PADDED: u8 = 0x8;
+/// The client preface, followed as if it were a frame's payload.
+const PREFACE: u32 = 24;
+/// Steps one walk takes at most: each reads a frame header (or part of
+/// one), a payload (or `MAX_CAPTURE` octets of one), or an iovec entry.
+const MAX_STEPS: u32 = 8192;
+
+/// How a payload's octets go out.
+mod pay {
+    /// Copied: a header block, a control frame, the preface.
+    pub const COPY: u8 = 0;
+    /// Uncaptured unless it fits in the record being built: DATA.
+    pub const SKIP: u8 = 1;
+    /// One octet copied (a padded DATA frame's pad length), then `SKIP`.
+    pub const PAD_THEN_SKIP: u8 = 2;
+}
+
+/// Where one direction of a connection stands between buffers.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Place {
+    /// Payload octets of the current frame still to come.
+    left: u32,
+    /// [`pay`]: how they go out.
+    pay: u8,
+    /// Octets of the next frame header already seen, kept in `head`.
+    head_len: u8,
+    /// The walk gave up on this direction: captured in chunks instead.
+    lost: u8,
+    _pad: u8,
+    head: [u8; 8],
+}
+
+/// A followed connection's two directions, by [`zerospan_common::direction`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Frames {
+    conn_id: u64,
+    dirs: [Place; 2],
+}
+
+/// Followed connections, keyed like `SOCKS`. The agent sizes it from
+/// `--max-connections`; a connection pushed out is captured in chunks.
+#[map]
+pub(crate) static H2_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entries(16384, 0);
+
+/// One walk's state. In a map value, not on the stack: the verifier checks
+/// the step callback as a loop and does not track what a map holds, so its
+/// states converge at once (as `propagate::Scan`'s do).
+#[repr(C)]
+pub struct Walk {
+    /// Who walks now: the slot is per CPU, and a program preempted
+    /// mid-walk may find another's walk here when it resumes.
+    owner: u64,
+    hdr: EventHeader,
+    key: u64,
+    /// The iovec array and its next entry (a single buffer: none).
+    iov: u64,
+    iovcnt: u64,
+    next: u64,
+    /// The entry being walked, and the offset in it.
+    base: u64,
+    len: u64,
+    off: u64,
+    /// Octets of the buffer still to walk.
+    remaining: u64,
+    /// The record being built: `cap` octets copied from `src`, then
+    /// `rec_len - cap` uncaptured.
+    src: u64,
+    cap: u64,
+    rec_len: u64,
+    /// The direction's [`Place`], while walking.
+    left: u64,
+    pay: u64,
+    head_len: u64,
+    /// An iovec entry or a frame header could not be read.
+    failed: u64,
+    /// The frame header being read; room for a read of up to 15 octets at
+    /// any offset up to 15, which keeps the bounds plain to the verifier.
+    head: [u8; 32],
+}
+
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Starts following the connection `key` from its first octet: the
+/// direction `preface` begins with the client preface, the other with a
+/// frame. `preface_held`: the preface's direction so far went out with no
+/// socket (TLS writes held until their socket was known, see
+/// `tls::send_unowned`), so only the other direction is followed.
+#[inline(always)]
+pub(crate) fn follow(key: u64, conn_id: u64, preface: u8, preface_held: bool) {
+    let mut frames = Frames {
+        conn_id,
+        dirs: [Place {
+            left: 0,
+            pay: pay::COPY,
+            head_len: 0,
+            lost: 0,
+            _pad: 0,
+            head: [0; 8],
+        }; 2],
+    };
+    let p = (preface & 1) as usize;
+    frames.dirs[p].left = PREFACE;
+    frames.dirs[p].lost = u8::from(preface_held);
+    let _ = H2_FRAMES.insert(&key, &frames, 0);
+}
+
+/// The connection `key` closed.
+#[inline(always)]
+pub(crate) fn forget(key: u64) {
+    let _ = H2_FRAMES.remove(&key);
+}
+
+/// Sends the `moved` octets of a buffer (`iov` 0: at `src`) or an iovec
+/// array of the followed connection `key` as records, frame by frame.
+/// False when the connection is not followed in this direction: the
+/// caller captures as it would any deep buffer.
+#[inline(always)]
+pub(crate) fn emit_frames(
+    hdr: &EventHeader,
+    key: u64,
+    src: u64,
+    iov: u64,
+    iovcnt: u64,
+    moved: u64,
+) -> bool {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: helpers with no preconditions.
+    let owner = unsafe {
+        ((generated::bpf_get_prandom_u32() as u64) << 32) | generated::bpf_get_prandom_u32() as u64
+    };
+    // SAFETY: `w` is this CPU's slot.
+    unsafe {
+        (*w).owner = owner;
+        (*w).hdr = *hdr;
+        (*w).key = key;
+        (*w).iov = iov;
+        (*w).iovcnt = if iov == 0 { 0 } else { iovcnt };
+        (*w).next = 0;
+        (*w).base = src;
+        (*w).len = if iov == 0 { moved } else { 0 };
+        (*w).off = 0;
+        (*w).remaining = moved;
+    }
+    zerospan_h2_walk(w, owner) != 0
+}
+
+/// The walk. A global function (exported, so its BTF says so): the
+/// verifier checks it once, on its own, not again in every data program
+/// and every state it is called in (see `propagate::zerospan_newline`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
+    if w.is_null() {
+        return 0;
+    }
+    // SAFETY: not null; the verifier checked its size against `Walk`.
+    let w = unsafe { &mut *w };
+    let Some(frames) = H2_FRAMES.get_ptr_mut(&w.key) else {
+        return 0;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let frames = unsafe { &mut *frames };
+    if frames.conn_id != w.hdr.conn_id {
+        return 0;
+    }
+    let place = &mut frames.dirs[(w.hdr.direction & 1) as usize];
+    if place.lost != 0 {
+        return 0;
+    }
+    w.left = place.left as u64;
+    w.pay = place.pay as u64;
+    w.head_len = place.head_len as u64;
+    w.head[..8].copy_from_slice(&place.head);
+    w.src = 0;
+    w.cap = 0;
+    w.rec_len = 0;
+    w.failed = 0;
+    let mut cx = StepCx { w: &mut *w, owner };
+    // SAFETY: the callback only touches `*w`, for the duration of the call.
+    unsafe {
+        generated::bpf_loop(
+            MAX_STEPS,
+            h2_step as *mut c_void,
+            &mut cx as *mut StepCx as *mut c_void,
+            0,
+        );
+    }
+    if w.owner != owner {
+        // Another program's walk ran here meanwhile: this one's place is
+        // unknown.
+        place.lost = 1;
+        bump(counter::H2_UNFOLLOWED);
+        return 1;
+    }
+    flush(w);
+    if w.remaining > 0 || w.failed != 0 {
+        // Too many frames for one walk, or unreadable: the rest goes out
+        // uncaptured, and the framing with it.
+        if w.remaining > 0 {
+            emit_bytes(&w.hdr, 0, w.remaining, 0);
+        }
+        place.lost = 1;
+        bump(counter::H2_UNFOLLOWED);
+        return 1;
+    }
+    place.left = w.left as u32;
+    place.pay = w.pay as u8;
+    place.head_len = w.head_len as u8;
+    place.head.copy_from_slice(&w.head[..8]);
+    1
+}
+
+#[repr(C)]
+struct StepCx {
+    w: *mut Walk,
+    owner: u64,
+}
+
+/// One step of the walk.
+#[inline(never)]
+unsafe extern "C" fn h2_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `StepCx` `zerospan_h2_walk` passed, whose `w`
+    // is a checked, non-null `Walk`.
+    let cx = unsafe { &*(ctx as *const StepCx) };
+    let w = unsafe { &mut *cx.w };
+    if w.owner != cx.owner || w.remaining == 0 || w.failed != 0 {
+        return 1;
+    }
+    if w.off >= w.len {
+        // The next iovec entry.
+        if w.next >= w.iovcnt {
+            w.failed = 1;
+            return 1;
+        }
+        let at = w.iov + w.next * core::mem::size_of::<Iovec>() as u64;
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        match unsafe { bpf_probe_read_user(at as *const Iovec) } {
+            Ok(v) => {
+                w.base = v.base;
+                w.len = v.len;
+                w.off = 0;
+                w.next += 1;
+                return 0;
+            }
+            Err(_) => {
+                w.failed = 1;
+                return 1;
+            }
+        }
+    }
+    let mut avail = w.len - w.off;
+    if avail > w.remaining {
+        avail = w.remaining;
+    }
+    if w.left == 0 {
+        let Some(n) = header(w, avail) else {
+            w.failed = 1;
+            return 1;
+        };
+        w.off += n;
+        w.remaining -= n;
+        avail -= n;
+        // The payload in the same step: a step less per frame.
+        if avail == 0 || w.left == 0 {
+            return 0;
+        }
+    }
+    let n = payload(w, avail);
+    w.off += n;
+    w.remaining -= n;
+    0
+}
+
+/// Reads up to `avail` octets of the next frame header, the rest of one
+/// split across buffers: how many, or `None` if unreadable.
+#[inline(always)]
+fn header(w: &mut Walk, avail: u64) -> Option<u64> {
+    let need = FRAME_HEADER - w.head_len;
+    let n = capture(w, if need < avail { need } else { avail });
+    let at = (w.head_len & 15) as usize;
+    let size = (n as u32) & 15;
+    // SAFETY: `at + size` stays inside `head`; bpf_probe_read_user
+    // validates the user pointer.
+    let r = unsafe {
+        generated::bpf_probe_read_user(
+            w.head.as_mut_ptr().add(at).cast(),
+            size,
+            (w.base + w.off) as *const c_void,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    w.head_len += n;
+    if w.head_len >= FRAME_HEADER {
+        begin(w);
+    }
+    Some(n)
+}
+
+/// Takes up to `avail` octets of the current frame's payload: copied, or
+/// added to the record's uncaptured rest. Returns how many.
+#[inline(always)]
+fn payload(w: &mut Walk, avail: u64) -> u64 {
+    let n = if w.left < avail { w.left } else { avail };
+    // A payload that fits whole in the record being built is copied
+    // with it: one record less costs more than the copy.
+    let fits = w.left <= avail
+        && w.rec_len == w.cap
+        && w.cap + w.left <= MAX_CAPTURE as u64
+        && (w.rec_len == 0 || w.src + w.cap == w.base + w.off);
+    let n = if w.pay == pay::COPY as u64 || fits {
+        capture(w, n)
+    } else if w.pay == pay::PAD_THEN_SKIP as u64 {
+        w.pay = pay::SKIP as u64;
+        capture(w, 1)
+    } else {
+        if w.rec_len == 0 {
+            w.src = 0;
+        }
+        w.rec_len += n;
+        n
+    };
+    w.left -= n;
+    n
+}
+
+/// A frame header was read whole: its payload comes next.
+#[inline(always)]
+fn begin(w: &mut Walk) {
+    let h = &w.head;
+    w.left = ((h[0] as u64) << 16) | ((h[1] as u64) << 8) | h[2] as u64;
+    w.pay = if h[3] != DATA {
+        pay::COPY
+    } else if h[4] & PADDED != 0 && w.left > 0 {
+        pay::PAD_THEN_SKIP
+    } else {
+        pay::SKIP
+    } as u64;
+    w.head_len = 0;
+}
+
+/// Adds up to `n` octets at the walk's position to the record as copied,
+/// first sending the record when they cannot join it (it has an
+/// uncaptured rest, is full, or ends elsewhere in memory). Returns how
+/// many were added: at least one when `n` is.
+#[inline(always)]
+fn capture(w: &mut Walk, n: u64) -> u64 {
+    let at = w.base + w.off;
+    if w.rec_len > 0 && (w.rec_len != w.cap || w.cap >= MAX_CAPTURE as u64 || w.src + w.cap != at) {
+        flush(w);
+    }
+    if w.rec_len == 0 {
+        w.src = at;
+    }
+    let room = MAX_CAPTURE as u64 - w.cap;
+    let n = if n < room { n } else { room };
+    w.cap += n;
+    w.rec_len += n;
+    n
+}
+
+/// Sends the record built so far.
+#[inline(always)]
+fn flush(w: &mut Walk) {
+    if w.rec_len > 0 {
+        emit_bytes(&w.hdr, w.src, w.rec_len, w.cap);
+        w.rec_len = 0;
+        w.cap = 0;
+    }
+}
