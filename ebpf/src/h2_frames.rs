@@ -38,6 +38,9 @@ const PREFACE: u32 = 24;
 /// Steps one walk takes at most: each reads a frame header (or part of
 /// one), a payload (or `MAX_CAPTURE` octets of one), or an iovec entry.
 const MAX_STEPS: u32 = 8192;
+/// Octets of the buffer copied at a time to read frame headers from (a
+/// power of two: indices into it are masked).
+const WINDOW: u64 = 4096;
 
 /// How a payload's octets go out.
 mod pay {
@@ -109,9 +112,15 @@ pub struct Walk {
     head_len: u64,
     /// An iovec entry or a frame header could not be read.
     failed: u64,
-    /// The frame header being read; room for a read of up to 15 octets at
-    /// any offset up to 15, which keeps the bounds plain to the verifier.
+    /// The frame header being read, at offsets masked to 15.
     head: [u8; 32],
+    /// A copy of the buffer's octets from the user address `win_at`, of
+    /// which `win_len` are valid: frame headers are read from it, so that
+    /// a buffer of many small frames costs one read of user memory per
+    /// `WINDOW` octets, not one per frame.
+    win_at: u64,
+    win_len: u64,
+    win: [u8; WINDOW as usize],
 }
 
 #[map]
@@ -214,6 +223,8 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     w.cap = 0;
     w.rec_len = 0;
     w.failed = 0;
+    w.win_at = 0;
+    w.win_len = 0;
     let mut cx = StepCx { w: &mut *w, owner };
     // SAFETY: the callback only touches `*w`, for the duration of the call.
     unsafe {
@@ -316,19 +327,35 @@ unsafe extern "C" fn h2_step(_index: u64, ctx: *mut c_void) -> i64 {
 fn header(w: &mut Walk, avail: u64) -> Option<u64> {
     let need = FRAME_HEADER - w.head_len;
     let n = capture(w, if need < avail { need } else { avail });
-    let at = (w.head_len & 15) as usize;
-    let size = (n as u32) & 15;
-    // SAFETY: `at + size` stays inside `head`; bpf_probe_read_user
-    // validates the user pointer.
-    let r = unsafe {
-        generated::bpf_probe_read_user(
-            w.head.as_mut_ptr().add(at).cast(),
-            size,
-            (w.base + w.off) as *const c_void,
-        )
-    };
-    if r != 0 {
-        return None;
+    let at = w.base + w.off;
+    if at < w.win_at || at + n > w.win_at + w.win_len {
+        // Copy the next window: the header and the frames after it, as
+        // far as this entry's moved octets go.
+        let size = if avail < WINDOW { avail } else { WINDOW };
+        // SAFETY: `size <= WINDOW`, the window's size (the mask only
+        // keeps that bound plain to the verifier); bpf_probe_read_user
+        // validates the user pointer.
+        let r = unsafe {
+            generated::bpf_probe_read_user(
+                w.win.as_mut_ptr().cast(),
+                (size as u32) & (2 * WINDOW as u32 - 1),
+                at as *const c_void,
+            )
+        };
+        if r != 0 || size < n {
+            return None;
+        }
+        w.win_at = at;
+        w.win_len = size;
+    }
+    let rel = at - w.win_at;
+    let mut i = 0;
+    while i < FRAME_HEADER {
+        if i < n {
+            let b = w.win[((rel + i) & (WINDOW - 1)) as usize];
+            w.head[((w.head_len + i) & 15) as usize] = b;
+        }
+        i += 1;
     }
     w.head_len += n;
     if w.head_len >= FRAME_HEADER {
