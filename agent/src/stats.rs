@@ -150,10 +150,10 @@ counters! {
     /// Node.js TLS calls made inside another on the same thread (a
     /// callback writing while a read runs): their plaintext is not read.
     loss kernel_tls_calls_nested,
-    /// HTTP/2 connection directions the probes stopped following frame by
-    /// frame (a buffer of more frames than one walk takes, a walk
-    /// interrupted): captured in chunks from then on, so a large write may
-    /// cost the framing (`desyncs.http2`).
+    /// HTTP/2 connection directions whose place the probes lost (a buffer
+    /// of more frames than one walk takes, a walk interrupted): captured
+    /// in chunks, where a large write may cost the framing
+    /// (`desyncs.http2`), until a read or write starts with frames again.
     loss kernel_h2_unfollowed,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no

@@ -289,9 +289,11 @@ pub mod sock_flags {
     pub const PEER_UNKNOWN: u32 = 256;
     /// That peer was reported.
     pub const PEER_SEEN: u32 = 512;
-    /// HTTP/2 from its first byte (the probes saw the client preface): the
-    /// probes follow its frames in both directions, copying every frame
-    /// but DATA payloads (see `h2_frames` in the probes).
+    /// HTTP/2: the probes follow its frames in both directions, copying
+    /// every frame but DATA payloads (see `h2_frames` in the probes). Set
+    /// by the probes when they see the client preface, and by the agent
+    /// when it recognises HTTP/2 otherwise (the probes then find where
+    /// the frames start).
     pub const H2_FRAMES: u32 = 1024;
 }
 
@@ -400,9 +402,10 @@ pub mod counter {
     /// thread (a Node.js callback writing on one connection while a read
     /// on another runs): its plaintext is not sent.
     pub const TLS_CALL_NESTED: u32 = 12;
-    /// The probes stopped following an HTTP/2 connection's frames in one
-    /// direction (a buffer with more frames than one walk takes, or a
-    /// walk interrupted): its bytes are captured in chunks from then on.
+    /// The probes lost their place in an HTTP/2 connection's frames in
+    /// one direction (a buffer with more frames than one walk takes, or a
+    /// walk interrupted): captured in chunks until a read or write starts
+    /// with frames again.
     pub const H2_UNFOLLOWED: u32 = 13;
     pub const COUNT: u32 = 14;
 }

@@ -14,6 +14,11 @@
 //! that does not fit in the record being built left as its uncaptured
 //! rest.
 //!
+//! A direction whose place is not known (a connection the agent
+//! recognised mid-stream, a walk that gave up) is captured in chunks until
+//! a buffer starts with a plausible chain of frames, which places it
+//! (`adopt`).
+//!
 //! Nothing here can make the agent read a wrong header: the octets it gets
 //! are the buffer's, in order, and those it does not get are marked
 //! uncaptured. A walk that lost its place would cost the framing (the
@@ -62,8 +67,11 @@ struct Place {
     pay: u8,
     /// Octets of the next frame header already seen, kept in `head`.
     head_len: u8,
-    /// The walk gave up on this direction: captured in chunks instead.
-    lost: u8,
+    /// Where the next frame starts is not known (a connection the agent
+    /// recognised mid-stream, a walk that gave up): captured in chunks
+    /// until a buffer starts with a plausible chain of frames, which then
+    /// places it (see `adopt`).
+    unplaced: u8,
     _pad: u8,
     head: [u8; 8],
 }
@@ -112,6 +120,10 @@ pub struct Walk {
     head_len: u64,
     /// An iovec entry or a frame header could not be read.
     failed: u64,
+    /// `adopt`'s check: the next header's offset, headers seen, verdict.
+    chk_at: u64,
+    chk_frames: u64,
+    chk_ok: u64,
     /// The frame header being read, at offsets masked to 15.
     head: [u8; 32],
     /// A copy of the buffer's octets from the user address `win_at`, of
@@ -130,23 +142,20 @@ static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 /// direction `preface` begins with the client preface, the other with a
 /// frame. `preface_held`: the preface's direction so far went out with no
 /// socket (TLS writes held until their socket was known, see
-/// `tls::send_unowned`), so only the other direction is followed.
+/// `tls::send_unowned`), so it starts unplaced.
 #[inline(always)]
 pub(crate) fn follow(key: u64, conn_id: u64, preface: u8, preface_held: bool) {
+    let placed = Place {
+        unplaced: 0,
+        ..UNPLACED
+    };
     let mut frames = Frames {
         conn_id,
-        dirs: [Place {
-            left: 0,
-            pay: pay::COPY,
-            head_len: 0,
-            lost: 0,
-            _pad: 0,
-            head: [0; 8],
-        }; 2],
+        dirs: [placed; 2],
     };
     let p = (preface & 1) as usize;
     frames.dirs[p].left = PREFACE;
-    frames.dirs[p].lost = u8::from(preface_held);
+    frames.dirs[p].unplaced = u8::from(preface_held);
     let _ = H2_FRAMES.insert(&key, &frames, 0);
 }
 
@@ -158,8 +167,8 @@ pub(crate) fn forget(key: u64) {
 
 /// Sends the `moved` octets of a buffer (`iov` 0: at `src`) or an iovec
 /// array of the followed connection `key` as records, frame by frame.
-/// False when the connection is not followed in this direction: the
-/// caller captures as it would any deep buffer.
+/// False when this direction's place is not known and the buffer does
+/// not give it: the caller captures as it would any deep buffer.
 #[inline(always)]
 pub(crate) fn emit_frames(
     hdr: &EventHeader,
@@ -203,6 +212,17 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     }
     // SAFETY: not null; the verifier checked its size against `Walk`.
     let w = unsafe { &mut *w };
+    // SAFETY: read-only look at a plain value.
+    let known = unsafe { H2_FRAMES.get(&w.key) }.is_some_and(|f| f.conn_id == w.hdr.conn_id);
+    if !known {
+        // Followed on the agent's word (`sock_flags::H2_FRAMES` set for a
+        // connection it recognised mid-stream): both directions unplaced.
+        let fresh = Frames {
+            conn_id: w.hdr.conn_id,
+            dirs: [UNPLACED; 2],
+        };
+        let _ = H2_FRAMES.insert(&w.key, &fresh, 0);
+    }
     let Some(frames) = H2_FRAMES.get_ptr_mut(&w.key) else {
         return 0;
     };
@@ -212,8 +232,16 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
         return 0;
     }
     let place = &mut frames.dirs[(w.hdr.direction & 1) as usize];
-    if place.lost != 0 {
-        return 0;
+    w.win_at = 0;
+    w.win_len = 0;
+    if place.unplaced != 0 {
+        if !adopt(w, owner) {
+            return 0;
+        }
+        *place = Place {
+            unplaced: 0,
+            ..UNPLACED
+        };
     }
     w.left = place.left as u64;
     w.pay = place.pay as u64;
@@ -223,8 +251,6 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     w.cap = 0;
     w.rec_len = 0;
     w.failed = 0;
-    w.win_at = 0;
-    w.win_len = 0;
     let mut cx = StepCx { w: &mut *w, owner };
     // SAFETY: the callback only touches `*w`, for the duration of the call.
     unsafe {
@@ -238,7 +264,7 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     if w.owner != owner {
         // Another program's walk ran here meanwhile: this one's place is
         // unknown.
-        place.lost = 1;
+        place.unplaced = 1;
         bump(counter::H2_UNFOLLOWED);
         return 1;
     }
@@ -249,7 +275,7 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
         if w.remaining > 0 {
             emit_bytes(&w.hdr, 0, w.remaining, 0);
         }
-        place.lost = 1;
+        place.unplaced = 1;
         bump(counter::H2_UNFOLLOWED);
         return 1;
     }
@@ -258,6 +284,145 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     place.head_len = w.head_len as u8;
     place.head.copy_from_slice(&w.head[..8]);
     1
+}
+
+const UNPLACED: Place = Place {
+    left: 0,
+    pay: pay::COPY,
+    head_len: 0,
+    unplaced: 1,
+    _pad: 0,
+    head: [0; 8],
+};
+
+/// Whether the buffer (of an iovec array, its first entry) starts with a
+/// plausible chain of frame headers: one that ends exactly at its end, or
+/// two or more, each well-formed for its type (`plausible`). Bytes from
+/// the middle of a frame pass this by chance about once in 10^8, and even
+/// then the agent's framer, which checks every frame, would only lose the
+/// framing: the walk sends octets, never meanings.
+#[inline(always)]
+fn adopt(w: &mut Walk, owner: u64) -> bool {
+    if w.iov != 0 {
+        // SAFETY: bpf_probe_read_user validates the user pointer.
+        let Ok(v) = (unsafe { bpf_probe_read_user(w.iov as *const Iovec) }) else {
+            return false;
+        };
+        w.base = v.base;
+        w.len = v.len;
+        w.next = 1;
+    }
+    w.chk_at = 0;
+    w.chk_frames = 0;
+    w.chk_ok = 0;
+    let mut cx = StepCx { w: &mut *w, owner };
+    // SAFETY: the callback only touches `*w`, for the duration of the call.
+    unsafe {
+        generated::bpf_loop(
+            MAX_STEPS,
+            check_step as *mut c_void,
+            &mut cx as *mut StepCx as *mut c_void,
+            0,
+        );
+    }
+    w.owner == owner && w.chk_ok != 0
+}
+
+/// One frame header of `adopt`'s check.
+#[inline(never)]
+unsafe extern "C" fn check_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: as in `h2_step`.
+    let cx = unsafe { &*(ctx as *const StepCx) };
+    let w = unsafe { &mut *cx.w };
+    if w.owner != cx.owner {
+        return 1;
+    }
+    let end = if w.len < w.remaining {
+        w.len
+    } else {
+        w.remaining
+    };
+    if w.chk_at == end {
+        w.chk_ok = u64::from(w.chk_frames > 0);
+        return 1;
+    }
+    if w.chk_at + FRAME_HEADER > end {
+        w.chk_ok = u64::from(w.chk_frames >= 2);
+        return 1;
+    }
+    if !window(w, w.chk_at, FRAME_HEADER, end - w.chk_at) {
+        return 1;
+    }
+    let rel = w.base + w.chk_at - w.win_at;
+    let mut h = [0u8; 9];
+    let mut i = 0;
+    while i < FRAME_HEADER {
+        h[i as usize] = w.win[((rel + i) & (WINDOW - 1)) as usize];
+        i += 1;
+    }
+    if !plausible(&h) {
+        return 1;
+    }
+    w.chk_frames += 1;
+    let len = ((h[0] as u64) << 16) | ((h[1] as u64) << 8) | h[2] as u64;
+    w.chk_at += FRAME_HEADER + len;
+    if w.chk_at > end {
+        // The last frame goes on past the buffer.
+        w.chk_ok = u64::from(w.chk_frames >= 2);
+        return 1;
+    }
+    0
+}
+
+/// A frame header as a sender following RFC 9113 writes it: a known type
+/// on the kind of stream it belongs to, with the length its type allows,
+/// no larger than the default maximum frame size.
+#[inline(always)]
+fn plausible(h: &[u8; 9]) -> bool {
+    let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
+    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+    if stream & 0x8000_0000 != 0 || len > 16_384 {
+        return false;
+    }
+    let on_stream = stream != 0;
+    match h[3] {
+        0 | 1 | 9 => on_stream,
+        2 => on_stream && len == 5,
+        3 => on_stream && len == 4,
+        4 => !on_stream && len % 6 == 0 && (h[4] & 1 == 0 || len == 0),
+        5 => on_stream && len >= 4,
+        6 => !on_stream && len == 8,
+        7 => !on_stream && len >= 8,
+        8 => len == 4,
+        _ => false,
+    }
+}
+
+/// Makes the window hold `n` octets at offset `at` of the current entry,
+/// copying up to `WINDOW` of the `span` octets from there if it does not.
+#[inline(always)]
+fn window(w: &mut Walk, at: u64, n: u64, span: u64) -> bool {
+    let addr = w.base + at;
+    if addr >= w.win_at && addr + n <= w.win_at + w.win_len {
+        return true;
+    }
+    let size = if span < WINDOW { span } else { WINDOW };
+    // SAFETY: `size <= WINDOW`, the window's size (the mask only keeps
+    // that bound plain to the verifier); bpf_probe_read_user validates
+    // the user pointer.
+    let r = unsafe {
+        generated::bpf_probe_read_user(
+            w.win.as_mut_ptr().cast(),
+            (size as u32) & (2 * WINDOW as u32 - 1),
+            addr as *const c_void,
+        )
+    };
+    if r != 0 || size < n {
+        return false;
+    }
+    w.win_at = addr;
+    w.win_len = size;
+    true
 }
 
 #[repr(C)]
@@ -327,27 +492,10 @@ unsafe extern "C" fn h2_step(_index: u64, ctx: *mut c_void) -> i64 {
 fn header(w: &mut Walk, avail: u64) -> Option<u64> {
     let need = FRAME_HEADER - w.head_len;
     let n = capture(w, if need < avail { need } else { avail });
-    let at = w.base + w.off;
-    if at < w.win_at || at + n > w.win_at + w.win_len {
-        // Copy the next window: the header and the frames after it, as
-        // far as this entry's moved octets go.
-        let size = if avail < WINDOW { avail } else { WINDOW };
-        // SAFETY: `size <= WINDOW`, the window's size (the mask only
-        // keeps that bound plain to the verifier); bpf_probe_read_user
-        // validates the user pointer.
-        let r = unsafe {
-            generated::bpf_probe_read_user(
-                w.win.as_mut_ptr().cast(),
-                (size as u32) & (2 * WINDOW as u32 - 1),
-                at as *const c_void,
-            )
-        };
-        if r != 0 || size < n {
-            return None;
-        }
-        w.win_at = at;
-        w.win_len = size;
+    if !window(w, w.off, n, avail) {
+        return None;
     }
+    let at = w.base + w.off;
     let rel = at - w.win_at;
     let mut i = 0;
     while i < FRAME_HEADER {

@@ -383,7 +383,7 @@ fn frames_split_at_every_few_octets_and_padded() {
     paths.push("/missing".into());
     let mut client = Command::new("python3")
         .arg(fixture("h2_split_client.py"))
-        .args([&port.to_string(), "5", "7"])
+        .args([&port.to_string(), "5", "7", "--wait"])
         .args(&paths)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -400,6 +400,7 @@ fn frames_split_at_every_few_octets_and_padded() {
         .collect();
     let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
+        .skip(1) // WAITING
         .map(str::to_owned)
         .collect();
     assert_eq!(printed.len(), paths.len(), "{printed:?}");
@@ -437,6 +438,106 @@ fn frames_split_at_every_few_octets_and_padded() {
     }
     assert_clean(&agent);
     assert_eq!(agent.stat("kernel_h2_unfollowed"), Some(0));
+}
+
+/// A connection open before the agent: the probes never saw its preface,
+/// so they cannot know where its frames start. The agent recognises it
+/// from a small exchange it sees whole (a request written and read in one
+/// piece), asks for it to be followed, and the probes place each
+/// direction at the first read or write that starts with a chain of
+/// well-formed frames. From then on, large responses on 100 streams keep
+/// their framing, in nghttpd's writes and in the client's reads: each
+/// has its span on each side, with its status and exact body size (with
+/// capture in chunks, those writes lose the framing).
+#[test]
+fn a_connection_from_before_the_agent_finds_its_frames() {
+    require_root();
+    let dir = large_files("h2joined");
+    fs::write(dir.0.join("first"), "before the agent\n").unwrap();
+    let port = free_port();
+    let nghttpd = Nghttpd::start(&dir, port);
+    let mut args = vec![port.to_string(), "65536".into(), "65536".into()];
+    args.extend(["/first", "--wait", "/first", "--wait"].map(String::from));
+    // nghttpd takes 100 streams at once.
+    for i in 0..LARGE {
+        if i == 100 {
+            args.push("--next".into());
+        }
+        args.push(format!("/b{i}"));
+    }
+    let mut client = Command::new("python3")
+        .arg(fixture("h2_split_client.py"))
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut waiting = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert_eq!(line.trim(), "WAITING");
+    };
+    waiting();
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nghttpd.pid(), client.id()], &collector, &[]);
+    writeln!(stdin, "go").unwrap();
+    waiting();
+    // The agent has seen the small exchange and asked for the frames to
+    // be followed well before this.
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(stdin, "go").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(rest.lines().count(), LARGE + 2, "{rest}");
+    let path_of = |s: &FlatSpan| match s.str("url.path") {
+        Some(path) if s.is_server() => path,
+        _ => s
+            .str("url.full")
+            .and_then(|u| u.rsplit_once('/').map(|(_, p)| format!("/{p}")))
+            .unwrap_or_default(),
+    };
+    let large = |s: &FlatSpan| path_of(s).starts_with("/b");
+    let spans = collector.wait_for(2 * LARGE, Duration::from_secs(15), large);
+    agent.stop();
+    let mut servers = HashMap::new();
+    let mut clients = HashMap::new();
+    for s in spans.iter().filter(|s| large(s)) {
+        let path = path_of(s);
+        assert_eq!(s.int("http.response.status_code"), Some(200), "{s:?}");
+        let i: usize = path.strip_prefix("/b").unwrap().parse().unwrap();
+        assert_eq!(
+            s.int("http.response.body.size"),
+            Some(40_000 + i as i64),
+            "{s:?}"
+        );
+        assert_ne!(
+            s.str("zerospan.incomplete").as_deref(),
+            Some("response_unparsed"),
+            "{s:?}"
+        );
+        let side = if s.is_server() {
+            &mut servers
+        } else {
+            &mut clients
+        };
+        assert!(side.insert(i, s).is_none(), "two spans for {path}");
+    }
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (LARGE, LARGE),
+        "{}",
+        agent.final_log()
+    );
+    assert_eq!(
+        agent.stat("desyncs.http2"),
+        Some(0),
+        "{}",
+        agent.connections_log()
+    );
+    assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
 }
 
 const LARGE: usize = 200;

@@ -446,7 +446,11 @@ impl Probes {
                     // writes are requests, as on sockets the probes saw
                     // connect.
                     Deepen::Database => sock_flags::DEEP_READS | sock_flags::OUTGOING,
-                    Deepen::Http2 => sock_flags::DEEP_READS | sock_flags::DEEP_WRITES,
+                    // Followed frame by frame once the probes find a
+                    // buffer that starts with frames (`h2_frames::adopt`).
+                    Deepen::Http2 => {
+                        sock_flags::DEEP_READS | sock_flags::DEEP_WRITES | sock_flags::H2_FRAMES
+                    }
                 };
                 // BPF_EXIST: never resurrect an entry closed meanwhile.
                 let _ = self.socks.insert(k, info, 2);
