@@ -502,20 +502,45 @@ fn a_connection_from_before_the_agent_finds_its_frames() {
     let large = |s: &FlatSpan| path_of(s).starts_with("/b");
     let spans = collector.wait_for(2 * LARGE, Duration::from_secs(15), large);
     agent.stop();
+    let (servers, clients) = large_spans(spans.iter().filter(|s| large(s)), path_of);
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (LARGE, LARGE),
+        "{}",
+        agent.final_log()
+    );
+    for s in servers.values().chain(clients.values()) {
+        assert_ne!(
+            s.str("zerospan.incomplete").as_deref(),
+            Some("response_unparsed"),
+            "{s:?}"
+        );
+    }
+    assert_eq!(
+        agent.stat("desyncs.http2"),
+        Some(0),
+        "{}",
+        agent.connections_log()
+    );
+    assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
+}
+
+/// The spans of the large files, by file and side, each checked for its
+/// status and exact body size; `path_of` tells a span's path.
+type BySide<'s> = HashMap<usize, &'s FlatSpan>;
+fn large_spans<'s>(
+    spans: impl Iterator<Item = &'s FlatSpan>,
+    path_of: impl Fn(&FlatSpan) -> String,
+) -> (BySide<'s>, BySide<'s>) {
     let mut servers = HashMap::new();
     let mut clients = HashMap::new();
-    for s in spans.iter().filter(|s| large(s)) {
+    for s in spans {
         let path = path_of(s);
         assert_eq!(s.int("http.response.status_code"), Some(200), "{s:?}");
         let i: usize = path.strip_prefix("/b").unwrap().parse().unwrap();
         assert_eq!(
             s.int("http.response.body.size"),
             Some(40_000 + i as i64),
-            "{s:?}"
-        );
-        assert_ne!(
-            s.str("zerospan.incomplete").as_deref(),
-            Some("response_unparsed"),
             "{s:?}"
         );
         let side = if s.is_server() {
@@ -525,19 +550,7 @@ fn a_connection_from_before_the_agent_finds_its_frames() {
         };
         assert!(side.insert(i, s).is_none(), "two spans for {path}");
     }
-    assert_eq!(
-        (servers.len(), clients.len()),
-        (LARGE, LARGE),
-        "{}",
-        agent.final_log()
-    );
-    assert_eq!(
-        agent.stat("desyncs.http2"),
-        Some(0),
-        "{}",
-        agent.connections_log()
-    );
-    assert_eq!(agent.stat("kernel_ringbuf_full"), Some(0));
+    (servers, clients)
 }
 
 const LARGE: usize = 200;
@@ -564,31 +577,18 @@ fn large_responses(server: u32, base: &str) {
     assert!(report.contains(&format!("{LARGE} succeeded")), "{report}");
     let spans = collector.wait_for(2 * LARGE, Duration::from_secs(15), |_| true);
     agent.stop();
-    let mut servers = HashMap::new();
-    let mut clients = HashMap::new();
-    for s in &spans {
-        assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
-        assert_eq!(s.int("http.response.status_code"), Some(200), "{s:?}");
-        assert!(!s.has("zerospan.incomplete"), "{s:?}");
-        let path = if s.is_server() {
+    let (servers, clients) = large_spans(spans.iter(), |s| {
+        if s.is_server() {
             s.str("url.path").unwrap()
         } else {
             let full = s.str("url.full").unwrap();
             assert!(full.starts_with(base), "{full}");
             full[base.len()..].to_string()
-        };
-        let i: usize = path.strip_prefix("/b").unwrap().parse().unwrap();
-        assert_eq!(
-            s.int("http.response.body.size"),
-            Some(40_000 + i as i64),
-            "{s:?}"
-        );
-        let side = if s.is_server() {
-            &mut servers
-        } else {
-            &mut clients
-        };
-        assert!(side.insert(i, s).is_none(), "two spans for {path}");
+        }
+    });
+    for s in servers.values().chain(clients.values()) {
+        assert_eq!(s.str("network.protocol.version").as_deref(), Some("2"));
+        assert!(!s.has("zerospan.incomplete"), "{s:?}");
     }
     assert_eq!(
         (servers.len(), clients.len()),
