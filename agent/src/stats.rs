@@ -202,6 +202,10 @@ counters! {
     loss h2_fields_unknown,
     /// HTTP/2 frames for streams whose request the agent did not see.
     loss h2_orphan_frames,
+    /// Times a direction of an HTTP/2 connection that had lost its framing
+    /// found it again at whole frames holding a header block (its streams
+    /// open at the loss ended as lost; the table's old entries unknown).
+    total h2_resyncs,
     /// HTTP/2 streams given up past the per-connection bound.
     loss h2_streams_dropped,
     /// Times a lost PostgreSQL response stream was found again at a read

@@ -59,20 +59,24 @@ pub fn starts_server_preface(bytes: &[u8]) -> bool {
 /// The role of a traced process whose connection, joined mid-stream,
 /// shows `bytes` moving `egress` (written) or not: `Some` only when they
 /// are whole, well-formed frames, one a header block that decodes to a
-/// request (`:method`) or a response (`:status`) without guessing.
+/// request (`:method`) or a response (`:status`) without guessing. The
+/// last may be a DATA frame whose payload runs on past them (the probes
+/// leave DATA payloads out; a payload may go on in the next write).
 pub fn joined_role(egress: bool, bytes: &[u8]) -> Option<Role> {
     let mut at = 0;
     let mut role = None;
     let mut frames = 0;
     while at < bytes.len() {
         let head: [u8; 9] = bytes.get(at..at + 9)?.try_into().ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let flen = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-        let payload = bytes.get(at + 9..at + 9 + len)?;
-        if kind > 9 || len > 16_384 || stream >> 31 != 0 {
+        if kind > 9 || flen > 16_384 || stream >> 31 != 0 {
             return None;
         }
+        let Some(payload) = bytes.get(at + 9..at + 9 + flen) else {
+            return role.filter(|_| kind == 0 && stream != 0);
+        };
         // HEADERS, whole in one frame, unpadded, without priority: the
         // common shape, and the only one taken as proof.
         if kind == 1 && stream != 0 && flags & 0x4 != 0 && flags & 0x28 == 0 && role.is_none() {
@@ -88,7 +92,7 @@ pub fn joined_role(egress: bool, bytes: &[u8]) -> Option<Role> {
                 _ => return None,
             };
         }
-        at += 9 + len;
+        at += 9 + flen;
         frames += 1;
     }
     role.filter(|_| frames > 0)
@@ -103,7 +107,15 @@ pub struct H2Conn {
     /// See [`Side::last_request`].
     last_request: u32,
     opts: Arc<Options>,
+    /// Segments seen since each direction (read, written) lost its
+    /// framing, while it waits for one to find its frames again.
+    lost_for: [u32; 2],
 }
+
+/// Segments a direction that lost its framing waits for one that starts
+/// with whole frames holding a header block, before the connection is
+/// given up.
+const RESYNC_WAIT: u32 = 64;
 
 struct Stream {
     ctx: SpanContext,
@@ -363,6 +375,7 @@ impl H2Conn {
             streams: Map::default(),
             last_request: 0,
             opts,
+            lost_for: [0; 2],
         }
     }
 
@@ -410,6 +423,7 @@ impl H2Conn {
             streams: Map::default(),
             last_request: 0,
             opts,
+            lost_for: [0; 2],
         }
     }
 
@@ -512,6 +526,24 @@ impl Protocol for H2Conn {
         } else {
             (&mut self.reads, &mut self.writes)
         };
+        if framer.is_lost() {
+            // Found again only at the proof a joined connection needs: a
+            // segment of whole frames with a header block this side's
+            // role moves, decoded without guessing. What the table held
+            // before is unknown, as on a joined connection.
+            let waited = &mut self.lost_for[usize::from(egress)];
+            *waited += 1;
+            if joined_role(egress, seg.bytes) != Some(self.role) {
+                return if *waited >= RESYNC_WAIT {
+                    Verdict::Lost
+                } else {
+                    Verdict::Continue
+                };
+            }
+            *waited = 0;
+            *framer = Framer::joined();
+            Stats::inc(&cx.stats.h2_resyncs);
+        }
         let mut side = Side {
             role: self.role,
             requests: egress == (self.role == Role::Client),
@@ -546,7 +578,8 @@ impl Protocol for H2Conn {
         );
         cx.stats.desync("http2");
         self.end_streams(Outcome::ResponseLost, cx, |_| true);
-        Verdict::Lost
+        // Kept, for a while, in case the frames are found again.
+        Verdict::Continue
     }
 
     fn waiting_since(&self) -> Option<u64> {
@@ -1166,6 +1199,11 @@ mod tests {
             text(&done[0], "zerospan.incomplete"),
             Some("response_unparsed")
         );
+        // Given up once no header block came for RESYNC_WAIT segments.
+        for i in 0..RESYNC_WAIT {
+            let junk = frame(9, END_HEADERS, 1, &[0x82]);
+            t.data(KEY, Task::thread(7), false, seg(&junk, 30 + u64::from(i)));
+        }
         assert_eq!(t.take_evictions(), vec![KEY]);
         let mut x = 7u32;
         for _ in 0..300 {
@@ -1326,7 +1364,74 @@ mod tests {
             text(&done[0], "zerospan.incomplete"),
             Some("response_unparsed")
         );
+        // Kept a while, in case whole frames come again; given up after
+        // RESYNC_WAIT segments without them.
+        assert!(t.take_evictions().is_empty());
+        for i in 0..RESYNC_WAIT {
+            t.data(
+                KEY,
+                Task::thread(7),
+                true,
+                seg(&[b'x'; 40], 30 + u64::from(i)),
+            );
+        }
         assert_eq!(t.take_evictions(), vec![KEY]);
+        assert_eq!(t.drain().count(), 0);
+    }
+
+    #[test]
+    fn a_direction_that_lost_its_framing_finds_it_again_at_a_header_block() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(get(1, "/before"));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
+        // A frame header the probes did not copy: the request direction
+        // is lost, and stream 1 with it.
+        let unseen = Segment {
+            bytes: &[],
+            len: 30,
+            stamp: Stamp {
+                enter_ns: 20,
+                exit_ns: 21,
+            },
+        };
+        t.data(KEY, Task::thread(7), false, unseen);
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("response_unparsed")
+        );
+        // A segment that starts mid-frame is not taken...
+        let mut mid = get(3, "/mid")[4..].to_vec();
+        mid.extend(get(5, "/mid"));
+        t.data(KEY, Task::thread(7), false, seg(&mid, 30));
+        // ...whole frames with a request's header block are: its stream
+        // and the next are spans again, answered on the other side.
+        let mut again = get(7, "/again");
+        again.extend(get(9, "/and-again"));
+        t.data(KEY, Task::thread(7), false, seg(&again, 40));
+        let mut answers = headers(7, true, &[(":status", "200")]);
+        answers.extend(headers(9, true, &[(":status", "404")]));
+        // The answer to stream 1, lost with its request, is an orphan.
+        answers.extend(headers(1, true, &[(":status", "200")]));
+        t.data(KEY, Task::thread(7), true, seg(&answers, 50));
+        let mut done: Vec<Record> = t.drain().collect();
+        done.sort_by_key(|r| text(r, "url.path").map(str::to_owned));
+        let got: Vec<(Option<&str>, Option<i64>)> = done
+            .iter()
+            .map(|r| (text(r, "url.path"), int(r, "http.response.status_code")))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(Some("/again"), Some(200)), (Some("/and-again"), Some(404))]
+        );
+        let stats = t.stats();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(stats.h2_resyncs.load(relaxed), 1);
+        assert_eq!(stats.h2_orphan_frames.load(relaxed), 1);
+        assert!(t.take_evictions().is_empty());
     }
 
     #[test]
