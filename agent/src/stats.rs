@@ -150,10 +150,12 @@ counters! {
     /// Node.js TLS calls made inside another on the same thread (a
     /// callback writing while a read runs): their plaintext is not read.
     loss kernel_tls_calls_nested,
-    /// HTTP/2 connection directions whose place the probes lost (a buffer
-    /// of more frames than one walk takes, a walk interrupted): captured
-    /// in chunks, where a large write may cost the framing
-    /// (`desyncs.http2`), until a read or write starts with frames again.
+    /// Times the probes lost their place in a direction of an HTTP/2
+    /// connection (a buffer of more frames than one walk takes, unreadable
+    /// octets, a header not well formed, a walk already running on the
+    /// CPU, `sendfile` outside a DATA payload): captured in chunks, where a
+    /// large write may cost the framing (`desyncs.http2`), until a read or
+    /// write starts with frames again.
     loss kernel_h2_unfollowed,
     /// Segments of TLS writes made before their socket was known (a
     /// memory-buffer library's object that had not read yet) that no

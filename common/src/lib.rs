@@ -403,9 +403,10 @@ pub mod counter {
     /// on another runs): its plaintext is not sent.
     pub const TLS_CALL_NESTED: u32 = 12;
     /// The probes lost their place in an HTTP/2 connection's frames in
-    /// one direction (a buffer with more frames than one walk takes, or a
-    /// walk interrupted): captured in chunks until a read or write starts
-    /// with frames again.
+    /// one direction (a buffer with more frames than one walk takes,
+    /// unreadable octets, a header not well formed, a walk already running
+    /// on the CPU, `sendfile` outside a DATA payload): captured in chunks
+    /// until a read or write starts with frames again.
     pub const H2_UNFOLLOWED: u32 = 13;
     pub const COUNT: u32 = 14;
 }

@@ -15,7 +15,7 @@ use zerospan_common::{counter, direction, kind, sock_flags, traced};
 use crate::{
     emit::{emit_chunks, emit_iovecs, emit_segment},
     go_runtime,
-    h2_frames::{emit_frames, follow},
+    h2_frames::{emit_frames, follow, unseen},
     helpers::{arg, bump, header, ret, sock_key},
     maps::{
         depth, Buf, Iovec, SockRef, SyscallArgs, ARGS, LAST_READ, LATE, SOCKS, TLS_CALLS, TRACED,
@@ -368,7 +368,10 @@ fn exit_data(ctx: &TracePointContext, buf: Buf, dir: u8) {
         let followed = match stashed {
             Buf::Plain => emit_frames(&hdr, key, args.ptr, 0, 0, moved),
             Buf::Iov => emit_frames(&hdr, key, 0, args.ptr, args.count, moved),
-            _ => false,
+            _ => {
+                unseen(key, args.conn_id, args.direction, moved);
+                false
+            }
         };
         if followed {
             return;

@@ -94,8 +94,12 @@ pub(crate) static H2_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entr
 /// states converge at once (as `propagate::Scan`'s do).
 #[repr(C)]
 pub struct Walk {
-    /// Who walks now: the slot is per CPU, and a program preempted
-    /// mid-walk may find another's walk here when it resumes.
+    /// A walk is in progress on this CPU: a program that preempted it (or
+    /// runs nested in it) finds this set and captures in chunks rather
+    /// than take the slot.
+    busy: u64,
+    /// Who walks now: checked at each step, for a preemption between the
+    /// look at `busy` and setting it.
     owner: u64,
     hdr: EventHeader,
     key: u64,
@@ -120,10 +124,12 @@ pub struct Walk {
     head_len: u64,
     /// An iovec entry or a frame header could not be read.
     failed: u64,
-    /// `adopt`'s check: the next header's offset, headers seen, verdict.
+    /// `adopt`'s check: the next header's offset, headers seen, verdict,
+    /// and the header read (in its first nine octets).
     chk_at: u64,
     chk_frames: u64,
     chk_ok: u64,
+    chk_head: [u8; 16],
     /// The frame header being read, at offsets masked to 15.
     head: [u8; 32],
     /// A copy of the buffer's octets from the user address `win_at`, of
@@ -138,25 +144,46 @@ pub struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Starts following the connection `key` from its first octet: the
-/// direction `preface` begins with the client preface, the other with a
-/// frame. `preface_held`: the preface's direction so far went out with no
-/// socket (TLS writes held until their socket was known, see
-/// `tls::send_unowned`), so it starts unplaced.
+/// Where a new `H2_FRAMES` entry is built: not on the stack, since the
+/// programs that start following a connection (`go_tls_return` with the
+/// injection scan above all) are near the 512-octet bound already.
+#[map]
+static FRESH: PerCpuArray<Frames> = PerCpuArray::with_max_entries(1, 0);
+
+/// Enters a new entry for `key`: `conn_id`'s, both directions unplaced
+/// but for `placed`, which starts `left` octets before a frame (2: none).
+#[inline(always)]
+fn enter(key: u64, conn_id: u64, placed: u8, left: u32) {
+    let Some(f) = FRESH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot. A program that preempts this one here and
+    // enters its own connection leaves that one's `conn_id` in the slot;
+    // entered under `key`, it matches no buffer of `key`, which the walk
+    // then treats as no entry at all (unplaced), never misplaced.
+    unsafe {
+        (*f).conn_id = conn_id;
+        (*f).dirs = [UNPLACED; 2];
+        if placed < 2 {
+            let d = &mut (*f).dirs[(placed & 1) as usize];
+            d.unplaced = 0;
+            d.left = left;
+        }
+        let _ = H2_FRAMES.insert(&key, &*f, 0);
+    }
+}
+
+/// Starts following the connection `key`: the direction `preface` from the
+/// client preface on. The other starts unplaced, found at its next buffer
+/// that starts with frames: it may have moved octets already (a server's
+/// SETTINGS sent on accept, a client's read of them before its preface).
+/// `preface_held`: the preface's direction so far went out with no socket
+/// (TLS writes held until their socket was known, see
+/// `tls::send_unowned`), so it starts unplaced too.
 #[inline(always)]
 pub(crate) fn follow(key: u64, conn_id: u64, preface: u8, preface_held: bool) {
-    let placed = Place {
-        unplaced: 0,
-        ..UNPLACED
-    };
-    let mut frames = Frames {
-        conn_id,
-        dirs: [placed; 2],
-    };
-    let p = (preface & 1) as usize;
-    frames.dirs[p].left = PREFACE;
-    frames.dirs[p].unplaced = u8::from(preface_held);
-    let _ = H2_FRAMES.insert(&key, &frames, 0);
+    let placed = if preface_held { 2 } else { preface };
+    enter(key, conn_id, placed, PREFACE);
 }
 
 /// The connection `key` closed.
@@ -181,6 +208,13 @@ pub(crate) fn emit_frames(
     let Some(w) = WALK.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: `w` is this CPU's slot.
+    if unsafe { (*w).busy } != 0 {
+        unplace(key, hdr.conn_id, hdr.direction);
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*w).busy = 1 };
     // SAFETY: helpers with no preconditions.
     let owner = unsafe {
         ((generated::bpf_get_prandom_u32() as u64) << 32) | generated::bpf_get_prandom_u32() as u64
@@ -198,7 +232,48 @@ pub(crate) fn emit_frames(
         (*w).off = 0;
         (*w).remaining = moved;
     }
-    zerospan_h2_walk(w, owner) != 0
+    let walked = zerospan_h2_walk(w, owner) != 0;
+    // SAFETY: as above.
+    unsafe { (*w).busy = 0 };
+    walked
+}
+
+/// The place of direction `dir` of `key` is lost: octets went by that the
+/// walk did not see (a walk already running on this CPU).
+#[inline(always)]
+fn unplace(key: u64, conn_id: u64, dir: u8) {
+    if let Some(frames) = H2_FRAMES.get_ptr_mut(&key) {
+        // SAFETY: map values stay valid for the program's run.
+        let frames = unsafe { &mut *frames };
+        if frames.conn_id == conn_id {
+            frames.dirs[(dir & 1) as usize].unplaced = 1;
+            bump(counter::H2_UNFOLLOWED);
+        }
+    }
+}
+
+/// `moved` octets of `key` went by that no program can read (`sendfile`):
+/// inside a DATA payload the place moves past them, else it is lost.
+#[inline(always)]
+pub(crate) fn unseen(key: u64, conn_id: u64, dir: u8, moved: u64) {
+    let Some(frames) = H2_FRAMES.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let frames = unsafe { &mut *frames };
+    if frames.conn_id != conn_id {
+        return;
+    }
+    let place = &mut frames.dirs[(dir & 1) as usize];
+    if place.unplaced != 0 {
+        return;
+    }
+    if place.pay == pay::SKIP && place.head_len == 0 && place.left as u64 >= moved {
+        place.left -= moved as u32;
+    } else {
+        place.unplaced = 1;
+        bump(counter::H2_UNFOLLOWED);
+    }
 }
 
 /// The walk. A global function (exported, so its BTF says so): the
@@ -217,11 +292,7 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     if !known {
         // Followed on the agent's word (`sock_flags::H2_FRAMES` set for a
         // connection it recognised mid-stream): both directions unplaced.
-        let fresh = Frames {
-            conn_id: w.hdr.conn_id,
-            dirs: [UNPLACED; 2],
-        };
-        let _ = H2_FRAMES.insert(&w.key, &fresh, 0);
+        enter(w.key, w.hdr.conn_id, 2, 0);
     }
     let Some(frames) = H2_FRAMES.get_ptr_mut(&w.key) else {
         return 0;
@@ -262,8 +333,10 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
         );
     }
     if w.owner != owner {
-        // Another program's walk ran here meanwhile: this one's place is
-        // unknown.
+        // Another program took the slot in the few instructions between
+        // the look at `busy` and setting it: this walk's place, and what
+        // it sent, are unknown. (A window of a few instructions, where a
+        // preemption must also run a walk of its own on this CPU.)
         place.unplaced = 1;
         bump(counter::H2_UNFOLLOWED);
         return 1;
@@ -354,16 +427,16 @@ unsafe extern "C" fn check_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let rel = w.base + w.chk_at - w.win_at;
-    let mut h = [0u8; 9];
     let mut i = 0;
     while i < FRAME_HEADER {
-        h[i as usize] = w.win[((rel + i) & (WINDOW - 1)) as usize];
+        w.chk_head[i as usize] = w.win[((rel + i) & (WINDOW - 1)) as usize];
         i += 1;
     }
-    if !plausible(&h) {
+    if !plausible(&w.chk_head) {
         return 1;
     }
     w.chk_frames += 1;
+    let h = &w.chk_head;
     let len = ((h[0] as u64) << 16) | ((h[1] as u64) << 8) | h[2] as u64;
     w.chk_at += FRAME_HEADER + len;
     if w.chk_at > end {
@@ -378,10 +451,19 @@ unsafe extern "C" fn check_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// on the kind of stream it belongs to, with the length its type allows,
 /// no larger than the default maximum frame size.
 #[inline(always)]
-fn plausible(h: &[u8; 9]) -> bool {
+fn plausible(h: &[u8; 16]) -> bool {
+    let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
+    len <= 16_384 && well_formed(h)
+}
+
+/// A known type on the kind of stream it belongs to, with the length its
+/// type allows (a peer may have raised the maximum frame size). `h` holds
+/// the header in its first nine octets.
+#[inline(always)]
+fn well_formed(h: &[u8; 16]) -> bool {
     let len = ((h[0] as u32) << 16) | ((h[1] as u32) << 8) | h[2] as u32;
     let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
-    if stream & 0x8000_0000 != 0 || len > 16_384 {
+    if stream & 0x8000_0000 != 0 {
         return false;
     }
     let on_stream = stream != 0;
@@ -491,10 +573,12 @@ unsafe extern "C" fn h2_step(_index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn header(w: &mut Walk, avail: u64) -> Option<u64> {
     let need = FRAME_HEADER - w.head_len;
-    let n = capture(w, if need < avail { need } else { avail });
-    if !window(w, w.off, n, avail) {
+    let want = if need < avail { need } else { avail };
+    // Readable first: a failed read must leave the record as it was.
+    if !window(w, w.off, want, avail) {
         return None;
     }
+    let n = capture(w, want);
     let at = w.base + w.off;
     let rel = at - w.win_at;
     let mut i = 0;
@@ -507,6 +591,13 @@ fn header(w: &mut Walk, avail: u64) -> Option<u64> {
     }
     w.head_len += n;
     if w.head_len >= FRAME_HEADER {
+        // A header no sender writes: the place was wrong (bytes the walk
+        // did not see, a chance adoption). Given up, never walked on.
+        // SAFETY: `head` is 32 octets; its first 16 are read.
+        let head = unsafe { &*(w.head.as_ptr() as *const [u8; 16]) };
+        if !well_formed(head) {
+            return None;
+        }
         begin(w);
     }
     Some(n)

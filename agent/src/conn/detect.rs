@@ -113,7 +113,9 @@ pub static DETECTORS: &[Detector] = &[
         deepen: Some(Deepen::Http2),
         kernel: Some(KernelSniff {
             function: "is_h2_preface",
-            on: "the first read of a connection that is not outgoing",
+            on: "the first read of an accepted connection and the first write \
+                 of an outgoing one (of writev/sendmsg, the first iovec entry; \
+                 plain or TLS plaintext), from three octets",
         }),
         recognise: |s, set| {
             let role = match s.met {

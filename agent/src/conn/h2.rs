@@ -37,10 +37,12 @@ const MAX_STREAMS: usize = 256;
 /// Most octets kept of a field value that goes into a span.
 const MAX_VALUE: usize = 2048;
 
-/// Whether `bytes` begin with the client preface, as far as they go.
+/// Whether `bytes` begin with the client preface, as far as they go: at
+/// least `PRI`, the method RFC 9113 reserved so that no HTTP/1 request
+/// starts so (as the probes' `is_h2_preface` decides).
 pub fn starts_preface(bytes: &[u8]) -> bool {
     let n = bytes.len().min(PREFACE.len());
-    n >= 4 && bytes[..n] == PREFACE[..n]
+    n >= 3 && bytes[..n] == PREFACE[..n]
 }
 
 /// Whether `bytes`, the first an HTTP/2 server writes (or its client
@@ -534,7 +536,12 @@ impl Protocol for H2Conn {
             let waited = &mut self.lost_for[usize::from(egress)];
             *waited += 1;
             if joined_role(egress, seg.bytes) != Some(self.role) {
-                return if *waited >= RESYNC_WAIT {
+                let give_up = *waited >= RESYNC_WAIT;
+                // This segment goes unread: whatever is open (streams the
+                // other direction started meanwhile too) may have had its
+                // answer in it.
+                self.end_streams(Outcome::ResponseLost, cx, |_| true);
+                return if give_up {
                     Verdict::Lost
                 } else {
                     Verdict::Continue
@@ -566,8 +573,9 @@ impl Protocol for H2Conn {
         let Some(why) = lost else {
             return Verdict::Continue;
         };
-        // The framing is gone for good: whatever is open may have been
-        // answered in the bytes that could not be framed.
+        // The framing is gone: whatever is open may have been answered
+        // in the bytes that could not be framed. (It may be found again;
+        // until then each segment it cannot read ends what is open.)
         log::debug!(
             "{:?}: HTTP/2 framing lost in the {} direction, in a segment of {} bytes starting like {}: {}",
             cx.key,
@@ -1376,6 +1384,61 @@ mod tests {
             );
         }
         assert_eq!(t.take_evictions(), vec![KEY]);
+        assert_eq!(t.drain().count(), 0);
+    }
+
+    #[test]
+    fn joined_role_takes_a_last_data_frame_cut_short_and_nothing_else() {
+        let mut b = get(1, "/x");
+        b.extend(&frame(0, 0, 1, &[b'z'; 100])[..40]);
+        assert_eq!(joined_role(false, &b), Some(Role::Server));
+        let mut h = get(1, "/x");
+        h.extend(&get(3, "/y")[..12]);
+        assert_eq!(joined_role(false, &h), None);
+        // DATA alone proves nothing.
+        assert_eq!(
+            joined_role(false, &frame(0, 0, 1, &[b'z'; 100])[..40]),
+            None
+        );
+    }
+
+    #[test]
+    fn streams_started_while_the_answers_are_unread_end_as_lost() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        let mut c = PREFACE.to_vec();
+        c.extend(get(1, "/one"));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
+        // The answers' direction loses its framing...
+        let unseen = Segment {
+            bytes: &[],
+            len: 30,
+            stamp: Stamp {
+                enter_ns: 20,
+                exit_ns: 21,
+            },
+        };
+        t.data(KEY, Task::thread(7), true, unseen);
+        // ...a request comes, and its answer is in a write it cannot read.
+        t.data(KEY, Task::thread(7), false, seg(&get(3, "/two"), 30));
+        t.data(KEY, Task::thread(7), true, seg(&[0xee; 20], 40));
+        let mut done: Vec<Record> = t.drain().collect();
+        done.sort_by_key(|r| text(r, "url.path").map(str::to_owned));
+        let got: Vec<(Option<&str>, Option<&str>)> = done
+            .iter()
+            .map(|r| (text(r, "url.path"), text(r, "zerospan.incomplete")))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("/one"), Some("response_unparsed")),
+                (Some("/two"), Some("response_unparsed"))
+            ]
+        );
+        // Found again: stream 3's trailers are an orphan, not its end.
+        let mut w = headers(3, true, &[("grpc-status", "0")]);
+        w.extend(headers(5, true, &[(":status", "200")]));
+        t.data(KEY, Task::thread(7), true, seg(&w, 50));
         assert_eq!(t.drain().count(), 0);
     }
 
