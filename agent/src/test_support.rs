@@ -17,6 +17,18 @@ pub fn seg(bytes: &[u8], t: u64) -> Segment<'_> {
     }
 }
 
+/// `len` octets the probes did not copy, moved by one syscall at `t`.
+pub fn uncopied(len: u64, t: u64) -> Segment<'static> {
+    Segment {
+        bytes: &[],
+        len,
+        stamp: Stamp {
+            enter_ns: t,
+            exit_ns: t + 1,
+        },
+    }
+}
+
 /// SQL options for a connection's tests: the user exported, literals
 /// sanitised or not.
 pub fn opts(sanitize: bool) -> SqlOptions {

@@ -322,16 +322,7 @@ pub extern "C" fn zerospan_h2_walk(w: *mut Walk, owner: u64) -> u32 {
     w.cap = 0;
     w.rec_len = 0;
     w.failed = 0;
-    let mut cx = StepCx { w: &mut *w, owner };
-    // SAFETY: the callback only touches `*w`, for the duration of the call.
-    unsafe {
-        generated::bpf_loop(
-            MAX_STEPS,
-            h2_step as *mut c_void,
-            &mut cx as *mut StepCx as *mut c_void,
-            0,
-        );
-    }
+    steps(w, owner, h2_step);
     if w.owner != owner {
         // Another program took the slot in the few instructions between
         // the look at `busy` and setting it: this walk's place, and what
@@ -388,16 +379,7 @@ fn adopt(w: &mut Walk, owner: u64) -> bool {
     w.chk_at = 0;
     w.chk_frames = 0;
     w.chk_ok = 0;
-    let mut cx = StepCx { w: &mut *w, owner };
-    // SAFETY: the callback only touches `*w`, for the duration of the call.
-    unsafe {
-        generated::bpf_loop(
-            MAX_STEPS,
-            check_step as *mut c_void,
-            &mut cx as *mut StepCx as *mut c_void,
-            0,
-        );
-    }
+    steps(w, owner, check_step);
     w.owner == owner && w.chk_ok != 0
 }
 
@@ -505,6 +487,21 @@ fn window(w: &mut Walk, at: u64, n: u64, span: u64) -> bool {
     w.win_at = addr;
     w.win_len = size;
     true
+}
+
+/// Runs `step` up to `MAX_STEPS` times over `w`, until it says stop.
+#[inline(always)]
+fn steps(w: &mut Walk, owner: u64, step: unsafe extern "C" fn(u64, *mut c_void) -> i64) {
+    let mut cx = StepCx { w, owner };
+    // SAFETY: the callback only touches `*w`, for the duration of the call.
+    unsafe {
+        generated::bpf_loop(
+            MAX_STEPS,
+            step as *mut c_void,
+            &mut cx as *mut StepCx as *mut c_void,
+            0,
+        );
+    }
 }
 
 #[repr(C)]

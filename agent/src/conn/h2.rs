@@ -653,7 +653,7 @@ mod tests {
     use crate::exchange::ConnKey;
     use crate::kernel::Deepen;
     use crate::spans::{SpanKind, Status, Value};
-    use crate::test_support::seg;
+    use crate::test_support::{seg, uncopied};
     use zerospan_common::origin;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -1410,15 +1410,7 @@ mod tests {
         c.extend(get(1, "/one"));
         t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // The answers' direction loses its framing...
-        let unseen = Segment {
-            bytes: &[],
-            len: 30,
-            stamp: Stamp {
-                enter_ns: 20,
-                exit_ns: 21,
-            },
-        };
-        t.data(KEY, Task::thread(7), true, unseen);
+        t.data(KEY, Task::thread(7), true, uncopied(30, 20));
         // ...a request comes, and its answer is in a write it cannot read.
         t.data(KEY, Task::thread(7), false, seg(&get(3, "/two"), 30));
         t.data(KEY, Task::thread(7), true, seg(&[0xee; 20], 40));
@@ -1451,15 +1443,7 @@ mod tests {
         t.data(KEY, Task::thread(7), false, seg(&c, 10));
         // A frame header the probes did not copy: the request direction
         // is lost, and stream 1 with it.
-        let unseen = Segment {
-            bytes: &[],
-            len: 30,
-            stamp: Stamp {
-                enter_ns: 20,
-                exit_ns: 21,
-            },
-        };
-        t.data(KEY, Task::thread(7), false, unseen);
+        t.data(KEY, Task::thread(7), false, uncopied(30, 20));
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(
