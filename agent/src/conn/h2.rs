@@ -246,6 +246,22 @@ impl Side<'_, '_> {
     }
 }
 
+/// A request-side HEADERS on a stream never seen opens a request only
+/// if it can be nothing else. On a connection seen from its start every
+/// new stream id is a request, but after a join or a resync the new id
+/// may be the trailers of a request whose HEADERS went unread: a block
+/// decoded whole without `:method` is such trailers, and so, being
+/// ambiguous, is an unknown one that ends the stream (trailers always
+/// do, RFC 9113 §8.1). An unknown block that leaves the stream open can
+/// only be a request, and its span says its fields are unknown.
+fn opens_request(fields: Option<&Fields>, end_stream: bool) -> bool {
+    match fields {
+        Some(f) if f.get(":method").is_some() => true,
+        Some(f) if !f.has_unknown() && !f.truncated => false,
+        _ => !end_stream,
+    }
+}
+
 fn grpc_status(fields: &Fields) -> Option<u32> {
     std::str::from_utf8(fields.get("grpc-status")?)
         .ok()?
@@ -262,7 +278,11 @@ impl Sink for Side<'_, '_> {
                 // opened before the agent, not a new request.
                 None if id > *self.last_request => {
                     *self.last_request = id;
-                    self.start(id, fields, end_stream, at)
+                    if opens_request(fields, end_stream) {
+                        self.start(id, fields, end_stream, at)
+                    } else {
+                        Stats::inc(&self.cx.stats.h2_orphan_frames)
+                    }
                 }
                 None => Stats::inc(&self.cx.stats.h2_orphan_frames),
                 // Trailers of the request.
@@ -1185,6 +1205,49 @@ mod tests {
             seg(&headers(39, true, &[(":status", "200")]), 30),
         );
         assert_eq!(t.drain().count(), 0);
+    }
+
+    #[test]
+    fn after_a_join_trailers_on_a_new_stream_open_no_request() {
+        let mut t = tracker();
+        t.open(KEY, origin::PREEXISTING, None, None, 0);
+        // Joined at an exchange whose request has a `:method`.
+        t.data(KEY, Task::thread(7), false, seg(&get(39, "/a"), 1));
+        let answer = headers(39, true, &[(":status", "200")]);
+        t.data(KEY, Task::thread(7), true, seg(&answer, 2));
+        assert_eq!(t.drain().count(), 1);
+        // Trailers of a request whose HEADERS were not read: decoded
+        // whole, no `:method`.
+        let trailers = headers(41, true, &[("x-checksum", "abc")]);
+        t.data(KEY, Task::thread(7), false, seg(&trailers, 10));
+        // A block of dynamic references only that ends its stream:
+        // trailers or a request, it cannot be told.
+        let unknown_end = frame(1, END_HEADERS | END_STREAM, 43, &[0xbe, 0xbf]);
+        t.data(KEY, Task::thread(7), false, seg(&unknown_end, 20));
+        for (id, at) in [(41, 30), (43, 40)] {
+            let answer = headers(id, true, &[(":status", "200")]);
+            t.data(KEY, Task::thread(7), true, seg(&answer, at));
+        }
+        assert_eq!(t.drain().count(), 0);
+        let orphans = t
+            .stats()
+            .h2_orphan_frames
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(orphans, 4);
+        // The same unknown block leaving its stream open can only be a
+        // request: a span, its fields marked unknown.
+        let unknown_open = frame(1, END_HEADERS, 45, &[0xbe, 0xbf]);
+        t.data(KEY, Task::thread(7), false, seg(&unknown_open, 50));
+        t.data(KEY, Task::thread(7), false, seg(&data(45, true, 3), 55));
+        let answer = headers(45, true, &[(":status", "204")]);
+        t.data(KEY, Task::thread(7), true, seg(&answer, 60));
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(int(&done[0], "http.response.status_code"), Some(204));
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("h2_request_fields_unknown")
+        );
     }
 
     #[test]
