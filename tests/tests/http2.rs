@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     fs,
-    io::Write,
+    io::{BufRead, BufReader, Read, Write},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -974,6 +974,16 @@ fn curl_http2_against_nginx_over_tls() {
         &base,
         &[("/index.html", 200), ("/missing", 404)],
     );
+    assert_nginx_pages(&servers, &clients, &base, 22);
+    agent.stop();
+    assert_clean(&agent);
+}
+
+/// The spans of `/index.html` (200, `body` octets) then `/missing`
+/// (404) fetched over h2 and TLS 1.3 from nginx: exact HTTP attributes
+/// on both sides, each server span the child of its client span.
+fn assert_nginx_pages(servers: &[FlatSpan], clients: &[FlatSpan], base: &str, body: i64) {
+    assert_eq!((servers.len(), clients.len()), (2, 2));
     for (i, (path, status)) in [("/index.html", 200), ("/missing", 404)].iter().enumerate() {
         let (s, c) = (&servers[i], &clients[i]);
         for span in [s, c] {
@@ -987,10 +997,65 @@ fn curl_http2_against_nginx_over_tls() {
         assert_eq!(s.str("url.scheme").as_deref(), Some("https"));
         assert_eq!(c.str("url.full"), Some(format!("{base}{path}")));
         if *status == 200 {
-            assert_eq!(s.int("http.response.body.size"), Some(22));
-            assert_eq!(c.int("http.response.body.size"), Some(22));
+            assert_eq!(s.int("http.response.body.size"), Some(body));
+            assert_eq!(c.int("http.response.body.size"), Some(body));
         }
         assert_child(s, c);
+    }
+}
+
+/// GnuTLS carrying h2: libcurl's GnuTLS flavour (Debian's
+/// libcurl3-gnutls, through `tests/fixtures/curl_gnutls.py`) fetches two
+/// pages over one connection from nginx, ALPN h2. The client's spans come
+/// from `gnutls_record_send`/`recv`'s plaintext, the server's from
+/// OpenSSL's, each server span the child of its client span.
+#[test]
+fn gnutls_client_over_h2_against_nginx() {
+    require_root();
+    let root = TempDir::new("h2-gnutls");
+    fs::write(root.0.join("index.html"), "hello over h2 and GnuTLS\n").unwrap();
+    let port = free_port();
+    let nginx = zerospan_tests::procs::Nginx::start_tls_h2(&root.0, port);
+    let base = format!("https://127.0.0.1:{port}");
+    let mut client = Command::new("python3")
+        .arg(fixture("curl_gnutls.py"))
+        .args([format!("{base}/index.html"), format!("{base}/missing")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "LOADED\n", "libcurl-gnutls did not load");
+    // Started now, the agent finds libgnutls already mapped.
+    let collector = Collector::start();
+    let mut agent = Agent::for_pids(&[nginx.pid(), client.id()], &collector, &[]);
+    writeln!(client.stdin.take().unwrap(), "go").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(rest, "200 2\n404 2\n");
+    let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
+    let side = |server: bool| {
+        let mut v: Vec<FlatSpan> = spans
+            .iter()
+            .filter(|s| s.is_server() == server)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        v
+    };
+    let (servers, clients) = (side(true), side(false));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (2, 2),
+        "{}",
+        agent.final_log()
+    );
+    assert_nginx_pages(&servers, &clients, &base, 25);
+    for c in &clients {
+        assert_eq!(c.res_int("process.pid"), Some(i64::from(client.id())));
     }
     agent.stop();
     assert_clean(&agent);

@@ -43,9 +43,11 @@ const TEST_PACKAGES: &[&str] = &[
     "postgresql-client",
     "mariadb-server",
     "mariadb-client",
-    // TLS tests: certificates, and a GnuTLS client.
+    // TLS tests: certificates, and GnuTLS clients (gnutls-cli, and
+    // libcurl's GnuTLS flavour for HTTP/2).
     "openssl",
     "gnutls-bin",
+    "libcurl3-gnutls",
     "memcached",
     // `ip netns` and veth: two network namespaces stand in for two hosts.
     "iproute2",
