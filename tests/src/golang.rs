@@ -14,7 +14,7 @@ use crate::procs::{fixture, workspace};
 #[derive(Clone, Debug)]
 pub struct Toolchain {
     /// Its release line, as `go env GOVERSION` starts (`go1.19`).
-    pub release: &'static str,
+    pub release: String,
     pub go: PathBuf,
 }
 
@@ -31,14 +31,40 @@ pub fn toolchains() -> Vec<Toolchain> {
     let scripts = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim());
     let out = vec![
         Toolchain {
-            release: "go1.19",
+            release: "go1.19".to_owned(),
             go: PathBuf::from("/usr/lib/go-1.19/bin/go"),
         },
         Toolchain {
-            release: "go1.27",
+            release: "go1.27".to_owned(),
             go: scripts.join("go"),
         },
     ];
+    checked(out)
+}
+
+/// The release lines of `tests/fixtures/go/releases`, which set-up
+/// installs into `/opt/zerospan-go/<line>/`: the probes support them too,
+/// and a test builds with each. A missing one fails the test.
+pub fn other_releases() -> Vec<Toolchain> {
+    let list = std::fs::read_to_string(fixture("go/releases")).expect("the releases file");
+    let out = list
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let line = l.split_whitespace().next().expect("a release line");
+            Toolchain {
+                release: line.to_owned(),
+                go: PathBuf::from("/opt/zerospan-go")
+                    .join(line)
+                    .join("go/bin/go"),
+            }
+        })
+        .collect();
+    checked(out)
+}
+
+/// `toolchains`, each checked to be the release it says.
+fn checked(out: Vec<Toolchain>) -> Vec<Toolchain> {
     for tc in &out {
         let version = Command::new(&tc.go)
             .args(["env", "GOVERSION"])
@@ -129,7 +155,12 @@ pub fn build(tc: &Toolchain, name: &str, stripped: bool) -> Build {
 
 /// `name` built by every toolchain, with symbols and stripped.
 pub fn builds(name: &str) -> Vec<Build> {
-    toolchains()
+    builds_with(&toolchains(), name)
+}
+
+/// `name` built by each of `toolchains`, with symbols and stripped.
+pub fn builds_with(toolchains: &[Toolchain], name: &str) -> Vec<Build> {
+    toolchains
         .iter()
         .flat_map(|tc| [false, true].map(|stripped| build(tc, name, stripped)))
         .collect()

