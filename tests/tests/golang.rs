@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -186,7 +187,18 @@ fn https_servers_give_exact_spans(builds: &[Build]) {
             build.path.display(),
             build.toolchain.release
         );
-        assert!(log.contains(&hooked), "{hooked:?} in:\n{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains(&hooked))
+            .unwrap_or_else(|| panic!("{hooked:?} in:\n{log}"));
+        // A binary that keeps its DWARF is read by it; a stripped one
+        // by its release line's row.
+        let from = if build.stripped {
+            "offsets from the table"
+        } else {
+            "offsets from its DWARF"
+        };
+        assert!(line.contains(from), "{from:?} in {line:?}");
     }
     assert_eq!(agent.stat("go_binaries_hooked"), Some(builds.len() as u64));
     assert_clean(&agent);
@@ -308,52 +320,80 @@ fn go_https_clients_give_exact_client_spans_linked_to_the_server() {
 }
 
 /// A Go binary whose release is not in the offsets table (its build info
-/// rewritten to say go1.99) is left alone: no probes, a warning naming the
+/// rewritten to say go1.99): with its DWARF, read by it, hooked, and its
+/// spans exact; stripped, left alone: no probes, a warning naming the
 /// binary and the reason, a counter, and the program works.
 #[test]
-fn a_go_binary_of_an_unknown_release_is_left_alone_and_counted() {
+fn a_go_binary_of_an_unknown_release_is_read_by_its_dwarf_or_left_alone() {
     require_root();
-    let build = golang::build(&golang::toolchains()[0], "https_server", false);
+    let tc = &golang::toolchains()[0];
     let dir = TempDir::new("go-unknown");
-    let patched = dir.0.join("https_server");
-    let mut bytes = std::fs::read(&build.path).unwrap();
-    let magic = b"\xff Go buildinf:";
-    let at = bytes
-        .windows(magic.len())
-        .position(|w| w == magic)
-        .expect("build info");
-    let version = at + 33;
-    assert_eq!(&bytes[version..version + 6], b"go1.19");
-    bytes[version..version + 6].copy_from_slice(b"go1.99");
-    std::fs::write(&patched, &bytes).unwrap();
-    std::fs::set_permissions(
-        &patched,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let patched: Vec<PathBuf> = [false, true]
+        .iter()
+        .map(|&stripped| {
+            let build = golang::build(tc, "https_server", stripped);
+            let path = dir.0.join(build.label());
+            let mut bytes = std::fs::read(&build.path).unwrap();
+            let magic = b"\xff Go buildinf:";
+            let at = bytes
+                .windows(magic.len())
+                .position(|w| w == magic)
+                .expect("build info");
+            let version = at + 33;
+            assert_eq!(&bytes[version..version + 6], b"go1.19");
+            bytes[version..version + 6].copy_from_slice(b"go1.99");
+            std::fs::write(&path, &bytes).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            path
+        })
+        .collect();
     let (cert, key) = self_signed_cert(&dir.0);
-    let server = Fixture::start(Command::new(&patched).arg(&cert).arg(&key));
+    let servers: Vec<Fixture> = patched
+        .iter()
+        .map(|p| Fixture::start(Command::new(p).arg(&cert).arg(&key)))
+        .collect();
     let collector = Collector::start();
-    let mut agent = agent_for(&[server.pid()], &collector);
-    let url = format!("https://127.0.0.1:{}/unknown", server.port);
-    assert_eq!(zerospan_tests::curl(&["-sk", &url]), body("/unknown"));
+    let pids: Vec<u32> = servers.iter().map(Fixture::pid).collect();
+    let mut agent = agent_for(&pids, &collector);
+    for server in &servers {
+        let url = format!("https://127.0.0.1:{}/unknown", server.port);
+        assert_eq!(zerospan_tests::curl(&["-sk", &url]), body("/unknown"));
+    }
+    collector.wait_for(1, Duration::from_secs(10), |_| true);
     std::thread::sleep(Duration::from_secs(2));
     assert!(agent.stop().success());
     let log = agent.stderr();
+    // With its DWARF: hooked, its goroutines followed (DWARF shows
+    // newproc1's arguments), one exact span.
+    let hooked = format!(
+        "hooked Go's crypto/tls in {} (go1.99.",
+        patched[0].display()
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(&hooked))
+        .unwrap_or_else(|| panic!("{hooked:?} in:\n{log}"));
+    assert!(line.contains(", offsets from its DWARF)"), "{line}");
+    let following = format!("following goroutines in {} (", patched[0].display());
+    assert!(log.contains(&following), "{following:?} in:\n{log}");
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 1, "{}", summary(&spans));
+    let s = &spans[0];
+    assert_eq!(s.res_int("process.pid"), Some(i64::from(servers[0].pid())));
+    assert_eq!(s.str("url.path").as_deref(), Some("/unknown"));
+    assert_eq!(s.int("http.response.status_code"), Some(200));
+    assert_eq!(s.str("tls.protocol.version").as_deref(), Some("1.3"));
+    // Stripped: left alone, said and counted.
     let warning = format!(
         "Go program {} is not hooked (version): its Go version (go1.99",
-        patched.display()
+        patched[1].display()
     );
     assert!(log.contains(&warning), "{warning:?} in:\n{log}");
     assert_eq!(agent.stat("go_binaries_unsupported"), Some(1), "{log}");
-    assert_eq!(agent.stat("go_binaries_hooked"), Some(0), "{log}");
+    assert_eq!(agent.stat("go_binaries_hooked"), Some(1), "{log}");
     // Its TLS connection was seen, and given up as unhooked.
     assert_eq!(agent.stat("connections_tls_unhooked"), Some(1), "{log}");
-    assert!(
-        collector.spans().is_empty(),
-        "{}",
-        summary(&collector.spans())
-    );
 }
 
 /// The traced program comes to no harm: Go servers of both releases under

@@ -455,7 +455,7 @@ fn fuzz(secs: &str) -> Result<()> {
     // Rust throughout, so it runs without AddressSanitizer (about six times
     // the executions here; a panic is what it looks for), on programs of up
     // to 512 bytes (about 200 events: deep enough, and fast).
-    let targets: [(&str, &[&str], &[&str]); 9] = [
+    let targets: [(&str, &[&str], &[&str]); 10] = [
         ("http1_framer", &[], &[]),
         ("resp_framer", &[], &[]),
         ("memcache_framer", &[], &[]),
@@ -464,6 +464,7 @@ fn fuzz(secs: &str) -> Result<()> {
         ("sql_sanitize", &[], &[]),
         ("h2_framer", &[], &[]),
         ("event_decode", &[], &[]),
+        ("go_binary", &[], &[]),
         ("tracker", &["--sanitizer", "none"], &["-max_len=512"]),
     ];
     for (target, options, flags) in targets {

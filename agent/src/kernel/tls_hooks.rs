@@ -398,10 +398,13 @@ impl TlsHooks {
                 return (true, None);
             }
         };
-        let tls = go
-            .tls
-            .as_ref()
-            .is_some_and(|tls| self.hook_go_tls(ebpf, path, &go.version, tls, links));
+        let from = match go.offsets_from {
+            golang::OffsetsFrom::Dwarf => "offsets from its DWARF",
+            golang::OffsetsFrom::Table => "offsets from the table",
+        };
+        let tls = go.tls.as_ref().is_some_and(|tls| {
+            self.hook_go_tls(ebpf, path, &format!("{}, {from}", go.version), tls, links)
+        });
         let goroutines = match &go.goroutines {
             Ok(g) => self.hook_goroutines(ebpf, path, &go.version, g, links),
             Err(e) => {

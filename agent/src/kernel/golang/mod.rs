@@ -15,6 +15,7 @@
 //! Pure: the caller reads the file and the process's maps.
 
 mod buildinfo;
+mod dwarf;
 mod offsets;
 mod pclntab;
 mod returns;
@@ -39,6 +40,35 @@ pub struct Layout {
     pub conn: u16,
     pub netfd: u16,
     pub sysfd: u16,
+}
+
+impl Layout {
+    fn fields(&self) -> Fields {
+        Fields {
+            conn: self.conn,
+            netfd: self.netfd,
+            sysfd: self.sysfd,
+        }
+    }
+}
+
+/// The offsets of the fields from a `*tls.Conn` to its socket's fd:
+/// `tls.Conn.conn`, `net.TCPConn`'s `fd` (through its embedded `conn`),
+/// and `poll.FD.Sysfd` from the start of a `netFD` (through its `pfd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fields {
+    pub conn: u16,
+    pub netfd: u16,
+    pub sysfd: u16,
+}
+
+/// Where a binary's field offsets came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetsFrom {
+    /// Its own DWARF.
+    Dwarf,
+    /// The table row of its release line (its DWARF stripped).
+    Table,
 }
 
 /// `abi.Type`'s `TFlag`, `Kind_` and `Str` (`runtime._type` before Go
@@ -86,7 +116,8 @@ pub struct GoBinary {
     pub goroutines: Result<Runtime, Unsupported>,
     /// The address of `runtime.types` in the file.
     types: u64,
-    layout: Layout,
+    fields: Fields,
+    pub offsets_from: OffsetsFrom,
     /// The first loaded address, for a position-independent executable
     /// (its addresses move by where it is loaded); `None` otherwise.
     pie_base: Option<u64>,
@@ -105,9 +136,9 @@ impl GoBinary {
         Some(GoProc {
             types: self.types.checked_add(bias)?,
             tcp_conn_itab: 0,
-            conn: self.layout.conn,
-            netfd: self.layout.netfd,
-            sysfd: self.layout.sysfd,
+            conn: self.fields.conn,
+            netfd: self.fields.netfd,
+            sysfd: self.fields.sysfd,
             type_str: TYPE_STR,
             type_tflag: TYPE_TFLAG,
             type_kind: TYPE_KIND,
@@ -126,8 +157,19 @@ impl GoBinary {
 /// Why a Go binary, or a part of it, is left alone.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Unsupported {
-    #[error("its Go version ({0}) is not in the field-offset table (known: {known})", known = known_releases())]
+    #[error(
+        "its Go version ({0}) is not in the field-offset table (known: {known}), \
+         and it keeps no DWARF that gives them",
+        known = known_releases()
+    )]
     Version(String),
+    #[error("its Go version ({0}) is not in the field-offset table, and {1}")]
+    Dwarf(String, dwarf::Error),
+    #[error(
+        "its release is not in the table, and its DWARF does not show {0} \
+         taking the arguments the probes read"
+    )]
+    Signature(&'static str),
     #[error("it is built for {0:?}; the probes read amd64's registers")]
     Arch(object::Architecture),
     #[error("{0}")]
@@ -154,6 +196,8 @@ impl Unsupported {
     pub fn reason(&self) -> &'static str {
         match self {
             Unsupported::Version(_) => "version",
+            Unsupported::Dwarf(..) => "dwarf",
+            Unsupported::Signature(_) => "signature",
             Unsupported::Arch(_) => "arch",
             Unsupported::Pclntab(_) => "pclntab",
             Unsupported::Code(..) | Unsupported::Outside(_) => "code",
@@ -191,12 +235,36 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(Unsupported::Arch(obj.architecture()));
     }
-    // The field offsets, and the registers `newproc1` takes its arguments
-    // in, are known for these releases only.
-    let layout = buildinfo::release_line(&version)
+    // The field offsets come from the binary's DWARF when it keeps it,
+    // else from its release line's row. The registers `newproc1` takes
+    // its arguments in are known for the table's releases, and for
+    // another only where its DWARF shows them.
+    let row = buildinfo::release_line(&version)
         .and_then(|line| offsets::LAYOUTS.iter().find(|l| l.release == line))
-        .copied()
-        .ok_or_else(|| Unsupported::Version(version.clone()))?;
+        .map(Layout::fields);
+    let dwarf = dwarf::read(&obj);
+    let (fields, offsets_from) = match (&dwarf, row) {
+        (
+            Ok(Some(dwarf::Answers {
+                fields: Some(f), ..
+            })),
+            _,
+        ) => (*f, OffsetsFrom::Dwarf),
+        (_, Some(f)) => (f, OffsetsFrom::Table),
+        (Err(_), None) => {
+            let Err(e) = dwarf else { unreachable!() };
+            return Err(Unsupported::Dwarf(version, e));
+        }
+        (Ok(_), None) => return Err(Unsupported::Version(version)),
+    };
+    let newproc1_known = row.is_some()
+        || matches!(
+            dwarf,
+            Ok(Some(dwarf::Answers {
+                newproc1_checked: true,
+                ..
+            }))
+        );
     let find = Finder::new(&obj)?;
     let tls = match (find.range(READ), find.range(WRITE)) {
         (Some(r), Some(w)) => Some(TlsMethods {
@@ -211,7 +279,12 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
         .or_else(|| obj.section_by_name(".rodata").map(|s| s.address()))
         .ok_or(Unsupported::NoTypes)?;
     let slot = tls_slot(&obj);
-    let goroutines = slot.clone().and_then(|_| goroutines(&obj, &find));
+    let goroutines = slot.clone().and_then(|_| {
+        if !newproc1_known {
+            return Err(Unsupported::Signature(NEWPROC1));
+        }
+        goroutines(&obj, &find)
+    });
     // 0 tells the probes the slot is unknown, or not to be used.
     let tls_g = match (&goroutines, slot) {
         (Ok(_), Ok(at)) => at,
@@ -225,7 +298,8 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
         tls_g,
         goroutines,
         types,
-        layout,
+        fields,
+        offsets_from,
         pie_base,
     }))
 }
@@ -359,4 +433,43 @@ fn probe_points(
         entry: offset(points.entry),
         returns: points.returns.into_iter().map(offset).collect(),
     })
+}
+
+/// For the fuzz target (`fuzz/fuzz_targets/go_binary.rs`): the first byte
+/// picks one of this module's readers of file bytes, which reads the rest.
+/// None may panic, loop or allocate without bound, whatever the file.
+pub fn fuzz_readers(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 5 {
+        0 => {
+            if let Ok(table) = pclntab::Pclntab::parse(rest) {
+                let _ = table.text_start();
+                for name in [READ, WRITE, NEWPROC1, ROUND_TRIP, WRITE_LOOP] {
+                    let _ = table.find(name);
+                }
+            }
+        }
+        1 => {
+            if let Some(v) = buildinfo::version(rest) {
+                let _ = buildinfo::release_line(v);
+            }
+        }
+        2 => {
+            let _ = returns::points(rest, 0x40_1000);
+        }
+        3 => {
+            // Two sections, the first's length in the first two bytes.
+            let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+                return;
+            };
+            let at = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+            let (abbrev, info) = rest.split_at(at);
+            let _ = dwarf::from_sections(info, abbrev, &[]);
+        }
+        _ => {
+            let _ = inspect(rest);
+        }
+    }
 }
