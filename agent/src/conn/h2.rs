@@ -108,6 +108,8 @@ pub struct H2Conn {
     streams: Map<u32, Stream>,
     /// See [`Side::last_request`].
     last_request: u32,
+    /// See [`Side::uncertain`].
+    uncertain: bool,
     opts: Arc<Options>,
     /// Segments seen since each direction (read, written) lost its
     /// framing, while it waits for one to find its frames again.
@@ -165,6 +167,10 @@ struct Side<'a, 'c> {
     finished: &'a mut Vec<(Stream, Outcome)>,
     /// The highest stream id a request was seen on.
     last_request: &'a mut u32,
+    /// Bytes before this connection's first request HEADERS seen since
+    /// were not read (joined, framing found again, events lost): a new
+    /// stream id may then be a stream opened unseen, its trailers coming.
+    uncertain: &'a mut bool,
     /// SETTINGS_HEADER_TABLE_SIZE this direction's sender announced.
     table_size: Option<u32>,
 }
@@ -246,17 +252,26 @@ impl Side<'_, '_> {
     }
 }
 
-/// A request-side HEADERS on a stream never seen opens a request only
-/// if it can be nothing else. On a connection seen from its start every
-/// new stream id is a request, but after a join or a resync the new id
-/// may be the trailers of a request whose HEADERS went unread: a block
-/// decoded whole without `:method` is such trailers, and so, being
-/// ambiguous, is an unknown one that ends the stream (trailers always
-/// do, RFC 9113 §8.1). An unknown block that leaves the stream open can
-/// only be a request, and its span says its fields are unknown.
+/// A request's first HEADERS: it has a request pseudo-header, which
+/// trailers never carry (RFC 9113 §8.1).
+fn is_request_head(f: &Fields) -> bool {
+    [":method", ":path", ":scheme", ":authority"]
+        .iter()
+        .any(|name| f.get(name).is_some())
+}
+
+/// A request-side HEADERS on a stream never seen opens a request, while
+/// the connection is uncertain, only if it can be nothing else. On a
+/// connection seen from its start every new stream id is a request, but
+/// after a join or a resync the new id may be the trailers of a request
+/// whose HEADERS went unread: a block decoded whole without a request
+/// pseudo-header is such trailers, and so, being ambiguous, is an
+/// unknown one that ends the stream (trailers always do, RFC 9113
+/// §8.1). An unknown block that leaves the stream open can only be a
+/// request, and its span says its fields are unknown.
 fn opens_request(fields: Option<&Fields>, end_stream: bool) -> bool {
     match fields {
-        Some(f) if f.get(":method").is_some() => true,
+        Some(f) if is_request_head(f) => true,
         Some(f) if !f.has_unknown() && !f.truncated => false,
         _ => !end_stream,
     }
@@ -278,7 +293,13 @@ impl Sink for Side<'_, '_> {
                 // opened before the agent, not a new request.
                 None if id > *self.last_request => {
                     *self.last_request = id;
-                    if opens_request(fields, end_stream) {
+                    if !*self.uncertain {
+                        self.start(id, fields, end_stream, at)
+                    } else if opens_request(fields, end_stream) {
+                        // Ids grow in the order streams open (RFC 9113
+                        // §5.1.1): past a request's first HEADERS, every
+                        // new id opened after it, in bytes read.
+                        *self.uncertain &= !fields.is_some_and(is_request_head);
                         self.start(id, fields, end_stream, at)
                     } else {
                         Stats::inc(&self.cx.stats.h2_orphan_frames)
@@ -396,6 +417,7 @@ impl H2Conn {
             writes,
             streams: Map::default(),
             last_request: 0,
+            uncertain: false,
             opts,
             lost_for: [0; 2],
         }
@@ -444,6 +466,7 @@ impl H2Conn {
             writes: Framer::joined(),
             streams: Map::default(),
             last_request: 0,
+            uncertain: true,
             opts,
             lost_for: [0; 2],
         }
@@ -569,6 +592,7 @@ impl Protocol for H2Conn {
             }
             *waited = 0;
             *framer = Framer::joined();
+            self.uncertain = true;
             Stats::inc(&cx.stats.h2_resyncs);
         }
         let mut side = Side {
@@ -579,6 +603,7 @@ impl Protocol for H2Conn {
             cx,
             finished: &mut finished,
             last_request: &mut self.last_request,
+            uncertain: &mut self.uncertain,
             table_size: None,
         };
         framer.feed(seg, &mut side);
@@ -660,6 +685,7 @@ impl Protocol for H2Conn {
         // is unknown, so no older table entry can be placed any more.
         self.reads.table_lost();
         self.writes.table_lost();
+        self.uncertain = true;
     }
 }
 
@@ -1211,29 +1237,29 @@ mod tests {
     fn after_a_join_trailers_on_a_new_stream_open_no_request() {
         let mut t = tracker();
         t.open(KEY, origin::PREEXISTING, None, None, 0);
-        // Joined at an exchange whose request has a `:method`.
-        t.data(KEY, Task::thread(7), false, seg(&get(39, "/a"), 1));
+        let orphans = |t: &Tracker| {
+            t.stats()
+                .h2_orphan_frames
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // Joined at an answer: no request of it seen yet.
         let answer = headers(39, true, &[(":status", "200")]);
         t.data(KEY, Task::thread(7), true, seg(&answer, 2));
-        assert_eq!(t.drain().count(), 1);
+        assert_eq!(orphans(&t), 1);
         // Trailers of a request whose HEADERS were not read: decoded
         // whole, no `:method`.
         let trailers = headers(41, true, &[("x-checksum", "abc")]);
         t.data(KEY, Task::thread(7), false, seg(&trailers, 10));
         // A block of dynamic references only that ends its stream:
         // trailers or a request, it cannot be told.
-        let unknown_end = frame(1, END_HEADERS | END_STREAM, 43, &[0xbe, 0xbf]);
-        t.data(KEY, Task::thread(7), false, seg(&unknown_end, 20));
+        let unknown_end = |id| frame(1, END_HEADERS | END_STREAM, id, &[0xbe, 0xbf]);
+        t.data(KEY, Task::thread(7), false, seg(&unknown_end(43), 20));
         for (id, at) in [(41, 30), (43, 40)] {
             let answer = headers(id, true, &[(":status", "200")]);
             t.data(KEY, Task::thread(7), true, seg(&answer, at));
         }
         assert_eq!(t.drain().count(), 0);
-        let orphans = t
-            .stats()
-            .h2_orphan_frames
-            .load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(orphans, 4);
+        assert_eq!(orphans(&t), 5);
         // The same unknown block leaving its stream open can only be a
         // request: a span, its fields marked unknown.
         let unknown_open = frame(1, END_HEADERS, 45, &[0xbe, 0xbf]);
@@ -1244,6 +1270,54 @@ mod tests {
         let done: Vec<Record> = t.drain().collect();
         assert_eq!(done.len(), 1);
         assert_eq!(int(&done[0], "http.response.status_code"), Some(204));
+        assert_eq!(
+            text(&done[0], "zerospan.incomplete"),
+            Some("h2_request_fields_unknown")
+        );
+        // A request's first HEADERS (`:method`) seen: every later new id
+        // opened after it, in bytes read, so the ambiguous block is a
+        // request now.
+        t.data(KEY, Task::thread(7), false, seg(&get(47, "/b"), 70));
+        t.data(KEY, Task::thread(7), false, seg(&unknown_end(49), 75));
+        for (id, at) in [(47, 80), (49, 85)] {
+            let answer = headers(id, true, &[(":status", "200")]);
+            t.data(KEY, Task::thread(7), true, seg(&answer, at));
+        }
+        let mut done: Vec<Record> = t.drain().collect();
+        done.sort_by_key(|r| text(r, "zerospan.incomplete").is_some());
+        assert_eq!(done.len(), 2);
+        assert_eq!(text(&done[0], "url.path"), Some("/b"));
+        assert_eq!(
+            text(&done[1], "zerospan.incomplete"),
+            Some("h2_request_fields_unknown")
+        );
+        assert_eq!(orphans(&t), 5);
+    }
+
+    #[test]
+    fn an_unread_request_block_on_a_connection_seen_from_its_start_is_a_request() {
+        let mut t = tracker();
+        t.open(KEY, origin::ACCEPTED, None, None, 0);
+        // A block past MAX_BLOCK, in HEADERS and two CONTINUATIONs, that
+        // ends its stream: not read, and still stream 1's request.
+        let pad = "a".repeat(100);
+        let fields: Vec<(&str, &str)> = std::iter::repeat_n(("x-pad", pad.as_str()), 330).collect();
+        let big = block(&fields);
+        assert!(big.len() > zerospan_protocols::h2::MAX_BLOCK);
+        let mut c = PREFACE.to_vec();
+        c.extend(frame(1, END_STREAM, 1, &big[..16000]));
+        c.extend(frame(9, 0, 1, &big[16000..32000]));
+        c.extend(frame(9, END_HEADERS, 1, &big[32000..]));
+        t.data(KEY, Task::thread(7), false, seg(&c, 10));
+        t.data(
+            KEY,
+            Task::thread(7),
+            true,
+            seg(&headers(1, true, &[(":status", "200")]), 20),
+        );
+        let done: Vec<Record> = t.drain().collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(int(&done[0], "http.response.status_code"), Some(200));
         assert_eq!(
             text(&done[0], "zerospan.incomplete"),
             Some("h2_request_fields_unknown")
