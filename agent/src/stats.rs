@@ -280,9 +280,10 @@ counters! {
     /// TLS probes that could not be attached (not counting functions a
     /// file does not have): with a refusal, TLS capture is off.
     loss tls_uprobes_failed,
-    /// Go executables with `crypto/tls` that are left alone (a Go release
-    /// not in the offsets table, code not as expected): the log names each
-    /// and the reason.
+    /// Go executables left alone (stripped, of a release not in the offsets
+    /// table; code not as expected), or whose goroutines are not followed
+    /// though their TLS is hooked (then counted in `go_binaries_hooked`
+    /// too): the log names each and the reason.
     loss go_binaries_unsupported,
     /// Go executables whose `crypto/tls` is hooked now (a gauge).
     gauge go_binaries_hooked,

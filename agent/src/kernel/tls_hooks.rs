@@ -398,12 +398,16 @@ impl TlsHooks {
                 return (true, None);
             }
         };
-        let from = match go.offsets_from {
-            golang::OffsetsFrom::Dwarf => "offsets from its DWARF",
-            golang::OffsetsFrom::Table => "offsets from the table",
+        let from = match &go.offsets_from {
+            golang::OffsetsFrom::Dwarf => "offsets from its DWARF".to_owned(),
+            golang::OffsetsFrom::Table(None) => "offsets from the table".to_owned(),
+            golang::OffsetsFrom::Table(Some(why)) => {
+                format!("offsets from the table: {why}")
+            }
         };
         let tls = go.tls.as_ref().is_some_and(|tls| {
-            self.hook_go_tls(ebpf, path, &format!("{}, {from}", go.version), tls, links)
+            let release_and_offsets = format!("{}, {from}", go.version);
+            self.hook_go_tls(ebpf, path, &release_and_offsets, tls, links)
         });
         let goroutines = match &go.goroutines {
             Ok(g) => self.hook_goroutines(ebpf, path, &go.version, g, links),
@@ -453,7 +457,8 @@ impl TlsHooks {
         &mut self,
         ebpf: &mut Ebpf,
         path: &Path,
-        version: &str,
+        // The release, and where the field offsets came from.
+        about: &str,
         tls: &golang::TlsMethods,
         links: &mut Vec<uprobe::Link>,
     ) -> bool {
@@ -471,7 +476,7 @@ impl TlsHooks {
             return false;
         };
         log::info!(
-            "hooked Go's crypto/tls in {} ({version}): {n} probes",
+            "hooked Go's crypto/tls in {} ({about}): {n} probes",
             exe_name(path)
         );
         true

@@ -35,6 +35,11 @@ pub fn release_line(version: &str) -> Option<&str> {
     (minor > 0).then(|| &version[..4 + minor])
 }
 
+/// A release line's minor number: 19 for `go1.19`.
+pub fn minor(line: &str) -> Option<u32> {
+    line.strip_prefix("go1.")?.parse().ok()
+}
+
 fn uvarint(b: &[u8]) -> Option<(u64, &[u8])> {
     let mut value = 0u64;
     for (i, &byte) in b.iter().enumerate().take(10) {
@@ -80,6 +85,9 @@ mod tests {
         assert_eq!(release_line("go1.27rc1"), Some("go1.27"));
         assert_eq!(release_line("go1.22"), Some("go1.22"));
         assert_eq!(release_line("devel +abc"), None);
+        assert_eq!(minor("go1.19"), Some(19));
+        assert_eq!(minor("go1.100"), Some(100));
+        assert_eq!(minor("go2.0"), None);
         assert_eq!(release_line("go1."), None);
     }
 }

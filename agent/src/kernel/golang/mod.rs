@@ -8,8 +8,10 @@
 //! - the functions from the symbol table when there is one, else from the
 //!   runtime's own function table, `.gopclntab`;
 //! - their `RET`s by decoding them ([`returns`]);
-//! - struct field offsets from a table per Go release line, generated from
-//!   each toolchain ([`offsets`]). A release not in it is not hooked;
+//! - struct field offsets from the binary's own DWARF when it keeps it
+//!   ([`dwarf`]), else from a table per Go release line, generated from
+//!   each toolchain ([`offsets`]). A stripped binary of a release not in
+//!   it is not hooked, nor is one of a release before 1.19;
 //! - where a thread keeps its running goroutine, from the TLS segment.
 //!
 //! Pure: the caller reads the file and the process's maps.
@@ -25,6 +27,9 @@ use object::{
     ObjectSymbol as _,
 };
 use zerospan_common::{go_g, GoProc};
+
+/// The oldest Go release line hooked: `go1.19`.
+const OLDEST_MINOR: u32 = 19;
 
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
@@ -63,12 +68,13 @@ pub struct Fields {
 }
 
 /// Where a binary's field offsets came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OffsetsFrom {
     /// Its own DWARF.
     Dwarf,
-    /// The table row of its release line (its DWARF stripped).
-    Table,
+    /// The table row of its release line: it has no DWARF, or (the
+    /// reason) one that did not answer.
+    Table(Option<String>),
 }
 
 /// `abi.Type`'s `TFlag`, `Kind_` and `Str` (`runtime._type` before Go
@@ -163,11 +169,14 @@ pub enum Unsupported {
         known = known_releases()
     )]
     Version(String),
+    #[error("its Go version ({0}) is older than go1.{OLDEST_MINOR}, the oldest the probes know")]
+    TooOld(String),
     #[error("its Go version ({0}) is not in the field-offset table, and {1}")]
     Dwarf(String, dwarf::Error),
     #[error(
-        "its release is not in the table, and its DWARF does not show {0} \
-         taking the arguments the probes read"
+        "its DWARF shows {0} not taking the arguments the probes read where \
+         they read them, or its release is not in the table and its DWARF \
+         does not show them"
     )]
     Signature(&'static str),
     #[error("it is built for {0:?}; the probes read amd64's registers")]
@@ -195,7 +204,7 @@ impl Unsupported {
     /// A short label for counting, and for the log.
     pub fn reason(&self) -> &'static str {
         match self {
-            Unsupported::Version(_) => "version",
+            Unsupported::Version(_) | Unsupported::TooOld(_) => "version",
             Unsupported::Dwarf(..) => "dwarf",
             Unsupported::Signature(_) => "signature",
             Unsupported::Arch(_) => "arch",
@@ -239,34 +248,50 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
     // else from its release line's row. The registers `newproc1` takes
     // its arguments in are known for the table's releases, and for
     // another only where its DWARF shows them.
-    let row = buildinfo::release_line(&version)
+    let line = buildinfo::release_line(&version);
+    let row = line
         .and_then(|line| offsets::LAYOUTS.iter().find(|l| l.release == line))
         .map(Layout::fields);
-    let dwarf = dwarf::read(&obj);
-    let (fields, offsets_from) = match (&dwarf, row) {
-        (
-            Ok(Some(dwarf::Answers {
-                fields: Some(f), ..
-            })),
-            _,
-        ) => (*f, OffsetsFrom::Dwarf),
-        (_, Some(f)) => (f, OffsetsFrom::Table),
-        (Err(_), None) => {
-            let Err(e) = dwarf else { unreachable!() };
-            return Err(Unsupported::Dwarf(version, e));
-        }
-        (Ok(_), None) => return Err(Unsupported::Version(version)),
+    // Older releases were never tested (Go 1.17's newproc1 takes other
+    // arguments; before it, another ABI): refused, whatever DWARF says.
+    if line
+        .and_then(buildinfo::minor)
+        .is_none_or(|m| m < OLDEST_MINOR)
+    {
+        return Err(Unsupported::TooOld(version));
+    }
+    let known = row.is_some();
+    let (answers, dwarf_error) = match dwarf::read(&obj) {
+        Ok(a) => (a, None),
+        Err(e) => (None, Some(e)),
     };
-    let newproc1_known = row.is_some()
-        || matches!(
-            dwarf,
-            Ok(Some(dwarf::Answers {
-                newproc1_checked: true,
-                ..
-            }))
-        );
+    let (fields, offsets_from) = match (answers.as_ref().and_then(|a| a.fields), row) {
+        (Some(f), _) => (f, OffsetsFrom::Dwarf),
+        (None, Some(f)) => {
+            // Said in the log: a DWARF that was there but did not answer.
+            let why = match (&dwarf_error, &answers) {
+                (Some(e), _) => Some(e.to_string()),
+                (None, Some(_)) => Some("its DWARF lacks a field, or has it retyped".to_owned()),
+                (None, None) => None,
+            };
+            (f, OffsetsFrom::Table(why))
+        }
+        (None, None) => {
+            return Err(match dwarf_error {
+                Some(e) => Unsupported::Dwarf(version, e),
+                None => Unsupported::Version(version),
+            })
+        }
+    };
+    // The functions whose arguments the probes read: as DWARF says they
+    // are, else as the table's releases have them. A contradiction from
+    // DWARF refuses them even in a known release.
+    let answers = answers.unwrap_or_default();
     let find = Finder::new(&obj)?;
     let tls = match (find.range(READ), find.range(WRITE)) {
+        (Some(_), Some(_)) if !answers.tls.trusted(known) => {
+            return Err(Unsupported::Signature(READ))
+        }
         (Some(r), Some(w)) => Some(TlsMethods {
             read: probe_points(&obj, READ, r)?,
             write: probe_points(&obj, WRITE, w)?,
@@ -280,10 +305,10 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
         .ok_or(Unsupported::NoTypes)?;
     let slot = tls_slot(&obj);
     let goroutines = slot.clone().and_then(|_| {
-        if !newproc1_known {
+        if !answers.newproc1.trusted(known) {
             return Err(Unsupported::Signature(NEWPROC1));
         }
-        goroutines(&obj, &find)
+        goroutines(&obj, &find, answers.handoff.trusted(known))
     });
     // 0 tells the probes the slot is unknown, or not to be used.
     let tls_g = match (&goroutines, slot) {
@@ -305,12 +330,17 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
 }
 
 /// `newproc1` with its `RET`s, and `net/http`'s hand-off if the binary
-/// has its client (both functions, or neither).
-fn goroutines(obj: &object::File<'_>, find: &Finder<'_, '_>) -> Result<Runtime, Unsupported> {
+/// has its client (both functions, or neither) and its arguments are
+/// where the probes read them (`handoff`).
+fn goroutines(
+    obj: &object::File<'_>,
+    find: &Finder<'_, '_>,
+    handoff: bool,
+) -> Result<Runtime, Unsupported> {
     let range = find.range(NEWPROC1).ok_or(Unsupported::Missing(NEWPROC1))?;
     let newproc1 = probe_points(obj, NEWPROC1, range)?;
     let http_handoff = match (find.range(ROUND_TRIP), find.range(WRITE_LOOP)) {
-        (Some(rt), Some(wl)) => Some((
+        (Some(rt), Some(wl)) if handoff => Some((
             probe_points(obj, ROUND_TRIP, rt)?.entry,
             probe_points(obj, WRITE_LOOP, wl)?.entry,
         )),
