@@ -51,7 +51,9 @@ pub fn other_releases() -> Vec<Toolchain> {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
-            let line = l.split_whitespace().next().expect("a release line");
+            let [line, _version] = l.split_whitespace().collect::<Vec<_>>()[..] else {
+                panic!("tests/fixtures/go/releases: not `<line> <version>`: {l:?}");
+            };
             Toolchain {
                 release: line.to_owned(),
                 go: PathBuf::from("/opt/zerospan-go")
@@ -63,7 +65,7 @@ pub fn other_releases() -> Vec<Toolchain> {
     checked(out)
 }
 
-/// `toolchains`, each checked to be the release it says.
+/// The toolchains, each checked to be the release it says.
 fn checked(out: Vec<Toolchain>) -> Vec<Toolchain> {
     for tc in &out {
         let version = Command::new(&tc.go)

@@ -1047,17 +1047,15 @@ fn gnutls_client_over_h2_against_nginx() {
         v
     };
     let (servers, clients) = (side(true), side(false));
-    assert_eq!(
-        (servers.len(), clients.len()),
-        (2, 2),
-        "{}",
-        agent.final_log()
-    );
+    assert_eq!(spans.len(), 4, "{}", agent.final_log());
     assert_nginx_pages(&servers, &clients, &base, 25);
     for c in &clients {
         assert_eq!(c.res_int("process.pid"), Some(i64::from(client.id())));
     }
+    // Two streams of one connection: one client port.
+    assert_eq!(servers[0].int("client.port"), servers[1].int("client.port"));
     agent.stop();
+    assert_eq!(collector.spans().len(), 4, "{}", agent.final_log());
     assert_clean(&agent);
 }
 

