@@ -110,10 +110,12 @@ fn usage() -> ! {
          test    set up, build, and run unit and integration tests (as root)\n\
          demo    set up, build, and trace a small HTTP server and client\n\
          bench   set up, build, and measure overhead: wrk against nginx (http, https),\n\
-                 h2load against nghttpd, grpcio unary calls, wrk against Go programs,\n\
-                 redis-benchmark, pgbench (root); `bench NAME` runs one: http, h2, go,\n\
-                 redis or postgres\n\
-         fuzz    fuzz each parser, the event decoder and the tracker for SECS seconds (default 60)\n\
+                 hey at a fixed 20k requests/s (latency), h2load against nghttpd, grpcio\n\
+                 unary calls, wrk against Go programs, redis-benchmark, pgbench, uprobe\n\
+                 costs (root); `bench NAME` runs one: http, rate, h2, go, redis, postgres\n\
+                 or uprobe\n\
+         fuzz    fuzz each parser, the event decoder, the tracker and the Go binary readers\n\
+                 for SECS seconds (default 60)\n\
          image   set up, build, and build the container image around the binary: zerospan:dev\n\
          soak    set up, build, and survive faults with figures (root; about OUTAGE+3 min):\n\
                  `soak OUTAGE_SECS [PART…]` sets the collector's outage (default 600)\n\

@@ -7,6 +7,7 @@ mod h2;
 pub(crate) mod harness;
 mod http;
 mod programs;
+mod rate;
 mod uprobe;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ type Workload = fn(&Path) -> Result<()>;
 /// The workloads, by the name `cargo xtask bench NAME` runs alone.
 const WORKLOADS: &[(&str, Workload)] = &[
     ("http", http::run),
+    ("rate", rate::run),
     ("h2", h2::run),
     ("go", go::run),
     ("redis", db::redis),
