@@ -1053,6 +1053,7 @@ fn gnutls_client_over_h2_against_nginx() {
         assert_eq!(c.res_int("process.pid"), Some(i64::from(client.id())));
     }
     // Two streams of one connection: one client port.
+    assert!(servers[0].int("client.port").is_some());
     assert_eq!(servers[0].int("client.port"), servers[1].int("client.port"));
     agent.stop();
     assert_eq!(collector.spans().len(), 4, "{}", agent.final_log());

@@ -64,7 +64,7 @@ const TEST_PACKAGES: &[&str] = &[
     // The image test: a Docker engine, and a Debian base made locally.
     "docker.io",
     "debootstrap",
-    // The soak's rate-limited load.
+    // Rate-limited load: the soak's, and the fixed-rate benchmark's.
     "hey",
     // The benchmark's per-program eBPF time.
     "bpftool",

@@ -293,7 +293,15 @@ impl Sink for Side<'_, '_> {
                 // opened before the agent, not a new request.
                 None if id > *self.last_request => {
                     *self.last_request = id;
-                    if !*self.uncertain {
+                    if fields
+                        .is_some_and(|f| !is_request_head(f) && !f.has_unknown() && !f.truncated)
+                    {
+                        // Trailers, whatever the connection: a request
+                        // without its pseudo-headers is malformed (RFC
+                        // 9113 §8.3.1), and a lost segment is known only
+                        // at the next tick.
+                        Stats::inc(&self.cx.stats.h2_orphan_frames)
+                    } else if !*self.uncertain {
                         self.start(id, fields, end_stream, at)
                     } else if opens_request(fields, end_stream) {
                         // Ids grow in the order streams open (RFC 9113
@@ -1292,6 +1300,48 @@ mod tests {
             Some("h2_request_fields_unknown")
         );
         assert_eq!(orphans(&t), 5);
+    }
+
+    #[test]
+    fn lost_events_and_a_resync_make_a_connection_uncertain() {
+        let orphans = |t: &Tracker| {
+            t.stats()
+                .h2_orphan_frames
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // A block of dynamic references only that ends its stream, on a
+        // new id: after a loss, trailers or a request, it cannot be told.
+        let unknown_end = |id| frame(1, END_HEADERS | END_STREAM, id, &[0xbe, 0xbf]);
+        let answer = |id| headers(id, true, &[(":status", "200")]);
+        for lose in ["events", "framing"] {
+            let mut t = tracker();
+            t.open(KEY, origin::ACCEPTED, None, None, 0);
+            let mut c = PREFACE.to_vec();
+            c.extend(get(1, "/a"));
+            t.data(KEY, Task::thread(7), false, seg(&c, 10));
+            t.data(KEY, Task::thread(7), true, seg(&answer(1), 20));
+            assert_eq!(t.drain().count(), 1);
+            match lose {
+                "events" => t.events_lost(),
+                _ => {
+                    // The answers' direction loses its framing and finds
+                    // it again at an answer (to nothing open: an orphan).
+                    t.data(KEY, Task::thread(7), true, uncopied(30, 25));
+                    t.data(KEY, Task::thread(7), true, seg(&answer(5), 30));
+                    assert_eq!(
+                        t.stats()
+                            .h2_resyncs
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        1
+                    );
+                }
+            }
+            let before = orphans(&t);
+            t.data(KEY, Task::thread(7), false, seg(&unknown_end(41), 40));
+            t.data(KEY, Task::thread(7), true, seg(&answer(41), 50));
+            assert_eq!(t.drain().count(), 0, "after lost {lose}");
+            assert_eq!(orphans(&t), before + 2, "after lost {lose}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! A fixed rate, as users feel the agent: hey (Debian) holding 20,000
 //! requests/s (32 workers × 625: hey's rate limiter holds no more than
 //! some 1,300 requests/s a worker here) against nginx over plaintext
-//! keep-alive,
-//! a rate the baseline holds with room to spare on this machine, without
+//! keep-alive, a rate the baseline holds on this machine, without
 //! and then with the agent tracing nginx, in alternating rounds. Not
-//! throughput but latency: p50, p99 and p99.9 of every request's time,
-//! from hey's CSV of them (which gives each to 0.1 ms).
+//! throughput but latency: p50, p99 and p99.9 of every request's service
+//! time, from hey's CSV of them (which gives each to 0.1 ms). hey times a
+//! request from its send, so a request held back behind a slow one is not
+//! counted as waiting: the tails understate an open-loop client's.
 
 use std::{fs, path::Path, process::Command};
 

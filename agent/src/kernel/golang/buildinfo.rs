@@ -28,6 +28,8 @@ pub fn version(section: &[u8]) -> Option<&str> {
 /// A Go version's release line (`go1.19.8` → `go1.19`; `go1.27rc1` →
 /// `go1.27`); `None` for a string that is not a Go release.
 pub fn release_line(version: &str) -> Option<&str> {
+    // A toolchain built from source says `devel go1.24-abc… <date>`.
+    let version = version.strip_prefix("devel ").unwrap_or(version);
     let digits = version.strip_prefix("go1.")?;
     let minor = digits
         .find(|c: char| !c.is_ascii_digit())
@@ -85,6 +87,10 @@ mod tests {
         assert_eq!(release_line("go1.27rc1"), Some("go1.27"));
         assert_eq!(release_line("go1.22"), Some("go1.22"));
         assert_eq!(release_line("devel +abc"), None);
+        assert_eq!(
+            release_line("devel go1.24-3e5f1a2 Tue Jan 7"),
+            Some("go1.24")
+        );
         assert_eq!(minor("go1.19"), Some(19));
         assert_eq!(minor("go1.100"), Some(100));
         assert_eq!(minor("go2.0"), None);

@@ -432,6 +432,9 @@ mod tests {
     const TYPE: u8 = 4;
     const FUNCTION: u8 = 5;
     const PARAM: u8 = 6;
+    // The same two, their types in another unit (`DW_FORM_ref_addr`).
+    const MEMBER_FAR: u8 = 7;
+    const PARAM_FAR: u8 = 8;
 
     /// `.debug_abbrev` for the entries [`Unit`] writes.
     fn abbrev() -> Vec<u8> {
@@ -478,6 +481,26 @@ mod tests {
                 (DW_AT_type, DW_FORM_ref4),
             ],
         );
+        add(
+            MEMBER_FAR,
+            DW_TAG_member,
+            false,
+            &[
+                (DW_AT_name, DW_FORM_string),
+                (DW_AT_data_member_location, DW_FORM_udata),
+                (DW_AT_type, DW_FORM_ref_addr),
+            ],
+        );
+        add(
+            PARAM_FAR,
+            DW_TAG_formal_parameter,
+            false,
+            &[
+                (DW_AT_name, DW_FORM_string),
+                (DW_AT_variable_parameter, DW_FORM_flag),
+                (DW_AT_type, DW_FORM_ref_addr),
+            ],
+        );
         a.push(0);
         a
     }
@@ -486,6 +509,9 @@ mod tests {
     struct Unit {
         bytes: Vec<u8>,
         types: Vec<(String, u32)>,
+        /// Types in an earlier unit, by their offset in `.debug_info`:
+        /// members and parameters then refer to them there.
+        far: Option<Vec<(String, u32)>>,
     }
 
     impl Unit {
@@ -495,6 +521,7 @@ mod tests {
             let mut u = Unit {
                 bytes: vec![0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 8, UNIT],
                 types: Vec::new(),
+                far: None,
             };
             for t in types {
                 let at = u.bytes.len() as u32;
@@ -511,19 +538,24 @@ mod tests {
         }
 
         fn ty(&self, name: &str) -> [u8; 4] {
-            let at = self
-                .types
-                .iter()
-                .find(|(n, _)| n == name)
-                .expect("declared")
-                .1;
+            let types = self.far.as_ref().unwrap_or(&self.types);
+            let at = types.iter().find(|(n, _)| n == name).expect("declared").1;
             at.to_le_bytes()
+        }
+
+        /// A member's or a parameter's code: its type here, or far.
+        fn code(&self, near: u8, far: u8) -> u8 {
+            if self.far.is_some() {
+                far
+            } else {
+                near
+            }
         }
 
         fn structure(&mut self, name: &str, members: &[(&str, u8, &str)]) {
             self.entry(STRUCT, name);
             for (member, offset, ty) in members {
-                self.entry(MEMBER, member);
+                self.entry(self.code(MEMBER, MEMBER_FAR), member);
                 self.bytes.push(*offset);
                 let t = self.ty(ty);
                 self.bytes.extend(t);
@@ -534,7 +566,7 @@ mod tests {
         fn function(&mut self, name: &str, params: &[(&str, bool, &str)]) {
             self.entry(FUNCTION, name);
             for (param, output, ty) in params {
-                self.entry(PARAM, param);
+                self.entry(self.code(PARAM, PARAM_FAR), param);
                 self.bytes.push(u8::from(*output));
                 let t = self.ty(ty);
                 self.bytes.extend(t);
@@ -622,6 +654,53 @@ mod tests {
         newproc1(&mut u, ("callergp", "*runtime.g"));
         handoff(&mut u);
         let a = answers(u);
+        assert_eq!(
+            a.fields,
+            Some(Fields {
+                conn: 0,
+                netfd: 8,
+                sysfd: 16
+            })
+        );
+        assert_eq!(
+            (a.tls, a.newproc1, a.handoff),
+            (Check::Holds, Check::Holds, Check::Holds)
+        );
+    }
+
+    #[test]
+    fn types_in_another_unit_are_found_and_the_walk_stops_once_all_is() {
+        // Go's layout: the types in a unit of their own, referred to
+        // across units.
+        let types = Unit::new(TYPES);
+        let far: Vec<(String, u32)> = types.types.clone();
+        let mut info = types.done();
+        let mut u = Unit::new(&[]);
+        u.far = Some(far);
+        u.structure("crypto/tls.Conn", &[("conn", 0, "net.Conn")]);
+        u.structure("net.TCPConn", &[("conn", 0, "net.conn")]);
+        u.structure("net.conn", &[("fd", 8, "*net.netFD")]);
+        u.structure("net.netFD", &[("pfd", 0, "internal/poll.FD")]);
+        u.structure("internal/poll.FD", &[("Sysfd", 16, "int")]);
+        for f in [super::super::READ, super::super::WRITE] {
+            u.function(
+                f,
+                &[
+                    ("c", false, "*crypto/tls.Conn"),
+                    ("b", false, "[]uint8"),
+                    ("~r0", true, "int"),
+                    ("~r1", true, "error"),
+                ],
+            );
+        }
+        newproc1(&mut u, ("callergp", "*runtime.g"));
+        handoff(&mut u);
+        // After all that is needed, an entry that closes the last one,
+        // then one that does not parse: the walk never reads it.
+        u.entry(TYPE, "decoy");
+        u.bytes.push(99);
+        info.extend(u.done());
+        let a = from_sections(&info, &abbrev(), &[]).unwrap();
         assert_eq!(
             a.fields,
             Some(Fields {

@@ -171,6 +171,8 @@ pub enum Unsupported {
     Version(String),
     #[error("its Go version ({0}) is older than go1.{OLDEST_MINOR}, the oldest the probes know")]
     TooOld(String),
+    #[error("its Go version ({0}) names no release line")]
+    NoRelease(String),
     #[error("its Go version ({0}) is not in the field-offset table, and {1}")]
     Dwarf(String, dwarf::Error),
     #[error(
@@ -204,7 +206,9 @@ impl Unsupported {
     /// A short label for counting, and for the log.
     pub fn reason(&self) -> &'static str {
         match self {
-            Unsupported::Version(_) | Unsupported::TooOld(_) => "version",
+            Unsupported::Version(_) | Unsupported::TooOld(_) | Unsupported::NoRelease(_) => {
+                "version"
+            }
             Unsupported::Dwarf(..) => "dwarf",
             Unsupported::Signature(_) => "signature",
             Unsupported::Arch(_) => "arch",
@@ -254,11 +258,10 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
         .map(Layout::fields);
     // Older releases were never tested (Go 1.17's newproc1 takes other
     // arguments; before it, another ABI): refused, whatever DWARF says.
-    if line
-        .and_then(buildinfo::minor)
-        .is_none_or(|m| m < OLDEST_MINOR)
-    {
-        return Err(Unsupported::TooOld(version));
+    match line.and_then(buildinfo::minor) {
+        Some(m) if m >= OLDEST_MINOR => {}
+        Some(_) => return Err(Unsupported::TooOld(version)),
+        None => return Err(Unsupported::NoRelease(version)),
     }
     let known = row.is_some();
     let (answers, dwarf_error) = match dwarf::read(&obj) {
@@ -290,7 +293,7 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, Unsupported> {
     let find = Finder::new(&obj)?;
     let tls = match (find.range(READ), find.range(WRITE)) {
         (Some(_), Some(_)) if !answers.tls.trusted(known) => {
-            return Err(Unsupported::Signature(READ))
+            return Err(Unsupported::Signature("crypto/tls's Read or Write"))
         }
         (Some(r), Some(w)) => Some(TlsMethods {
             read: probe_points(&obj, READ, r)?,
