@@ -52,7 +52,7 @@ impl<'a> Pclntab<'a> {
         let end = t
             .nfunc
             .checked_mul(8)
-            .and_then(|n| n.checked_add(t.functab + 4))
+            .and_then(|n| n.checked_add(t.functab)?.checked_add(4))
             .ok_or(Error::Truncated)?;
         if end > data.len() {
             return Err(Error::Truncated);
@@ -148,6 +148,14 @@ mod tests {
             out.extend_from_slice(&name_offs[i].to_le_bytes());
         }
         out
+    }
+
+    #[test]
+    fn a_function_table_offset_near_the_top_of_memory_is_refused() {
+        // Found by the go_binary fuzz target: the end check overflowed.
+        let mut t = table(0x40_1000, &[("main.main", 0)], 0x10);
+        t[8 + 8 * 7..16 + 8 * 7].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        assert!(matches!(Pclntab::parse(&t), Err(Error::Truncated)));
     }
 
     #[test]
