@@ -173,6 +173,20 @@ struct Curls {
     _collector: Collector,
 }
 
+/// Server spans and client spans, each in start order.
+fn by_side(spans: &[FlatSpan]) -> (Vec<FlatSpan>, Vec<FlatSpan>) {
+    let side = |server: bool| {
+        let mut v: Vec<FlatSpan> = spans
+            .iter()
+            .filter(|s| s.is_server() == server)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        v
+    };
+    (side(true), side(false))
+}
+
 /// Runs `script` (which starts with `read go`) in a shell the agent
 /// traces with `server`, once the agent has attached: its output, the
 /// collector and the agent.
@@ -207,16 +221,7 @@ fn curls_from_a_traced_shell(
     let want: String = paths.iter().map(|(_, st)| format!("{st} 2\n")).collect();
     assert_eq!(out, want);
     let spans = collector.wait_for(2 * paths.len(), Duration::from_secs(10), |_| true);
-    let side = |server: bool| {
-        let mut v: Vec<FlatSpan> = spans
-            .iter()
-            .filter(|s| s.is_server() == server)
-            .cloned()
-            .collect();
-        v.sort_by_key(|s| s.span.start_time_unix_nano);
-        v
-    };
-    let (servers, clients) = (side(true), side(false));
+    let (servers, clients) = by_side(&spans);
     assert_eq!(
         (servers.len(), clients.len()),
         (paths.len(), paths.len()),
@@ -1037,16 +1042,7 @@ fn gnutls_client_over_h2_against_nginx() {
     assert!(client.wait().unwrap().success());
     assert_eq!(rest, "200 2\n404 2\n");
     let spans = collector.wait_for(4, Duration::from_secs(10), |_| true);
-    let side = |server: bool| {
-        let mut v: Vec<FlatSpan> = spans
-            .iter()
-            .filter(|s| s.is_server() == server)
-            .cloned()
-            .collect();
-        v.sort_by_key(|s| s.span.start_time_unix_nano);
-        v
-    };
-    let (servers, clients) = (side(true), side(false));
+    let (servers, clients) = by_side(&spans);
     assert_eq!(spans.len(), 4, "{}", agent.final_log());
     assert_nginx_pages(&servers, &clients, &base, 25);
     for c in &clients {

@@ -831,6 +831,12 @@ mod tests {
         conn_id: 1,
     };
 
+    fn orphans(t: &Tracker) -> u64 {
+        t.stats()
+            .h2_orphan_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn tracker() -> Tracker {
         Tracker::new(limits(), Default::default(), Arc::default())
     }
@@ -1245,11 +1251,6 @@ mod tests {
     fn after_a_join_trailers_on_a_new_stream_open_no_request() {
         let mut t = tracker();
         t.open(KEY, origin::PREEXISTING, None, None, 0);
-        let orphans = |t: &Tracker| {
-            t.stats()
-                .h2_orphan_frames
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
         // Joined at an answer: no request of it seen yet.
         let answer = headers(39, true, &[(":status", "200")]);
         t.data(KEY, Task::thread(7), true, seg(&answer, 2));
@@ -1304,11 +1305,6 @@ mod tests {
 
     #[test]
     fn lost_events_and_a_resync_make_a_connection_uncertain() {
-        let orphans = |t: &Tracker| {
-            t.stats()
-                .h2_orphan_frames
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
         // A block of dynamic references only that ends its stream, on a
         // new id: after a loss, trailers or a request, it cannot be told.
         let unknown_end = |id| frame(1, END_HEADERS | END_STREAM, id, &[0xbe, 0xbf]);

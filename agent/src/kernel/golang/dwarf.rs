@@ -600,7 +600,11 @@ mod tests {
 
     /// A unit as Go 1.27 writes these structs and functions.
     fn go_like() -> Unit {
-        let mut u = Unit::new(TYPES);
+        go_like_in(Unit::new(TYPES))
+    }
+
+    /// `u` with Go's structs and `crypto/tls` methods added.
+    fn go_like_in(mut u: Unit) -> Unit {
         u.structure(
             "crypto/tls.Conn",
             &[("conn", 0, "net.Conn"), ("isClient", 16, "int")],
@@ -644,16 +648,8 @@ mod tests {
         }
     }
 
-    fn answers(u: Unit) -> Answers {
-        from_sections(&u.done(), &abbrev(), &[]).unwrap()
-    }
-
-    #[test]
-    fn members_and_signatures_as_go_writes_them_are_read() {
-        let mut u = go_like();
-        newproc1(&mut u, ("callergp", "*runtime.g"));
-        handoff(&mut u);
-        let a = answers(u);
+    /// What [`go_like`] with `newproc1` and the hand-off gives.
+    fn assert_all_found(a: &Answers) {
         assert_eq!(
             a.fields,
             Some(Fields {
@@ -666,6 +662,19 @@ mod tests {
             (a.tls, a.newproc1, a.handoff),
             (Check::Holds, Check::Holds, Check::Holds)
         );
+    }
+
+    fn answers(u: Unit) -> Answers {
+        from_sections(&u.done(), &abbrev(), &[]).unwrap()
+    }
+
+    #[test]
+    fn members_and_signatures_as_go_writes_them_are_read() {
+        let mut u = go_like();
+        newproc1(&mut u, ("callergp", "*runtime.g"));
+        handoff(&mut u);
+        let a = answers(u);
+        assert_all_found(&a);
     }
 
     #[test]
@@ -677,22 +686,7 @@ mod tests {
         let mut info = types.done();
         let mut u = Unit::new(&[]);
         u.far = Some(far);
-        u.structure("crypto/tls.Conn", &[("conn", 0, "net.Conn")]);
-        u.structure("net.TCPConn", &[("conn", 0, "net.conn")]);
-        u.structure("net.conn", &[("fd", 8, "*net.netFD")]);
-        u.structure("net.netFD", &[("pfd", 0, "internal/poll.FD")]);
-        u.structure("internal/poll.FD", &[("Sysfd", 16, "int")]);
-        for f in [super::super::READ, super::super::WRITE] {
-            u.function(
-                f,
-                &[
-                    ("c", false, "*crypto/tls.Conn"),
-                    ("b", false, "[]uint8"),
-                    ("~r0", true, "int"),
-                    ("~r1", true, "error"),
-                ],
-            );
-        }
+        let mut u = go_like_in(u);
         newproc1(&mut u, ("callergp", "*runtime.g"));
         handoff(&mut u);
         // After all that is needed, an entry that closes the last one,
@@ -701,18 +695,7 @@ mod tests {
         u.bytes.push(99);
         info.extend(u.done());
         let a = from_sections(&info, &abbrev(), &[]).unwrap();
-        assert_eq!(
-            a.fields,
-            Some(Fields {
-                conn: 0,
-                netfd: 8,
-                sysfd: 16
-            })
-        );
-        assert_eq!(
-            (a.tls, a.newproc1, a.handoff),
-            (Check::Holds, Check::Holds, Check::Holds)
-        );
+        assert_all_found(&a);
     }
 
     #[test]
